@@ -1,0 +1,379 @@
+//! One backup run, the same for `etcdguard snapshot` and the daemon:
+//! lock → resolve the local member → TLS → stream into a hidden temp file (hashing as it goes)
+//! → fsync → bbolt meta check → publish under the final name → record → local retention.
+//!
+//! Every attempt that gets past the lock leaves exactly one record, successful or failed, and
+//! never a partial file: the temp file is removed on every failure path, including
+//! cancellation (the future is dropped) and, for a process that died, at the next run.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio::io::BufWriter;
+
+use crate::config::Config;
+use crate::etcd::{self, StreamLimits, TlsMaterial};
+use crate::etcddb;
+use crate::fsutil;
+use crate::kubeadm::EtcdManifest;
+use crate::records::{
+    self, CopyState, LocalCopy, Member, MovedAside, Outcome, Record, RecordStore, RecordsError,
+    Trigger,
+};
+use crate::retention::{self, Policy};
+use crate::store::local::{snapshot_file_name, LocalStore};
+
+/// Buffer between the gRPC stream and the file: bounded, so memory is flat in the DB size.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// Why a run could not even be attempted (nothing recorded).
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("another backup is running{} (lock {lock}); not starting a second one", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Busy { holder: Option<u32>, lock: PathBuf },
+    #[error("cannot use state directory {dir}: {source}")]
+    StateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+}
+
+/// What one attempt produced.
+#[derive(Debug)]
+pub struct BackupReport {
+    pub record: Record,
+    /// Non-fatal problems worth a human's attention (expiring certificate, loose permissions).
+    pub warnings: Vec<String>,
+    /// Local snapshots deleted by retention after this backup.
+    pub deleted: Vec<String>,
+    /// Set when the records file did not parse and was moved aside.
+    pub records_moved: Option<MovedAside>,
+}
+
+/// Where and who the local member is, before talking to it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub endpoint: String,
+    /// `--name` from the manifest, if it was read.
+    pub manifest_name: Option<String>,
+}
+
+/// The endpoint to snapshot: `etcd.endpoint` when set, otherwise the loopback client URL of
+/// the local member from the static pod manifest.
+pub fn resolve_target(config: &Config) -> Result<Target, String> {
+    let manifest = EtcdManifest::load(&config.etcd.manifest);
+    match (&config.etcd.endpoint, manifest) {
+        (Some(ep), m) => Ok(Target {
+            endpoint: ep.clone(),
+            manifest_name: m.ok().and_then(|m| m.member_name().map(str::to_string)),
+        }),
+        (None, Ok(m)) => Ok(Target {
+            endpoint: m.local_client_url().map_err(|e| e.to_string())?,
+            manifest_name: m.member_name().map(str::to_string),
+        }),
+        (None, Err(e)) => Err(format!(
+            "cannot find the local etcd endpoint: {e}; set etcd.endpoint in the config, or \
+             etcd.manifest to the etcd static pod manifest"
+        )),
+    }
+}
+
+struct Success {
+    at: DateTime<Utc>,
+    file_name: String,
+    path: PathBuf,
+    member: Member,
+    etcd_version: String,
+    revision: i64,
+    size_bytes: u64,
+    sha256: String,
+}
+
+struct Failure {
+    reason: String,
+    member: Option<Member>,
+    etcd_version: Option<String>,
+}
+
+impl Failure {
+    fn new(reason: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            member: None,
+            etcd_version: None,
+        }
+    }
+}
+
+/// Runs one backup. `cancel` resolving aborts it cleanly (temp file removed, `Failed` record
+/// with reason `interrupted by <what cancel returns>`).
+pub async fn run_backup(
+    config: &Config,
+    trigger: Trigger,
+    cancel: impl Future<Output = String>,
+) -> Result<BackupReport, BackupError> {
+    let started = Instant::now();
+    let state_err = |source| BackupError::StateDir {
+        dir: config.state_dir.clone(),
+        source,
+    };
+    fsutil::create_private_dir_all(&config.state_dir).map_err(state_err)?;
+    let lock_path = config.state_dir.join("backup.lock");
+    let _lock = fsutil::try_lock(&lock_path)
+        .map_err(state_err)?
+        .map_err(|held| BackupError::Busy {
+            holder: held.holder_pid,
+            lock: lock_path.clone(),
+        })?;
+
+    let mut warnings = Vec::new();
+    let store = LocalStore::new(&config.local_storage.path);
+    let attempt_started = Utc::now();
+    let outcome = tokio::select! {
+        r = attempt(config, &store, &mut warnings) => r,
+        what = cancel => Err(Failure::new(format!("interrupted by {what}"))),
+    };
+    let duration = started.elapsed().as_secs_f64();
+
+    let record = match outcome {
+        Ok(s) => Record {
+            id: records::new_record_id(s.at),
+            backup_timestamp: s.at,
+            file_name: Some(s.file_name),
+            result: Outcome::Success,
+            reason: None,
+            trigger,
+            member: Some(s.member),
+            etcd_version: Some(s.etcd_version),
+            revision: Some(s.revision),
+            size_bytes: Some(s.size_bytes),
+            sha256: Some(s.sha256),
+            duration_seconds: duration,
+            local: Some(LocalCopy {
+                path: s.path,
+                state: CopyState::Present,
+                deleted_at: None,
+                deleted_reason: None,
+            }),
+            remote: None,
+        },
+        Err(f) => Record {
+            id: records::new_record_id(attempt_started),
+            backup_timestamp: attempt_started,
+            file_name: None,
+            result: Outcome::Failed,
+            reason: Some(f.reason),
+            trigger,
+            member: f.member,
+            etcd_version: f.etcd_version,
+            revision: None,
+            size_bytes: None,
+            sha256: None,
+            duration_seconds: duration,
+            local: None,
+            remote: None,
+        },
+    };
+
+    let policy = Policy {
+        ttl: config.local_storage.ttl,
+        min_keep: config.local_storage.min_keep,
+    };
+    let succeeded = record.result == Outcome::Success;
+    let rec_for_file = record.clone();
+    let now = Utc::now();
+    let (deleted, moved) = RecordStore::new(&config.state_dir).update(now, |file| {
+        file.records.push(rec_for_file);
+        if succeeded {
+            apply_local_retention(&mut file.records, &store, now, policy, &mut warnings)
+        } else {
+            Vec::new()
+        }
+    })?;
+    Ok(BackupReport {
+        record,
+        warnings,
+        deleted,
+        records_moved: moved,
+    })
+}
+
+/// Deletes what the retention policy selects and marks those records. Runs under the records
+/// lock; only files with our name pattern that a record points at are touched.
+fn apply_local_retention(
+    records: &mut [Record],
+    store: &LocalStore,
+    now: DateTime<Utc>,
+    policy: Policy,
+    warnings: &mut Vec<String>,
+) -> Vec<String> {
+    let mut deleted = Vec::new();
+    for d in retention::local_deletions(records, now, policy) {
+        let rec = &mut records[d.index];
+        let Some(name) = rec.file_name.clone() else {
+            continue;
+        };
+        let Some(local) = rec.local.as_mut() else {
+            continue;
+        };
+        if local.path != store.path_of(&name) {
+            // Recorded in another directory (local_storage.path changed): not ours to touch.
+            continue;
+        }
+        match store.delete(&name) {
+            Ok(existed) => {
+                local.state = CopyState::Deleted;
+                local.deleted_at = Some(now);
+                local.deleted_reason = Some(if existed {
+                    d.reason
+                } else {
+                    format!("{} (the file was already gone)", d.reason)
+                });
+                tracing::info!(file = %name, reason = %local.deleted_reason.as_deref().unwrap_or(""), "retention deleted local snapshot");
+                deleted.push(name);
+            }
+            Err(e) => warnings.push(format!(
+                "retention could not delete {}: {e}",
+                store.path_of(&name).display()
+            )),
+        }
+    }
+    deleted
+}
+
+async fn attempt(
+    config: &Config,
+    store: &LocalStore,
+    warnings: &mut Vec<String>,
+) -> Result<Success, Failure> {
+    let target = resolve_target(config).map_err(Failure::new)?;
+    let ep = target.endpoint.clone();
+
+    match store.ensure() {
+        Ok(Some(w)) => warnings.push(w),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(Failure::new(format!(
+                "cannot create snapshot directory {}: {e}",
+                store.dir().display()
+            )))
+        }
+    }
+    match store.remove_stale_temps() {
+        Ok(removed) => {
+            for p in removed {
+                tracing::warn!(path = %p.display(), "removed a partial snapshot left by an interrupted run");
+            }
+        }
+        Err(e) => warnings.push(format!(
+            "cannot clean partial snapshots in {}: {e}",
+            store.dir().display()
+        )),
+    }
+
+    let e = &config.etcd;
+    let tls = TlsMaterial::load(&e.ca_cert, &e.client_cert, &e.client_key, Utc::now())
+        .map_err(|err| Failure::new(err.to_string()))?;
+    warnings.extend(tls.warnings.iter().cloned());
+
+    let explain = |err: &(dyn std::error::Error + 'static)| {
+        etcd::explain_connect_error(&ep, &e.ca_cert, &e.client_cert, err)
+    };
+    let mut client = etcd::connect(&ep, &tls, e.dial_timeout)
+        .await
+        .map_err(|err| Failure::new(explain(err.as_ref())))?;
+    let info = etcd::member_info(&mut client, e.dial_timeout)
+        .await
+        .map_err(|err| Failure::new(explain(err.as_ref())))?;
+    let name = if !info.name.is_empty() {
+        info.name.clone()
+    } else {
+        target
+            .manifest_name
+            .clone()
+            .unwrap_or_else(|| format!("{:x}", info.id))
+    };
+    let member = Member {
+        name: name.clone(),
+        id: format!("{:x}", info.id),
+        endpoint: ep.clone(),
+    };
+    let fail = |reason: String| Failure {
+        reason,
+        member: Some(member.clone()),
+        etcd_version: Some(info.version.clone()),
+    };
+    if let Some(manifest_name) = &target.manifest_name {
+        if !info.name.is_empty() && manifest_name != &info.name {
+            return Err(fail(format!(
+                "etcd at {ep} is member {:?}, but the manifest {} names this node's member \
+                 {manifest_name:?}; refusing to back up another member",
+                info.name,
+                e.manifest.display()
+            )));
+        }
+    }
+
+    // One file name per second: wait out a name that is already taken (back-to-back runs).
+    let (at, file_name) = loop {
+        let at = Utc::now();
+        let name = snapshot_file_name(at, &name);
+        if !store.path_of(&name).exists() {
+            break (at, name);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let (temp, file) = store.create_temp(&file_name).map_err(|err| {
+        fail(format!(
+            "cannot create a snapshot file in {}: {err}",
+            store.dir().display()
+        ))
+    })?;
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
+    let limits = StreamLimits {
+        overall: e.timeout,
+        stall: e.stall_timeout,
+    };
+    let streamed = etcd::stream_snapshot(&mut client, &mut writer, limits)
+        .await
+        .map_err(|err| fail(format!("snapshot from etcd at {ep} failed: {err}")))?;
+    let file = writer.into_inner();
+    file.sync_all()
+        .await
+        .map_err(|err| fail(format!("cannot fsync {}: {err}", temp.path().display())))?;
+    let std_file = file.into_std().await;
+    let meta = etcddb::read_active_meta(&std_file, streamed.file_len - 32).map_err(|reason| {
+        fail(format!(
+            "etcd at {ep} sent a snapshot whose checksum matches but which is not a valid \
+             bbolt database: {reason}"
+        ))
+    })?;
+    if meta.db_size() > streamed.file_len - 32 {
+        return Err(fail(format!(
+            "etcd at {ep} sent a truncated database ({} bytes, its meta page claims {})",
+            streamed.file_len - 32,
+            meta.db_size()
+        )));
+    }
+    drop(std_file);
+    let path = store.publish(temp).map_err(|err| {
+        fail(format!(
+            "cannot publish snapshot {file_name} in {}: {err}",
+            store.dir().display()
+        ))
+    })?;
+    Ok(Success {
+        at,
+        file_name,
+        path,
+        member,
+        etcd_version: info.version,
+        revision: streamed.header_revision.unwrap_or(info.revision),
+        size_bytes: streamed.file_len,
+        sha256: hex::encode(streamed.file_sha256),
+    })
+}

@@ -1,0 +1,406 @@
+//! The CLI commands: each takes parsed arguments, does its work through the library modules,
+//! prints for a human (or as JSON) and returns an exit code. Logs go to stderr, results to
+//! stdout.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::Utc;
+
+use crate::backup::{self, BackupError};
+use crate::cli::{Cli, Command, ConfigCommand, RecordsFormat, VerifyFormat};
+use crate::config::{self, ConfigError, Problem};
+use crate::etcd::TlsMaterial;
+use crate::etcddb;
+use crate::records::{self, CopyState, Outcome, Record, RecordStore, Trigger};
+
+pub const EXIT_FAILED: u8 = 1;
+/// EX_CONFIG from sysexits.h; the unit's `RestartPreventExitStatus=78` stops restart loops.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug)]
+pub enum CommandError {
+    Config(ConfigError),
+    Failed(String),
+}
+
+impl From<ConfigError> for CommandError {
+    fn from(e: ConfigError) -> Self {
+        CommandError::Config(e)
+    }
+}
+
+type CmdResult = Result<ExitCode, CommandError>;
+
+/// Logging to stderr. `ETCDGUARD_LOG` takes an env-filter directive (default `info`).
+pub fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("ETCDGUARD_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,h2=warn,hyper=warn,tower=warn,tonic=warn,rustls=warn",
+            )
+        });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+pub fn dispatch(cli: Cli) -> CmdResult {
+    let config_path = cli.config.as_deref();
+    match cli.command {
+        Command::Snapshot => snapshot(config_path),
+        Command::Records { output, limit } => list_records(config_path, output, limit),
+        Command::Verify { file, output } => verify(&file, output),
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => config_check(config_path),
+    }
+}
+
+/// Writes to stdout; a closed pipe (`etcdguard records | head`) is a normal end.
+fn print(text: &str) -> Result<(), CommandError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CommandError::Failed(format!("cannot write output: {e}"))),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::Failed(format!("cannot start the async runtime: {e}")))
+}
+
+/// Resolves when SIGINT or SIGTERM arrives, with the signal's name.
+async fn interrupted() -> String {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "signal SIGTERM".to_string(),
+        _ = int.recv() => "signal SIGINT".to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// snapshot
+
+fn snapshot(config_path: Option<&Path>) -> CmdResult {
+    let config = config::load(config_path)?;
+    if config.paused {
+        tracing::info!(
+            "configuration is paused: scheduled backups are off; this manual backup runs anyway"
+        );
+    }
+    let report = runtime()?
+        .block_on(backup::run_backup(&config, Trigger::Manual, interrupted()))
+        .map_err(|e| match e {
+            BackupError::Busy { .. } => CommandError::Failed(e.to_string()),
+            other => CommandError::Failed(format!("backup not attempted: {other}")),
+        })?;
+    if let Some(moved) = &report.records_moved {
+        tracing::error!("{moved}");
+    }
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    let r = &report.record;
+    log_backup_line(r);
+    match r.result {
+        Outcome::Success => {
+            let path = r.local.as_ref().map(|l| l.path.display().to_string());
+            print(&format!(
+                "backup {} succeeded: {} ({} bytes, revision {}, sha256 {})\n",
+                r.id,
+                path.unwrap_or_default(),
+                r.size_bytes.unwrap_or(0),
+                r.revision.unwrap_or(0),
+                r.sha256.as_deref().unwrap_or("")
+            ))?;
+            for d in &report.deleted {
+                print(&format!("retention deleted {d}\n"))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Failed => Err(CommandError::Failed(format!(
+            "backup {} failed: {}",
+            r.id,
+            r.reason.as_deref().unwrap_or("unknown reason")
+        ))),
+    }
+}
+
+/// The one structured line per backup.
+fn log_backup_line(r: &Record) {
+    let member = r.member.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    match r.result {
+        Outcome::Success => tracing::info!(
+            id = %r.id,
+            result = "Success",
+            trigger = ?r.trigger,
+            member,
+            file = r.file_name.as_deref().unwrap_or(""),
+            bytes = r.size_bytes.unwrap_or(0),
+            revision = r.revision.unwrap_or(0),
+            duration_seconds = r.duration_seconds,
+            "backup finished"
+        ),
+        Outcome::Failed => tracing::error!(
+            id = %r.id,
+            result = "Failed",
+            trigger = ?r.trigger,
+            member,
+            reason = r.reason.as_deref().unwrap_or(""),
+            duration_seconds = r.duration_seconds,
+            "backup failed"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// records
+
+fn list_records(
+    config_path: Option<&Path>,
+    format: RecordsFormat,
+    limit: Option<usize>,
+) -> CmdResult {
+    let config = config::load(config_path)?;
+    let file = RecordStore::new(&config.state_dir)
+        .load()
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    let mut shown: Vec<&Record> = file.records.iter().rev().collect();
+    if let Some(n) = limit {
+        shown.truncate(n);
+    }
+    match format {
+        RecordsFormat::Json => {
+            let mut s = serde_json::to_string_pretty(&shown).expect("records serialize");
+            s.push('\n');
+            print(&s)?;
+        }
+        RecordsFormat::Table => print(&records_table(&shown))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A plain-text table, newest first. Pure.
+pub fn records_table(records: &[&Record]) -> String {
+    if records.is_empty() {
+        return "no backup records yet\n".to_string();
+    }
+    let header = [
+        "ID",
+        "TIME (UTC)",
+        "RESULT",
+        "TRIGGER",
+        "MEMBER",
+        "REVISION",
+        "SIZE",
+        "LOCAL",
+        "FILE / REASON",
+    ];
+    let rows: Vec<[String; 9]> = records
+        .iter()
+        .map(|r| {
+            let local = match &r.local {
+                Some(l) if l.state == CopyState::Present => "present".to_string(),
+                Some(_) => "deleted".to_string(),
+                None => "-".to_string(),
+            };
+            let detail = match r.result {
+                Outcome::Success => r.file_name.clone().unwrap_or_default(),
+                Outcome::Failed => r.reason.clone().unwrap_or_default(),
+            };
+            [
+                r.id.clone(),
+                records::rfc3339(r.backup_timestamp),
+                format!("{:?}", r.result),
+                serde_json::to_value(r.trigger)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                r.member
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_else(|| "-".into()),
+                r.revision
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.size_bytes.map(human_size).unwrap_or_else(|| "-".into()),
+                local,
+                detail,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify
+
+fn verify(file: &Path, format: VerifyFormat) -> CmdResult {
+    let report =
+        etcddb::verify_snapshot_file(file).map_err(|e| CommandError::Failed(e.to_string()))?;
+    match format {
+        VerifyFormat::Json => {
+            let mut s = serde_json::to_string_pretty(&report).expect("report serializes");
+            s.push('\n');
+            print(&s)?;
+        }
+        VerifyFormat::Text => print(&format!(
+            "{}: OK\n  size       {} bytes\n  sha256     {}\n  trailer    ok (sha256 of the database matches)\n  \
+             page size  {}\n  db size    {} bytes (bbolt meta, txid {})\n",
+            report.path.display(),
+            report.size_bytes,
+            report.sha256,
+            report.page_size,
+            report.total_size,
+            report.txid
+        ))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// config check
+
+fn config_check(config_path: Option<&Path>) -> CmdResult {
+    let config = config::load(config_path)?;
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let problem = |field: &str, message: String| Problem {
+        file: config.source.clone(),
+        position: None,
+        field: Some(field.to_string()),
+        message,
+    };
+
+    let e = &config.etcd;
+    match TlsMaterial::load(&e.ca_cert, &e.client_cert, &e.client_key, Utc::now()) {
+        Ok(tls) => warnings.extend(tls.warnings),
+        Err(err) => problems.push(problem(err.config_field(), err.to_string())),
+    }
+    let endpoint = match backup::resolve_target(&config) {
+        Ok(t) => Some(t.endpoint),
+        Err(msg) => {
+            problems.push(problem(
+                if e.endpoint.is_some() {
+                    "etcd.endpoint"
+                } else {
+                    "etcd.manifest"
+                },
+                msg,
+            ));
+            None
+        }
+    };
+    if config.remote_storage.is_some() {
+        warnings.push(
+            "[remote_storage] is validated, but this version keeps local copies only; \
+             remote uploads are not implemented yet"
+                .to_string(),
+        );
+    }
+
+    let mut out = String::new();
+    out.push_str(&format!(
+        "# effective configuration (from {})\n",
+        config
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!(
+                "built-in defaults: {} does not exist",
+                config::DEFAULT_CONFIG_PATH
+            ))
+    ));
+    if let Some(ep) = &endpoint {
+        out.push_str(&format!("# etcd endpoint in use: {ep}\n"));
+    }
+    if let Some(next) = config.schedule.next_after(Utc::now(), &config.timezone) {
+        out.push_str(&format!(
+            "# next scheduled backup: {}{}\n",
+            records::rfc3339(next),
+            if config.paused {
+                " (paused: will be skipped)"
+            } else {
+                ""
+            }
+        ));
+    }
+    out.push_str(&config.to_redacted_toml());
+    print(&out)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(CommandError::Config(ConfigError { problems }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(500), "500 B");
+        assert_eq!(human_size(24608), "24.0 KiB");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn empty_table() {
+        assert_eq!(records_table(&[]), "no backup records yet\n");
+    }
+}

@@ -1,0 +1,722 @@
+//! The configuration: TOML model, kubeadm defaults, validation and the redacted display.
+//!
+//! Parsing happens in two layers. `Raw*` structs mirror the file exactly (every field optional,
+//! unknown keys rejected, positions kept with `Spanned`), and [`validate`] turns them into the
+//! effective [`Config`], collecting *every* problem with its file, line, column and field name
+//! instead of stopping at the first. Nothing here touches the network; file checks that go
+//! beyond parsing (certificates, the manifest) live in `commands::config_check`.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::schedule::{Schedule, Zone};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcdguard/etcdguard.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/etcdguard";
+pub const DEFAULT_MANIFEST: &str = "/etc/kubernetes/manifests/etcd.yaml";
+pub const DEFAULT_CA_CERT: &str = "/etc/kubernetes/pki/etcd/ca.crt";
+pub const DEFAULT_CLIENT_CERT: &str = "/etc/kubernetes/pki/etcd/healthcheck-client.crt";
+pub const DEFAULT_CLIENT_KEY: &str = "/etc/kubernetes/pki/etcd/healthcheck-client.key";
+pub const DEFAULT_SCHEDULE: &str = "0 */6 * * *";
+
+/// The effective configuration after defaults and validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; `None` when the default path does not exist and defaults apply.
+    pub source: Option<PathBuf>,
+    pub schedule: Schedule,
+    pub timezone: Zone,
+    pub paused: bool,
+    pub state_dir: PathBuf,
+    pub etcd: EtcdConfig,
+    pub local_storage: LocalStorageConfig,
+    pub remote_storage: Option<RemoteStorageConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    pub manifest: PathBuf,
+    /// Explicit endpoint; `None` means "the loopback client URL from the manifest".
+    pub endpoint: Option<String>,
+    pub ca_cert: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Bound on one whole snapshot stream.
+    pub timeout: Duration,
+    /// Bound on the wait for any single message of the stream (a stalled server).
+    pub stall_timeout: Duration,
+    /// Bound on establishing the TCP + TLS connection.
+    pub dial_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalStorageConfig {
+    pub path: PathBuf,
+    pub ttl: Duration,
+    pub min_keep: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteStorageConfig {
+    pub kind: String,
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub prefix: String,
+    pub force_path_style: bool,
+    pub ttl: Duration,
+    pub min_keep: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// One thing wrong with the configuration, located as precisely as the input allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: Option<PathBuf>,
+    /// 1-based line and column.
+    pub position: Option<(usize, usize)>,
+    /// Dotted field name, e.g. `local_storage.ttl`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.position) {
+            (Some(file), Some((l, c))) => write!(f, "{}:{l}:{c}: ", file.display())?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            (None, _) => write!(f, "(defaults): ")?,
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one configuration. Maps to exit code 78 (EX_CONFIG).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problems.len() {
+            1 => write!(f, "configuration error: {}", self.problems[0]),
+            n => {
+                write!(f, "{n} configuration errors:")?;
+                for p in &self.problems {
+                    write!(f, "\n  {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn single(file: Option<&Path>, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![Problem {
+                file: file.map(Path::to_owned),
+                position: None,
+                field: None,
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+/// Loads the configuration. `explicit` is the path named by `--config` or `ETCDGUARD_CONFIG`:
+/// it must exist. Without it, the default path is read if it exists, and defaults apply if not.
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    let (path, must_exist) = match explicit {
+        Some(p) => (p.to_owned(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&text, Some(&path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => parse("", None),
+        Err(e) => Err(ConfigError::single(
+            Some(&path),
+            match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "the configuration file does not exist (check --config / ETCDGUARD_CONFIG)"
+                        .to_string()
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "the configuration file cannot be read: permission denied (run as root, \
+                     or fix the file's owner and mode; the package installs it 0640 root)"
+                        .to_string()
+                }
+                _ => format!("the configuration file cannot be read: {e}"),
+            },
+        )),
+    }
+}
+
+/// Parses and validates configuration text. `file` names it in error messages; `None` means
+/// built-in defaults.
+pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        problems: vec![Problem {
+            file: file.map(Path::to_owned),
+            position: e.span().map(|s| line_col(text, s.start)),
+            field: None,
+            message: e.message().trim_end().to_string(),
+        }],
+    })?;
+    let mut v = Validator {
+        text,
+        file,
+        problems: Vec::new(),
+    };
+    let config = validate(raw, &mut v);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError {
+            problems: v.problems,
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw file model
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    schedule: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    paused: Option<bool>,
+    state_dir: Option<Spanned<PathBuf>>,
+    etcd: Option<RawEtcd>,
+    local_storage: Option<RawLocal>,
+    remote_storage: Option<Spanned<RawRemote>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    manifest: Option<Spanned<PathBuf>>,
+    endpoint: Option<Spanned<String>>,
+    ca_cert: Option<Spanned<PathBuf>>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
+    timeout: Option<Spanned<RawDuration>>,
+    stall_timeout: Option<Spanned<RawDuration>>,
+    dial_timeout: Option<Spanned<RawDuration>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    path: Option<Spanned<PathBuf>>,
+    ttl: Option<Spanned<RawDuration>>,
+    min_keep: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemote {
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+    bucket: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    force_path_style: Option<bool>,
+    ttl: Option<Spanned<RawDuration>>,
+    min_keep: Option<Spanned<i64>>,
+}
+
+/// A duration as `EtcdBackupConfiguration` accepts it: integer seconds or a humantime string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(i64),
+    Text(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+struct Validator<'a> {
+    text: &'a str,
+    file: Option<&'a Path>,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, span: Option<Range<usize>>, field: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.map(Path::to_owned),
+            position: span.map(|s| line_col(self.text, s.start)),
+            field: Some(field.to_string()),
+            message: message.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        raw: Option<Spanned<RawDuration>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(raw) = raw else { return default };
+        let span = raw.span();
+        match parse_duration(raw.get_ref()) {
+            Ok(d) => d,
+            Err(msg) => {
+                self.problem(Some(span), field, msg);
+                default
+            }
+        }
+    }
+
+    fn min_keep(&mut self, raw: Option<Spanned<i64>>, field: &str, default: usize) -> usize {
+        let Some(raw) = raw else { return default };
+        match usize::try_from(*raw.get_ref()) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                self.problem(
+                    Some(raw.span()),
+                    field,
+                    format!(
+                        "must be at least 1 (got {}): it is the number of newest good \
+                         snapshots that are never deleted",
+                        raw.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn path(&mut self, raw: Option<Spanned<PathBuf>>, field: &str, default: &Path) -> PathBuf {
+        let Some(raw) = raw else {
+            return default.to_owned();
+        };
+        let span = raw.span();
+        let p = raw.into_inner();
+        if !p.is_absolute() {
+            self.problem(
+                Some(span),
+                field,
+                format!(
+                    "must be an absolute path (got {:?}); the daemon's working directory is /",
+                    p.display().to_string()
+                ),
+            );
+        }
+        p
+    }
+}
+
+fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
+    let d = match raw {
+        RawDuration::Seconds(s) if *s <= 0 => {
+            return Err(format!(
+                "must be a positive duration (got {s}); write seconds as a positive integer \
+                 or a string such as \"7d\" or \"12h\""
+            ))
+        }
+        RawDuration::Seconds(s) => Duration::from_secs(*s as u64),
+        RawDuration::Text(t) => {
+            let trimmed = t.trim();
+            if trimmed.starts_with('-') {
+                return Err(format!("must be a positive duration (got {t:?})"));
+            }
+            humantime::parse_duration(trimmed).map_err(|e| {
+                format!(
+                    "{t:?} is not a duration ({e}); use a string such as \"90d\", \"12h\", \
+                     \"30m\" or integer seconds"
+                )
+            })?
+        }
+    };
+    if d.is_zero() {
+        return Err("must be a positive duration (got 0)".to_string());
+    }
+    Ok(d)
+}
+
+fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
+    let schedule = match raw.schedule {
+        None => Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses"),
+        Some(s) => match Schedule::parse(s.get_ref()) {
+            Ok(sch) => sch,
+            Err(e) => {
+                v.problem(Some(s.span()), "schedule", e);
+                Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses")
+            }
+        },
+    };
+    let timezone = match raw.timezone {
+        None => Zone::Utc,
+        Some(s) => match Zone::parse(s.get_ref()) {
+            Ok(z) => z,
+            Err(e) => {
+                v.problem(Some(s.span()), "timezone", e);
+                Zone::Utc
+            }
+        },
+    };
+    let state_dir = v.path(raw.state_dir, "state_dir", Path::new(DEFAULT_STATE_DIR));
+
+    let e = raw.etcd.unwrap_or_default();
+    let endpoint = e.endpoint.and_then(|ep| {
+        let span = ep.span();
+        match validate_endpoint(ep.get_ref()) {
+            Ok(()) => Some(ep.into_inner()),
+            Err(msg) => {
+                v.problem(Some(span), "etcd.endpoint", msg);
+                None
+            }
+        }
+    });
+    let etcd = EtcdConfig {
+        manifest: v.path(e.manifest, "etcd.manifest", Path::new(DEFAULT_MANIFEST)),
+        endpoint,
+        ca_cert: v.path(e.ca_cert, "etcd.ca_cert", Path::new(DEFAULT_CA_CERT)),
+        client_cert: v.path(
+            e.client_cert,
+            "etcd.client_cert",
+            Path::new(DEFAULT_CLIENT_CERT),
+        ),
+        client_key: v.path(
+            e.client_key,
+            "etcd.client_key",
+            Path::new(DEFAULT_CLIENT_KEY),
+        ),
+        timeout: v.duration(e.timeout, "etcd.timeout", Duration::from_secs(600)),
+        stall_timeout: v.duration(
+            e.stall_timeout,
+            "etcd.stall_timeout",
+            Duration::from_secs(60),
+        ),
+        dial_timeout: v.duration(e.dial_timeout, "etcd.dial_timeout", Duration::from_secs(10)),
+    };
+
+    let l = raw.local_storage.unwrap_or_default();
+    let local_storage = LocalStorageConfig {
+        path: v.path(l.path, "local_storage.path", &state_dir.join("snapshots")),
+        ttl: v.duration(
+            l.ttl,
+            "local_storage.ttl",
+            Duration::from_secs(7 * 24 * 3600),
+        ),
+        min_keep: v.min_keep(l.min_keep, "local_storage.min_keep", 3),
+    };
+
+    let remote_storage = raw.remote_storage.map(|r| validate_remote(r, v));
+
+    Config {
+        source: v.file.map(Path::to_owned),
+        schedule,
+        timezone,
+        paused: raw.paused.unwrap_or(false),
+        state_dir,
+        etcd,
+        local_storage,
+        remote_storage,
+    }
+}
+
+fn validate_endpoint(ep: &str) -> Result<(), String> {
+    let rest = ep.strip_prefix("https://").ok_or_else(|| {
+        format!(
+            "{ep:?} must be an https:// URL: etcdguard always talks TLS with the host PKI \
+             (kubeadm's etcd serves clients over TLS only)"
+        )
+    })?;
+    let hostport = rest.trim_end_matches('/');
+    if hostport.is_empty() || hostport.contains('/') || hostport.contains(',') {
+        return Err(format!(
+            "{ep:?} must be one URL of the form https://HOST:PORT (the local member only)"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_remote(r: Spanned<RawRemote>, v: &mut Validator<'_>) -> RemoteStorageConfig {
+    let table_span = r.span();
+    let r = r.into_inner();
+    let required = |field: Option<Spanned<String>>, name: &str, v: &mut Validator<'_>| match field {
+        Some(s) if !s.get_ref().trim().is_empty() => s.into_inner(),
+        Some(s) => {
+            v.problem(Some(s.span()), name, "must not be empty");
+            String::new()
+        }
+        None => {
+            v.problem(
+                Some(table_span.clone()),
+                name,
+                "is required when [remote_storage] is present",
+            );
+            String::new()
+        }
+    };
+    let kind = match r.kind {
+        None => "s3".to_string(),
+        Some(k) if k.get_ref() == "s3" => k.into_inner(),
+        Some(k) => {
+            v.problem(
+                Some(k.span()),
+                "remote_storage.type",
+                format!(
+                    "unsupported storage type {:?}; supported: \"s3\"",
+                    k.get_ref()
+                ),
+            );
+            k.into_inner()
+        }
+    };
+    let bucket = required(r.bucket, "remote_storage.bucket", v);
+    let region = required(r.region, "remote_storage.region", v);
+    let endpoint = r.endpoint.map(|e| {
+        if !(e.get_ref().starts_with("https://") || e.get_ref().starts_with("http://")) {
+            v.problem(
+                Some(e.span()),
+                "remote_storage.endpoint",
+                format!("{:?} must be an http:// or https:// URL", e.get_ref()),
+            );
+        }
+        e.into_inner()
+    });
+    let prefix = r.prefix.map(Spanned::into_inner).unwrap_or_default();
+    RemoteStorageConfig {
+        kind,
+        bucket,
+        endpoint,
+        region,
+        prefix,
+        force_path_style: r.force_path_style.unwrap_or(false),
+        ttl: v.duration(
+            r.ttl,
+            "remote_storage.ttl",
+            Duration::from_secs(30 * 24 * 3600),
+        ),
+        min_keep: v.min_keep(r.min_keep, "remote_storage.min_keep", 3),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Display
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn quoted(p: &Path) -> String {
+    toml_string(&p.display().to_string())
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+impl Config {
+    /// The effective configuration as TOML, every default filled in. Secrets (remote
+    /// credentials, once they exist) are replaced by `"<redacted>"`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        use std::fmt::Write;
+        let _ = writeln!(w, "schedule = {}", toml_string(self.schedule.expression()));
+        let _ = writeln!(w, "timezone = {}", toml_string(&self.timezone.to_string()));
+        let _ = writeln!(w, "paused = {}", self.paused);
+        let _ = writeln!(w, "state_dir = {}", quoted(&self.state_dir));
+        let e = &self.etcd;
+        let _ = writeln!(w, "\n[etcd]");
+        let _ = writeln!(w, "manifest = {}", quoted(&e.manifest));
+        match &e.endpoint {
+            Some(ep) => {
+                let _ = writeln!(w, "endpoint = {}", toml_string(ep));
+            }
+            None => {
+                let _ = writeln!(w, "# endpoint: the loopback client URL in the manifest");
+            }
+        }
+        let _ = writeln!(w, "ca_cert = {}", quoted(&e.ca_cert));
+        let _ = writeln!(w, "client_cert = {}", quoted(&e.client_cert));
+        let _ = writeln!(w, "client_key = {}", quoted(&e.client_key));
+        let _ = writeln!(w, "timeout = {}", toml_string(&human(e.timeout)));
+        let _ = writeln!(
+            w,
+            "stall_timeout = {}",
+            toml_string(&human(e.stall_timeout))
+        );
+        let _ = writeln!(w, "dial_timeout = {}", toml_string(&human(e.dial_timeout)));
+        let l = &self.local_storage;
+        let _ = writeln!(w, "\n[local_storage]");
+        let _ = writeln!(w, "path = {}", quoted(&l.path));
+        let _ = writeln!(w, "ttl = {}", toml_string(&human(l.ttl)));
+        let _ = writeln!(w, "min_keep = {}", l.min_keep);
+        match &self.remote_storage {
+            None => {
+                let _ = writeln!(w, "\n# [remote_storage] absent: local copies only");
+            }
+            Some(r) => {
+                let _ = writeln!(w, "\n[remote_storage]");
+                let _ = writeln!(w, "type = {}", toml_string(&r.kind));
+                let _ = writeln!(w, "bucket = {}", toml_string(&r.bucket));
+                if let Some(ep) = &r.endpoint {
+                    let _ = writeln!(w, "endpoint = {}", toml_string(ep));
+                }
+                let _ = writeln!(w, "region = {}", toml_string(&r.region));
+                let _ = writeln!(w, "prefix = {}", toml_string(&r.prefix));
+                let _ = writeln!(w, "force_path_style = {}", r.force_path_style);
+                let _ = writeln!(w, "ttl = {}", toml_string(&human(r.ttl)));
+                let _ = writeln!(w, "min_keep = {}", r.min_keep);
+            }
+        }
+        out
+    }
+
+    pub fn records_path(&self) -> PathBuf {
+        self.state_dir.join("records.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<String> {
+        parse(text, Some(Path::new("/etc/x.toml")))
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn empty_file_gives_kubeadm_defaults() {
+        let c = parse("", None).unwrap();
+        assert_eq!(c.etcd.ca_cert, Path::new(DEFAULT_CA_CERT));
+        assert_eq!(
+            c.local_storage.path,
+            Path::new("/var/lib/etcdguard/snapshots")
+        );
+        assert_eq!(c.local_storage.min_keep, 3);
+        assert_eq!(c.local_storage.ttl, Duration::from_secs(7 * 86400));
+        assert!(c.remote_storage.is_none());
+        assert!(!c.paused);
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_text() {
+        let c = parse(
+            "[local_storage]\nttl = 7776000\n[etcd]\ntimeout = \"90s\"",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.local_storage.ttl, Duration::from_secs(7776000));
+        assert_eq!(c.etcd.timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_position() {
+        let e = errs("schedule = \"@daily\"\n[local_storage]\nttll = \"1d\"\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("/etc/x.toml:3:1: "), "{}", e[0]);
+        assert!(e[0].contains("unknown field `ttll`"), "{}", e[0]);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let e = errs(
+            "schedule = \"61 * * * *\"\ntimezone = \"Mars/Olympus\"\n\
+             [local_storage]\nttl = -5\nmin_keep = 0\n",
+        );
+        assert_eq!(e.len(), 4, "{e:#?}");
+        assert!(e[0].starts_with("/etc/x.toml:1:12: schedule: "), "{}", e[0]);
+        assert!(e[1].contains("timezone: "), "{}", e[1]);
+        assert!(
+            e[2].contains(":4:7: local_storage.ttl: must be a positive"),
+            "{}",
+            e[2]
+        );
+        assert!(
+            e[3].contains("local_storage.min_keep: must be at least 1"),
+            "{}",
+            e[3]
+        );
+    }
+
+    #[test]
+    fn bad_duration_text() {
+        let e = errs("[local_storage]\nttl = \"7 dayz\"\n");
+        assert!(e[0].contains("is not a duration"), "{}", e[0]);
+        let e = errs("[local_storage]\nttl = \"-7d\"\n");
+        assert!(e[0].contains("positive"), "{}", e[0]);
+    }
+
+    #[test]
+    fn endpoint_must_be_one_https_url() {
+        assert!(errs("[etcd]\nendpoint = \"http://127.0.0.1:2379\"")[0].contains("https://"));
+        assert!(errs("[etcd]\nendpoint = \"https://a:1,https://b:2\"")[0].contains("one URL"));
+        let c = parse("[etcd]\nendpoint = \"https://[::1]:2379\"", None).unwrap();
+        assert_eq!(c.etcd.endpoint.as_deref(), Some("https://[::1]:2379"));
+    }
+
+    #[test]
+    fn relative_paths_are_rejected() {
+        let e = errs("state_dir = \"var/lib\"");
+        assert!(
+            e[0].contains("state_dir: must be an absolute path"),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn remote_requires_bucket_and_region() {
+        let e = errs("[remote_storage]\ntype = \"s3\"\n");
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e[0].contains("remote_storage.bucket: is required"));
+        assert!(e[1].contains("remote_storage.region: is required"));
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let e = errs("schedule = \n");
+        assert!(e[0].starts_with("/etc/x.toml:1:"), "{}", e[0]);
+    }
+
+    #[test]
+    fn redacted_display_round_trips() {
+        let c = parse(
+            "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nendpoint = \"https://s3\"\n",
+            None,
+        )
+        .unwrap();
+        let shown = c.to_redacted_toml();
+        let again = parse(&shown, None).unwrap();
+        assert_eq!(again.to_redacted_toml(), shown);
+    }
+}

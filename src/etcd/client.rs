@@ -1,0 +1,138 @@
+//! The connection to the local etcd member and its identity.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, Identity, TlsOptions};
+use tonic::transport::Endpoint;
+
+use super::tls::TlsMaterial;
+
+/// Who answered: recorded with every backup.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub id: u64,
+    /// Empty when the member list could not be read; the caller falls back to the manifest.
+    pub name: String,
+    pub version: String,
+    pub revision: i64,
+    pub db_size: i64,
+}
+
+/// Dials `endpoint` eagerly (TCP + TLS) so that a refused connection or a bad certificate is
+/// reported now, with its cause, rather than as a timeout on the first request. HTTP/2
+/// keep-alive pings are sent only while a stream is open: etcd closes connections that ping
+/// while idle (`too_many_pings`).
+pub async fn connect(
+    endpoint: &str,
+    tls: &TlsMaterial,
+    dial_timeout: Duration,
+) -> Result<Client, Box<dyn StdError + Send + Sync>> {
+    let tls_options = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+    let channel = Endpoint::from_shared(endpoint.to_string())?
+        .tls_config(tls_options)?
+        .connect_timeout(dial_timeout)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(false)
+        .connect()
+        .await?;
+    Ok(Client::from_channel(etcd_client::Channel::Tonic(channel), None).await?)
+}
+
+/// Status and membership of the member behind `client`. The member list is read serializably
+/// (no quorum needed): a member that lost quorum is exactly the one worth backing up.
+pub async fn member_info(
+    client: &mut Client,
+    rpc_timeout: Duration,
+) -> Result<MemberInfo, Box<dyn StdError + Send + Sync>> {
+    let status = tokio::time::timeout(rpc_timeout, client.status())
+        .await
+        .map_err(|_| format!("no answer to a status request within {rpc_timeout:?}"))??;
+    let header = status
+        .header()
+        .ok_or("etcd's status response carries no header")?;
+    let id = header.member_id();
+    let revision = header.revision();
+    let name = match tokio::time::timeout(rpc_timeout, client.member_list()).await {
+        Ok(Ok(list)) => list
+            .members()
+            .iter()
+            .find(|m| m.id() == id)
+            .map(|m| m.name().to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    Ok(MemberInfo {
+        id,
+        name,
+        version: status.version().to_string(),
+        revision,
+        db_size: status.db_size(),
+    })
+}
+
+/// Turns a connection or request error into one sentence an operator can act on: what failed,
+/// where, and the likely fix. Falls back to the full cause chain.
+pub fn explain_connect_error(
+    endpoint: &str,
+    ca_cert: &std::path::Path,
+    client_cert: &std::path::Path,
+    err: &(dyn StdError + 'static),
+) -> String {
+    let mut chain = Vec::new();
+    let mut refused = false;
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        let s = e.to_string();
+        if chain.last() != Some(&s) {
+            chain.push(s);
+        }
+        cur = e.source();
+    }
+    let text = chain.join(": ");
+    let has = |needle: &str| text.contains(needle);
+    if refused || has("Connection refused") {
+        format!(
+            "etcd at {endpoint} refused the connection (is etcd running, and is this its \
+             client URL?)"
+        )
+    } else if has("UnknownIssuer") {
+        format!(
+            "etcd at {endpoint} presented a server certificate that is not signed by the CA in \
+             {} (is etcd.ca_cert the etcd CA?)",
+            ca_cert.display()
+        )
+    } else if has("NotValidForName") || has("NotValidForNameContext") {
+        format!(
+            "the server certificate of etcd at {endpoint} is not valid for that address \
+             (use an address listed in its subject alternative names)"
+        )
+    } else if has("certificate expired") || has("CertificateExpired") {
+        format!(
+            "etcd at {endpoint} rejected the client certificate {} as expired; renew it \
+             (kubeadm: `kubeadm certs renew etcd-healthcheck-client`)",
+            client_cert.display()
+        )
+    } else if has("BadCertificate")
+        || has("CertificateRequired")
+        || has("UnknownCA")
+        || has("bad certificate")
+        || has("unknown certificate authority")
+    {
+        format!(
+            "etcd at {endpoint} rejected the client certificate {} ({text}); it must be signed \
+             by the etcd CA",
+            client_cert.display()
+        )
+    } else if has("timed out") || has("deadline") {
+        format!("no answer from etcd at {endpoint} in time ({text})")
+    } else {
+        format!("cannot talk to etcd at {endpoint}: {text}")
+    }
+}

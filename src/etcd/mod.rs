@@ -1,0 +1,13 @@
+//! Talking to the local etcd member: TLS material from the host PKI, the connection, member
+//! identity, and the snapshot stream with its sha256 trailer check.
+//!
+//! This module never decides *where* bytes go or whether a backup counts: it hands verified
+//! bytes to a writer and reports what it saw. `backup.rs` owns the run.
+
+mod client;
+mod snapshot;
+mod tls;
+
+pub use client::{connect, explain_connect_error, member_info, MemberInfo};
+pub use snapshot::{stream_snapshot, SnapshotError, StreamLimits, StreamedSnapshot, TrailerCheck};
+pub use tls::{TlsError, TlsMaterial};

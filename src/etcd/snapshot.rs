@@ -1,0 +1,299 @@
+//! The snapshot stream: bytes in, verified bytes out, memory flat in the database size.
+//!
+//! etcd's `Maintenance.Snapshot` sends the bbolt file in chunks, each with `remaining_bytes`;
+//! the last data chunk has `remaining_bytes == 0`, and one more message carries the raw 32-byte
+//! sha256 of everything before it. A stream that ends before that trailer, or whose trailer does
+//! not match, is a failed snapshot. The trailer is written to the output too, so the file is
+//! exactly what `etcdctl snapshot save` writes and `etcdutl snapshot restore` accepts.
+
+use std::time::Duration;
+
+use etcd_client::Client;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+pub const TRAILER_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("snapshot stream ended before all data arrived ({received} bytes received, {missing} more announced)")]
+    EndedEarly { received: u64, missing: u64 },
+    #[error("snapshot stream ended before its checksum ({received} bytes of data received)")]
+    NoTrailer { received: u64 },
+    #[error("snapshot checksum trailer has {len} bytes, expected 32")]
+    BadTrailerLength { len: usize },
+    #[error("snapshot checksum mismatch: etcd sent sha256 {sent}, the received data hashes to {computed}")]
+    Mismatch { sent: String, computed: String },
+    #[error("etcd sent more data after the snapshot checksum")]
+    DataAfterTrailer,
+    #[error("etcd sent an empty snapshot")]
+    Empty,
+    #[error("snapshot did not finish within etcd.timeout ({0:?}); raise it for large databases")]
+    Overall(Duration),
+    #[error("etcd sent nothing for {0:?} (etcd.stall_timeout) in the middle of the snapshot")]
+    Stalled(Duration),
+    #[error("snapshot stream broke: {0}")]
+    Stream(String),
+    #[error("cannot write the snapshot file: {0}")]
+    Write(String),
+}
+
+/// Pure protocol state of one snapshot stream. Feed every message with [`TrailerCheck::accept`]
+/// (and write its blob), then call [`TrailerCheck::finish`] at the end of the stream.
+#[derive(Clone)]
+pub struct TrailerCheck {
+    hasher: Sha256,
+    data_len: u64,
+    last_remaining: Option<u64>,
+    state: State,
+    file_sha256: Option<[u8; 32]>,
+    db_sha256: Option<[u8; 32]>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Data,
+    AwaitTrailer,
+    Done,
+}
+
+impl Default for TrailerCheck {
+    fn default() -> Self {
+        TrailerCheck {
+            hasher: Sha256::new(),
+            data_len: 0,
+            last_remaining: None,
+            state: State::Data,
+            file_sha256: None,
+            db_sha256: None,
+        }
+    }
+}
+
+impl TrailerCheck {
+    pub fn accept(&mut self, blob: &[u8], remaining_bytes: u64) -> Result<(), SnapshotError> {
+        match self.state {
+            State::Data => {
+                self.hasher.update(blob);
+                self.data_len += blob.len() as u64;
+                self.last_remaining = Some(remaining_bytes);
+                if remaining_bytes == 0 {
+                    if self.data_len == 0 {
+                        return Err(SnapshotError::Empty);
+                    }
+                    self.state = State::AwaitTrailer;
+                }
+                Ok(())
+            }
+            State::AwaitTrailer => {
+                if blob.len() != TRAILER_LEN {
+                    return Err(SnapshotError::BadTrailerLength { len: blob.len() });
+                }
+                let db: [u8; 32] = self.hasher.clone().finalize().into();
+                if db[..] != blob[..] {
+                    return Err(SnapshotError::Mismatch {
+                        sent: hex::encode(blob),
+                        computed: hex::encode(db),
+                    });
+                }
+                // sha256 of the whole file (data + trailer), as `sha256sum` prints it.
+                let mut whole = self.hasher.clone();
+                whole.update(blob);
+                self.db_sha256 = Some(db);
+                self.file_sha256 = Some(whole.finalize().into());
+                self.state = State::Done;
+                Ok(())
+            }
+            State::Done if blob.is_empty() => Ok(()),
+            State::Done => Err(SnapshotError::DataAfterTrailer),
+        }
+    }
+
+    /// Called at the end of the stream. Returns `(db sha256, file sha256, file length)`.
+    pub fn finish(&self) -> Result<([u8; 32], [u8; 32], u64), SnapshotError> {
+        match self.state {
+            State::Data => Err(SnapshotError::EndedEarly {
+                received: self.data_len,
+                missing: self.last_remaining.unwrap_or(0),
+            }),
+            State::AwaitTrailer => Err(SnapshotError::NoTrailer {
+                received: self.data_len,
+            }),
+            State::Done => Ok((
+                self.db_sha256.expect("set in Done"),
+                self.file_sha256.expect("set in Done"),
+                self.data_len + TRAILER_LEN as u64,
+            )),
+        }
+    }
+}
+
+/// Bounds on one snapshot stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// The whole stream.
+    pub overall: Duration,
+    /// The wait for any one message.
+    pub stall: Duration,
+}
+
+/// What a verified stream produced.
+#[derive(Debug, Clone)]
+pub struct StreamedSnapshot {
+    /// Length of the written file, trailer included.
+    pub file_len: u64,
+    pub db_sha256: [u8; 32],
+    pub file_sha256: [u8; 32],
+    /// Revision from the stream's response header, when the server sets one.
+    pub header_revision: Option<i64>,
+}
+
+/// Streams a snapshot from `client` into `out`, verifying the trailer. `out` is flushed but not
+/// synced; the caller owns durability. On error, what was written must be discarded.
+pub async fn stream_snapshot<W: AsyncWrite + Unpin>(
+    client: &mut Client,
+    out: &mut W,
+    limits: StreamLimits,
+) -> Result<StreamedSnapshot, SnapshotError> {
+    let deadline = Instant::now() + limits.overall;
+    let next_wait = || {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(SnapshotError::Overall(limits.overall))
+        } else {
+            Ok(left.min(limits.stall))
+        }
+    };
+    let wait_err = |waited: Duration| {
+        if waited < limits.stall {
+            SnapshotError::Overall(limits.overall)
+        } else {
+            SnapshotError::Stalled(limits.stall)
+        }
+    };
+
+    let wait = next_wait()?;
+    let mut stream = tokio::time::timeout(wait, client.snapshot())
+        .await
+        .map_err(|_| wait_err(wait))?
+        .map_err(|e| SnapshotError::Stream(error_chain(&e)))?;
+
+    let mut check = TrailerCheck::default();
+    let mut header_revision = None;
+    loop {
+        let wait = next_wait()?;
+        let msg = tokio::time::timeout(wait, stream.message())
+            .await
+            .map_err(|_| wait_err(wait))?
+            .map_err(|e| SnapshotError::Stream(error_chain(&e)))?;
+        let Some(msg) = msg else { break };
+        if header_revision.is_none() {
+            header_revision = msg.header().map(|h| h.revision()).filter(|r| *r > 0);
+        }
+        check.accept(msg.blob(), msg.remaining_bytes())?;
+        out.write_all(msg.blob())
+            .await
+            .map_err(|e| SnapshotError::Write(e.to_string()))?;
+    }
+    let (db_sha256, file_sha256, file_len) = check.finish()?;
+    out.flush()
+        .await
+        .map_err(|e| SnapshotError::Write(e.to_string()))?;
+    Ok(StreamedSnapshot {
+        file_len,
+        db_sha256,
+        file_sha256,
+        header_revision,
+    })
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if parts.last() != Some(&t) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(b: &[u8]) -> Vec<u8> {
+        Sha256::digest(b).to_vec()
+    }
+
+    #[test]
+    fn accepts_a_well_formed_stream() {
+        let data = vec![7u8; 1024];
+        let mut c = TrailerCheck::default();
+        c.accept(&data[..600], 424).unwrap();
+        c.accept(&data[600..], 0).unwrap();
+        c.accept(&sha(&data), 0).unwrap();
+        let (db, file, len) = c.finish().unwrap();
+        assert_eq!(db.to_vec(), sha(&data));
+        let mut whole = data.clone();
+        whole.extend(sha(&data));
+        assert_eq!(file.to_vec(), sha(&whole));
+        assert_eq!(len, 1056);
+    }
+
+    #[test]
+    fn stream_that_ends_before_data_is_complete() {
+        let mut c = TrailerCheck::default();
+        c.accept(&[1; 100], 50).unwrap();
+        assert_eq!(
+            c.finish().unwrap_err(),
+            SnapshotError::EndedEarly {
+                received: 100,
+                missing: 50
+            }
+        );
+    }
+
+    #[test]
+    fn stream_that_ends_before_trailer() {
+        let mut c = TrailerCheck::default();
+        c.accept(&[1; 100], 0).unwrap();
+        assert_eq!(
+            c.finish().unwrap_err(),
+            SnapshotError::NoTrailer { received: 100 }
+        );
+    }
+
+    #[test]
+    fn wrong_trailer() {
+        let mut c = TrailerCheck::default();
+        c.accept(&[1; 100], 0).unwrap();
+        assert!(matches!(
+            c.accept(&[0; 32], 0),
+            Err(SnapshotError::Mismatch { .. })
+        ));
+        let mut c = TrailerCheck::default();
+        c.accept(&[1; 100], 0).unwrap();
+        assert_eq!(
+            c.accept(&[0; 31], 0).unwrap_err(),
+            SnapshotError::BadTrailerLength { len: 31 }
+        );
+    }
+
+    #[test]
+    fn data_after_trailer_and_empty() {
+        let mut c = TrailerCheck::default();
+        c.accept(&[1; 10], 0).unwrap();
+        c.accept(&sha(&[1; 10]), 0).unwrap();
+        assert_eq!(
+            c.accept(&[2], 0).unwrap_err(),
+            SnapshotError::DataAfterTrailer
+        );
+        let mut c = TrailerCheck::default();
+        assert_eq!(c.accept(&[], 0).unwrap_err(), SnapshotError::Empty);
+        assert!(TrailerCheck::default().finish().is_err());
+    }
+}

@@ -1,0 +1,202 @@
+//! The one place for durable filesystem primitives: private directories, atomic replace,
+//! directory fsync and advisory locks. Everything that must survive a crash goes through here,
+//! so there is exactly one atomic-write helper and one lock helper in the codebase.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// Mode of every directory etcdguard creates: snapshots hold every cluster Secret.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every file etcdguard creates.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` and any missing parents with mode 0700. An existing directory is left as it
+/// is; the caller decides whether wider permissions on it are a problem ([`is_private`]).
+pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
+
+/// True when neither group nor others have any access to `path`.
+pub fn is_private(path: &Path) -> io::Result<bool> {
+    Ok(fs::metadata(path)?.permissions().mode() & 0o077 == 0)
+}
+
+/// fsyncs a directory so that a rename or unlink inside it is durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Replaces `path` atomically with `bytes`: a hidden temp file in the same directory, written,
+/// fsynced, renamed over `path`, then the directory fsynced. Readers see the old or the new
+/// content, never a mix; a crash leaves at most a stray hidden temp file.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = parent_of(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The mode given to open() is filtered by the umask; set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Renames `from` to `to` only if `to` does not exist yet, durably (hard link, unlink, fsync dir).
+/// Both must be in the same directory.
+pub fn publish_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    fs::hard_link(from, to)?;
+    fs::remove_file(from)?;
+    fsync_dir(parent_of(to))
+}
+
+/// An exclusive advisory lock (flock) held for the life of the value. The lock file holds the
+/// holder's pid so that a waiting process can say who it waits for.
+#[derive(Debug)]
+pub struct LockGuard {
+    _lock: Flock<File>,
+    path: PathBuf,
+}
+
+impl LockGuard {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What [`try_lock`] found when the lock was taken by someone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHeld {
+    pub holder_pid: Option<u32>,
+}
+
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+}
+
+fn note_holder(lock: &Flock<File>) {
+    let f: &File = lock;
+    let _ = f.set_len(0);
+    let _ = (&*f).write_all(format!("{}\n", std::process::id()).as_bytes());
+}
+
+/// Takes the lock at `path` without waiting. `Ok(Err(held))` when another process holds it.
+pub fn try_lock(path: &Path) -> io::Result<Result<LockGuard, LockHeld>> {
+    let file = open_lock_file(path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            note_holder(&lock);
+            Ok(Ok(LockGuard {
+                _lock: lock,
+                path: path.to_owned(),
+            }))
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder_pid = fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            Ok(Err(LockHeld { holder_pid }))
+        }
+        Err((_, e)) => Err(io::Error::from(e)),
+    }
+}
+
+/// Takes the lock at `path`, waiting as long as it takes. For short critical sections only
+/// (the records file), never for a whole backup.
+pub fn lock(path: &Path) -> io::Result<LockGuard> {
+    let file = open_lock_file(path)?;
+    let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
+    note_holder(&lock);
+    Ok(LockGuard {
+        _lock: lock,
+        path: path.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_and_sets_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.json");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_atomic(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // no temp file left behind
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn publish_no_replace_refuses_existing_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"new").unwrap();
+        fs::write(&b, b"old").unwrap();
+        assert!(publish_no_replace(&a, &b).is_err());
+        assert_eq!(fs::read(&b).unwrap(), b"old");
+        assert!(a.exists());
+    }
+
+    #[test]
+    fn second_try_lock_sees_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let _g = try_lock(&p).unwrap().unwrap();
+        // flock locks belong to the open file description, so a second open conflicts even
+        // within one process.
+        let held = try_lock(&p).unwrap().unwrap_err();
+        assert_eq!(held.holder_pid, Some(std::process::id()));
+    }
+
+    #[test]
+    fn private_dirs_are_0700() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a/b");
+        create_private_dir_all(&p).unwrap();
+        assert!(is_private(&p).unwrap());
+        assert!(is_private(&dir.path().join("a")).unwrap());
+    }
+}

@@ -1,0 +1,282 @@
+//! The etcd static pod manifest (`/etc/kubernetes/manifests/etcd.yaml`): the etcd container's
+//! flags, image and hostPath volumes.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read etcd manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("etcd manifest {path} is not valid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("etcd manifest {path}: {message}")]
+    Content { path: PathBuf, message: String },
+}
+
+/// The parts of the etcd static pod that etcdguard reads.
+#[derive(Debug, Clone)]
+pub struct EtcdManifest {
+    pub path: PathBuf,
+    /// The etcd container's flags in order, leading dashes removed: `("name", Some("cp1"))`.
+    pub flags: Vec<(String, Option<String>)>,
+    pub image: Option<String>,
+}
+
+impl EtcdManifest {
+    pub fn load(path: &Path) -> Result<EtcdManifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<EtcdManifest, ManifestError> {
+        let content = |message: String| ManifestError::Content {
+            path: path.to_owned(),
+            message,
+        };
+        let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| ManifestError::Yaml {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let containers = doc
+            .get("spec")
+            .and_then(|s| s.get("containers"))
+            .and_then(Value::as_sequence)
+            .ok_or_else(|| content("no spec.containers list; is this a Pod manifest?".into()))?;
+        let strings = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_sequence)
+                .map(|seq| {
+                    seq.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let is_etcd = |c: &Value| {
+            c.get("name").and_then(Value::as_str) == Some("etcd")
+                || strings(c.get("command"))
+                    .first()
+                    .is_some_and(|cmd| cmd == "etcd" || cmd.ends_with("/etcd"))
+        };
+        let container = containers
+            .iter()
+            .find(|c| is_etcd(c))
+            .ok_or_else(|| content("no container named \"etcd\"".into()))?;
+        let mut words = strings(container.get("command"));
+        if !words.is_empty() {
+            words.remove(0); // the program itself
+        }
+        words.extend(strings(container.get("args")));
+        Ok(EtcdManifest {
+            path: path.to_owned(),
+            flags: parse_flags(&words),
+            image: container
+                .get("image")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+    }
+
+    /// The value of `--name`-style flag `name`; the last occurrence wins, as in Go's flag package.
+    pub fn flag(&self, name: &str) -> Option<&str> {
+        self.flags
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    pub fn member_name(&self) -> Option<&str> {
+        self.flag("name")
+    }
+
+    /// The URL on which this node's own etcd member serves clients on loopback, from
+    /// `--listen-client-urls`. A wildcard listener (0.0.0.0, [::]) is reached through loopback.
+    /// Never another member's address: a snapshot must come from the local member.
+    pub fn local_client_url(&self) -> Result<String, ManifestError> {
+        let content = |message: String| ManifestError::Content {
+            path: self.path.clone(),
+            message,
+        };
+        let urls = self
+            .flag("listen-client-urls")
+            .ok_or_else(|| content("the etcd command has no --listen-client-urls flag".into()))?;
+        let mut wildcard = None;
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let Some((scheme, host, port)) = split_url(url) else {
+                continue;
+            };
+            if scheme != "https" {
+                continue;
+            }
+            match host_kind(host) {
+                HostKind::Loopback => return Ok(url.trim_end_matches('/').to_string()),
+                HostKind::Wildcard4 if wildcard.is_none() => {
+                    wildcard = Some(format!("https://127.0.0.1:{port}"))
+                }
+                HostKind::Wildcard6 if wildcard.is_none() => {
+                    wildcard = Some(format!("https://[::1]:{port}"))
+                }
+                _ => {}
+            }
+        }
+        wildcard.ok_or_else(|| {
+            content(format!(
+                "--listen-client-urls={urls} has no https URL on loopback or a wildcard \
+                 address; set etcd.endpoint in the etcdguard config to this member's own \
+                 client URL"
+            ))
+        })
+    }
+}
+
+/// Splits etcd/Go-style flags: `--a=b`, `-a=b`, `--a b`, and bare booleans `--a`.
+fn parse_flags(words: &[String]) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        i += 1;
+        let Some(stripped) = w.strip_prefix("--").or_else(|| w.strip_prefix('-')) else {
+            continue; // a positional word; etcd takes none
+        };
+        if let Some((name, value)) = stripped.split_once('=') {
+            out.push((name.to_string(), Some(value.to_string())));
+        } else if i < words.len() && !words[i].starts_with('-') {
+            out.push((stripped.to_string(), Some(words[i].clone())));
+            i += 1;
+        } else {
+            out.push((stripped.to_string(), None));
+        }
+    }
+    out
+}
+
+fn split_url(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let hostport = rest.split('/').next()?;
+    let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
+        let (h, p) = r.split_once("]:")?;
+        (h, p)
+    } else {
+        hostport.rsplit_once(':')?
+    };
+    Some((scheme, host, port))
+}
+
+enum HostKind {
+    Loopback,
+    Wildcard4,
+    Wildcard6,
+    Other,
+}
+
+fn host_kind(host: &str) -> HostKind {
+    if host == "localhost" {
+        return HostKind::Loopback;
+    }
+    match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() => HostKind::Loopback,
+        Ok(IpAddr::V4(v4)) if v4.is_unspecified() => HostKind::Wildcard4,
+        Ok(IpAddr::V6(v6)) if v6.is_unspecified() => HostKind::Wildcard6,
+        _ => HostKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KUBEADM_35: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  annotations:
+    kubeadm.kubernetes.io/etcd.advertise-client-urls: https://10.0.0.10:2379
+  name: etcd
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - etcd
+    - --advertise-client-urls=https://10.0.0.10:2379
+    - --data-dir=/var/lib/etcd
+    - --listen-client-urls=https://10.0.0.10:2379,https://127.0.0.1:2379
+    - --name=cp1
+    image: registry.k8s.io/etcd:3.5.16-0
+    name: etcd
+  volumes:
+  - hostPath:
+      path: /var/lib/etcd
+    name: etcd-data
+"#;
+
+    fn m(text: &str) -> EtcdManifest {
+        EtcdManifest::parse(text, Path::new("/m/etcd.yaml")).unwrap()
+    }
+
+    #[test]
+    fn kubeadm_manifest() {
+        let man = m(KUBEADM_35);
+        assert_eq!(man.member_name(), Some("cp1"));
+        assert_eq!(man.local_client_url().unwrap(), "https://127.0.0.1:2379");
+        assert_eq!(man.image.as_deref(), Some("registry.k8s.io/etcd:3.5.16-0"));
+    }
+
+    #[test]
+    fn separate_value_form_and_ipv6() {
+        let man = m(r#"
+spec:
+  containers:
+  - name: etcd
+    command: ["etcd", "--name", "cp-2", "--listen-client-urls", "https://[fd00::2]:2379,https://[::1]:2379"]
+"#);
+        assert_eq!(man.member_name(), Some("cp-2"));
+        assert_eq!(man.local_client_url().unwrap(), "https://[::1]:2379");
+    }
+
+    #[test]
+    fn wildcard_listener_maps_to_loopback() {
+        let man = m(r#"
+spec:
+  containers:
+  - name: etcd
+    command: [etcd]
+    args: ["--listen-client-urls=https://0.0.0.0:12379"]
+"#);
+        assert_eq!(man.local_client_url().unwrap(), "https://127.0.0.1:12379");
+    }
+
+    #[test]
+    fn no_local_url_is_a_clear_error() {
+        let man = m(r#"
+spec:
+  containers:
+  - name: etcd
+    command: [etcd, "--listen-client-urls=https://10.0.0.10:2379,http://127.0.0.1:2379"]
+"#);
+        let e = man.local_client_url().unwrap_err().to_string();
+        assert!(e.contains("/m/etcd.yaml"), "{e}");
+        assert!(e.contains("set etcd.endpoint"), "{e}");
+    }
+
+    #[test]
+    fn not_a_pod() {
+        let e = EtcdManifest::parse("a: b", Path::new("/m/x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no spec.containers"), "{e}");
+        let e = EtcdManifest::parse("a: [", Path::new("/m/x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid YAML"), "{e}");
+    }
+}

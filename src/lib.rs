@@ -1,0 +1,15 @@
+//! etcdguard: scheduled, verified etcd snapshots and guarded restore for kubeadm nodes.
+//! See `docs/architecture.md` for the map of modules.
+
+pub mod backup;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod etcd;
+pub mod etcddb;
+pub mod fsutil;
+pub mod kubeadm;
+pub mod records;
+pub mod retention;
+pub mod schedule;
+pub mod store;

@@ -1,0 +1,347 @@
+//! The records file: one record per backup attempt, in `<state_dir>/records.json`.
+//!
+//! Writers take `<state_dir>/records.lock`, read, change and atomically replace the file, so two
+//! writers never lose each other's records and a reader never sees half a file. A file that
+//! does not parse is never silently reset: writers move it aside with a timestamp and say so;
+//! readers report it and change nothing.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+pub const RECORDS_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Success,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Schedule,
+    Manual,
+    CatchUp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub name: String,
+    /// Member ID in etcd's lowercase hex form.
+    pub id: String,
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyState {
+    Present,
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalCopy {
+    pub path: PathBuf,
+    pub state: CopyState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// Why it was deleted (retention rule, or "file was already gone").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_reason: Option<String>,
+}
+
+/// One backup attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub id: String,
+    pub backup_timestamp: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    pub result: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub trigger: Trigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Member>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub duration_seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalCopy>,
+    /// Remote copy state; written by the remote storage code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<serde_json::Value>,
+}
+
+impl Record {
+    pub fn is_good_local(&self) -> bool {
+        self.result == Outcome::Success
+            && self
+                .local
+                .as_ref()
+                .is_some_and(|l| l.state == CopyState::Present)
+    }
+}
+
+/// The whole file. Unknown top-level fields (daemon state added later) survive a round trip.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordsFile {
+    pub version: u32,
+    pub records: Vec<Record>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for RecordsFile {
+    fn default() -> Self {
+        RecordsFile {
+            version: RECORDS_VERSION,
+            records: Vec::new(),
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    #[error("cannot access records file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "records file {path} does not parse ({message}); it was left as it is. Move it away \
+         or repair it; the next backup moves it aside and starts a new one"
+    )]
+    Corrupt { path: PathBuf, message: String },
+    #[error("records file {path} has version {found}; this etcdguard reads version {RECORDS_VERSION} (was it written by a newer release?)")]
+    Version { path: PathBuf, found: u32 },
+}
+
+/// A records file that did not parse and was moved aside by a writer.
+#[derive(Debug, Clone)]
+pub struct MovedAside {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for MovedAside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "records file {} did not parse ({}); it was moved aside to {} and a new records \
+             file was started. Older backups are no longer listed and are never deleted by \
+             retention",
+            self.from.display(),
+            self.message,
+            self.to.display()
+        )
+    }
+}
+
+/// The records file of one state directory.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    path: PathBuf,
+    lock_path: PathBuf,
+}
+
+enum Loaded {
+    Missing,
+    Parsed(RecordsFile),
+    Corrupt(String),
+}
+
+impl RecordStore {
+    pub fn new(state_dir: &Path) -> RecordStore {
+        RecordStore {
+            path: state_dir.join("records.json"),
+            lock_path: state_dir.join("records.lock"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&self) -> Result<Loaded, RecordsError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(source) => {
+                return Err(RecordsError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        match serde_json::from_slice::<RecordsFile>(&bytes) {
+            Ok(f) if f.version != RECORDS_VERSION => Err(RecordsError::Version {
+                path: self.path.clone(),
+                found: f.version,
+            }),
+            Ok(f) => Ok(Loaded::Parsed(f)),
+            Err(e) => Ok(Loaded::Corrupt(e.to_string())),
+        }
+    }
+
+    /// Reads the records without changing anything. A missing file is an empty history.
+    pub fn load(&self) -> Result<RecordsFile, RecordsError> {
+        match self.read()? {
+            Loaded::Missing => Ok(RecordsFile::default()),
+            Loaded::Parsed(f) => Ok(f),
+            Loaded::Corrupt(message) => Err(RecordsError::Corrupt {
+                path: self.path.clone(),
+                message,
+            }),
+        }
+    }
+
+    /// Changes the records under the lock and replaces the file atomically (mode 0600).
+    /// A corrupt file is moved aside to `records.json.corrupt-<UTC timestamp>` first and
+    /// reported in the second element of the result.
+    pub fn update<T>(
+        &self,
+        now: DateTime<Utc>,
+        change: impl FnOnce(&mut RecordsFile) -> T,
+    ) -> Result<(T, Option<MovedAside>), RecordsError> {
+        let io = |source| RecordsError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let _guard = fsutil::lock(&self.lock_path).map_err(io)?;
+        let (mut file, moved) = match self.read()? {
+            Loaded::Missing => (RecordsFile::default(), None),
+            Loaded::Parsed(f) => (f, None),
+            Loaded::Corrupt(message) => {
+                let to = self.path.with_file_name(format!(
+                    "records.json.corrupt-{}",
+                    now.format("%Y%m%dT%H%M%S%.3fZ")
+                ));
+                std::fs::rename(&self.path, &to).map_err(io)?;
+                (
+                    RecordsFile::default(),
+                    Some(MovedAside {
+                        from: self.path.clone(),
+                        to,
+                        message,
+                    }),
+                )
+            }
+        };
+        let out = change(&mut file);
+        let mut json = serde_json::to_vec_pretty(&file).expect("records serialize");
+        json.push(b'\n');
+        fsutil::write_atomic(&self.path, &json, fsutil::PRIVATE_FILE_MODE).map_err(io)?;
+        Ok((out, moved))
+    }
+}
+
+/// A new record id: UTC time to the millisecond plus 4 hex digits of entropy, sortable by time.
+pub fn new_record_id(now: DateTime<Utc>) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mix = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
+    format!("{}-{mix:04x}", now.format("%Y%m%dT%H%M%S%.3fZ"))
+}
+
+/// RFC 3339 UTC with seconds, as the records file and tables show it.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str) -> Record {
+        Record {
+            id: id.to_string(),
+            backup_timestamp: Utc::now(),
+            file_name: None,
+            result: Outcome::Failed,
+            reason: Some("x".into()),
+            trigger: Trigger::Manual,
+            member: None,
+            etcd_version: None,
+            revision: None,
+            size_bytes: None,
+            sha256: None,
+            duration_seconds: 0.5,
+            local: None,
+            remote: None,
+        }
+    }
+
+    #[test]
+    fn update_appends_and_keeps_unknown_fields() {
+        let d = tempfile::tempdir().unwrap();
+        let s = RecordStore::new(d.path());
+        std::fs::write(
+            s.path(),
+            r#"{"version":1,"records":[],"daemon":{"lastSlot":"x"}}"#,
+        )
+        .unwrap();
+        s.update(Utc::now(), |f| f.records.push(rec("a"))).unwrap();
+        let f = s.load().unwrap();
+        assert_eq!(f.records.len(), 1);
+        assert_eq!(f.extra["daemon"]["lastSlot"], "x");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_by_load_and_moved_aside_by_update() {
+        let d = tempfile::tempdir().unwrap();
+        let s = RecordStore::new(d.path());
+        std::fs::write(s.path(), b"{\"version\":1,\"records\":[").unwrap();
+        assert!(matches!(s.load(), Err(RecordsError::Corrupt { .. })));
+        // load changed nothing
+        assert_eq!(
+            std::fs::read(s.path()).unwrap(),
+            b"{\"version\":1,\"records\":["
+        );
+        let ((), moved) = s.update(Utc::now(), |f| f.records.push(rec("b"))).unwrap();
+        let moved = moved.expect("moved aside");
+        assert_eq!(
+            std::fs::read(&moved.to).unwrap(),
+            b"{\"version\":1,\"records\":["
+        );
+        assert_eq!(s.load().unwrap().records.len(), 1);
+    }
+
+    #[test]
+    fn newer_version_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = RecordStore::new(d.path());
+        std::fs::write(s.path(), r#"{"version":2,"records":[]}"#).unwrap();
+        assert!(matches!(s.load(), Err(RecordsError::Version { .. })));
+        assert!(s.update(Utc::now(), |_| ()).is_err());
+    }
+
+    #[test]
+    fn record_json_is_camel_case() {
+        let v = serde_json::to_value(rec("a")).unwrap();
+        assert!(v.get("backupTimestamp").is_some());
+        assert!(v.get("durationSeconds").is_some());
+        assert_eq!(v["trigger"], "manual");
+        assert_eq!(v["result"], "Failed");
+    }
+}
