@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::BufWriter;
 
 use crate::config::Config;
-use crate::etcd::{self, StreamLimits, TlsMaterial};
+use crate::etcd::{self, Phase, StreamLimits, TlsMaterial};
 use crate::etcddb;
 use crate::fsutil;
 use crate::kubeadm::EtcdManifest;
@@ -252,12 +252,23 @@ async fn attempt(
 ) -> Result<Success, Failure> {
     let target = resolve_target(config).map_err(Failure::new)?;
     let ep = target.endpoint.clone();
+    // Until etcd answers, what the manifest says is all we know about the member.
+    let assumed = target.manifest_name.clone().map(|name| Member {
+        name,
+        id: None,
+        endpoint: ep.clone(),
+    });
+    let early = |reason: String| Failure {
+        reason,
+        member: assumed.clone(),
+        etcd_version: None,
+    };
 
     match store.ensure() {
         Ok(Some(w)) => warnings.push(w),
         Ok(None) => {}
         Err(e) => {
-            return Err(Failure::new(format!(
+            return Err(early(format!(
                 "cannot create snapshot directory {}: {e}",
                 store.dir().display()
             )))
@@ -277,18 +288,18 @@ async fn attempt(
 
     let e = &config.etcd;
     let tls = TlsMaterial::load(&e.ca_cert, &e.client_cert, &e.client_key, Utc::now())
-        .map_err(|err| Failure::new(err.to_string()))?;
+        .map_err(|err| early(err.to_string()))?;
     warnings.extend(tls.warnings.iter().cloned());
 
-    let explain = |err: &(dyn std::error::Error + 'static)| {
-        etcd::explain_connect_error(&ep, &e.ca_cert, &e.client_cert, err)
+    let explain = |phase, err: &(dyn std::error::Error + 'static)| {
+        etcd::explain_connect_error(&ep, &e.ca_cert, &e.client_cert, phase, err)
     };
     let mut client = etcd::connect(&ep, &tls, e.dial_timeout)
         .await
-        .map_err(|err| Failure::new(explain(err.as_ref())))?;
+        .map_err(|err| early(explain(Phase::Dial, err.as_ref())))?;
     let info = etcd::member_info(&mut client, e.dial_timeout)
         .await
-        .map_err(|err| Failure::new(explain(err.as_ref())))?;
+        .map_err(|err| early(explain(Phase::FirstRequest, err.as_ref())))?;
     let name = if !info.name.is_empty() {
         info.name.clone()
     } else {
@@ -299,7 +310,7 @@ async fn attempt(
     };
     let member = Member {
         name: name.clone(),
-        id: format!("{:x}", info.id),
+        id: Some(format!("{:x}", info.id)),
         endpoint: ep.clone(),
     };
     let fail = |reason: String| Failure {
@@ -372,7 +383,9 @@ async fn attempt(
         path,
         member,
         etcd_version: info.version,
-        revision: streamed.header_revision.unwrap_or(info.revision),
+        // etcd sends no revision with the snapshot; its status just before the stream is the
+        // closest we can ask for (a lower bound). The bbolt reader can make this exact.
+        revision: info.revision,
         size_bytes: streamed.file_len,
         sha256: hex::encode(streamed.file_sha256),
     })

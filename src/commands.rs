@@ -147,7 +147,7 @@ fn log_backup_line(r: &Record) {
         Outcome::Success => tracing::info!(
             id = %r.id,
             result = "Success",
-            trigger = ?r.trigger,
+            trigger = r.trigger.as_str(),
             member,
             file = r.file_name.as_deref().unwrap_or(""),
             bytes = r.size_bytes.unwrap_or(0),
@@ -158,7 +158,7 @@ fn log_backup_line(r: &Record) {
         Outcome::Failed => tracing::error!(
             id = %r.id,
             result = "Failed",
-            trigger = ?r.trigger,
+            trigger = r.trigger.as_str(),
             member,
             reason = r.reason.as_deref().unwrap_or(""),
             duration_seconds = r.duration_seconds,
@@ -241,10 +241,7 @@ pub fn records_table(records: &[&Record]) -> String {
                 r.id.clone(),
                 records::rfc3339(r.backup_timestamp),
                 format!("{:?}", r.result),
-                serde_json::to_value(r.trigger)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                r.trigger.as_str().to_string(),
                 r.member
                     .as_ref()
                     .map(|m| m.name.clone())

@@ -709,6 +709,17 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_is_valid_and_equals_the_defaults() {
+        let example = parse(
+            include_str!("../config/etcdguard.toml"),
+            Some(Path::new("config/etcdguard.toml")),
+        )
+        .unwrap();
+        let defaults = parse("", None).unwrap();
+        assert_eq!(example.to_redacted_toml(), defaults.to_redacted_toml());
+    }
+
+    #[test]
     fn redacted_display_round_trips() {
         let c = parse(
             "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nendpoint = \"https://s3\"\n",

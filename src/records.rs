@@ -28,12 +28,23 @@ pub enum Trigger {
     CatchUp,
 }
 
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+            Trigger::CatchUp => "catch-up",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     pub name: String,
-    /// Member ID in etcd's lowercase hex form.
-    pub id: String,
+    /// Member ID in etcd's lowercase hex form; absent when etcd could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub endpoint: String,
 }
 

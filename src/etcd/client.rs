@@ -74,12 +74,22 @@ pub async fn member_info(
     })
 }
 
+/// Where in the conversation an error happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TCP connect and TLS handshake.
+    Dial,
+    /// The first request on a connection whose handshake succeeded.
+    FirstRequest,
+}
+
 /// Turns a connection or request error into one sentence an operator can act on: what failed,
 /// where, and the likely fix. Falls back to the full cause chain.
 pub fn explain_connect_error(
     endpoint: &str,
     ca_cert: &std::path::Path,
     client_cert: &std::path::Path,
+    phase: Phase,
     err: &(dyn StdError + 'static),
 ) -> String {
     let mut chain = Vec::new();
@@ -128,6 +138,18 @@ pub fn explain_connect_error(
         format!(
             "etcd at {endpoint} rejected the client certificate {} ({text}); it must be signed \
              by the etcd CA",
+            client_cert.display()
+        )
+    } else if phase == Phase::FirstRequest
+        && (has("connection closed")
+            || has("broken pipe")
+            || has("BrokenPipe")
+            || has("Connection reset"))
+    {
+        // TLS 1.3: the server checks the client certificate after the client has finished
+        // its side of the handshake, and the alert it sends is lost by the HTTP/2 layer.
+        format!(
+            "etcd at {endpoint} closed the connection right after the TLS handshake: it most              likely rejected the client certificate {} (not signed by the etcd CA, or not a              client certificate); etcd's log says why",
             client_cert.display()
         )
     } else if has("timed out") || has("deadline") {

@@ -8,6 +8,6 @@ mod client;
 mod snapshot;
 mod tls;
 
-pub use client::{connect, explain_connect_error, member_info, MemberInfo};
+pub use client::{connect, explain_connect_error, member_info, MemberInfo, Phase};
 pub use snapshot::{stream_snapshot, SnapshotError, StreamLimits, StreamedSnapshot, TrailerCheck};
 pub use tls::{TlsError, TlsMaterial};

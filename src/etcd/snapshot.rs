@@ -145,8 +145,6 @@ pub struct StreamedSnapshot {
     pub file_len: u64,
     pub db_sha256: [u8; 32],
     pub file_sha256: [u8; 32],
-    /// Revision from the stream's response header, when the server sets one.
-    pub header_revision: Option<i64>,
 }
 
 /// Streams a snapshot from `client` into `out`, verifying the trailer. `out` is flushed but not
@@ -180,7 +178,6 @@ pub async fn stream_snapshot<W: AsyncWrite + Unpin>(
         .map_err(|e| SnapshotError::Stream(error_chain(&e)))?;
 
     let mut check = TrailerCheck::default();
-    let mut header_revision = None;
     loop {
         let wait = next_wait()?;
         let msg = tokio::time::timeout(wait, stream.message())
@@ -188,9 +185,6 @@ pub async fn stream_snapshot<W: AsyncWrite + Unpin>(
             .map_err(|_| wait_err(wait))?
             .map_err(|e| SnapshotError::Stream(error_chain(&e)))?;
         let Some(msg) = msg else { break };
-        if header_revision.is_none() {
-            header_revision = msg.header().map(|h| h.revision()).filter(|r| *r > 0);
-        }
         check.accept(msg.blob(), msg.remaining_bytes())?;
         out.write_all(msg.blob())
             .await
@@ -204,7 +198,6 @@ pub async fn stream_snapshot<W: AsyncWrite + Unpin>(
         file_len,
         db_sha256,
         file_sha256,
-        header_revision,
     })
 }
 

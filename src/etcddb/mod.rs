@@ -127,6 +127,17 @@ pub fn verify_snapshot_file(path: &Path) -> Result<SnapshotFileReport, VerifyErr
     file.read_exact(&mut trailer).map_err(io)?;
     let mut whole = hasher.clone();
     let computed: [u8; 32] = hasher.finalize().into();
+    let meta = read_active_meta(&file, db_len);
+    if let Ok(m) = &meta {
+        // A file cut at a page boundary still looks like it has a trailer; its meta tells.
+        if m.db_size() > db_len {
+            return Err(VerifyError::Truncated {
+                path: path.to_owned(),
+                needed: m.db_size(),
+                have: db_len,
+            });
+        }
+    }
     if computed != trailer {
         return Err(VerifyError::Mismatch {
             path: path.to_owned(),
@@ -135,17 +146,10 @@ pub fn verify_snapshot_file(path: &Path) -> Result<SnapshotFileReport, VerifyErr
         });
     }
     whole.update(trailer);
-    let meta = read_active_meta(&file, db_len).map_err(|reason| VerifyError::NotBbolt {
+    let meta = meta.map_err(|reason| VerifyError::NotBbolt {
         path: path.to_owned(),
         reason,
     })?;
-    if meta.db_size() > db_len {
-        return Err(VerifyError::Truncated {
-            path: path.to_owned(),
-            needed: meta.db_size(),
-            have: db_len,
-        });
-    }
     Ok(SnapshotFileReport {
         path: path.to_owned(),
         size_bytes: size,

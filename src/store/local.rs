@@ -131,7 +131,9 @@ impl LocalStore {
             "{TEMP_PREFIX}{}{TEMP_SUFFIX}",
             file_name.strip_prefix(PREFIX).unwrap_or(file_name)
         ));
+        // Read access too: the written file is checked (meta pages) before it is published.
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(fsutil::PRIVATE_FILE_MODE)

@@ -1,0 +1,379 @@
+//! `etcdguard snapshot` against real etcd: success and interoperability with upstream tools,
+//! and every failure mode leaving a Failed record and no file.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::util::etcd::EtcdServer;
+use crate::util::node::Node;
+use crate::util::proxy::{Faults, Proxy};
+use crate::util::{etcd_binary, etcdguard_cmd, free_port, list_dir, stderr, stdout};
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Restores `snapshot` with upstream tooling into `<dir>`, starts a real etcd on it and returns
+/// the server. 3.5 uses `etcdutl`, 3.4 its own `etcdctl snapshot restore`.
+fn restore_with_upstream(version: &str, snapshot: &Path, dir: &Path, pki: &Path) -> EtcdServer {
+    let peer = format!("https://127.0.0.1:{}", free_port());
+    let data_dir = dir.join("restored");
+    let (bin, extra): (_, &[&str]) = if version == "3.5" {
+        (etcd_binary("3.5", "etcdutl"), &[])
+    } else {
+        (etcd_binary("3.4", "etcdctl"), &[])
+    };
+    let out = std::process::Command::new(bin)
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore", snapshot.to_str().unwrap()])
+        .args(extra)
+        .args([
+            "--name",
+            "cp1",
+            "--initial-cluster",
+            &format!("cp1={peer}"),
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "upstream restore failed: {}",
+        stderr(&out)
+    );
+    EtcdServer::start(version, "cp1", &data_dir, pki)
+}
+
+fn snapshot_is_restorable(version: &str) {
+    let node = Node::start(version, "cp1");
+    node.etcd.put_keys("pods", 3000);
+    let keys = node.etcd.all_keys();
+    let revision = node.etcd.revision();
+
+    let out = node.snapshot();
+    assert!(out.status.success(), "snapshot failed: {}", stderr(&out));
+    assert!(stdout(&out).contains("succeeded"), "{}", stdout(&out));
+
+    let rec = node.last_record();
+    assert_eq!(rec["result"], "Success", "{rec:#}");
+    assert_eq!(rec["trigger"], "manual");
+    assert_eq!(rec["member"]["name"], "cp1");
+    assert_eq!(rec["member"]["endpoint"], node.etcd.client_url.as_str());
+    assert!(rec["member"]["id"].as_str().unwrap().len() >= 8, "{rec:#}");
+    assert!(rec["etcdVersion"].as_str().unwrap().starts_with(version));
+    assert_eq!(rec["revision"], revision, "{rec:#}");
+    assert_eq!(rec["local"]["state"], "present");
+
+    let files = node.snapshot_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = &files[0];
+    assert_eq!(rec["fileName"], name.as_str());
+    assert!(
+        name.starts_with("snapshot-etcd-") && name.ends_with("-cp1.db"),
+        "{name}"
+    );
+    let path = node.snapshot_dir().join(name);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(rec["sizeBytes"], bytes.len() as u64);
+    assert_eq!(rec["sha256"], hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(rec["local"]["path"], path.to_str().unwrap());
+    // The trailer is kept: the file is what etcdctl writes.
+    let (db, trailer) = bytes.split_at(bytes.len() - 32);
+    assert_eq!(Sha256::digest(db).as_slice(), trailer);
+    assert!(db.len() > 3000 * 100, "db is {} bytes", db.len());
+
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&node.snapshot_dir()), 0o700);
+    assert_eq!(mode(&node.state_dir()), 0o700);
+    assert_eq!(mode(&node.state_dir().join("records.json")), 0o600);
+
+    // Interoperability: upstream restore accepts the file and a real etcd serves the same keys.
+    let dir = tempfile::tempdir().unwrap();
+    let restored = restore_with_upstream(version, &path, dir.path(), &node.pki.dir);
+    assert_eq!(restored.all_keys(), keys);
+    assert_eq!(restored.revision(), revision);
+    if version != "3.5" {
+        // etcdutl 3.5 (what operators of newer clusters use) accepts a 3.4 snapshot too.
+        let out = std::process::Command::new(etcd_binary("3.5", "etcdutl"))
+            .args(["snapshot", "restore", path.to_str().unwrap(), "--data-dir"])
+            .arg(dir.path().join("by-etcdutl"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn snapshot_of_etcd_3_5_is_restorable_by_etcdutl() {
+    snapshot_is_restorable("3.5");
+}
+
+#[test]
+fn snapshot_of_etcd_3_4_is_restorable_by_upstream() {
+    snapshot_is_restorable("3.4");
+}
+
+/// Asserts the last record failed with a reason containing `needle`, exit code 1, and no file.
+fn assert_failed(node: &Node, out: &std::process::Output, needle: &str) -> String {
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(out));
+    let rec = node.last_record();
+    assert_eq!(rec["result"], "Failed", "{rec:#}");
+    let reason = rec["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains(needle),
+        "reason {reason:?} lacks {needle:?}"
+    );
+    assert!(
+        stderr(out).contains(&reason),
+        "stderr lacks the reason: {}",
+        stderr(out)
+    );
+    assert!(rec.get("fileName").is_none());
+    assert_eq!(
+        list_dir(&node.snapshot_dir()),
+        Vec::<String>::new(),
+        "a failed backup left files"
+    );
+    reason
+}
+
+#[test]
+fn tls_and_connection_failures_are_recorded_clearly() {
+    let mut node = Node::start("3.5", "cp1");
+    node.etcd.put_keys("x", 10);
+
+    // Wrong CA: a CA that did not sign etcd's server certificate.
+    let other = crate::util::pki::Pki::ca_only(&node.path("other-ca"), "other-ca");
+    node.set("etcd", "ca_cert", &format!("{:?}", other.path("ca.crt")));
+    let reason = assert_failed(&node, &node.snapshot(), "not signed by the CA");
+    assert!(
+        reason.contains(other.path("ca.crt").to_str().unwrap()),
+        "{reason}"
+    );
+    node.set("etcd", "ca_cert", &format!("{:?}", node.pki.path("ca.crt")));
+
+    // Expired client certificate.
+    let (crt, key) = node
+        .pki
+        .issue("expired-client", "expired", &[], false, true, -1);
+    node.set("etcd", "client_cert", &format!("{crt:?}"));
+    node.set("etcd", "client_key", &format!("{key:?}"));
+    let reason = assert_failed(&node, &node.snapshot(), "expired");
+    assert!(reason.contains("expired-client.crt"), "{reason}");
+
+    // A client certificate signed by another CA: etcd rejects it.
+    let (crt, key) = other.issue("foreign-client", "foreign", &[], false, true, 30);
+    node.set("etcd", "client_cert", &format!("{crt:?}"));
+    node.set("etcd", "client_key", &format!("{key:?}"));
+    assert_failed(&node, &node.snapshot(), "rejected the client certificate");
+
+    // Missing client certificate.
+    node.set(
+        "etcd",
+        "client_cert",
+        &format!("{:?}", node.path("nope/client.crt")),
+    );
+    let reason = assert_failed(&node, &node.snapshot(), "no such file");
+    assert!(reason.contains("nope/client.crt"), "{reason}");
+    node.set(
+        "etcd",
+        "client_cert",
+        &format!("{:?}", node.pki.path("healthcheck-client.crt")),
+    );
+    node.set(
+        "etcd",
+        "client_key",
+        &format!("{:?}", node.pki.path("healthcheck-client.key")),
+    );
+
+    // A good backup in between proves the config is right again.
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let good = node.snapshot_files();
+    assert_eq!(good.len(), 1);
+
+    // etcd down.
+    node.etcd.stop();
+    let out = node.snapshot();
+    assert_eq!(out.status.code(), Some(1));
+    let rec = node.last_record();
+    assert_eq!(rec["result"], "Failed");
+    let reason = rec["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "etcd at {} refused the connection",
+            node.etcd.client_url
+        )),
+        "{reason}"
+    );
+    // The manifest still tells which member and endpoint failed.
+    assert_eq!(rec["member"]["name"], "cp1");
+    assert_eq!(rec["member"]["endpoint"], node.etcd.client_url.as_str());
+    assert!(rec["member"].get("id").is_none());
+    assert_eq!(
+        node.snapshot_files(),
+        good,
+        "failure touched the good snapshot"
+    );
+
+    // Every attempt is recorded: 4 failures, 1 success, 1 failure.
+    let results: Vec<_> = node
+        .records()
+        .iter()
+        .map(|r| r["result"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        results,
+        ["Failed", "Failed", "Failed", "Failed", "Success", "Failed"]
+    );
+}
+
+/// Waits until a hidden partial snapshot exists in `dir`.
+fn wait_for_partial(dir: &Path, limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if list_dir(dir).iter().any(|n| n.ends_with(".partial")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no partial snapshot appeared in {}", dir.display());
+}
+
+#[test]
+fn cut_stalled_interrupted_and_concurrent_snapshots_leave_nothing_behind() {
+    let mut node = Node::start("3.5", "cp1");
+    // ~12 MB of data so the stream takes many messages.
+    node.etcd.put_keys("big", 2500);
+
+    // 1. The stream is cut mid-way by the network.
+    let cut = Proxy::start(
+        node.etcd.client_port(),
+        Faults {
+            cut_after: Some(1 << 20),
+            ..Faults::default()
+        },
+    );
+    node.set("etcd", "endpoint", &format!("{:?}", cut.url()));
+    assert_failed(&node, &node.snapshot(), "snapshot stream broke");
+
+    // 2. The server stalls: stall_timeout fires.
+    let stall = Proxy::start(
+        node.etcd.client_port(),
+        Faults {
+            slow_after: Some(1 << 20),
+            slow_delay: Duration::from_secs(3600),
+            ..Faults::default()
+        },
+    );
+    node.set("etcd", "endpoint", &format!("{:?}", stall.url()));
+    node.set("etcd", "stall_timeout", "\"2s\"");
+    assert_failed(&node, &node.snapshot(), "etcd sent nothing for 2s");
+    node.set("etcd", "stall_timeout", "\"10s\"");
+
+    // 3. A slow stream: a second snapshot meanwhile is refused; SIGTERM aborts the first cleanly.
+    let slow = Proxy::start(
+        node.etcd.client_port(),
+        Faults {
+            slow_after: Some(256 << 10),
+            slow_delay: Duration::from_millis(200),
+            ..Faults::default()
+        },
+    );
+    node.set("etcd", "endpoint", &format!("{:?}", slow.url()));
+    let config = node.config.to_str().unwrap().to_string();
+    let first = etcdguard_cmd(&["--config", &config, "snapshot"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_partial(&node.snapshot_dir(), Duration::from_secs(20));
+    let records_before = node.records().len();
+    let second = node.snapshot();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains(&format!("another backup is running (pid {})", first.id())),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(
+        node.records().len(),
+        records_before,
+        "a refused run must not record"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert_failed(&node, &out, "interrupted by signal SIGTERM");
+
+    // 4. SIGKILL leaves a partial file (nothing can prevent that); the next run removes it.
+    let victim = etcdguard_cmd(&["--config", &config, "snapshot"])
+        .spawn()
+        .unwrap();
+    wait_for_partial(&node.snapshot_dir(), Duration::from_secs(20));
+    let mut victim = victim;
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    assert!(node
+        .snapshot_files()
+        .iter()
+        .any(|n| n.ends_with(".partial")));
+    node.unset("etcd", "endpoint");
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("removed a partial snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    let files = node.snapshot_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(!files[0].starts_with('.'));
+}
+
+#[test]
+fn paused_config_still_allows_a_manual_snapshot() {
+    let mut node = Node::start("3.5", "cp1");
+    node.set("", "paused", "true");
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("paused"), "{}", stderr(&out));
+    assert_eq!(node.last_record()["result"], "Success");
+}
+
+#[test]
+fn endpoint_of_another_member_is_refused() {
+    // The manifest says this node's member is "cp1"; a configured endpoint that reaches a
+    // different member must not produce a backup labelled as this node's.
+    let mut node = Node::start("3.5", "cp1");
+    let other = Node::start("3.5", "cp9");
+    node.set("etcd", "endpoint", &format!("{:?}", other.etcd.client_url));
+    node.set(
+        "etcd",
+        "ca_cert",
+        &format!("{:?}", other.pki.path("ca.crt")),
+    );
+    node.set(
+        "etcd",
+        "client_cert",
+        &format!("{:?}", other.pki.path("healthcheck-client.crt")),
+    );
+    node.set(
+        "etcd",
+        "client_key",
+        &format!("{:?}", other.pki.path("healthcheck-client.key")),
+    );
+    assert_failed(
+        &node,
+        &node.snapshot(),
+        "refusing to back up another member",
+    );
+}

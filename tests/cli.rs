@@ -1,0 +1,190 @@
+//! The command line: usage errors, configuration errors (exit 78), `config check`, `records`.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use crate::util::node::Node;
+use crate::util::{etcdguard, etcdguard_cmd, stderr, stdout};
+
+fn with_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("etcdguard.toml");
+    std::fs::write(&p, text).unwrap();
+    (d, p)
+}
+
+/// Runs `etcdguard --config <p> args` and asserts exit 78 and that stderr contains `needles`.
+fn assert_config_error(p: &Path, args: &[&str], needles: &[&str]) {
+    let mut all = vec!["--config", p.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = etcdguard(&all);
+    assert_eq!(out.status.code(), Some(78), "{all:?}: {}", stderr(&out));
+    for n in needles {
+        assert!(
+            stderr(&out).contains(n),
+            "{all:?}: stderr lacks {n:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn bad_configs_exit_78_with_precise_messages() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[local_storage]\nttl = \"7d\"\nmin_kep = 2\n",
+            &[":3:1:", "unknown field `min_kep`"],
+        ),
+        (
+            "schedule = \"0 */6 * *\"\n",
+            &[":1:12:", "schedule:", "5-field"],
+        ),
+        (
+            "schedule = \"0 25 * * *\"\n",
+            &[":1:12:", "schedule:", "not a valid cron"],
+        ),
+        (
+            "[local_storage]\nttl = -3600\n",
+            &[":2:7:", "local_storage.ttl:", "positive"],
+        ),
+        ("timezone = \"Moon/Base\"\n", &["timezone:", "IANA"]),
+        (
+            "[etcd]\nendpoint = \"http://127.0.0.1:2379\"\n",
+            &["etcd.endpoint:", "https://"],
+        ),
+        ("paused = \"yes\"\n", &[":1:10:", "invalid type"]),
+    ];
+    for (text, needles) in cases {
+        let (_d, p) = with_config(text);
+        for args in [&["snapshot"][..], &["config", "check"], &["records"]] {
+            assert_config_error(&p, args, needles);
+        }
+        // Nothing was created next to the config or in the default state dir by a bad config.
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+}
+
+#[test]
+fn missing_or_unreadable_config_file() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("nope.toml");
+    assert_config_error(&missing, &["snapshot"], &["nope.toml", "does not exist"]);
+
+    // Unreadable: a file only root may read, opened by an unprivileged user.
+    let (dir, p) = with_config("paused = true\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = etcdguard_cmd(&["--config", p.to_str().unwrap(), "config", "check"]);
+    if nix::unistd::geteuid().is_root() {
+        cmd.uid(65534).gid(65534);
+    } else {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(p.to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn config_check_names_missing_certificate_files() {
+    let (_d, p) = with_config(
+        "[etcd]\nendpoint = \"https://127.0.0.1:2379\"\nca_cert = \"/nonexistent/pki/ca.crt\"\n",
+    );
+    assert_config_error(
+        &p,
+        &["config", "check"],
+        &["etcd.ca_cert:", "/nonexistent/pki/ca.crt", "no such file"],
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["records", "--limit", "x"][..],
+        &["verify"],
+        &["frobnicate"],
+        &[],
+    ] {
+        let out = etcdguard(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn config_check_prints_effective_config_and_records_lists_backups() {
+    let node = Node::start("3.5", "cp1");
+    let out = node.run(&["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("# etcd endpoint in use: {}", node.etcd.client_url)),
+        "{text}"
+    );
+    assert!(text.contains("min_keep = 3"), "{text}");
+    assert!(text.contains("ttl = \"7days\""), "{text}");
+    assert!(text.contains("# next scheduled backup: "), "{text}");
+
+    let out = node.run(&["records"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "no backup records yet\n");
+
+    assert!(node.snapshot().status.success());
+    assert!(node.snapshot().status.success());
+    let out = node.run(&["records"]);
+    let table = stdout(&out);
+    let lines: Vec<_> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("ID"), "{table}");
+    let recs = node.records();
+    // newest first
+    assert!(
+        lines[1].starts_with(recs[1]["id"].as_str().unwrap()),
+        "{table}"
+    );
+    assert!(
+        lines[1].contains("Success") && lines[1].contains("present"),
+        "{table}"
+    );
+
+    let out = node.run(&["records", "--output", "json", "--limit", "1"]);
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0], recs[1]);
+}
+
+#[test]
+fn corrupt_records_file_is_reported_then_moved_aside() {
+    let node = Node::start("3.5", "cp1");
+    std::fs::create_dir_all(node.state_dir()).unwrap();
+    let records = node.state_dir().join("records.json");
+    std::fs::write(&records, "{\"version\": 1, \"records\": [ {\"id\": ").unwrap();
+
+    let out = node.run(&["records"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not parse"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("left as it is"), "{}", stderr(&out));
+
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("moved aside to"), "{}", stderr(&out));
+    let aside: Vec<_> = crate::util::list_dir(&node.state_dir())
+        .into_iter()
+        .filter(|n| n.starts_with("records.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(node.state_dir().join(&aside[0])).unwrap(),
+        "{\"version\": 1, \"records\": [ {\"id\": "
+    );
+    assert_eq!(node.records().len(), 1);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: one test binary, modules per concern, shared support in `util`.
+//! They run the real etcdguard binary against real etcd servers (3.5 and 3.4) over TLS.
+
+mod util;
+
+mod backup;
+mod cli;
+mod retention;
+mod verify;

@@ -1,0 +1,233 @@
+//! A real etcd server on free loopback ports, TLS with client-certificate auth, kubeadm-style.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+
+use super::{etcd_binary, free_port, rt};
+
+pub struct EtcdServer {
+    pub version: String,
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    pub pki_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts a fresh single-member cluster (or, for an existing data dir, the member in it)
+    /// named `name`, with etcd `version` ("3.5" or "3.4").
+    pub fn start(version: &str, name: &str, data_dir: &Path, pki_dir: &Path) -> EtcdServer {
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let (cp, pp) = (free_port(), free_port());
+            let mut s = EtcdServer {
+                version: version.to_string(),
+                name: name.to_string(),
+                client_url: format!("https://127.0.0.1:{cp}"),
+                peer_url: format!("https://127.0.0.1:{pp}"),
+                data_dir: data_dir.to_owned(),
+                pki_dir: pki_dir.to_owned(),
+                log: data_dir.with_extension(format!("etcd-{cp}.log")),
+                child: None,
+            };
+            s.spawn();
+            if s.wait_ready(Duration::from_secs(30)) {
+                return s;
+            }
+            last_log = s.log_tail();
+            s.stop();
+        }
+        panic!("etcd {version} did not become ready; log tail:\n{last_log}");
+    }
+
+    fn spawn(&mut self) {
+        let p = |f: &str| self.pki_dir.join(f).display().to_string();
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut cmd = Command::new(etcd_binary(&self.version, "etcd"));
+        cmd.args([
+            "--name",
+            &self.name,
+            "--data-dir",
+            &self.data_dir.display().to_string(),
+            "--listen-client-urls",
+            &self.client_url,
+            "--advertise-client-urls",
+            &self.client_url,
+            "--listen-peer-urls",
+            &self.peer_url,
+            "--initial-advertise-peer-urls",
+            &self.peer_url,
+            "--initial-cluster",
+            &format!("{}={}", self.name, self.peer_url),
+            "--cert-file",
+            &p("server.crt"),
+            "--key-file",
+            &p("server.key"),
+            "--trusted-ca-file",
+            &p("ca.crt"),
+            "--client-cert-auth",
+            "--peer-cert-file",
+            &p("peer.crt"),
+            "--peer-key-file",
+            &p("peer.key"),
+            "--peer-trusted-ca-file",
+            &p("ca.crt"),
+            "--peer-client-cert-auth",
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn etcd"));
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false; // exited (port taken?)
+            }
+            let ok = rt().block_on(async {
+                match tokio::time::timeout(Duration::from_secs(2), self.client()).await {
+                    Ok(Ok(mut c)) => c.status().await.is_ok(),
+                    _ => false,
+                }
+            });
+            if ok {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        s.lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops etcd (SIGTERM, then SIGKILL after 10 s) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn client_port(&self) -> u16 {
+        self.client_url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// A TLS client authenticated with the healthcheck-client certificate.
+    pub async fn client(&self) -> Result<Client, etcd_client::Error> {
+        let read = |f: &str| std::fs::read(self.pki_dir.join(f)).unwrap();
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read("ca.crt")))
+            .identity(Identity::from_pem(
+                read("healthcheck-client.crt"),
+                read("healthcheck-client.key"),
+            ));
+        Client::connect(
+            [&self.client_url],
+            Some(
+                ConnectOptions::new()
+                    .with_tls(tls)
+                    .with_connect_timeout(Duration::from_secs(2)),
+            ),
+        )
+        .await
+    }
+
+    /// Puts `n` keys `/registry/<prefix>/<i>`; every 7th value is larger than 4 KiB.
+    pub fn put_keys(&self, prefix: &str, n: usize) {
+        rt().block_on(async {
+            let mut c = self.client().await.unwrap();
+            for i in 0..n {
+                let len = if i % 7 == 0 {
+                    5000 + i % 300
+                } else {
+                    100 + i % 50
+                };
+                let value: Vec<u8> = (0..len).map(|j| b'a' + ((i + j) % 26) as u8).collect();
+                c.put(format!("/registry/{prefix}/{i:06}"), value, None)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+
+    /// Every key and value under `/registry/`, sorted.
+    pub fn all_keys(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        rt().block_on(async {
+            let mut c = self.client().await.unwrap();
+            let r = c
+                .get("/registry/", Some(GetOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            r.kvs()
+                .iter()
+                .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+                .collect()
+        })
+    }
+
+    pub fn revision(&self) -> i64 {
+        rt().block_on(async {
+            let mut c = self.client().await.unwrap();
+            c.status().await.unwrap().header().unwrap().revision()
+        })
+    }
+
+    /// Runs this version's etcdctl against this server with TLS flags.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let p = |f: &str| self.pki_dir.join(f).display().to_string();
+        Command::new(etcd_binary(&self.version, "etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.client_url,
+                "--cacert",
+                &p("ca.crt"),
+                "--cert",
+                &p("healthcheck-client.crt"),
+                "--key",
+                &p("healthcheck-client.key"),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

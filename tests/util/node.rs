@@ -1,0 +1,195 @@
+//! A kubeadm-style control-plane node in a temp dir: PKI under etc/kubernetes/pki/etcd, the etcd
+//! static pod manifest under etc/kubernetes/manifests, a real etcd serving from var/lib/etcd,
+//! and an etcdguard config whose fields can be overridden per test.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Output;
+
+use super::etcd::EtcdServer;
+use super::pki::Pki;
+use super::{etcdguard, list_dir};
+
+pub struct Node {
+    pub root: tempfile::TempDir,
+    pub pki: Pki,
+    pub etcd: EtcdServer,
+    pub config: PathBuf,
+    /// section ("" for top level) → key → TOML value text
+    settings: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn q(p: &std::path::Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+impl Node {
+    pub fn start(version: &str, name: &str) -> Node {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let pki = Pki::create(&r.join("etc/kubernetes/pki/etcd"));
+        std::fs::create_dir_all(r.join("var/lib")).unwrap();
+        let etcd = EtcdServer::start(version, name, &r.join("var/lib/etcd"), &pki.dir);
+        let manifests = r.join("etc/kubernetes/manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(manifests.join("etcd.yaml"), kubeadm_manifest(&etcd)).unwrap();
+        let mut node = Node {
+            config: r.join("etc/etcdguard/etcdguard.toml"),
+            settings: BTreeMap::new(),
+            pki,
+            etcd,
+            root,
+        };
+        node.set("", "schedule", "\"@hourly\"");
+        node.set("", "state_dir", &q(&node.state_dir()));
+        node.set("etcd", "manifest", &q(&manifests.join("etcd.yaml")));
+        node.set("etcd", "ca_cert", &q(&node.pki.path("ca.crt")));
+        node.set(
+            "etcd",
+            "client_cert",
+            &q(&node.pki.path("healthcheck-client.crt")),
+        );
+        node.set(
+            "etcd",
+            "client_key",
+            &q(&node.pki.path("healthcheck-client.key")),
+        );
+        node.set("etcd", "timeout", "\"60s\"");
+        node.set("etcd", "stall_timeout", "\"10s\"");
+        node.set("etcd", "dial_timeout", "\"5s\"");
+        node.write_config();
+        node
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path("var/lib/etcdguard")
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.state_dir().join("snapshots")
+    }
+
+    /// Sets `key = value` (value is TOML text) in `section` and rewrites the config file.
+    pub fn set(&mut self, section: &str, key: &str, value: &str) {
+        self.settings
+            .entry(section.to_string())
+            .or_default()
+            .insert(key.to_string(), value.to_string());
+        self.write_config();
+    }
+
+    pub fn unset(&mut self, section: &str, key: &str) {
+        if let Some(s) = self.settings.get_mut(section) {
+            s.remove(key);
+        }
+        self.write_config();
+    }
+
+    fn write_config(&self) {
+        let mut text = String::new();
+        if let Some(top) = self.settings.get("") {
+            for (k, v) in top {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        for (section, kv) in self.settings.iter().filter(|(s, _)| !s.is_empty()) {
+            text.push_str(&format!("\n[{section}]\n"));
+            for (k, v) in kv {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        std::fs::create_dir_all(self.config.parent().unwrap()).unwrap();
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Runs `etcdguard --config <this node's config> <args>`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        etcdguard(&all)
+    }
+
+    pub fn snapshot(&self) -> Output {
+        self.run(&["snapshot"])
+    }
+
+    /// The records array from records.json.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.state_dir().join("records.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["version"], 1);
+        v["records"].as_array().unwrap().clone()
+    }
+
+    pub fn last_record(&self) -> serde_json::Value {
+        self.records().pop().expect("at least one record")
+    }
+
+    pub fn snapshot_files(&self) -> Vec<String> {
+        list_dir(&self.snapshot_dir())
+    }
+}
+
+/// The etcd static pod as kubeadm writes it, pointing at `etcd`.
+pub fn kubeadm_manifest(etcd: &EtcdServer) -> String {
+    let pki = etcd.pki_dir.display();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  annotations:
+    kubeadm.kubernetes.io/etcd.advertise-client-urls: {client}
+  labels:
+    component: etcd
+    tier: control-plane
+  name: etcd
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - etcd
+    - --advertise-client-urls={client}
+    - --cert-file={pki}/server.crt
+    - --client-cert-auth=true
+    - --data-dir=/var/lib/etcd
+    - --initial-advertise-peer-urls={peer}
+    - --initial-cluster={name}={peer}
+    - --key-file={pki}/server.key
+    - --listen-client-urls={client}
+    - --listen-metrics-urls=http://127.0.0.1:2381
+    - --listen-peer-urls={peer}
+    - --name={name}
+    - --peer-cert-file={pki}/peer.crt
+    - --peer-client-cert-auth=true
+    - --peer-key-file={pki}/peer.key
+    - --peer-trusted-ca-file={pki}/ca.crt
+    - --snapshot-count=10000
+    - --trusted-ca-file={pki}/ca.crt
+    image: registry.k8s.io/etcd:{version}-0
+    name: etcd
+    volumeMounts:
+    - mountPath: /var/lib/etcd
+      name: etcd-data
+    - mountPath: /etc/kubernetes/pki/etcd
+      name: etcd-certs
+  hostNetwork: true
+  volumes:
+  - hostPath:
+      path: /etc/kubernetes/pki/etcd
+      type: DirectoryOrCreate
+    name: etcd-certs
+  - hostPath:
+      path: /var/lib/etcd
+      type: DirectoryOrCreate
+    name: etcd-data
+"#,
+        client = etcd.client_url,
+        peer = etcd.peer_url,
+        name = etcd.name,
+        version = etcd.version,
+    )
+}

@@ -1,0 +1,91 @@
+//! `etcdguard verify` on our snapshots, etcdctl-made snapshots, and damaged files.
+
+use std::path::Path;
+
+use crate::util::node::Node;
+use crate::util::{etcdguard, etcdguard_cmd, stderr, stdout};
+
+fn verify(file: &Path) -> std::process::Output {
+    etcdguard(&["verify", file.to_str().unwrap()])
+}
+
+#[test]
+fn verify_accepts_good_snapshots_and_rejects_damaged_ones() {
+    let node = Node::start("3.5", "cp1");
+    node.etcd.put_keys("v", 500);
+    assert!(node.snapshot().status.success());
+    let ours = node.snapshot_dir().join(&node.snapshot_files()[0]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("etcdctl.db");
+    let out = node
+        .etcd
+        .etcdctl(&["snapshot", "save", theirs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    for good in [&ours, &theirs] {
+        let out = verify(good);
+        assert!(out.status.success(), "{}: {}", good.display(), stderr(&out));
+        assert!(stdout(&out).contains(": OK"), "{}", stdout(&out));
+    }
+
+    // JSON carries etcdutl's totalSize, which equals the db part of the file.
+    let out = etcdguard(&["verify", ours.to_str().unwrap(), "--output", "json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let size = std::fs::metadata(&ours).unwrap().len();
+    assert_eq!(v["sizeBytes"], size);
+    assert_eq!(v["totalSize"], size - 32);
+    assert_eq!(v["sha256"], node.last_record()["sha256"]);
+
+    let bytes = std::fs::read(&ours).unwrap();
+    let damaged = |name: &str, content: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    };
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x01;
+    let cases = [
+        (
+            damaged("flipped.db", &flipped),
+            "is corrupt: its sha256 trailer says",
+        ),
+        (
+            damaged("truncated.db", &bytes[..bytes.len() - 4096]),
+            "is truncated: its database claims",
+        ),
+        (
+            damaged("no-trailer.db", &bytes[..bytes.len() - 32]),
+            "has no sha256 trailer",
+        ),
+        (
+            damaged("cut-mid-page.db", &bytes[..bytes.len() - 1000]),
+            "has no sha256 trailer",
+        ),
+        (damaged("empty.db", b""), "too small"),
+        (dir.path().join("missing.db"), "No such file"),
+    ];
+    for (path, needle) in cases {
+        let out = verify(&path);
+        assert_eq!(out.status.code(), Some(1), "{}", path.display());
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{}: {err}", path.display());
+        assert!(err.contains(path.to_str().unwrap()), "{err}");
+        assert!(stdout(&out).is_empty());
+    }
+}
+
+#[test]
+fn verify_reads_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "this is = = not toml").unwrap();
+    let missing = dir.path().join("x.db");
+    let out = etcdguard_cmd(&["verify", missing.to_str().unwrap()])
+        .env("ETCDGUARD_CONFIG", &bad)
+        .output()
+        .unwrap();
+    // Fails on the missing file (exit 1), not on the config (exit 78).
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
