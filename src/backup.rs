@@ -22,7 +22,7 @@ use crate::records::{
     self, CopyState, LocalCopy, Member, MovedAside, Outcome, Record, RecordStore, RecordsError,
     Trigger,
 };
-use crate::retention::{self, Policy};
+use crate::retention::{self, Rule};
 use crate::store::local::{snapshot_file_name, LocalStore};
 
 /// Buffer between the gRPC stream and the file: bounded, so memory is flat in the DB size.
@@ -50,6 +50,8 @@ pub struct BackupReport {
     pub warnings: Vec<String>,
     /// Local snapshots deleted by retention after this backup.
     pub deleted: Vec<String>,
+    /// Records dropped from the history (beyond `[records]` limits, snapshot gone).
+    pub records_dropped: usize,
     /// Set when the records file did not parse and was moved aside.
     pub records_moved: Option<MovedAside>,
 }
@@ -179,25 +181,31 @@ pub async fn run_backup(
         },
     };
 
-    let policy = Policy {
-        ttl: config.local_storage.ttl,
-        min_keep: config.local_storage.min_keep,
-    };
+    let rule = config.local_storage.retention;
     let succeeded = record.result == Outcome::Success;
     let rec_for_file = record.clone();
     let now = Utc::now();
-    let (deleted, moved) = RecordStore::new(&config.state_dir).update(now, |file| {
-        file.records.push(rec_for_file);
-        if succeeded {
-            apply_local_retention(&mut file.records, &store, now, policy, &mut warnings)
-        } else {
-            Vec::new()
-        }
-    })?;
+    let ((deleted, records_dropped), moved) =
+        RecordStore::new(&config.state_dir).update(now, |file| {
+            file.records.push(rec_for_file);
+            // Deleting only after a success: failing backups never shrink what exists.
+            let deleted = if succeeded {
+                apply_local_retention(&mut file.records, &store, now, rule, &mut warnings)
+            } else {
+                Vec::new()
+            };
+            // After the deletions, so a snapshot whose deletion failed keeps its record.
+            let drops = retention::history_drops(&file.records, config.history);
+            for &i in drops.iter().rev() {
+                file.records.remove(i);
+            }
+            (deleted, drops.len())
+        })?;
     Ok(BackupReport {
         record,
         warnings,
         deleted,
+        records_dropped,
         records_moved: moved,
     })
 }
@@ -208,11 +216,11 @@ fn apply_local_retention(
     records: &mut [Record],
     store: &LocalStore,
     now: DateTime<Utc>,
-    policy: Policy,
+    rule: Rule,
     warnings: &mut Vec<String>,
 ) -> Vec<String> {
     let mut deleted = Vec::new();
-    for d in retention::local_deletions(records, now, policy) {
+    for d in retention::local_deletions(records, now, rule) {
         let rec = &mut records[d.index];
         let Some(name) = rec.file_name.clone() else {
             continue;

@@ -14,6 +14,7 @@ use crate::config::{self, ConfigError, Problem};
 use crate::etcd::TlsMaterial;
 use crate::etcddb;
 use crate::records::{self, CopyState, Outcome, Record, RecordStore, Trigger};
+use crate::retention;
 
 pub const EXIT_FAILED: u8 = 1;
 /// EX_CONFIG from sysexits.h; the unit's `RestartPreventExitStatus=78` stops restart loops.
@@ -130,6 +131,12 @@ fn snapshot(config_path: Option<&Path>) -> CmdResult {
             for d in &report.deleted {
                 print(&format!("retention deleted {d}\n"))?;
             }
+            if report.records_dropped > 0 {
+                tracing::info!(
+                    dropped = report.records_dropped,
+                    "dropped old records beyond the [records] history limits"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Failed => Err(CommandError::Failed(format!(
@@ -179,13 +186,30 @@ fn list_records(
     let file = RecordStore::new(&config.state_dir)
         .load()
         .map_err(|e| CommandError::Failed(e.to_string()))?;
-    let mut shown: Vec<&Record> = file.records.iter().rev().collect();
+    let status = retention::local_status(&file.records, Utc::now(), config.local_storage.retention);
+    let mut shown: Vec<(&Record, Option<&str>)> = file
+        .records
+        .iter()
+        .zip(status.iter().map(Option::as_deref))
+        .rev()
+        .collect();
     if let Some(n) = limit {
         shown.truncate(n);
     }
     match format {
         RecordsFormat::Json => {
-            let mut s = serde_json::to_string_pretty(&shown).expect("records serialize");
+            // Each record as stored, plus `retention`: why its snapshot is kept or when it goes.
+            let values: Vec<serde_json::Value> = shown
+                .iter()
+                .map(|(r, status)| {
+                    let mut v = serde_json::to_value(r).expect("record serializes");
+                    if let (Some(obj), Some(s)) = (v.as_object_mut(), status) {
+                        obj.insert("retention".into(), (*s).into());
+                    }
+                    v
+                })
+                .collect();
+            let mut s = serde_json::to_string_pretty(&values).expect("records serialize");
             s.push('\n');
             print(&s)?;
         }
@@ -210,7 +234,7 @@ fn human_size(bytes: u64) -> String {
 }
 
 /// A plain-text table, newest first. Pure.
-pub fn records_table(records: &[&Record]) -> String {
+pub fn records_table(records: &[(&Record, Option<&str>)]) -> String {
     if records.is_empty() {
         return "no backup records yet\n".to_string();
     }
@@ -224,10 +248,11 @@ pub fn records_table(records: &[&Record]) -> String {
         "SIZE",
         "LOCAL",
         "FILE / REASON",
+        "RETENTION",
     ];
-    let rows: Vec<[String; 9]> = records
+    let rows: Vec<[String; 10]> = records
         .iter()
-        .map(|r| {
+        .map(|(r, status)| {
             let local = match &r.local {
                 Some(l) if l.state == CopyState::Present => "present".to_string(),
                 Some(_) => "deleted".to_string(),
@@ -252,6 +277,7 @@ pub fn records_table(records: &[&Record]) -> String {
                 r.size_bytes.map(human_size).unwrap_or_else(|| "-".into()),
                 local,
                 detail,
+                status.unwrap_or("-").to_string(),
             ]
         })
         .collect();
@@ -339,6 +365,13 @@ fn config_check(config_path: Option<&Path>) -> CmdResult {
             None
         }
     };
+    if config.local_storage.retention.keeps_forever() {
+        warnings.push(format!(
+            "local snapshots in {} are never deleted: neither local_storage.ttl nor \
+             local_storage.keep limits them; watch the disk",
+            config.local_storage.path.display()
+        ));
+    }
     if config.remote_storage.is_some() {
         warnings.push(
             "[remote_storage] is validated, but this version keeps local copies only; \

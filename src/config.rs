@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::retention::{HistoryLimits, Rule};
 use crate::schedule::{Schedule, Zone};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcdguard/etcdguard.toml";
@@ -36,6 +37,8 @@ pub struct Config {
     pub etcd: EtcdConfig,
     pub local_storage: LocalStorageConfig,
     pub remote_storage: Option<RemoteStorageConfig>,
+    /// How many records `records.json` keeps (`[records]`).
+    pub history: HistoryLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -57,8 +60,7 @@ pub struct EtcdConfig {
 #[derive(Debug, Clone)]
 pub struct LocalStorageConfig {
     pub path: PathBuf,
-    pub ttl: Duration,
-    pub min_keep: usize,
+    pub retention: Rule,
 }
 
 #[derive(Debug, Clone)]
@@ -69,8 +71,7 @@ pub struct RemoteStorageConfig {
     pub region: String,
     pub prefix: String,
     pub force_path_style: bool,
-    pub ttl: Duration,
-    pub min_keep: usize,
+    pub retention: Rule,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,6 +216,14 @@ struct RawConfig {
     etcd: Option<RawEtcd>,
     local_storage: Option<RawLocal>,
     remote_storage: Option<Spanned<RawRemote>>,
+    records: Option<RawRecords>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRecords {
+    successful_history_limit: Option<Spanned<i64>>,
+    failed_history_limit: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -235,6 +244,7 @@ struct RawEtcd {
 struct RawLocal {
     path: Option<Spanned<PathBuf>>,
     ttl: Option<Spanned<RawDuration>>,
+    keep: Option<Spanned<i64>>,
     min_keep: Option<Spanned<i64>>,
 }
 
@@ -249,6 +259,7 @@ struct RawRemote {
     prefix: Option<Spanned<String>>,
     force_path_style: Option<bool>,
     ttl: Option<Spanned<RawDuration>>,
+    keep: Option<Spanned<i64>>,
     min_keep: Option<Spanned<i64>>,
 }
 
@@ -296,22 +307,72 @@ impl Validator<'_> {
         }
     }
 
-    fn min_keep(&mut self, raw: Option<Spanned<i64>>, field: &str, default: usize) -> usize {
-        let Some(raw) = raw else { return default };
+    /// A whole number of at least 1.
+    fn count(&mut self, raw: &Spanned<i64>, field: &str, what: &str) -> Option<usize> {
         match usize::try_from(*raw.get_ref()) {
-            Ok(n) if n >= 1 => n,
+            Ok(n) if n >= 1 => Some(n),
             _ => {
                 self.problem(
                     Some(raw.span()),
                     field,
-                    format!(
-                        "must be at least 1 (got {}): it is the number of newest good \
-                         snapshots that are never deleted",
-                        raw.get_ref()
-                    ),
+                    format!("must be at least 1 (got {}): {what}", raw.get_ref()),
                 );
-                default
+                None
             }
+        }
+    }
+
+    /// `ttl`, `keep` and `min_keep` of one destination. With neither `ttl` nor `keep`, the
+    /// default ttl applies; `ttl = "forever"` turns the age limit off. `min_keep` defaults to
+    /// 3, or to `keep` when that is smaller.
+    fn retention(
+        &mut self,
+        section: &str,
+        ttl: Option<Spanned<RawDuration>>,
+        keep: Option<Spanned<i64>>,
+        min_keep: Option<Spanned<i64>>,
+        default_ttl: Duration,
+    ) -> Rule {
+        let keep_field = format!("{section}.keep");
+        let keep_span = keep.as_ref().map(Spanned::span);
+        let keep = keep
+            .and_then(|k| self.count(&k, &keep_field, "the number of newest good snapshots kept"));
+        let ttl = match ttl {
+            None if keep_span.is_some() => None,
+            None => Some(default_ttl),
+            Some(raw) => match raw.get_ref() {
+                RawDuration::Text(t) if t.trim() == "forever" => None,
+                _ => Some(self.duration(Some(raw), &format!("{section}.ttl"), default_ttl)),
+            },
+        };
+        let min_keep = match min_keep {
+            None => keep.map_or(3, |k| k.min(3)),
+            Some(raw) => {
+                let n = self
+                    .count(
+                        &raw,
+                        &format!("{section}.min_keep"),
+                        "the number of newest good snapshots that are never deleted",
+                    )
+                    .unwrap_or(1);
+                if keep.is_some_and(|k| k < n) {
+                    self.problem(
+                        keep_span.clone(),
+                        &keep_field,
+                        format!(
+                            "keep ({}) must be at least min_keep ({n}): min_keep snapshots \
+                             are never deleted",
+                            keep.unwrap_or(0)
+                        ),
+                    );
+                }
+                n
+            }
+        };
+        Rule {
+            ttl,
+            keep,
+            min_keep,
         }
     }
 
@@ -423,15 +484,34 @@ fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
     let l = raw.local_storage.unwrap_or_default();
     let local_storage = LocalStorageConfig {
         path: v.path(l.path, "local_storage.path", &state_dir.join("snapshots")),
-        ttl: v.duration(
+        retention: v.retention(
+            "local_storage",
             l.ttl,
-            "local_storage.ttl",
+            l.keep,
+            l.min_keep,
             Duration::from_secs(7 * 24 * 3600),
         ),
-        min_keep: v.min_keep(l.min_keep, "local_storage.min_keep", 3),
     };
 
     let remote_storage = raw.remote_storage.map(|r| validate_remote(r, v));
+
+    let rec = raw.records.unwrap_or_default();
+    let mut limit = |raw: Option<Spanned<i64>>, field: &str, default: usize| {
+        raw.and_then(|r| v.count(&r, field, "how many such records the history keeps"))
+            .unwrap_or(default)
+    };
+    let history = HistoryLimits {
+        successful: limit(
+            rec.successful_history_limit,
+            "records.successful_history_limit",
+            1000,
+        ),
+        failed: limit(
+            rec.failed_history_limit,
+            "records.failed_history_limit",
+            100,
+        ),
+    };
 
     Config {
         source: v.file.map(Path::to_owned),
@@ -442,6 +522,7 @@ fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         etcd,
         local_storage,
         remote_storage,
+        history,
     }
 }
 
@@ -514,12 +595,13 @@ fn validate_remote(r: Spanned<RawRemote>, v: &mut Validator<'_>) -> RemoteStorag
         region,
         prefix,
         force_path_style: r.force_path_style.unwrap_or(false),
-        ttl: v.duration(
+        retention: v.retention(
+            "remote_storage",
             r.ttl,
-            "remote_storage.ttl",
+            r.keep,
+            r.min_keep,
             Duration::from_secs(30 * 24 * 3600),
         ),
-        min_keep: v.min_keep(r.min_keep, "remote_storage.min_keep", 3),
     }
 }
 
@@ -528,6 +610,22 @@ fn validate_remote(r: Spanned<RawRemote>, v: &mut Validator<'_>) -> RemoteStorag
 
 fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+fn write_rule(w: &mut String, rule: &Rule) {
+    use std::fmt::Write;
+    let ttl = rule.ttl.map_or_else(|| "forever".to_string(), human);
+    let _ = writeln!(w, "ttl = {}", toml_string(&ttl));
+    if let Some(k) = rule.keep {
+        let _ = writeln!(w, "keep = {k}");
+    }
+    let _ = writeln!(w, "min_keep = {}", rule.min_keep);
+    if rule.keeps_forever() {
+        let _ = writeln!(
+            w,
+            "# neither ttl nor keep: snapshots here are never deleted"
+        );
+    }
 }
 
 fn quoted(p: &Path) -> String {
@@ -573,8 +671,7 @@ impl Config {
         let l = &self.local_storage;
         let _ = writeln!(w, "\n[local_storage]");
         let _ = writeln!(w, "path = {}", quoted(&l.path));
-        let _ = writeln!(w, "ttl = {}", toml_string(&human(l.ttl)));
-        let _ = writeln!(w, "min_keep = {}", l.min_keep);
+        write_rule(w, &l.retention);
         match &self.remote_storage {
             None => {
                 let _ = writeln!(w, "\n# [remote_storage] absent: local copies only");
@@ -589,10 +686,12 @@ impl Config {
                 let _ = writeln!(w, "region = {}", toml_string(&r.region));
                 let _ = writeln!(w, "prefix = {}", toml_string(&r.prefix));
                 let _ = writeln!(w, "force_path_style = {}", r.force_path_style);
-                let _ = writeln!(w, "ttl = {}", toml_string(&human(r.ttl)));
-                let _ = writeln!(w, "min_keep = {}", r.min_keep);
+                write_rule(w, &r.retention);
             }
         }
+        let _ = writeln!(w, "\n[records]");
+        let _ = writeln!(w, "successful_history_limit = {}", self.history.successful);
+        let _ = writeln!(w, "failed_history_limit = {}", self.history.failed);
         out
     }
 
@@ -622,8 +721,14 @@ mod tests {
             c.local_storage.path,
             Path::new("/var/lib/etcdguard/snapshots")
         );
-        assert_eq!(c.local_storage.min_keep, 3);
-        assert_eq!(c.local_storage.ttl, Duration::from_secs(7 * 86400));
+        assert_eq!(c.local_storage.retention.min_keep, 3);
+        assert_eq!(
+            c.local_storage.retention.ttl,
+            Some(Duration::from_secs(7 * 86400))
+        );
+        assert_eq!(c.local_storage.retention.keep, None);
+        assert_eq!(c.history.successful, 1000);
+        assert_eq!(c.history.failed, 100);
         assert!(c.remote_storage.is_none());
         assert!(!c.paused);
     }
@@ -635,7 +740,10 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(c.local_storage.ttl, Duration::from_secs(7776000));
+        assert_eq!(
+            c.local_storage.retention.ttl,
+            Some(Duration::from_secs(7776000))
+        );
         assert_eq!(c.etcd.timeout, Duration::from_secs(90));
     }
 
@@ -666,6 +774,59 @@ mod tests {
             "{}",
             e[3]
         );
+    }
+
+    #[test]
+    fn keep_ttl_and_min_keep() {
+        // keep alone: no age limit, min_keep follows keep when smaller.
+        let c = parse("[local_storage]\nkeep = 2\n", None).unwrap();
+        let r = c.local_storage.retention;
+        assert_eq!((r.ttl, r.keep, r.min_keep), (None, Some(2), 2));
+        let c = parse("[local_storage]\nkeep = 40\nttl = \"30d\"\n", None).unwrap();
+        let r = c.local_storage.retention;
+        assert_eq!(r.ttl, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!((r.keep, r.min_keep), (Some(40), 3));
+        let c = parse("[local_storage]\nttl = \"forever\"\n", None).unwrap();
+        assert!(c.local_storage.retention.keeps_forever());
+        assert!(c.to_redacted_toml().contains("never deleted"));
+
+        let e = errs("[local_storage]\nkeep = 2\nmin_keep = 3\n");
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].contains(":2:8: local_storage.keep: keep (2) must be at least min_keep (3)"),
+            "{}",
+            e[0]
+        );
+        let e = errs("[local_storage]\nkeep = 0\n[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nkeep = 1\nmin_keep = 2\n");
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e[0].contains("local_storage.keep: must be at least 1"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].contains("remote_storage.keep: keep (1) must be at least min_keep (2)"),
+            "{}",
+            e[1]
+        );
+    }
+
+    #[test]
+    fn records_history_limits() {
+        let c = parse(
+            "[records]\nsuccessful_history_limit = 10\nfailed_history_limit = 5\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!((c.history.successful, c.history.failed), (10, 5));
+        let e = errs("[records]\nfailed_history_limit = 0\n");
+        assert!(
+            e[0].contains("records.failed_history_limit: must be at least 1"),
+            "{}",
+            e[0]
+        );
+        let e = errs("[records]\nlimit = 3\n");
+        assert!(e[0].contains("unknown field `limit`"), "{}", e[0]);
     }
 
     #[test]

@@ -1,24 +1,46 @@
-//! Pure retention: (records, now, policy) → which local snapshots to delete. No I/O.
+//! Pure retention: (records, now, policy) → which snapshots to delete, which records to drop,
+//! and, for `etcdguard records`, why each snapshot is kept or when it goes. No I/O.
 //!
-//! Rules:
-//! - only successful records whose local copy is present are candidates (a failed backup has
-//!   no file; a deleted one is gone);
-//! - the newest `min_keep` candidates are never deleted, whatever their age. "Newest" is the
-//!   order of the records file (append order), not the timestamps, so a clock that jumped
-//!   cannot make an old snapshot look new or a new one look old;
-//! - any other candidate older than `ttl` is deleted. A timestamp in the future (the clock went
-//!   back) is age zero: never expired by a skewed clock.
+//! Snapshot rule (the same for local and remote copies):
+//! - candidates are successful records whose copy is present;
+//! - a candidate is deleted when it is older than `ttl` **or** not among the newest `keep`
+//!   candidates, but **never** when it is among the newest `min_keep`;
+//! - "newest" is the order of the records file (append order), not timestamps, so a clock that
+//!   jumped cannot make an old snapshot look new; a timestamp in the future is age zero.
+//!
+//! History rule: a record whose snapshot still exists (locally or remotely) is never dropped.
+//! Beyond that, successful records are dropped oldest first while there are more than
+//! `successful` of them, and failed records beyond the newest `failed` are dropped.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::records::Record;
+use crate::records::{Outcome, Record};
 
+/// When snapshots of one destination are deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    pub ttl: Duration,
+pub struct Rule {
+    /// Delete when older than this; `None`: no age limit.
+    pub ttl: Option<Duration>,
+    /// Delete when not among the newest `keep`; `None`: no count limit.
+    pub keep: Option<usize>,
+    /// Never delete the newest `min_keep`.
     pub min_keep: usize,
+}
+
+impl Rule {
+    /// True when nothing is ever deleted.
+    pub fn keeps_forever(&self) -> bool {
+        self.ttl.is_none() && self.keep.is_none()
+    }
+}
+
+/// How many records the history keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub successful: usize,
+    pub failed: usize,
 }
 
 /// One deletion decision: the record's index in the slice, and why.
@@ -28,29 +50,153 @@ pub struct Deletion {
     pub reason: String,
 }
 
-/// Decides which local snapshots to delete.
-pub fn local_deletions(records: &[Record], now: DateTime<Utc>, policy: Policy) -> Vec<Deletion> {
-    let candidates: Vec<usize> = records
+fn ttl_text(ttl: Duration) -> String {
+    humantime::format_duration(ttl).to_string()
+}
+
+/// Indices of present, successful local snapshots in append order (oldest first).
+fn local_candidates(records: &[Record]) -> Vec<usize> {
+    records
         .iter()
         .enumerate()
         .filter(|(_, r)| r.is_good_local())
         .map(|(i, _)| i)
-        .collect();
-    let protected_from = candidates.len().saturating_sub(policy.min_keep);
-    let ttl = chrono::Duration::from_std(policy.ttl).unwrap_or(chrono::Duration::MAX);
-    candidates[..protected_from]
+        .collect()
+}
+
+/// Decides which local snapshots to delete.
+pub fn local_deletions(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Vec<Deletion> {
+    let candidates = local_candidates(records);
+    let n = candidates.len();
+    candidates
         .iter()
-        .filter_map(|&i| {
-            let age = now - records[i].backup_timestamp;
-            (age > ttl).then(|| Deletion {
-                index: i,
-                reason: format!(
-                    "older than local_storage.ttl ({})",
-                    humantime::format_duration(policy.ttl)
-                ),
-            })
+        .enumerate()
+        .filter_map(|(pos, &i)| {
+            let newer = n - 1 - pos; // candidates newer than this one
+            if newer < rule.min_keep {
+                return None;
+            }
+            let reason = if rule.keep.is_some_and(|k| newer >= k) {
+                format!(
+                    "not among the newest {} (local_storage.keep)",
+                    rule.keep.unwrap_or(0)
+                )
+            } else if let Some(ttl) = rule.ttl.filter(|ttl| is_expired(&records[i], now, *ttl)) {
+                format!("older than local_storage.ttl ({})", ttl_text(ttl))
+            } else {
+                return None;
+            };
+            Some(Deletion { index: i, reason })
         })
         .collect()
+}
+
+fn is_expired(r: &Record, now: DateTime<Utc>, ttl: Duration) -> bool {
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    now - r.backup_timestamp > ttl
+}
+
+/// True when the record's snapshot may still exist somewhere (local or remote copy).
+fn snapshot_exists(r: &Record) -> bool {
+    use crate::records::CopyState;
+    let local = r
+        .local
+        .as_ref()
+        .is_some_and(|l| l.state == CopyState::Present);
+    let remote = r
+        .remote
+        .as_ref()
+        .is_some_and(|v| v.get("state").and_then(|s| s.as_str()) != Some("deleted"));
+    local || remote
+}
+
+/// Indices of records to drop from the history, ascending. Call after deletions are applied
+/// (a snapshot whose deletion failed still exists and keeps its record).
+pub fn history_drops(records: &[Record], limits: HistoryLimits) -> Vec<usize> {
+    let mut drops = Vec::new();
+    let successful: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].result == Outcome::Success)
+        .collect();
+    let mut excess = successful.len().saturating_sub(limits.successful);
+    for &i in &successful {
+        if excess == 0 {
+            break;
+        }
+        if !snapshot_exists(&records[i]) {
+            drops.push(i);
+            excess -= 1;
+        }
+    }
+    let failed: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].result == Outcome::Failed && !snapshot_exists(&records[i]))
+        .collect();
+    let excess = failed.len().saturating_sub(limits.failed);
+    drops.extend_from_slice(&failed[..excess]);
+    drops.sort_unstable();
+    drops
+}
+
+/// For each record, a sentence saying why its local snapshot is kept or when it will go;
+/// `None` for records without a local snapshot.
+pub fn local_status(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Vec<Option<String>> {
+    use crate::records::CopyState;
+    let candidates = local_candidates(records);
+    let n = candidates.len();
+    let mut out = vec![None; records.len()];
+    for (i, r) in records.iter().enumerate() {
+        if let Some(l) = r.local.as_ref().filter(|l| l.state == CopyState::Deleted) {
+            out[i] = Some(match (&l.deleted_at, &l.deleted_reason) {
+                (Some(at), Some(why)) => {
+                    format!("deleted {}: {why}", crate::records::rfc3339(*at))
+                }
+                _ => "deleted".to_string(),
+            });
+        }
+    }
+    for (pos, &i) in candidates.iter().enumerate() {
+        let newer = n - 1 - pos;
+        let r = &records[i];
+        out[i] = Some(if newer < rule.min_keep {
+            format!(
+                "kept: one of the newest {} good snapshots (min_keep)",
+                rule.min_keep
+            )
+        } else if rule.keep.is_some_and(|k| newer >= k) {
+            format!(
+                "goes at the next successful backup: not among the newest {} (keep)",
+                rule.keep.unwrap_or(0)
+            )
+        } else {
+            match (rule.ttl, rule.keep) {
+                (Some(ttl), keep) => {
+                    let expiry = r.backup_timestamp
+                        + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+                    let mut s = if expiry < now {
+                        format!(
+                            "expired {} (ttl {}): goes at the next successful backup",
+                            crate::records::rfc3339(expiry),
+                            ttl_text(ttl)
+                        )
+                    } else {
+                        format!(
+                            "expires {} (ttl {})",
+                            crate::records::rfc3339(expiry),
+                            ttl_text(ttl)
+                        )
+                    };
+                    if let Some(k) = keep {
+                        s.push_str(&format!(", or after {} more backups (keep {k})", k - newer));
+                    }
+                    s
+                }
+                (None, Some(k)) => {
+                    format!("kept for {} more successful backups (keep {k})", k - newer)
+                }
+                (None, None) => "kept forever (no ttl or keep)".to_string(),
+            }
+        });
+    }
+    out
 }
 
 #[cfg(test)]
@@ -92,90 +238,260 @@ mod tests {
         }
     }
 
+    fn good(id: &str, hours_ago: i64, now: DateTime<Utc>) -> Record {
+        rec(id, at(hours_ago, now), true, CopyState::Present)
+    }
+
+    fn failed(id: &str, hours_ago: i64, now: DateTime<Utc>) -> Record {
+        rec(id, at(hours_ago, now), false, CopyState::Present)
+    }
+
     fn ids(records: &[Record], d: &[Deletion]) -> Vec<String> {
         d.iter().map(|x| records[x.index].id.clone()).collect()
     }
 
-    fn policy(ttl_hours: u64, min_keep: usize) -> Policy {
-        Policy {
-            ttl: Duration::from_secs(ttl_hours * 3600),
+    fn rule(ttl_hours: Option<u64>, keep: Option<usize>, min_keep: usize) -> Rule {
+        Rule {
+            ttl: ttl_hours.map(|h| Duration::from_secs(h * 3600)),
+            keep,
             min_keep,
         }
     }
 
-    #[test]
-    fn empty_history() {
-        assert!(local_deletions(&[], Utc::now(), policy(1, 2)).is_empty());
+    fn history(records: &[Record], limits: HistoryLimits) -> Vec<String> {
+        history_drops(records, limits)
+            .iter()
+            .map(|&i| records[i].id.clone())
+            .collect()
     }
 
     #[test]
-    fn expired_beyond_min_keep_are_deleted() {
+    fn empty_history() {
+        let now = Utc::now();
+        assert!(local_deletions(&[], now, rule(Some(1), Some(1), 1)).is_empty());
+        let limits = HistoryLimits {
+            successful: 1,
+            failed: 1,
+        };
+        assert!(history_drops(&[], limits).is_empty());
+        assert!(local_status(&[], now, rule(None, None, 1)).is_empty());
+    }
+
+    #[test]
+    fn ttl_only_beyond_min_keep() {
         let now = Utc::now();
         let r: Vec<_> = [50, 40, 30, 20, 1]
             .iter()
             .enumerate()
-            .map(|(i, h)| rec(&format!("r{i}"), at(*h, now), true, CopyState::Present))
+            .map(|(i, h)| good(&format!("r{i}"), *h, now))
             .collect();
-        // ttl 24h: r0, r1, r2 expired; min_keep 2 protects r3, r4 (not expired anyway).
-        let d = local_deletions(&r, now, policy(24, 2));
+        let d = local_deletions(&r, now, rule(Some(24), None, 2));
         assert_eq!(ids(&r, &d), ["r0", "r1", "r2"]);
         assert!(d[0].reason.contains("ttl"));
+    }
+
+    #[test]
+    fn keep_only_deletes_the_oldest_beyond_keep() {
+        let now = Utc::now();
+        let r: Vec<_> = (0..6).map(|i| good(&format!("r{i}"), 6 - i, now)).collect();
+        let d = local_deletions(&r, now, rule(None, Some(3), 2));
+        assert_eq!(ids(&r, &d), ["r0", "r1", "r2"]);
+        assert!(d[0].reason.contains("keep"));
+    }
+
+    #[test]
+    fn ttl_or_keep_whichever_deletes_more_but_never_min_keep() {
+        let now = Utc::now();
+        let r = vec![
+            good("a", 100, now),
+            good("b", 90, now), // expired
+            good("c", 2, now),
+            good("d", 1, now),
+            good("e", 0, now),
+        ];
+        // keep 4 alone would delete a; ttl 24h deletes a and b.
+        assert_eq!(
+            ids(&r, &local_deletions(&r, now, rule(Some(24), Some(4), 1))),
+            ["a", "b"]
+        );
+        // keep 2 deletes a, b, c; min_keep 3 protects c.
+        assert_eq!(
+            ids(&r, &local_deletions(&r, now, rule(Some(24), Some(2), 2))),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            ids(&r, &local_deletions(&r, now, rule(None, Some(3), 3))),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn both_absent_keeps_forever() {
+        let now = Utc::now();
+        let r: Vec<_> = (0..5)
+            .map(|i| good(&format!("r{i}"), 10_000, now))
+            .collect();
+        let rl = rule(None, None, 1);
+        assert!(rl.keeps_forever());
+        assert!(local_deletions(&r, now, rl).is_empty());
+        assert_eq!(
+            local_status(&r, now, rl)[0].as_deref(),
+            Some("kept forever (no ttl or keep)")
+        );
     }
 
     #[test]
     fn min_keep_protects_old_ones_when_recent_backups_failed() {
         let now = Utc::now();
         let r = vec![
-            rec("old1", at(100, now), true, CopyState::Present),
-            rec("old2", at(90, now), true, CopyState::Present),
-            rec("old3", at(80, now), true, CopyState::Present),
-            rec("f1", at(10, now), false, CopyState::Present),
-            rec("f2", at(5, now), false, CopyState::Present),
-            rec("f3", at(1, now), false, CopyState::Present),
+            good("old1", 100, now),
+            good("old2", 90, now),
+            good("old3", 80, now),
+            failed("f1", 10, now),
+            failed("f2", 5, now),
+            failed("f3", 1, now),
         ];
-        // All good backups are expired, but min_keep 2 keeps the two newest good ones.
-        let d = local_deletions(&r, now, policy(24, 2));
+        let d = local_deletions(&r, now, rule(Some(24), Some(2), 2));
         assert_eq!(ids(&r, &d), ["old1"]);
-        // min_keep larger than what exists: nothing goes.
-        assert!(local_deletions(&r, now, policy(24, 5)).is_empty());
+        assert!(local_deletions(&r, now, rule(Some(24), None, 5)).is_empty());
     }
 
     #[test]
-    fn deleted_copies_are_not_counted_for_min_keep() {
+    fn deleted_copies_do_not_count() {
         let now = Utc::now();
         let r = vec![
-            rec("a", at(100, now), true, CopyState::Present),
-            rec("b", at(90, now), true, CopyState::Present),
+            good("a", 100, now),
+            good("b", 90, now),
             rec("c", at(80, now), true, CopyState::Deleted),
             rec("d", at(70, now), true, CopyState::Deleted),
         ];
-        // Only a and b are present; min_keep 2 keeps both.
-        assert!(local_deletions(&r, now, policy(24, 2)).is_empty());
-        assert_eq!(ids(&r, &local_deletions(&r, now, policy(24, 1))), ["a"]);
+        assert!(local_deletions(&r, now, rule(Some(24), None, 2)).is_empty());
+        assert_eq!(
+            ids(&r, &local_deletions(&r, now, rule(Some(24), None, 1))),
+            ["a"]
+        );
+        assert_eq!(
+            ids(&r, &local_deletions(&r, now, rule(None, Some(1), 1))),
+            ["a"]
+        );
     }
 
     #[test]
-    fn clock_skew_future_timestamps_never_expire_and_order_is_append_order() {
+    fn clock_skew_and_equal_timestamps() {
         let now = Utc::now();
-        // Written while the clock was 10 days ahead, then the clock was corrected.
         let r = vec![
-            rec("skewed-old", at(-240, now), true, CopyState::Present),
-            rec("older", at(200, now), true, CopyState::Present),
-            rec("new1", at(2, now), true, CopyState::Present),
-            rec("new2", at(1, now), true, CopyState::Present),
+            good("skewed-old", -240, now), // written while the clock was 10 days ahead
+            good("older", 200, now),
+            good("new1", 2, now),
+            good("new2", 1, now),
         ];
-        let d = local_deletions(&r, now, policy(24, 2));
-        // The future-dated one is not expired; min_keep protects the two last appended.
-        assert_eq!(ids(&r, &d), ["older"]);
+        assert_eq!(
+            ids(&r, &local_deletions(&r, now, rule(Some(24), None, 2))),
+            ["older"]
+        );
+        // keep counts append order, so the skewed one is the oldest by count.
+        assert_eq!(
+            ids(&r, &local_deletions(&r, now, rule(None, Some(2), 1))),
+            ["skewed-old", "older"]
+        );
+        // Equal timestamps: append order decides.
+        let t = at(5, now);
+        let r: Vec<_> = (0..4)
+            .map(|i| rec(&format!("s{i}"), t, true, CopyState::Present))
+            .collect();
+        assert_eq!(
+            ids(&r, &local_deletions(&r, now, rule(None, Some(2), 1))),
+            ["s0", "s1"]
+        );
     }
 
     #[test]
     fn exactly_at_ttl_is_kept() {
         let now = Utc::now();
-        let r = vec![
-            rec("a", at(24, now), true, CopyState::Present),
-            rec("b", at(1, now), true, CopyState::Present),
+        let r = vec![good("a", 24, now), good("b", 1, now)];
+        assert!(local_deletions(&r, now, rule(Some(24), None, 1)).is_empty());
+    }
+
+    #[test]
+    fn history_never_drops_existing_snapshots() {
+        let now = Utc::now();
+        let mut r = vec![
+            rec("gone1", at(9, now), true, CopyState::Deleted),
+            good("live1", 8, now),
+            rec("gone2", at(7, now), true, CopyState::Deleted),
+            good("live2", 6, now),
+            good("live3", 5, now),
         ];
-        assert!(local_deletions(&r, now, policy(24, 1)).is_empty());
+        let limits = HistoryLimits {
+            successful: 2,
+            failed: 5,
+        };
+        // 5 successful, limit 2: only the two gone ones can go; the three live ones stay.
+        assert_eq!(history(&r, limits), ["gone1", "gone2"]);
+        // A gone record that still has a remote copy stays.
+        r[0].remote = Some(serde_json::json!({"state": "uploaded"}));
+        assert_eq!(history(&r, limits), ["gone2"]);
+        r[0].remote = Some(serde_json::json!({"state": "deleted"}));
+        assert_eq!(history(&r, limits), ["gone1", "gone2"]);
+    }
+
+    #[test]
+    fn history_drops_oldest_failed_and_successful_separately() {
+        let now = Utc::now();
+        let r = vec![
+            failed("f1", 10, now),
+            rec("g1", at(9, now), true, CopyState::Deleted),
+            failed("f2", 8, now),
+            rec("g2", at(7, now), true, CopyState::Deleted),
+            failed("f3", 6, now),
+            good("live", 5, now),
+            failed("f4", 4, now),
+        ];
+        let limits = HistoryLimits {
+            successful: 2,
+            failed: 2,
+        };
+        assert_eq!(history(&r, limits), ["f1", "g1", "f2"]);
+        let limits = HistoryLimits {
+            successful: 10,
+            failed: 10,
+        };
+        assert!(history(&r, limits).is_empty());
+    }
+
+    #[test]
+    fn status_explains_each_snapshot() {
+        let now = Utc::now();
+        let mut r = vec![
+            rec("gone", at(100, now), true, CopyState::Deleted),
+            good("a", 30, now),
+            good("b", 20, now),
+            good("c", 10, now),
+            failed("f", 5, now),
+            good("d", 1, now),
+        ];
+        r[0].local.as_mut().unwrap().deleted_at = Some(at(50, now));
+        r[0].local.as_mut().unwrap().deleted_reason = Some("older than ttl".into());
+        let s = local_status(&r, now, rule(Some(24), Some(3), 2));
+        assert!(s[0].as_deref().unwrap().starts_with("deleted "), "{s:?}");
+        assert!(
+            s[1].as_deref().unwrap().contains("not among the newest 3"),
+            "{s:?}"
+        );
+        assert!(s[2].as_deref().unwrap().starts_with("expires "), "{s:?}");
+        assert!(
+            s[2].as_deref().unwrap().contains("or after 1 more backups"),
+            "{s:?}"
+        );
+        assert!(s[3].as_deref().unwrap().contains("min_keep"), "{s:?}");
+        assert_eq!(s[4], None);
+        assert!(s[5].as_deref().unwrap().contains("min_keep"), "{s:?}");
+        let s = local_status(&r, now, rule(Some(24), None, 1));
+        assert!(s[1].as_deref().unwrap().starts_with("expired "), "{s:?}");
+        let s = local_status(&r, now, rule(None, Some(4), 1));
+        assert_eq!(
+            s[1].as_deref(),
+            Some("kept for 1 more successful backups (keep 4)")
+        );
     }
 }

@@ -157,8 +157,14 @@ fn config_check_prints_effective_config_and_records_lists_backups() {
     );
 
     let out = node.run(&["records", "--output", "json", "--limit", "1"]);
-    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.len(), 1);
+    // The stored record plus the computed retention explanation.
+    let retention = v[0].as_object_mut().unwrap().remove("retention").unwrap();
+    assert!(
+        retention.as_str().unwrap().contains("min_keep"),
+        "{retention}"
+    );
     assert_eq!(v[0], recs[1]);
 }
 

@@ -49,3 +49,98 @@ fn expired_snapshots_beyond_min_keep_are_deleted_and_nothing_else() {
     expected.sort();
     assert_eq!(node.snapshot_files(), expected);
 }
+
+#[test]
+fn keep_by_count_and_history_limits_bound_the_records_file() {
+    let mut node = Node::start("3.5", "cp1");
+    node.set("local_storage", "keep", "3");
+    node.set("local_storage", "min_keep", "2");
+    node.set("records", "successful_history_limit", "10");
+    node.set("records", "failed_history_limit", "5");
+
+    for i in 0..6 {
+        let out = node.snapshot();
+        assert!(out.status.success(), "backup {i}: {}", stderr(&out));
+    }
+    let recs = node.records();
+    assert_eq!(recs.len(), 6);
+    let states: Vec<_> = recs
+        .iter()
+        .map(|r| r["local"]["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        states,
+        ["deleted", "deleted", "deleted", "present", "present", "present"]
+    );
+    for r in &recs[..3] {
+        let why = r["local"]["deletedReason"].as_str().unwrap();
+        assert!(why.contains("not among the newest 3"), "{why}");
+    }
+    let mut newest: Vec<String> = recs[3..]
+        .iter()
+        .map(|r| r["fileName"].as_str().unwrap().to_string())
+        .collect();
+    newest.sort();
+    assert_eq!(node.snapshot_files(), newest);
+
+    // `records` explains each snapshot's fate, in the table and in JSON.
+    let out = node.run(&["records", "--output", "json"]);
+    let shown: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(shown[0]["retention"].as_str().unwrap().contains("min_keep"));
+    assert!(shown[2]["retention"]
+        .as_str()
+        .unwrap()
+        .contains("kept for 1 more successful backups (keep 3)"));
+    assert!(shown[3]["retention"]
+        .as_str()
+        .unwrap()
+        .starts_with("deleted "));
+    let table = crate::util::stdout(&node.run(&["records"]));
+    assert!(
+        table.lines().next().unwrap().contains("RETENTION"),
+        "{table}"
+    );
+
+    // 44 more attempts, alternating success and failure: the history stays within 10 + 5.
+    for i in 0..44 {
+        if i % 2 == 1 {
+            node.set("etcd", "endpoint", "\"https://127.0.0.1:1\"");
+            assert_eq!(node.snapshot().status.code(), Some(1));
+            node.unset("etcd", "endpoint");
+        } else {
+            let out = node.snapshot();
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let recs = node.records();
+        let ok = recs.iter().filter(|r| r["result"] == "Success").count();
+        let failed = recs.len() - ok;
+        assert!(
+            ok <= 10 && failed <= 5,
+            "after attempt {i}: {ok} ok, {failed} failed"
+        );
+        assert!(node.snapshot_files().len() <= 3);
+    }
+    let recs = node.records();
+    let ok: Vec<_> = recs.iter().filter(|r| r["result"] == "Success").collect();
+    assert_eq!(ok.len(), 10);
+    assert_eq!(recs.len() - ok.len(), 5);
+    // Every snapshot that exists still has its record.
+    let present: Vec<String> = ok
+        .iter()
+        .filter(|r| r["local"]["state"] == "present")
+        .map(|r| r["fileName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(present.len(), 3);
+    let mut present_sorted = present.clone();
+    present_sorted.sort();
+    assert_eq!(node.snapshot_files(), present_sorted);
+    // The newest record is the last attempt (attempt 43, a failure); the history is in order.
+    assert_eq!(recs.last().unwrap()["result"], "Failed");
+    let times: Vec<_> = recs
+        .iter()
+        .map(|r| r["backupTimestamp"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted);
+}
