@@ -56,6 +56,34 @@ pub struct BackupReport {
     pub records_moved: Option<MovedAside>,
 }
 
+/// The one structured log line per backup attempt (journald fields when logging there).
+pub fn log_record(r: &Record) {
+    let member = r.member.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    match r.result {
+        Outcome::Success => tracing::info!(
+            id = %r.id,
+            result = "Success",
+            trigger = r.trigger.as_str(),
+            member,
+            file = r.file_name.as_deref().unwrap_or(""),
+            bytes = r.size_bytes.unwrap_or(0),
+            revision = r.revision.unwrap_or(0),
+            duration_seconds = r.duration_seconds,
+            "backup finished"
+        ),
+        Outcome::Failed | Outcome::Skipped => tracing::error!(
+            id = %r.id,
+            result = if r.result == Outcome::Failed { "Failed" } else { "Skipped" },
+            trigger = r.trigger.as_str(),
+            member,
+            reason = r.reason.as_deref().unwrap_or(""),
+            duration_seconds = r.duration_seconds,
+            "backup {}",
+            if r.result == Outcome::Failed { "failed" } else { "skipped" }
+        ),
+    }
+}
+
 /// Where and who the local member is, before talking to it.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -187,7 +215,7 @@ pub async fn run_backup(
     let now = Utc::now();
     let ((deleted, records_dropped), moved) =
         RecordStore::new(&config.state_dir).update(now, |file| {
-            file.records.push(rec_for_file);
+            file.push(rec_for_file);
             // Deleting only after a success: failing backups never shrink what exists.
             let deleted = if succeeded {
                 apply_local_retention(&mut file.records, &store, now, rule, &mut warnings)

@@ -24,6 +24,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: scheduled backups, catch-up, sd_notify, metrics (systemd's ExecStart)
+    Run,
     /// Take one backup now (same pipeline, lock and records as the daemon). Exit 0 on success, 1 on failure
     Snapshot,
     /// List backup records, newest first

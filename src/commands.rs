@@ -52,6 +52,15 @@ pub fn init_logging() {
 pub fn dispatch(cli: Cli) -> CmdResult {
     let config_path = cli.config.as_deref();
     match cli.command {
+        Command::Run => {
+            runtime()?
+                .block_on(crate::daemon::run(cli.config.clone()))
+                .map_err(|e| match e {
+                    crate::daemon::DaemonError::Config(c) => CommandError::Config(c),
+                    crate::daemon::DaemonError::Fatal(m) => CommandError::Failed(m),
+                })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Snapshot => snapshot(config_path),
         Command::Records { output, limit } => list_records(config_path, output, limit),
         Command::Verify { file, output } => verify(&file, output),
@@ -112,11 +121,18 @@ fn snapshot(config_path: Option<&Path>) -> CmdResult {
     if let Some(moved) = &report.records_moved {
         tracing::error!("{moved}");
     }
+    let next = config
+        .schedule
+        .next_after(Utc::now(), &config.timezone)
+        .filter(|_| !config.paused);
+    if let Err(e) = crate::metrics::refresh(&config, next) {
+        tracing::error!("{e}");
+    }
     for w in &report.warnings {
         tracing::warn!("{w}");
     }
     let r = &report.record;
-    log_backup_line(r);
+    backup::log_record(r);
     match r.result {
         Outcome::Success => {
             let path = r.local.as_ref().map(|l| l.path.display().to_string());
@@ -139,38 +155,11 @@ fn snapshot(config_path: Option<&Path>) -> CmdResult {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Outcome::Failed => Err(CommandError::Failed(format!(
+        Outcome::Failed | Outcome::Skipped => Err(CommandError::Failed(format!(
             "backup {} failed: {}",
             r.id,
             r.reason.as_deref().unwrap_or("unknown reason")
         ))),
-    }
-}
-
-/// The one structured line per backup.
-fn log_backup_line(r: &Record) {
-    let member = r.member.as_ref().map(|m| m.name.as_str()).unwrap_or("");
-    match r.result {
-        Outcome::Success => tracing::info!(
-            id = %r.id,
-            result = "Success",
-            trigger = r.trigger.as_str(),
-            member,
-            file = r.file_name.as_deref().unwrap_or(""),
-            bytes = r.size_bytes.unwrap_or(0),
-            revision = r.revision.unwrap_or(0),
-            duration_seconds = r.duration_seconds,
-            "backup finished"
-        ),
-        Outcome::Failed => tracing::error!(
-            id = %r.id,
-            result = "Failed",
-            trigger = r.trigger.as_str(),
-            member,
-            reason = r.reason.as_deref().unwrap_or(""),
-            duration_seconds = r.duration_seconds,
-            "backup failed"
-        ),
     }
 }
 
@@ -260,7 +249,7 @@ pub fn records_table(records: &[(&Record, Option<&str>)]) -> String {
             };
             let detail = match r.result {
                 Outcome::Success => r.file_name.clone().unwrap_or_default(),
-                Outcome::Failed => r.reason.clone().unwrap_or_default(),
+                Outcome::Failed | Outcome::Skipped => r.reason.clone().unwrap_or_default(),
             };
             [
                 r.id.clone(),

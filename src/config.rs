@@ -33,7 +33,11 @@ pub struct Config {
     pub schedule: Schedule,
     pub timezone: Zone,
     pub paused: bool,
+    /// Take one backup when the daemon finds a slot was missed (down, suspended).
+    pub catch_up: bool,
     pub state_dir: PathBuf,
+    /// Prometheus textfile to keep up to date; `None`: no metrics file.
+    pub metrics_file: Option<PathBuf>,
     pub etcd: EtcdConfig,
     pub local_storage: LocalStorageConfig,
     pub remote_storage: Option<RemoteStorageConfig>,
@@ -148,9 +152,13 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         Some(p) => (p.to_owned(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
+    // Test-only: lets the daemon tests use a 6-field (seconds) schedule.
+    let allow_seconds = std::env::var_os(TEST_SECONDS_ENV).is_some_and(|v| v == "1");
     match std::fs::read_to_string(&path) {
-        Ok(text) => parse(&text, Some(&path)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => parse("", None),
+        Ok(text) => parse_with(&text, Some(&path), allow_seconds),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+            parse_with("", None, allow_seconds)
+        }
         Err(e) => Err(ConfigError::single(
             Some(&path),
             match e.kind() {
@@ -169,9 +177,16 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
+/// Set to `1` to accept 6-field cron expressions with seconds. For tests only.
+pub const TEST_SECONDS_ENV: &str = "ETCDGUARD_TEST_SECONDS_SCHEDULE";
+
 /// Parses and validates configuration text. `file` names it in error messages; `None` means
 /// built-in defaults.
 pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+    parse_with(text, file, false)
+}
+
+fn parse_with(text: &str, file: Option<&Path>, allow_seconds: bool) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
         problems: vec![Problem {
             file: file.map(Path::to_owned),
@@ -183,6 +198,7 @@ pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
     let mut v = Validator {
         text,
         file,
+        allow_seconds,
         problems: Vec::new(),
     };
     let config = validate(raw, &mut v);
@@ -212,7 +228,9 @@ struct RawConfig {
     schedule: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
     paused: Option<bool>,
+    catch_up: Option<bool>,
     state_dir: Option<Spanned<PathBuf>>,
+    metrics_file: Option<Spanned<PathBuf>>,
     etcd: Option<RawEtcd>,
     local_storage: Option<RawLocal>,
     remote_storage: Option<Spanned<RawRemote>>,
@@ -277,6 +295,7 @@ enum RawDuration {
 struct Validator<'a> {
     text: &'a str,
     file: Option<&'a Path>,
+    allow_seconds: bool,
     problems: Vec<Problem>,
 }
 
@@ -427,7 +446,7 @@ fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
 fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
     let schedule = match raw.schedule {
         None => Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses"),
-        Some(s) => match Schedule::parse(s.get_ref()) {
+        Some(s) => match Schedule::parse_with(s.get_ref(), v.allow_seconds) {
             Ok(sch) => sch,
             Err(e) => {
                 v.problem(Some(s.span()), "schedule", e);
@@ -446,6 +465,22 @@ fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         },
     };
     let state_dir = v.path(raw.state_dir, "state_dir", Path::new(DEFAULT_STATE_DIR));
+    let metrics_file = raw.metrics_file.map(|m| {
+        let span = m.span();
+        let p = v.path(Some(m), "metrics_file", Path::new(""));
+        if p.extension().is_none_or(|e| e != "prom") {
+            v.problem(
+                Some(span),
+                "metrics_file",
+                format!(
+                    "{:?} must end in .prom: node_exporter's textfile collector reads only \
+                     *.prom files",
+                    p.display().to_string()
+                ),
+            );
+        }
+        p
+    });
 
     let e = raw.etcd.unwrap_or_default();
     let endpoint = e.endpoint.and_then(|ep| {
@@ -518,7 +553,9 @@ fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         schedule,
         timezone,
         paused: raw.paused.unwrap_or(false),
+        catch_up: raw.catch_up.unwrap_or(true),
         state_dir,
+        metrics_file,
         etcd,
         local_storage,
         remote_storage,
@@ -646,7 +683,16 @@ impl Config {
         let _ = writeln!(w, "schedule = {}", toml_string(self.schedule.expression()));
         let _ = writeln!(w, "timezone = {}", toml_string(&self.timezone.to_string()));
         let _ = writeln!(w, "paused = {}", self.paused);
+        let _ = writeln!(w, "catch_up = {}", self.catch_up);
         let _ = writeln!(w, "state_dir = {}", quoted(&self.state_dir));
+        match &self.metrics_file {
+            Some(m) => {
+                let _ = writeln!(w, "metrics_file = {}", quoted(m));
+            }
+            None => {
+                let _ = writeln!(w, "# metrics_file unset: no Prometheus textfile");
+            }
+        }
         let e = &self.etcd;
         let _ = writeln!(w, "\n[etcd]");
         let _ = writeln!(w, "manifest = {}", quoted(&e.manifest));
@@ -809,6 +855,29 @@ mod tests {
             "{}",
             e[1]
         );
+    }
+
+    #[test]
+    fn daemon_settings() {
+        let c = parse("", None).unwrap();
+        assert!(c.catch_up);
+        assert_eq!(c.metrics_file, None);
+        let c = parse(
+            "catch_up = false\nmetrics_file = \"/var/lib/node/etcdguard.prom\"\n",
+            None,
+        )
+        .unwrap();
+        assert!(!c.catch_up);
+        assert_eq!(
+            c.metrics_file.as_deref(),
+            Some(Path::new("/var/lib/node/etcdguard.prom"))
+        );
+        let e = errs("metrics_file = \"/var/lib/node/etcdguard.txt\"\n");
+        assert!(e[0].contains("metrics_file: "), "{}", e[0]);
+        assert!(e[0].contains(".prom"), "{}", e[0]);
+        // 6-field schedules only for tests.
+        assert!(parse("schedule = \"*/5 * * * * *\"\n", None).is_err());
+        assert!(parse_with("schedule = \"*/5 * * * * *\"\n", None, true).is_ok());
     }
 
     #[test]

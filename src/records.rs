@@ -18,6 +18,8 @@ pub const RECORDS_VERSION: u32 = 1;
 pub enum Outcome {
     Success,
     Failed,
+    /// A scheduled slot that was not taken because a backup was still running.
+    Skipped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,11 +109,34 @@ impl Record {
     }
 }
 
-/// The whole file. Unknown top-level fields (daemon state added later) survive a round trip.
+/// Counters since the records file was created; never decreased by history pruning, so
+/// they can be exported as Prometheus counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub success: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+/// What the daemon must remember across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonState {
+    /// The latest schedule slot that was handled (backed up, skipped or passed while paused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_slot: Option<DateTime<Utc>>,
+}
+
+/// The whole file. Unknown top-level fields survive a round trip.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordsFile {
     pub version: u32,
     pub records: Vec<Record>,
+    #[serde(default)]
+    pub stats: Stats,
+    #[serde(default)]
+    pub daemon: DaemonState,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -121,8 +146,22 @@ impl Default for RecordsFile {
         RecordsFile {
             version: RECORDS_VERSION,
             records: Vec::new(),
+            stats: Stats::default(),
+            daemon: DaemonState::default(),
             extra: serde_json::Map::new(),
         }
+    }
+}
+
+impl RecordsFile {
+    /// Appends a record and counts it.
+    pub fn push(&mut self, record: Record) {
+        match record.result {
+            Outcome::Success => self.stats.success += 1,
+            Outcome::Failed => self.stats.failed += 1,
+            Outcome::Skipped => self.stats.skipped += 1,
+        }
+        self.records.push(record);
     }
 }
 
@@ -304,15 +343,12 @@ mod tests {
     fn update_appends_and_keeps_unknown_fields() {
         let d = tempfile::tempdir().unwrap();
         let s = RecordStore::new(d.path());
-        std::fs::write(
-            s.path(),
-            r#"{"version":1,"records":[],"daemon":{"lastSlot":"x"}}"#,
-        )
-        .unwrap();
-        s.update(Utc::now(), |f| f.records.push(rec("a"))).unwrap();
+        std::fs::write(s.path(), r#"{"version":1,"records":[],"future":{"x":1}}"#).unwrap();
+        s.update(Utc::now(), |f| f.push(rec("a"))).unwrap();
         let f = s.load().unwrap();
         assert_eq!(f.records.len(), 1);
-        assert_eq!(f.extra["daemon"]["lastSlot"], "x");
+        assert_eq!(f.stats.failed, 1);
+        assert_eq!(f.extra["future"]["x"], 1);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(s.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -329,7 +365,7 @@ mod tests {
             std::fs::read(s.path()).unwrap(),
             b"{\"version\":1,\"records\":["
         );
-        let ((), moved) = s.update(Utc::now(), |f| f.records.push(rec("b"))).unwrap();
+        let ((), moved) = s.update(Utc::now(), |f| f.push(rec("b"))).unwrap();
         let moved = moved.expect("moved aside");
         assert_eq!(
             std::fs::read(&moved.to).unwrap(),

@@ -127,8 +127,9 @@ pub fn history_drops(records: &[Record], limits: HistoryLimits) -> Vec<usize> {
             excess -= 1;
         }
     }
+    // Skipped slots count with the failures: both are attempts without a snapshot.
     let failed: Vec<usize> = (0..records.len())
-        .filter(|&i| records[i].result == Outcome::Failed && !snapshot_exists(&records[i]))
+        .filter(|&i| records[i].result != Outcome::Success && !snapshot_exists(&records[i]))
         .collect();
     let excess = failed.len().saturating_sub(limits.failed);
     drops.extend_from_slice(&failed[..excess]);

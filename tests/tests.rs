@@ -5,5 +5,6 @@ mod util;
 
 mod backup;
 mod cli;
+mod daemon;
 mod retention;
 mod verify;

@@ -1,0 +1,389 @@
+//! `etcdguard run`: the daemon systemd starts on every control-plane node.
+//!
+//! One tokio loop: after every wake-up it reads the wall clock and asks the pure
+//! `schedule::tick` what is due, so suspend/resume and clock jumps never skip or repeat a slot.
+//! A due slot starts a backup task (the same `backup::run_backup` as the CLI, sharing its
+//! lock); a slot that arrives while one is still running is recorded as `Skipped`. It sleeps
+//! at most half the watchdog interval and sends `WATCHDOG=1` from the loop itself, so the
+//! watchdog tracks real progress. SIGHUP reloads the configuration (a bad one is rejected and
+//! the old one stays); SIGTERM/SIGINT cancel an in-flight backup cleanly and stop.
+//!
+//! The last handled slot lives in `records.json` (`daemon.lastHandledSlot`): a daemon that
+//! finds a slot was missed while it was down takes one catch-up backup, not one per slot.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::backup::{self, BackupError, BackupReport};
+use crate::config::{self, Config, ConfigError};
+use crate::fsutil;
+use crate::metrics;
+use crate::records::{self, Outcome, Record, RecordStore, Trigger};
+use crate::schedule;
+
+/// Upper bound on one sleep, even without a watchdog: the wall clock is re-read at least this
+/// often, which is how suspend and clock changes are noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// A backup task in flight.
+struct Running {
+    handle: JoinHandle<Result<BackupReport, BackupError>>,
+    /// Dropping or sending on this cancels the backup.
+    cancel: oneshot::Sender<()>,
+    slot: DateTime<Utc>,
+    started: DateTime<Utc>,
+}
+
+struct Daemon {
+    config_path: Option<PathBuf>,
+    config: Config,
+    store: RecordStore,
+    /// The latest handled slot in memory (persisted when its backup is done).
+    last_handled: DateTime<Utc>,
+    running: Option<Running>,
+    next: Option<DateTime<Utc>>,
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!("sd_notify failed: {e}");
+    }
+}
+
+/// Half the watchdog interval systemd asked for, capped at [`MAX_SLEEP`].
+fn tick_interval() -> Duration {
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Duration::from_micros(usec / 2).min(MAX_SLEEP)
+    } else {
+        MAX_SLEEP
+    }
+}
+
+/// Runs until SIGTERM/SIGINT. Errors before READY are returned (78 for configuration).
+pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    let config = config::load(config_path.as_deref())?;
+    fsutil::create_private_dir_all(&config.state_dir).map_err(|e| {
+        DaemonError::Fatal(format!(
+            "cannot create state directory {}: {e}",
+            config.state_dir.display()
+        ))
+    })?;
+    let store = RecordStore::new(&config.state_dir);
+    let now = Utc::now();
+    let remembered = match store.load() {
+        Ok(f) => f.daemon.last_handled_slot,
+        Err(e) => {
+            // Not fatal: the next backup moves a corrupt file aside and says so.
+            tracing::error!("{e}");
+            None
+        }
+    };
+    let last_handled = match remembered {
+        Some(t) => t,
+        None => {
+            // First start: nothing was missed yet.
+            let t = config
+                .schedule
+                .latest_at_or_before(now, &config.timezone)
+                .unwrap_or(now);
+            persist_slot(&store, t);
+            t
+        }
+    };
+    let mut d = Daemon {
+        config_path,
+        config,
+        store,
+        last_handled,
+        running: None,
+        next: None,
+    };
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| DaemonError::Fatal(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Fatal(e.to_string()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| DaemonError::Fatal(e.to_string()))?;
+    let interval = tick_interval();
+    tracing::info!(
+        schedule = d.config.schedule.expression(),
+        timezone = %d.config.timezone,
+        paused = d.config.paused,
+        "etcdguard daemon started"
+    );
+    if d.config.paused {
+        tracing::warn!("configuration is paused: no scheduled backups until paused = false");
+    }
+    d.on_tick();
+    notify(&[NotifyState::Ready, NotifyState::Status(&d.status())]);
+
+    loop {
+        let now = Utc::now();
+        let sleep = d
+            .next
+            .map(|n| (n - now).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(interval)
+            .min(interval);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            res = async { (&mut d.running.as_mut().expect("guarded").handle).await },
+                if d.running.is_some() => {
+                let r = d.running.take().expect("guarded");
+                d.on_backup_done(r.slot, res);
+            }
+            _ = hup.recv() => d.reload(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        d.on_tick();
+        notify(&[NotifyState::Watchdog, NotifyState::Status(&d.status())]);
+    }
+
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    tracing::info!("stopping");
+    if let Some(r) = d.running.take() {
+        let _ = r.cancel.send(());
+        let res = r.handle.await;
+        d.on_backup_done(r.slot, res);
+    }
+    Ok(())
+}
+
+fn persist_slot(store: &RecordStore, slot: DateTime<Utc>) {
+    if let Err(e) = store.update(Utc::now(), |f| {
+        if f.daemon.last_handled_slot.is_none_or(|t| t < slot) {
+            f.daemon.last_handled_slot = Some(slot);
+        }
+    }) {
+        tracing::error!("cannot remember the handled slot: {e}");
+    }
+}
+
+impl Daemon {
+    /// One look at the wall clock: handle a due slot, compute the next.
+    fn on_tick(&mut self) {
+        let now = Utc::now();
+        let t = schedule::tick(
+            &self.config.schedule,
+            &self.config.timezone,
+            self.last_handled,
+            now,
+        );
+        if t.clock_went_back {
+            tracing::error!(
+                remembered = %records::rfc3339(self.last_handled),
+                now = %records::rfc3339(now),
+                "the clock is more than a day behind the last handled slot; assuming it was \
+                 wrong before and continuing from now"
+            );
+            persist_slot(&self.store, t.last_handled);
+        }
+        self.last_handled = t.last_handled;
+        self.next = t.next;
+        if let Some(slot) = t.due {
+            self.on_slot(slot, t.late);
+        }
+    }
+
+    fn on_slot(&mut self, slot: DateTime<Utc>, late: bool) {
+        let trigger = if late {
+            Trigger::CatchUp
+        } else {
+            Trigger::Schedule
+        };
+        if self.config.paused {
+            tracing::info!(slot = %records::rfc3339(slot), "paused: scheduled backup not taken");
+            persist_slot(&self.store, slot);
+            return;
+        }
+        if late && !self.config.catch_up {
+            tracing::warn!(slot = %records::rfc3339(slot), "a slot was missed (catch_up = false): not backing up now");
+            persist_slot(&self.store, slot);
+            return;
+        }
+        if let Some(r) = &self.running {
+            self.skip(
+                slot,
+                trigger,
+                format!(
+                    "the backup started at {} was still running",
+                    records::rfc3339(r.started)
+                ),
+            );
+            return;
+        }
+        if late {
+            tracing::info!(slot = %records::rfc3339(slot), "a slot was missed while etcdguard was not running or the host slept: taking one catch-up backup");
+        }
+        let (cancel, cancelled) = oneshot::channel::<()>();
+        let config = self.config.clone();
+        let handle = tokio::spawn(async move {
+            backup::run_backup(&config, trigger, async move {
+                let _ = cancelled.await;
+                "shutdown".to_string()
+            })
+            .await
+        });
+        self.running = Some(Running {
+            handle,
+            cancel,
+            slot,
+            started: Utc::now(),
+        });
+    }
+
+    /// Records a slot that was not taken.
+    fn skip(&mut self, slot: DateTime<Utc>, trigger: Trigger, reason: String) {
+        let now = Utc::now();
+        let record = Record {
+            id: records::new_record_id(now),
+            backup_timestamp: now,
+            file_name: None,
+            result: Outcome::Skipped,
+            reason: Some(reason),
+            trigger,
+            member: None,
+            etcd_version: None,
+            revision: None,
+            size_bytes: None,
+            sha256: None,
+            duration_seconds: 0.0,
+            local: None,
+            remote: None,
+        };
+        backup::log_record(&record);
+        let history = self.config.history;
+        let res = self.store.update(now, |f| {
+            f.push(record);
+            if f.daemon.last_handled_slot.is_none_or(|t| t < slot) {
+                f.daemon.last_handled_slot = Some(slot);
+            }
+            let drops = crate::retention::history_drops(&f.records, history);
+            for &i in drops.iter().rev() {
+                f.records.remove(i);
+            }
+        });
+        if let Err(e) = res {
+            tracing::error!("cannot record the skipped slot: {e}");
+        }
+        self.refresh_metrics();
+    }
+
+    fn on_backup_done(
+        &mut self,
+        slot: DateTime<Utc>,
+        res: Result<Result<BackupReport, BackupError>, tokio::task::JoinError>,
+    ) {
+        match res {
+            Ok(Ok(report)) => {
+                if let Some(moved) = &report.records_moved {
+                    tracing::error!("{moved}");
+                }
+                for w in &report.warnings {
+                    tracing::warn!("{w}");
+                }
+                backup::log_record(&report.record);
+                persist_slot(&self.store, slot);
+            }
+            Ok(Err(BackupError::Busy { holder, .. })) => {
+                let who = holder.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                self.skip(
+                    slot,
+                    Trigger::Schedule,
+                    format!("another backup was running{who}, e.g. `etcdguard snapshot` by hand"),
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::error!("backup not attempted: {e}");
+                persist_slot(&self.store, slot);
+            }
+            Err(e) => tracing::error!("backup task failed: {e}"),
+        }
+        self.refresh_metrics();
+    }
+
+    fn reload(&mut self) {
+        let usec = sd_notify::NotifyState::monotonic_usec_now();
+        match &usec {
+            Ok(m) => notify(&[NotifyState::Reloading, m.clone()]),
+            Err(_) => notify(&[NotifyState::Reloading]),
+        }
+        match config::load(self.config_path.as_deref()) {
+            Ok(c) => {
+                tracing::info!(
+                    schedule = c.schedule.expression(),
+                    paused = c.paused,
+                    "configuration reloaded"
+                );
+                self.config = c;
+            }
+            Err(e) => {
+                tracing::error!("reload rejected, the running configuration stays in force: {e}")
+            }
+        }
+        self.next = schedule::tick(
+            &self.config.schedule,
+            &self.config.timezone,
+            self.last_handled,
+            Utc::now(),
+        )
+        .next;
+        self.refresh_metrics();
+        notify(&[NotifyState::Ready, NotifyState::Status(&self.status())]);
+    }
+
+    fn refresh_metrics(&self) {
+        if let Err(e) = metrics::refresh(&self.config, self.next) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// What `systemctl status` shows: the last result and the next run.
+    fn status(&self) -> String {
+        let last = match self.store.load() {
+            Ok(f) => f
+                .records
+                .iter()
+                .rev()
+                .find(|r| r.result != Outcome::Skipped)
+                .map(|r| match r.result {
+                    Outcome::Success => format!(
+                        "last backup OK at {} ({})",
+                        records::rfc3339(r.backup_timestamp),
+                        r.file_name.as_deref().unwrap_or("")
+                    ),
+                    _ => format!(
+                        "last backup FAILED at {}: {}",
+                        records::rfc3339(r.backup_timestamp),
+                        r.reason.as_deref().unwrap_or("")
+                    ),
+                })
+                .unwrap_or_else(|| "no backup yet".to_string()),
+            Err(e) => format!("records unreadable: {e}"),
+        };
+        let next = match (self.config.paused, self.next) {
+            (true, _) => "PAUSED: no scheduled backups".to_string(),
+            (false, Some(n)) => format!("next {}", records::rfc3339(n)),
+            (false, None) => "no next slot".to_string(),
+        };
+        let running = self
+            .running
+            .as_ref()
+            .map(|r| format!("backup running since {}; ", records::rfc3339(r.started)))
+            .unwrap_or_default();
+        format!("{running}{last}; {next}")
+    }
+}

@@ -1,0 +1,221 @@
+//! Prometheus text exposition for node_exporter's textfile collector.
+//!
+//! [`render`] is pure (records file + daemon facts → text); [`refresh`] writes it through the
+//! one atomic-write helper, so a process that dies never leaves a half-written file (the temp
+//! name does not end in `.prom`, so the collector never reads it). Counters come from the
+//! records file's `stats`, which history pruning never decreases.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
+use crate::fsutil;
+use crate::records::{Outcome, RecordStore, RecordsFile};
+
+/// node_exporter usually runs as its own user: the metrics file is world-readable. It holds no
+/// secrets (times, sizes, counts).
+const METRICS_MODE: u32 = 0o644;
+
+fn secs(t: DateTime<Utc>) -> String {
+    format!("{:.3}", t.timestamp_millis() as f64 / 1000.0)
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, samples: &[(&str, String)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// Renders every metric. `next_run` is the next scheduled slot (daemon), `paused` the config.
+pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>) -> String {
+    let mut out = String::new();
+    let local = "{destination=\"local\"}";
+    let attempts = || {
+        file.records
+            .iter()
+            .rev()
+            .filter(|r| r.result != Outcome::Skipped)
+    };
+    if let Some(last) = attempts().next() {
+        let ok = last.result == Outcome::Success;
+        gauge(
+            &mut out,
+            "etcdguard_last_attempt_timestamp_seconds",
+            "Time of the last backup attempt (success or failure).",
+            &[(local, secs(last.backup_timestamp))],
+        );
+        gauge(
+            &mut out,
+            "etcdguard_last_result",
+            "1 if the last backup attempt succeeded, 0 if it failed.",
+            &[(local, u8::from(ok).to_string())],
+        );
+        gauge(
+            &mut out,
+            "etcdguard_last_duration_seconds",
+            "Duration of the last backup attempt.",
+            &[(local, format!("{:.3}", last.duration_seconds))],
+        );
+    }
+    if let Some(good) = attempts().find(|r| r.result == Outcome::Success) {
+        gauge(
+            &mut out,
+            "etcdguard_last_success_timestamp_seconds",
+            "Time of the last successful backup.",
+            &[(local, secs(good.backup_timestamp))],
+        );
+        gauge(
+            &mut out,
+            "etcdguard_last_size_bytes",
+            "Size of the last successful snapshot file.",
+            &[(local, good.size_bytes.unwrap_or(0).to_string())],
+        );
+        gauge(
+            &mut out,
+            "etcdguard_last_revision",
+            "etcd revision of the last successful snapshot.",
+            &[(local, good.revision.unwrap_or(0).to_string())],
+        );
+    }
+    gauge(
+        &mut out,
+        "etcdguard_snapshots",
+        "Snapshots present per destination.",
+        &[(
+            local,
+            file.records
+                .iter()
+                .filter(|r| r.is_good_local())
+                .count()
+                .to_string(),
+        )],
+    );
+    let s = &file.stats;
+    let _ = writeln!(
+        out,
+        "# HELP etcdguard_backups_total Backup attempts by result.\n\
+         # TYPE etcdguard_backups_total counter\n\
+         etcdguard_backups_total{{result=\"success\"}} {}\n\
+         etcdguard_backups_total{{result=\"failed\"}} {}\n\
+         etcdguard_backups_total{{result=\"skipped\"}} {}",
+        s.success, s.failed, s.skipped
+    );
+    let _ = writeln!(
+        out,
+        "# HELP etcdguard_skipped_slots_total Scheduled slots skipped because a backup was still running.\n\
+         # TYPE etcdguard_skipped_slots_total counter\n\
+         etcdguard_skipped_slots_total {}",
+        s.skipped
+    );
+    gauge(
+        &mut out,
+        "etcdguard_paused",
+        "1 if scheduled backups are paused.",
+        &[("", u8::from(paused).to_string())],
+    );
+    if let Some(next) = next_run {
+        gauge(
+            &mut out,
+            "etcdguard_next_run_timestamp_seconds",
+            "Time of the next scheduled backup.",
+            &[("", secs(next))],
+        );
+    }
+    out
+}
+
+/// Rewrites the metrics file from the records, if `metrics_file` is configured.
+pub fn refresh(config: &Config, next_run: Option<DateTime<Utc>>) -> Result<(), String> {
+    let Some(path) = &config.metrics_file else {
+        return Ok(());
+    };
+    let file = RecordStore::new(&config.state_dir)
+        .load()
+        .map_err(|e| e.to_string())?;
+    write(path, &render(&file, config.paused, next_run))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    fsutil::write_atomic(path, text.as_bytes(), METRICS_MODE)
+        .map_err(|e| format!("cannot write metrics file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{CopyState, LocalCopy, Record, Trigger};
+
+    fn rec(result: Outcome, ts: &str) -> Record {
+        Record {
+            id: ts.into(),
+            backup_timestamp: DateTime::parse_from_rfc3339(ts)
+                .unwrap()
+                .with_timezone(&Utc),
+            file_name: None,
+            result,
+            reason: None,
+            trigger: Trigger::Schedule,
+            member: None,
+            etcd_version: None,
+            revision: (result == Outcome::Success).then_some(42),
+            size_bytes: (result == Outcome::Success).then_some(1000),
+            sha256: None,
+            duration_seconds: 1.5,
+            local: (result == Outcome::Success).then(|| LocalCopy {
+                path: "/x".into(),
+                state: CopyState::Present,
+                deleted_at: None,
+                deleted_reason: None,
+            }),
+            remote: None,
+        }
+    }
+
+    #[test]
+    fn renders_last_success_and_last_attempt_separately() {
+        let mut f = RecordsFile::default();
+        f.push(rec(Outcome::Success, "2026-05-01T10:00:00Z"));
+        f.push(rec(Outcome::Failed, "2026-05-01T11:00:00Z"));
+        f.push(rec(Outcome::Skipped, "2026-05-01T11:30:00Z"));
+        let next = DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let text = render(&f, false, Some(next));
+        for line in [
+            "etcdguard_last_attempt_timestamp_seconds{destination=\"local\"} 1777633200.000",
+            "etcdguard_last_result{destination=\"local\"} 0",
+            "etcdguard_last_success_timestamp_seconds{destination=\"local\"} 1777629600.000",
+            "etcdguard_last_size_bytes{destination=\"local\"} 1000",
+            "etcdguard_last_revision{destination=\"local\"} 42",
+            "etcdguard_snapshots{destination=\"local\"} 1",
+            "etcdguard_backups_total{result=\"success\"} 1",
+            "etcdguard_backups_total{result=\"failed\"} 1",
+            "etcdguard_backups_total{result=\"skipped\"} 1",
+            "etcdguard_skipped_slots_total 1",
+            "etcdguard_paused 0",
+            "etcdguard_next_run_timestamp_seconds 1777636800.000",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // Every sample line belongs to a declared metric.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{l}");
+        }
+    }
+
+    #[test]
+    fn empty_history_has_counters_but_no_last_times() {
+        let text = render(&RecordsFile::default(), true, None);
+        assert!(!text.contains("last_attempt"));
+        assert!(text.contains("etcdguard_backups_total{result=\"success\"} 0"));
+        assert!(text.contains("etcdguard_paused 1"));
+    }
+}
