@@ -34,21 +34,6 @@ impl From<ConfigError> for CommandError {
 
 type CmdResult = Result<ExitCode, CommandError>;
 
-/// Logging to stderr. `ETCDGUARD_LOG` takes an env-filter directive (default `info`).
-pub fn init_logging() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("ETCDGUARD_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(
-                "info,h2=warn,hyper=warn,tower=warn,tonic=warn,rustls=warn",
-            )
-        });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-}
-
 pub fn dispatch(cli: Cli) -> CmdResult {
     let config_path = cli.config.as_deref();
     match cli.command {

@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod etcddb;
 pub mod fsutil;
 pub mod kubeadm;
+pub mod logging;
 pub mod metrics;
 pub mod records;
 pub mod retention;

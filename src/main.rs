@@ -10,7 +10,7 @@ use etcdguard::commands::{self, CommandError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // exits 2 on usage errors
-    commands::init_logging();
+    etcdguard::logging::init();
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(CommandError::Config(e)) => {

@@ -149,7 +149,9 @@ pub fn explain_connect_error(
         // TLS 1.3: the server checks the client certificate after the client has finished
         // its side of the handshake, and the alert it sends is lost by the HTTP/2 layer.
         format!(
-            "etcd at {endpoint} closed the connection right after the TLS handshake: it most              likely rejected the client certificate {} (not signed by the etcd CA, or not a              client certificate); etcd's log says why",
+            "etcd at {endpoint} closed the connection right after the TLS handshake: it most \
+             likely rejected the client certificate {} (not signed by the etcd CA, or not a \
+             client certificate); etcd's log says why",
             client_cert.display()
         )
     } else if has("timed out") || has("deadline") {
