@@ -393,20 +393,21 @@ async fn attempt(
         .await
         .map_err(|err| fail(format!("cannot fsync {}: {err}", temp.path().display())))?;
     let std_file = file.into_std().await;
-    let meta = etcddb::read_active_meta(&std_file, streamed.file_len - 32).map_err(|reason| {
+    // The bbolt check and etcdutl's status over the written file, before it counts: a snapshot
+    // whose checksum matches can still be an inconsistent database (etcd's own corruption).
+    let db_len = streamed.file_len - etcddb::TRAILER_LEN;
+    let checked = tokio::task::spawn_blocking(move || {
+        let db = etcddb::Db::open(std_file, db_len)?;
+        etcddb::status(&db).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|err| fail(format!("the snapshot check did not finish: {err}")))?;
+    let status = checked.map_err(|reason| {
         fail(format!(
-            "etcd at {ep} sent a snapshot whose checksum matches but which is not a valid \
-             bbolt database: {reason}"
+            "etcd at {ep} sent a snapshot whose checksum matches but whose database is not \
+             consistent: {reason}"
         ))
     })?;
-    if meta.db_size() > streamed.file_len - 32 {
-        return Err(fail(format!(
-            "etcd at {ep} sent a truncated database ({} bytes, its meta page claims {})",
-            streamed.file_len - 32,
-            meta.db_size()
-        )));
-    }
-    drop(std_file);
     let path = store.publish(temp).map_err(|err| {
         fail(format!(
             "cannot publish snapshot {file_name} in {}: {err}",
@@ -419,9 +420,8 @@ async fn attempt(
         path,
         member,
         etcd_version: info.version,
-        // etcd sends no revision with the snapshot; its status just before the stream is the
-        // closest we can ask for (a lower bound). The bbolt reader can make this exact.
-        revision: info.revision,
+        // The snapshot's own revision, as `etcdutl snapshot status` reports it.
+        revision: status.revision,
         size_bytes: streamed.file_len,
         sha256: hex::encode(streamed.file_sha256),
     })

@@ -17,6 +17,10 @@ fn main() -> ExitCode {
             eprintln!("etcdguard: {e}");
             ExitCode::from(commands::EXIT_CONFIG)
         }
+        Err(CommandError::Usage(msg)) => {
+            eprintln!("etcdguard: {msg}");
+            ExitCode::from(commands::EXIT_USAGE)
+        }
         Err(CommandError::Failed(msg)) => {
             eprintln!("etcdguard: {msg}");
             ExitCode::from(commands::EXIT_FAILED)

@@ -6,5 +6,6 @@ mod util;
 mod backup;
 mod cli;
 mod daemon;
+mod engine;
 mod retention;
 mod verify;

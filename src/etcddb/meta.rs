@@ -1,9 +1,11 @@
-//! bbolt meta pages (restore-spec B.2/B.3), parsed from bytes. Pure: no I/O.
+//! bbolt meta pages (restore-spec B.3): parse, validate, choose the active one, and encode a new
+//! one for an append-only commit. Pure: no I/O.
+
+use super::page::{u32_at, u64_at, Header, FLAG_META, HEADER_LEN};
 
 /// bbolt's magic number.
 pub const MAGIC: u32 = 0xED0C_DAED;
 pub const VERSION: u32 = 2;
-const PAGE_FLAG_META: u16 = 0x04;
 /// Header (16) + meta body (64) bytes needed to parse a meta page.
 pub const META_LEN: usize = 80;
 
@@ -13,6 +15,8 @@ pub struct Meta {
     pub page_id: u64,
     pub page_size: u32,
     pub root: u64,
+    /// Root bucket sequence (always 0 in etcd dbs; kept as found).
+    pub root_sequence: u64,
     pub freelist: u64,
     /// High-water mark: the first never-used page id.
     pub pgid: u64,
@@ -24,16 +28,31 @@ impl Meta {
     pub fn db_size(&self) -> u64 {
         self.pgid.saturating_mul(u64::from(self.page_size))
     }
-}
 
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes(b[off..off + 2].try_into().expect("2 bytes"))
-}
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+    /// This meta as a full page, with the checksum computed. The page id is `txid % 2`, where
+    /// bbolt writes the meta of transaction `txid`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = vec![0u8; self.page_size as usize];
+        Header {
+            id: self.txid % 2,
+            flags: FLAG_META,
+            count: 0,
+            overflow: 0,
+        }
+        .write(&mut p);
+        p[16..20].copy_from_slice(&MAGIC.to_le_bytes());
+        p[20..24].copy_from_slice(&VERSION.to_le_bytes());
+        p[24..28].copy_from_slice(&self.page_size.to_le_bytes());
+        // 28..32: flags, always 0.
+        p[32..40].copy_from_slice(&self.root.to_le_bytes());
+        p[40..48].copy_from_slice(&self.root_sequence.to_le_bytes());
+        p[48..56].copy_from_slice(&self.freelist.to_le_bytes());
+        p[56..64].copy_from_slice(&self.pgid.to_le_bytes());
+        p[64..72].copy_from_slice(&self.txid.to_le_bytes());
+        let c = fnv1a64(&p[16..72]);
+        p[72..80].copy_from_slice(&c.to_le_bytes());
+        p
+    }
 }
 
 /// FNV-1a 64, as bbolt checksums its meta.
@@ -54,40 +73,43 @@ pub fn parse_meta(page: &[u8]) -> Result<Meta, String> {
             page.len()
         ));
     }
-    let flags = u16_at(page, 8);
-    if flags != PAGE_FLAG_META {
+    let field = |off| u64_at(page, off).unwrap_or_default();
+    let header = Header::parse(page).ok_or("no page header")?;
+    if header.flags != FLAG_META {
         return Err(format!(
-            "page flags are {flags:#06x}, not a meta page (0x0004)"
+            "page flags are {:#06x}, not a meta page (0x0004)",
+            header.flags
         ));
     }
-    let magic = u32_at(page, 16);
+    let magic = u32_at(page, HEADER_LEN).unwrap_or_default();
     if magic != MAGIC {
         return Err(format!("magic is {magic:#010x}, not bbolt's {MAGIC:#010x}"));
     }
-    let version = u32_at(page, 20);
+    let version = u32_at(page, 20).unwrap_or_default();
     if version != VERSION {
         return Err(format!(
             "bbolt format version {version}, expected {VERSION}"
         ));
     }
-    let checksum = u64_at(page, 72);
+    let checksum = field(72);
     let computed = fnv1a64(&page[16..72]);
     if checksum != computed {
         return Err(format!(
             "checksum {checksum:#018x} does not match its content ({computed:#018x})"
         ));
     }
-    let page_size = u32_at(page, 24);
+    let page_size = u32_at(page, 24).unwrap_or_default();
     if !(1024..=(1 << 24)).contains(&page_size) || !page_size.is_power_of_two() {
         return Err(format!("implausible page size {page_size}"));
     }
     let m = Meta {
-        page_id: u64_at(page, 0),
+        page_id: header.id,
         page_size,
-        root: u64_at(page, 32),
-        freelist: u64_at(page, 48),
-        pgid: u64_at(page, 56),
-        txid: u64_at(page, 64),
+        root: field(32),
+        root_sequence: field(40),
+        freelist: field(48),
+        pgid: field(56),
+        txid: field(64),
     };
     if m.pgid < 2 || m.root < 2 || m.root >= m.pgid {
         return Err(format!(
@@ -116,18 +138,18 @@ pub(crate) mod tests {
 
     /// Builds a valid meta page for tests.
     pub(crate) fn meta_page(page_id: u64, page_size: u32, pgid: u64, txid: u64) -> Vec<u8> {
-        let mut p = vec![0u8; page_size as usize];
+        let mut p = Meta {
+            page_id,
+            page_size,
+            root: 3,
+            root_sequence: 0,
+            freelist: u64::MAX,
+            pgid,
+            txid,
+        }
+        .encode();
+        // Tests place metas by hand; the header id is what the caller says.
         p[0..8].copy_from_slice(&page_id.to_le_bytes());
-        p[8..10].copy_from_slice(&PAGE_FLAG_META.to_le_bytes());
-        p[16..20].copy_from_slice(&MAGIC.to_le_bytes());
-        p[20..24].copy_from_slice(&VERSION.to_le_bytes());
-        p[24..28].copy_from_slice(&page_size.to_le_bytes());
-        p[32..40].copy_from_slice(&3u64.to_le_bytes());
-        p[48..56].copy_from_slice(&u64::MAX.to_le_bytes());
-        p[56..64].copy_from_slice(&pgid.to_le_bytes());
-        p[64..72].copy_from_slice(&txid.to_le_bytes());
-        let c = fnv1a64(&p[16..72]);
-        p[72..80].copy_from_slice(&c.to_le_bytes());
         p
     }
 
@@ -137,6 +159,20 @@ pub(crate) mod tests {
         assert_eq!(
             (m.page_size, m.pgid, m.txid, m.db_size()),
             (4096, 6, 20, 24576)
+        );
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        let m = parse_meta(&meta_page(0, 16384, 9, 7)).unwrap();
+        let again = parse_meta(&m.encode()).unwrap();
+        assert_eq!(again.page_id, 1); // txid 7 lives on page 1
+        assert_eq!(
+            Meta {
+                page_id: 0,
+                ..again
+            },
+            m
         );
     }
 

@@ -1,19 +1,30 @@
 //! etcd's database file (bbolt) and snapshot files made of it.
 //!
-//! Today: the snapshot-file check shared by `verify` and every backup (sha256 trailer, bbolt
-//! meta pages, size). The full bbolt reader/checker and `snapshot status` fields grow here.
+//! - `page`, `meta`: the byte layout (pure);
+//! - `db`: reading pages with `pread` and the one walk that checks the file as bbolt's
+//!   `tx.Check` does while visiting every element;
+//! - `status`: `etcdutl snapshot status` (3.5 semantics) from that walk;
+//! - `schema`: etcd's buckets and keys, revision keys, Member JSON;
+//! - `writer`: the append-only commit a restore uses to rewrite a few buckets.
+//!
+//! This module verifies snapshot files for `verify` and for every backup.
 
+pub mod db;
 pub mod meta;
+pub mod page;
+pub mod schema;
+pub mod status;
+pub mod writer;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use meta::{choose_active, parse_meta, Meta, META_LEN};
+pub use db::{read_active_meta, Db};
+pub use status::{status, DbStatus, StatusError};
 
 /// etcdutl's rule for "this file carries a sha256 trailer" (restore-spec A.2).
 pub const SECTOR: u64 = 512;
@@ -31,7 +42,8 @@ pub enum VerifyError {
     TooSmall { path: PathBuf, size: u64 },
     #[error(
         "{path} has no sha256 trailer (size {size} is not 32 bytes more than a multiple of \
-         512): it is truncated, or a copy of a data-dir db rather than a snapshot"
+         512): it is truncated, or a copy of a data-dir db rather than a snapshot (for a \
+         data-dir db, pass --skip-hash-check: it may miss writes that were only in the WAL)"
     )]
     NoTrailer { path: PathBuf, size: u64 },
     #[error(
@@ -51,85 +63,99 @@ pub enum VerifyError {
         needed: u64,
         have: u64,
     },
+    #[error("{path} is corrupt: bbolt {0}", .source)]
+    Integrity { path: PathBuf, source: StatusError },
 }
 
-/// What [`verify_snapshot_file`] established about a good file.
+/// What [`verify_snapshot_file`] established about a good file. The first four fields carry
+/// etcdutl's names and values (`etcdutl snapshot status -w json`, 3.5 semantics).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotFileReport {
+    pub hash: u32,
+    pub revision: i64,
+    pub total_key: u64,
+    /// Bytes of the database proper.
+    pub total_size: u64,
     pub path: PathBuf,
     pub size_bytes: u64,
     /// sha256 of the whole file, as `sha256sum` prints it.
     pub sha256: String,
+    /// `ok`, or `absent` for a data-dir db checked with the hash check skipped.
     pub trailer: &'static str,
     pub page_size: u32,
-    /// Bytes of the database proper (etcdutl's `totalSize`).
-    pub total_size: u64,
     pub txid: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistent_index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_version: Option<String>,
+    pub buckets: Vec<String>,
+    pub alarms: u64,
+    #[serde(skip)]
+    pub status: DbStatus,
 }
 
-/// Reads the two meta pages of an open db, discovering the page size (restore-spec B.3).
-pub fn read_active_meta(file: &File, len: u64) -> Result<Meta, String> {
-    let read_at = |off: u64| -> Result<Vec<u8>, String> {
-        if off + META_LEN as u64 > len {
-            return Err(format!("file ends before offset {}", off + META_LEN as u64));
-        }
-        let mut buf = vec![0u8; META_LEN];
-        file.read_exact_at(&mut buf, off)
-            .map_err(|e| e.to_string())?;
-        Ok(buf)
-    };
-    let meta0 = read_at(0).and_then(|b| parse_meta(&b));
-    let meta1 = match &meta0 {
-        Ok(m) => read_at(u64::from(m.page_size)).and_then(|b| parse_meta(&b)),
-        // Page size unknown: probe meta 1 at 1 KiB·2^i.
-        Err(e) => (0..15)
-            .map(|i| 1024u64 << i)
-            .find_map(|off| read_at(off).and_then(|b| parse_meta(&b)).ok())
-            .ok_or_else(|| e.clone()),
-    };
-    choose_active(meta0, meta1)
+/// sha256 of the first `len` bytes of `file` (read through its own offset, from the start) and
+/// of the whole file. Bounded buffer.
+fn hash_prefix(mut file: &File, len: u64) -> std::io::Result<([u8; 32], Sha256)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; READ_BUF];
+    let mut left = len;
+    while left > 0 {
+        let n = (left.min(READ_BUF as u64)) as usize;
+        file.read_exact(&mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok((hasher.clone().finalize().into(), hasher))
 }
 
-/// Checks a snapshot file as it lies on disk: trailer present and matching, meta pages valid,
-/// database not truncated. Streams the file with a bounded buffer.
-pub fn verify_snapshot_file(path: &Path) -> Result<SnapshotFileReport, VerifyError> {
+/// Checks a snapshot file as it lies on disk: trailer present and matching (unless
+/// `skip_hash_check`, for a raw data-dir db), database not truncated, bbolt consistent, and
+/// computes etcdutl's status. The sha256 pass and the bbolt walk run on two threads; both read
+/// with bounded buffers.
+pub fn verify_snapshot_file(
+    path: &Path,
+    skip_hash_check: bool,
+) -> Result<SnapshotFileReport, VerifyError> {
     let io = |source| VerifyError::Io {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(io)?;
+    let file = File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    if size < 2 * 1024 + TRAILER_LEN {
+    if size < 2 * 1024 {
         return Err(VerifyError::TooSmall {
             path: path.to_owned(),
             size,
         });
     }
-    if size % SECTOR != TRAILER_LEN {
+    let has_trailer = size % SECTOR == TRAILER_LEN;
+    if !has_trailer && !skip_hash_check {
         return Err(VerifyError::NoTrailer {
             path: path.to_owned(),
             size,
         });
     }
-    let db_len = size - TRAILER_LEN;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; READ_BUF];
-    let mut left = db_len;
-    while left > 0 {
-        let n = (left.min(READ_BUF as u64)) as usize;
-        file.read_exact(&mut buf[..n]).map_err(io)?;
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    let mut trailer = [0u8; TRAILER_LEN as usize];
-    file.seek(SeekFrom::Start(db_len)).map_err(io)?;
-    file.read_exact(&mut trailer).map_err(io)?;
-    let mut whole = hasher.clone();
-    let computed: [u8; 32] = hasher.finalize().into();
-    let meta = read_active_meta(&file, db_len);
-    if let Ok(m) = &meta {
-        // A file cut at a page boundary still looks like it has a trailer; its meta tells.
+    let db_len = if has_trailer {
+        size - TRAILER_LEN
+    } else {
+        size
+    };
+    let walker = file.try_clone().map_err(io)?;
+    let (hashed, opened) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| hash_prefix(&file, db_len));
+        let opened = Db::open(walker, db_len).map(|db| {
+            let st = status(&db);
+            (*db.meta(), st)
+        });
+        (hashing.join().expect("hash thread"), opened)
+    });
+    let (db_sha, mut whole) = hashed.map_err(io)?;
+    // A file cut at a page boundary still looks like it has a trailer; its meta tells.
+    if let Ok(m) = read_active_meta(&file, size) {
         if m.db_size() > db_len {
             return Err(VerifyError::Truncated {
                 path: path.to_owned(),
@@ -138,38 +164,92 @@ pub fn verify_snapshot_file(path: &Path) -> Result<SnapshotFileReport, VerifyErr
             });
         }
     }
-    if computed != trailer {
-        return Err(VerifyError::Mismatch {
-            path: path.to_owned(),
-            expected: hex::encode(trailer),
-            computed: hex::encode(computed),
-        });
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    if has_trailer {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(&mut trailer, db_len).map_err(io)?;
+        if db_sha != trailer && !skip_hash_check {
+            return Err(VerifyError::Mismatch {
+                path: path.to_owned(),
+                expected: hex::encode(trailer),
+                computed: hex::encode(db_sha),
+            });
+        }
+        whole.update(trailer);
     }
-    whole.update(trailer);
-    let meta = meta.map_err(|reason| VerifyError::NotBbolt {
+    let (meta, st) = opened.map_err(|reason| VerifyError::NotBbolt {
         path: path.to_owned(),
         reason,
     })?;
+    let st = st.map_err(|source| VerifyError::Integrity {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(SnapshotFileReport {
+        hash: st.hash,
+        revision: st.revision,
+        total_key: st.total_key,
+        total_size: st.total_size,
         path: path.to_owned(),
         size_bytes: size,
         sha256: hex::encode(whole.finalize()),
-        trailer: "ok",
+        trailer: if has_trailer { "ok" } else { "absent" },
         page_size: meta.page_size,
-        total_size: meta.db_size(),
         txid: meta.txid,
+        consistent_index: st.consistent_index,
+        storage_version: st.storage_version.clone(),
+        cluster_version: st.cluster_version.clone(),
+        buckets: st.buckets.clone(),
+        alarms: st.alarms,
+        status: st,
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::meta::tests::meta_page;
+pub(crate) mod tests {
+    use super::writer::{new_db, Item};
     use super::*;
 
-    fn snapshot_bytes() -> Vec<u8> {
-        let mut db = meta_page(0, 4096, 4, 20);
-        db.extend(meta_page(1, 4096, 4, 19));
-        db.extend(vec![0u8; 2 * 4096]);
+    /// A small etcd-like db: `key` with revision keys (some values large enough for overflow
+    /// pages, enough keys for branch pages), `meta`, `members`, `cluster`.
+    pub(crate) fn sample_db(page_size: u32, keys: usize) -> Vec<u8> {
+        let key_items: Vec<Item> = (1..=keys as i64)
+            .map(|i| {
+                let rev = schema::Revision { main: i, sub: 0 }.to_bytes();
+                let len = if i % 9 == 0 {
+                    5000
+                } else {
+                    40 + (i % 13) as usize
+                };
+                Item::new(&rev, &vec![b'a' + (i % 26) as u8; len])
+            })
+            .collect();
+        new_db(
+            page_size,
+            &[
+                (b"cluster", vec![Item::new(b"clusterVersion", b"3.5.0")]),
+                (b"key", key_items),
+                (
+                    b"members",
+                    vec![Item::new(
+                        b"2fa26575b68fb30e",
+                        br#"{"id":3432417422258189070,"peerURLs":["http://127.0.0.1:23802"],"name":"n1"}"#,
+                    )],
+                ),
+                (b"members_removed", vec![]),
+                (
+                    b"meta",
+                    vec![
+                        Item::new(b"consistent_index", &7u64.to_be_bytes()),
+                        Item::new(b"term", &2u64.to_be_bytes()),
+                    ],
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn with_trailer(mut db: Vec<u8>) -> Vec<u8> {
         let sum = Sha256::digest(&db);
         db.extend_from_slice(&sum);
         db
@@ -184,58 +264,168 @@ mod tests {
 
     #[test]
     fn good_file() {
-        let bytes = snapshot_bytes();
+        let db = sample_db(4096, 300);
+        let bytes = with_trailer(db.clone());
         let (_d, p) = write(&bytes);
-        let r = verify_snapshot_file(&p).unwrap();
-        assert_eq!(r.size_bytes, 4 * 4096 + 32);
-        assert_eq!(r.total_size, 4 * 4096);
+        let r = verify_snapshot_file(&p, false).unwrap();
+        assert_eq!(r.size_bytes, db.len() as u64 + 32);
+        assert_eq!(r.total_size, db.len() as u64);
         assert_eq!(r.sha256, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(r.revision, 300);
+        // 300 keys + clusterVersion + 1 member + 2 meta keys.
+        assert_eq!(r.total_key, 304);
+        assert_eq!(r.consistent_index, Some(7));
+        assert_eq!(r.cluster_version.as_deref(), Some("3.5.0"));
+        assert_eq!(
+            r.buckets,
+            ["cluster", "key", "members", "members_removed", "meta"]
+        );
+        // A raw db (no trailer) only with the hash check skipped.
+        let (_d2, raw) = write(&db);
+        assert!(matches!(
+            verify_snapshot_file(&raw, false),
+            Err(VerifyError::NoTrailer { .. })
+        ));
+        let r2 = verify_snapshot_file(&raw, true).unwrap();
+        assert_eq!((r2.hash, r2.trailer), (r.hash, "absent"));
+    }
+
+    #[test]
+    fn other_page_sizes_give_the_same_status() {
+        let a = status_of(&sample_db(4096, 500));
+        for ps in [1024, 8192, 65536] {
+            let b = status_of(&sample_db(ps, 500));
+            assert_eq!(
+                (a.hash, a.revision, a.total_key),
+                (b.hash, b.revision, b.total_key)
+            );
+        }
+    }
+
+    pub(crate) fn status_of(db: &[u8]) -> DbStatus {
+        let (_d, p) = write(db);
+        let f = File::open(&p).unwrap();
+        status(&Db::open(f, db.len() as u64).unwrap()).unwrap()
     }
 
     #[test]
     fn flipped_byte_truncated_and_no_trailer() {
-        let mut bytes = snapshot_bytes();
-        bytes[9000] ^= 0x40;
-        let (_d, p) = write(&bytes);
+        let bytes = with_trailer(sample_db(4096, 50));
+        let mut flipped = bytes.clone();
+        flipped[9000] ^= 0x40;
+        let (_d, p) = write(&flipped);
         assert!(matches!(
-            verify_snapshot_file(&p),
+            verify_snapshot_file(&p, false),
             Err(VerifyError::Mismatch { .. })
         ));
-        let bytes = snapshot_bytes();
         let (_d, p) = write(&bytes[..bytes.len() - 100]);
         assert!(matches!(
-            verify_snapshot_file(&p),
+            verify_snapshot_file(&p, false),
             Err(VerifyError::NoTrailer { .. })
         ));
         let (_d, p) = write(&bytes[..bytes.len() - 32]);
         assert!(matches!(
-            verify_snapshot_file(&p),
+            verify_snapshot_file(&p, false),
             Err(VerifyError::NoTrailer { .. })
         ));
     }
 
     #[test]
     fn meta_claims_more_pages_than_present() {
-        let mut db = meta_page(0, 4096, 9, 20);
-        db.extend(meta_page(1, 4096, 9, 19));
-        let sum = Sha256::digest(&db);
-        db.extend_from_slice(&sum);
-        let (_d, p) = write(&db);
+        let db = sample_db(4096, 50);
+        let cut = with_trailer(db[..db.len() - 4096].to_vec());
+        let (_d, p) = write(&cut);
         assert!(matches!(
-            verify_snapshot_file(&p),
+            verify_snapshot_file(&p, false),
             Err(VerifyError::Truncated { .. })
         ));
     }
 
     #[test]
     fn hashed_garbage_is_not_bbolt() {
-        let mut db = vec![0x55u8; 8192];
-        let sum = Sha256::digest(&db);
-        db.extend_from_slice(&sum);
-        let (_d, p) = write(&db);
+        let (_d, p) = write(&with_trailer(vec![0x55u8; 8192]));
         assert!(matches!(
-            verify_snapshot_file(&p),
+            verify_snapshot_file(&p, false),
             Err(VerifyError::NotBbolt { .. })
         ));
+    }
+
+    #[test]
+    fn a_corrupt_page_fails_the_integrity_check() {
+        let mut db = sample_db(4096, 300);
+        // Page 3 onward are tree pages: make one an unknown page type.
+        db[3 * 4096 + 8] = 0x40;
+        let (_d, p) = write(&with_trailer(db));
+        let e = verify_snapshot_file(&p, false).unwrap_err().to_string();
+        assert!(e.contains("integrity check failed"), "{e}");
+        assert!(e.contains("page 3"), "{e}");
+    }
+
+    /// xorshift64*: a tiny deterministic generator, so the mutation test is repeatable.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Mutated databases never panic, hang or read outside the file: each gives a status or
+    /// an error. Meta pages are re-checksummed half of the time so that mutations of page
+    /// ids, the root and the high-water mark get past the checksum.
+    #[test]
+    fn mutated_databases_never_panic() {
+        let seeds = [
+            sample_db(4096, 400),
+            sample_db(1024, 150),
+            sample_db(8192, 60),
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut ok, mut failed) = (0, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        for round in 0..3000 {
+            let mut db = seeds[round % seeds.len()].clone();
+            let ps = u32::from_le_bytes(db[24..28].try_into().unwrap()) as usize;
+            for _ in 0..1 + rng.below(8) {
+                let at = match rng.below(4) {
+                    0 => rng.below(80),          // meta 0
+                    1 => ps + rng.below(80),     // meta 1
+                    2 => 2 * ps + rng.below(64), // a page header near the start
+                    _ => rng.below(db.len()),    // anywhere
+                };
+                db[at] = match rng.below(3) {
+                    0 => db[at] ^ (1 << rng.below(8)),
+                    1 => rng.next() as u8,
+                    _ => [0, 0xff, 1, 2, 0x10][rng.below(5)],
+                };
+            }
+            if rng.below(2) == 0 {
+                for m in [0, ps] {
+                    let c = meta::fnv1a64(&db[m + 16..m + 72]);
+                    db[m + 72..m + 80].copy_from_slice(&c.to_le_bytes());
+                }
+            }
+            if rng.below(8) == 0 {
+                let keep = rng.below(db.len());
+                db.truncate(keep);
+            }
+            std::fs::write(&path, &db).unwrap();
+            let f = File::open(&path).unwrap();
+            match Db::open(f, db.len() as u64) {
+                Ok(d) => match status(&d) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                },
+                Err(_) => failed += 1,
+            }
+        }
+        // Both outcomes occur: the mutations reach deep enough to matter.
+        assert!(ok > 0 && failed > 0, "ok {ok}, failed {failed}");
     }
 }

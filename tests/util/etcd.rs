@@ -19,6 +19,17 @@ pub struct EtcdServer {
     child: Option<Child>,
 }
 
+/// How to start one member: ports picked by the caller (a planned cluster's peer URLs must be
+/// where the members listen), `initial_cluster` as etcd's flag (ignored once a WAL exists).
+pub struct MemberSpec {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub pki_dir: PathBuf,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub initial_cluster: String,
+}
+
 impl EtcdServer {
     /// Starts a fresh single-member cluster (or, for an existing data dir, the member in it)
     /// named `name`, with etcd `version` ("3.5" or "3.4").
@@ -26,17 +37,17 @@ impl EtcdServer {
         let mut last_log = String::new();
         for _ in 0..3 {
             let (cp, pp) = (free_port(), free_port());
-            let mut s = EtcdServer {
-                version: version.to_string(),
-                name: name.to_string(),
-                client_url: format!("https://127.0.0.1:{cp}"),
-                peer_url: format!("https://127.0.0.1:{pp}"),
-                data_dir: data_dir.to_owned(),
-                pki_dir: pki_dir.to_owned(),
-                log: data_dir.with_extension(format!("etcd-{cp}.log")),
-                child: None,
-            };
-            s.spawn();
+            let mut s = EtcdServer::spawn_member(
+                version,
+                MemberSpec {
+                    name: name.to_string(),
+                    data_dir: data_dir.to_owned(),
+                    pki_dir: pki_dir.to_owned(),
+                    client_port: cp,
+                    peer_port: pp,
+                    initial_cluster: format!("{name}=https://127.0.0.1:{pp}"),
+                },
+            );
             if s.wait_ready(Duration::from_secs(30)) {
                 return s;
             }
@@ -46,7 +57,41 @@ impl EtcdServer {
         panic!("etcd {version} did not become ready; log tail:\n{last_log}");
     }
 
-    fn spawn(&mut self) {
+    /// Spawns a member without waiting for it (members of a new multi-member cluster become
+    /// ready only together). Call [`EtcdServer::wait_ready`] or [`EtcdServer::wait_healthy`].
+    pub fn spawn_member(version: &str, spec: MemberSpec) -> EtcdServer {
+        let mut s = EtcdServer {
+            version: version.to_string(),
+            name: spec.name,
+            client_url: format!("https://127.0.0.1:{}", spec.client_port),
+            peer_url: format!("https://127.0.0.1:{}", spec.peer_port),
+            data_dir: spec.data_dir.clone(),
+            pki_dir: spec.pki_dir,
+            log: spec
+                .data_dir
+                .with_extension(format!("etcd-{}.log", spec.client_port)),
+            child: None,
+        };
+        s.spawn(&spec.initial_cluster);
+        s
+    }
+
+    /// Waits until a linearizable read succeeds (the member is in a cluster with a leader).
+    pub fn wait_healthy(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            if self.etcdctl(&["endpoint", "health"]).status.success() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    fn spawn(&mut self, initial_cluster: &str) {
         let p = |f: &str| self.pki_dir.join(f).display().to_string();
         let log = std::fs::File::create(&self.log).unwrap();
         let mut cmd = Command::new(etcd_binary(&self.version, "etcd"));
@@ -64,7 +109,7 @@ impl EtcdServer {
             "--initial-advertise-peer-urls",
             &self.peer_url,
             "--initial-cluster",
-            &format!("{}={}", self.name, self.peer_url),
+            initial_cluster,
             "--cert-file",
             &p("server.crt"),
             "--key-file",
@@ -90,7 +135,7 @@ impl EtcdServer {
         self.child = Some(cmd.spawn().expect("spawn etcd"));
     }
 
-    fn wait_ready(&mut self, limit: Duration) -> bool {
+    pub fn wait_ready(&mut self, limit: Duration) -> bool {
         let start = Instant::now();
         while start.elapsed() < limit {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {

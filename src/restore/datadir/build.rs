@@ -1,0 +1,409 @@
+//! Building a restored data directory from a snapshot: the I/O around the pure plan, WAL and
+//! `.snap` encoders and the bbolt append-only commit (restore-spec C.3, C.10, F).
+//!
+//! Everything is built in a hidden staging directory next to the target and published with
+//! one `rename`; any failure removes the staging directory and leaves the target as it was
+//! (absent, or an empty directory). The snapshot is checked (plan, trailer, sha256, bbolt
+//! consistency, etcd buckets) before anything is published. Memory stays flat in the database
+//! size: the copy streams through a bounded buffer, the db is read with `pread`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::plan::{resolve, Cluster, PlanError, RestorePlan};
+use super::{snap, wal};
+use crate::etcddb::schema::{self, Revision};
+use crate::etcddb::writer::{self, Change, Item};
+use crate::etcddb::{self, Db, DbStatus};
+use crate::fsutil;
+
+const COPY_BUF: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    #[error("data dir {path}: {reason}")]
+    Target { path: PathBuf, reason: String },
+    #[error("cannot read snapshot {path}: {source}")]
+    Source {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "snapshot {path} has no sha256 trailer (a data-dir db copy?); pass --skip-hash-check to \
+         restore it anyway: it may miss writes that were only in the WAL"
+    )]
+    NoTrailer { path: PathBuf },
+    #[error("snapshot {path} is corrupt: its sha256 trailer says {expected}, its content hashes to {got}")]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        got: String,
+    },
+    #[error("snapshot {path} is not a usable etcd database: {reason}")]
+    Snapshot { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot rewrite the database: {0}")]
+    Commit(String),
+}
+
+/// What was built.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub target: PathBuf,
+    pub cluster: Cluster,
+    /// Status of the snapshot's database before the restore changed it.
+    pub source: DbStatus,
+    /// The revision etcd will report on the restored member (snapshot revision + bump).
+    pub revision: i64,
+    /// Things an operator should know (alarms carried over, a downgrade in progress).
+    pub warnings: Vec<String>,
+}
+
+/// Options that do not change the produced bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildOptions {
+    /// Accept a snapshot without sha256 trailer (a data dir's `member/snap/db`).
+    pub skip_hash_check: bool,
+}
+
+/// Removes the staging directory unless it was published.
+struct Staging {
+    path: PathBuf,
+    published: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn write_err(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn private_dir(path: &Path) -> Result<(), BuildError> {
+    fs::DirBuilder::new()
+        .mode(fsutil::PRIVATE_DIR_MODE)
+        .create(path)
+        .map_err(write_err(path))
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn create_private_file(path: &Path) -> Result<File, BuildError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(fsutil::PRIVATE_FILE_MODE)
+        .open(path)
+        .map_err(write_err(path))
+}
+
+/// The target must not exist, or be an empty directory (as etcdutl requires).
+fn check_target(target: &Path) -> Result<(), BuildError> {
+    let bad = |reason: String| BuildError::Target {
+        path: target.to_owned(),
+        reason,
+    };
+    match fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(bad(e.to_string())),
+        Ok(m) if !m.is_dir() => Err(bad("exists and is not a directory".into())),
+        Ok(_) => match fs::read_dir(target).map(|mut d| d.next().is_none()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(bad(
+                "exists and is not empty; a restore never writes into or over existing data".into(),
+            )),
+            Err(e) => Err(bad(e.to_string())),
+        },
+    }
+}
+
+/// Streams the db part of the snapshot into `dest`, returning its sha256.
+fn copy_db(src: &mut File, dest: &mut File, len: u64) -> std::io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(COPY_BUF as u64) as usize;
+        src.read_exact(&mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        dest.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Bucket changes in commit order.
+type Changes = Vec<(&'static [u8], Change)>;
+
+/// The bucket changes of a restore (C.3 steps 3–6, 9; C.8).
+fn changes(cluster: &Cluster, status: &DbStatus) -> Result<(Changes, i64), String> {
+    let mut members: Vec<Item> = cluster
+        .members
+        .iter()
+        .map(|m| {
+            Item::new(
+                schema::hex_id(m.id).as_bytes(),
+                schema::member_json(m.id, &m.peer_urls, &m.name).as_bytes(),
+            )
+        })
+        .collect();
+    members.sort_by(|a, b| a.key.cmp(&b.key));
+    let n = cluster.members.len() as u64;
+    let mut meta = vec![
+        Item::new(schema::CONSISTENT_INDEX, &n.to_be_bytes()),
+        Item::new(schema::TERM, &1u64.to_be_bytes()),
+    ];
+    let mut out: Changes = vec![
+        (schema::MEMBERS, Change::Replace(members)),
+        (schema::MEMBERS_REMOVED, Change::Replace(Vec::new())),
+        (schema::CLUSTER, Change::Ensure),
+    ];
+    let mut revision = status.revision;
+    if cluster.bump_revision > 0 {
+        let latest = status.latest.unwrap_or(Revision { main: 0, sub: 0 });
+        let main = i64::try_from(cluster.bump_revision)
+            .ok()
+            .and_then(|b| latest.main.checked_add(b))
+            .ok_or_else(|| {
+                format!(
+                    "revision {} + bump {} overflows",
+                    latest.main, cluster.bump_revision
+                )
+            })?;
+        let new = Revision { main, sub: 0 }.to_bytes();
+        out.push((schema::KEY, Change::Append(Item::new(&new, b""))));
+        meta.push(Item::new(schema::SCHEDULED_COMPACT_REV, &new));
+        revision = main;
+    }
+    meta.sort_by(|a, b| a.key.cmp(&b.key));
+    out.push((schema::META, Change::Put(meta)));
+    Ok((out, revision))
+}
+
+/// Reads back what the commit wrote (cheap: the changed buckets only) and compares.
+fn verify_commit(db: &Db, cluster: &Cluster, status: &DbStatus) -> Result<(), String> {
+    let m = db.meta();
+    let top = writer::read_items(db, &root_value(m.root, m.root_sequence))?;
+    let bucket = |name: &[u8]| -> Result<Vec<Item>, String> {
+        let it = top.iter().find(|i| i.key == name).ok_or_else(|| {
+            format!(
+                "bucket {} missing after the commit",
+                String::from_utf8_lossy(name)
+            )
+        })?;
+        writer::read_items(db, &it.value)
+    };
+    let members = bucket(schema::MEMBERS)?;
+    if members.len() != cluster.members.len() {
+        return Err(format!(
+            "{} members written, {} planned",
+            members.len(),
+            cluster.members.len()
+        ));
+    }
+    if !bucket(schema::MEMBERS_REMOVED)?.is_empty() {
+        return Err("members_removed is not empty after the commit".into());
+    }
+    bucket(schema::CLUSTER)?;
+    let meta = bucket(schema::META)?;
+    let get = |k: &[u8]| meta.iter().find(|i| i.key == k).map(|i| i.value.clone());
+    if get(schema::CONSISTENT_INDEX) != Some((cluster.members.len() as u64).to_be_bytes().to_vec())
+    {
+        return Err("meta/consistent_index is not the member count".into());
+    }
+    if top.len() < status.buckets.len() {
+        return Err("a top-level bucket went missing in the commit".into());
+    }
+    Ok(())
+}
+
+fn root_value(root: u64, sequence: u64) -> Vec<u8> {
+    let mut v = vec![0u8; 16];
+    v[0..8].copy_from_slice(&root.to_le_bytes());
+    v[8..16].copy_from_slice(&sequence.to_le_bytes());
+    v
+}
+
+/// Builds the data directory `target` for `plan` from `snapshot`.
+pub fn build_data_dir(
+    snapshot: &Path,
+    plan: &RestorePlan,
+    target: &Path,
+    opts: BuildOptions,
+) -> Result<BuildReport, BuildError> {
+    let cluster = resolve(plan)?;
+    check_target(target)?;
+    let src_err = |source| BuildError::Source {
+        path: snapshot.to_owned(),
+        source,
+    };
+    let mut src = File::open(snapshot).map_err(src_err)?;
+    let size = src.metadata().map_err(src_err)?.len();
+    let has_hash = size % etcddb::SECTOR == etcddb::TRAILER_LEN;
+    if !has_hash && !opts.skip_hash_check {
+        return Err(BuildError::NoTrailer {
+            path: snapshot.to_owned(),
+        });
+    }
+    let db_len = if has_hash {
+        size - etcddb::TRAILER_LEN
+    } else {
+        size
+    };
+    let mut trailer = [0u8; 32];
+    if has_hash {
+        src.read_exact_at(&mut trailer, db_len).map_err(src_err)?;
+    }
+
+    let name = target
+        .file_name()
+        .ok_or_else(|| BuildError::Target {
+            path: target.to_owned(),
+            reason: "has no final path component".into(),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    fsutil::create_private_dir_all(&parent).map_err(write_err(&parent))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut staging = Staging {
+        path: parent.join(format!(".{name}.restore-{stamp}-{}", std::process::id())),
+        published: false,
+    };
+    private_dir(&staging.path)?;
+    let member = staging.path.join("member");
+    let snap_dir = member.join("snap");
+    let wal_dir = member.join("wal");
+    private_dir(&member)?;
+    private_dir(&snap_dir)?;
+
+    // The database: copied and hashed in one pass, then checked before it is changed.
+    let db_path = snap_dir.join("db");
+    let mut db_file = create_private_file(&db_path)?;
+    let got = copy_db(&mut src, &mut db_file, db_len).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => BuildError::Snapshot {
+            path: snapshot.to_owned(),
+            reason: "it got shorter while being read".into(),
+        },
+        _ => BuildError::Write {
+            path: db_path.clone(),
+            source: e,
+        },
+    })?;
+    if has_hash && got != trailer && !opts.skip_hash_check {
+        return Err(BuildError::HashMismatch {
+            path: snapshot.to_owned(),
+            expected: hex::encode(trailer),
+            got: hex::encode(got),
+        });
+    }
+    let bad = |reason: String| BuildError::Snapshot {
+        path: snapshot.to_owned(),
+        reason,
+    };
+    let db = Db::open(db_file, db_len).map_err(bad)?;
+    let status = etcddb::status(&db).map_err(|e| bad(e.to_string()))?;
+    for required in [schema::KEY, schema::META] {
+        let name = String::from_utf8_lossy(required);
+        if !status.buckets.iter().any(|b| *b == name) {
+            return Err(bad(format!("it has no `{name}` bucket")));
+        }
+    }
+    if status.consistent_index.is_none() {
+        return Err(bad("its meta bucket has no consistent_index".into()));
+    }
+    let (changes, revision) = changes(&cluster, &status).map_err(bad)?;
+    writer::commit(&db, &changes).map_err(BuildError::Commit)?;
+    let db = Db::open(
+        db.file().try_clone().map_err(write_err(&db_path))?,
+        db.file().metadata().map_err(write_err(&db_path))?.len(),
+    )
+    .map_err(BuildError::Commit)?;
+    verify_commit(&db, &cluster, &status).map_err(BuildError::Commit)?;
+    drop(db);
+
+    // The WAL: preallocated like etcd's segments, records at the start.
+    private_dir(&wal_dir)?;
+    let wal_path = wal_dir.join(wal::FILE_NAME);
+    let wal_file = create_private_file(&wal_path)?;
+    let werr = write_err(&wal_path);
+    if nix::fcntl::fallocate(
+        &wal_file,
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        wal::SEGMENT_SIZE as i64,
+    )
+    .is_err()
+    {
+        wal_file.set_len(wal::SEGMENT_SIZE).map_err(&werr)?;
+    }
+    wal_file
+        .write_all_at(&wal::records(&cluster), 0)
+        .map_err(&werr)?;
+    wal_file.sync_all().map_err(&werr)?;
+
+    let snap_path = snap_dir.join(snap::file_name(&cluster));
+    let mut snap_file = create_private_file(&snap_path)?;
+    snap_file
+        .write_all(&snap::contents(&cluster))
+        .and_then(|()| snap_file.sync_all())
+        .map_err(write_err(&snap_path))?;
+
+    for d in [&snap_dir, &wal_dir, &member, &staging.path] {
+        fsutil::fsync_dir(d).map_err(write_err(d))?;
+    }
+    fs::rename(&staging.path, target).map_err(|e| BuildError::Target {
+        path: target.to_owned(),
+        reason: format!("cannot move the built directory into place: {e}"),
+    })?;
+    staging.published = true;
+    fsutil::fsync_dir(&parent).map_err(write_err(&parent))?;
+
+    let mut warnings = Vec::new();
+    if status.alarms > 0 {
+        warnings.push(format!(
+            "the snapshot carries {} etcd alarm(s) (NOSPACE makes the cluster read-only, \
+             CORRUPT blocks writes): after the restore check `etcdctl alarm list` and disarm",
+            status.alarms
+        ));
+    }
+    if status
+        .downgrade
+        .as_deref()
+        .is_some_and(|d| d.contains("\"enabled\":true"))
+    {
+        warnings.push("the snapshot records a cluster downgrade in progress".into());
+    }
+    Ok(BuildReport {
+        target: target.to_owned(),
+        cluster,
+        source: status,
+        revision,
+        warnings,
+    })
+}
