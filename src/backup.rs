@@ -1,10 +1,14 @@
 //! One backup run, the same for `etcdguard snapshot` and the daemon:
 //! lock → resolve the local member → TLS → stream into a hidden temp file (hashing as it goes)
-//! → fsync → bbolt meta check → publish under the final name → record → local retention.
+//! and, with `[remote_storage]`, into a multipart upload in the same pass → fsync → bbolt check
+//! and status → publish under the final name → complete and verify the upload (or abort it)
+//! → sidecar → record → local retention → remote maintenance (`remote_sync`).
 //!
 //! Every attempt that gets past the lock leaves exactly one record, successful or failed, and
-//! never a partial file: the temp file is removed on every failure path, including
-//! cancellation (the future is dropped) and, for a process that died, at the next run.
+//! never a partial file or object: the temp file is removed on every failure path, including
+//! cancellation (the future is dropped) and, for a process that died, at the next run; an
+//! upload is completed only after the snapshot verified and is aborted otherwise. A remote
+//! that is down never fails the backup: the record says `pending` and the upload is retried.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -20,10 +24,12 @@ use crate::fsutil;
 use crate::kubeadm::EtcdManifest;
 use crate::records::{
     self, CopyState, LocalCopy, Member, MovedAside, Outcome, Record, RecordStore, RecordsError,
-    Trigger,
+    RemoteCopy, RemoteState, Trigger,
 };
+use crate::remote_sync;
 use crate::retention::{self, Rule};
 use crate::store::local::{snapshot_file_name, LocalStore};
+use crate::store::remote::{Remote, UploadFeed, Uploaded};
 
 /// Buffer between the gRPC stream and the file: bounded, so memory is flat in the DB size.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -54,11 +60,20 @@ pub struct BackupReport {
     pub records_dropped: usize,
     /// Set when the records file did not parse and was moved aside.
     pub records_moved: Option<MovedAside>,
+    /// Remote retention and retries done after the backup.
+    pub remote: Option<remote_sync::Maintenance>,
 }
 
 /// The one structured log line per backup attempt (journald fields when logging there).
 pub fn log_record(r: &Record) {
     let member = r.member.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    let remote = match r.remote.as_ref().map(|c| c.state) {
+        None => "none",
+        Some(RemoteState::Uploaded) => "uploaded",
+        Some(RemoteState::Pending) => "pending",
+        Some(RemoteState::Failed) => "failed",
+        Some(RemoteState::Deleted) => "deleted",
+    };
     match r.result {
         Outcome::Success => tracing::info!(
             id = %r.id,
@@ -69,6 +84,7 @@ pub fn log_record(r: &Record) {
             bytes = r.size_bytes.unwrap_or(0),
             revision = r.revision.unwrap_or(0),
             duration_seconds = r.duration_seconds,
+            remote,
             "backup finished"
         ),
         Outcome::Failed | Outcome::Skipped => tracing::error!(
@@ -121,6 +137,38 @@ struct Success {
     revision: i64,
     size_bytes: u64,
     sha256: String,
+    /// `None` without `[remote_storage]`.
+    remote: Option<RemoteResult>,
+}
+
+/// How the same-pass upload went.
+struct RemoteResult {
+    /// `None` when the remote could not even be set up (credentials, TLS files).
+    remote: Option<Remote>,
+    location: String,
+    result: Result<Uploaded, String>,
+}
+
+/// The bytes of one snapshot go to the local file and, when configured, to the upload.
+struct Sinks<'a> {
+    file: BufWriter<tokio::fs::File>,
+    feed: Option<&'a mut UploadFeed>,
+}
+
+impl etcd::SnapshotSink for Sinks<'_> {
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.file.write_all(bytes).await?;
+        if let Some(feed) = self.feed.as_deref_mut() {
+            feed.send(bytes).await;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.file.flush().await
+    }
 }
 
 struct Failure {
@@ -163,13 +211,19 @@ pub async fn run_backup(
     let mut warnings = Vec::new();
     let store = LocalStore::new(&config.local_storage.path);
     let attempt_started = Utc::now();
+    let mut cancel = std::pin::pin!(cancel);
+    let mut cancelled = false;
     let outcome = tokio::select! {
         r = attempt(config, &store, &mut warnings) => r,
-        what = cancel => Err(Failure::new(format!("interrupted by {what}"))),
+        what = &mut cancel => {
+            cancelled = true;
+            Err(Failure::new(format!("interrupted by {what}")))
+        }
     };
     let duration = started.elapsed().as_secs_f64();
+    let mut sidecar_remote = None;
 
-    let record = match outcome {
+    let mut record = match outcome {
         Ok(s) => Record {
             id: records::new_record_id(s.at),
             backup_timestamp: s.at,
@@ -189,7 +243,42 @@ pub async fn run_backup(
                 deleted_at: None,
                 deleted_reason: None,
             }),
-            remote: None,
+            remote: s.remote.map(|r| {
+                let now = Utc::now();
+                let copy = match r.result {
+                    Ok(up) => {
+                        sidecar_remote = r.remote;
+                        RemoteCopy {
+                            location: r.location,
+                            state: RemoteState::Uploaded,
+                            attempts: 1,
+                            last_error: None,
+                            last_attempt_at: Some(now),
+                            next_attempt_at: None,
+                            uploaded_at: Some(now),
+                            etag: up.etag,
+                            deleted_at: None,
+                            deleted_reason: None,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "remote copy not made now; it will be retried from the local file");
+                        RemoteCopy {
+                            location: r.location,
+                            state: RemoteState::Pending,
+                            attempts: 1,
+                            last_error: Some(e),
+                            last_attempt_at: Some(now),
+                            next_attempt_at: Some(now + remote_sync::backoff(1)),
+                            uploaded_at: None,
+                            etag: None,
+                            deleted_at: None,
+                            deleted_reason: None,
+                        }
+                    }
+                };
+                copy
+            }),
         },
         Err(f) => Record {
             id: records::new_record_id(attempt_started),
@@ -208,6 +297,19 @@ pub async fn run_backup(
             remote: None,
         },
     };
+
+    // The sidecar carries the record, so the bucket alone tells what each object is.
+    if let Some(remote) = &sidecar_remote {
+        if let Err(e) = remote_sync::write_sidecar(remote, &record).await {
+            let now = Utc::now();
+            if let Some(c) = record.remote.as_mut() {
+                c.state = RemoteState::Pending;
+                c.last_error = Some(format!("the sidecar could not be written: {e}"));
+                c.next_attempt_at = Some(now + remote_sync::backoff(1));
+                c.uploaded_at = None;
+            }
+        }
+    }
 
     let rule = config.local_storage.retention;
     let succeeded = record.result == Outcome::Success;
@@ -229,13 +331,82 @@ pub async fn run_backup(
             }
             (deleted, drops.len())
         })?;
-    Ok(BackupReport {
+    let mut report = BackupReport {
         record,
         warnings,
         deleted,
         records_dropped,
         records_moved: moved,
-    })
+        remote: None,
+    };
+    // Remote retention and due retries, still under the backup lock; an interrupt stops them.
+    // Not after a failed upload: the remote is unwell, the daemon retries later.
+    let uploaded = report
+        .record
+        .remote
+        .as_ref()
+        .is_some_and(|c| c.state == RemoteState::Uploaded);
+    if uploaded && !cancelled {
+        let member = report.record.member.as_ref().map(|m| m.name.clone());
+        tokio::select! {
+            m = remote_sync::maintain(config, member.as_deref(), false) => report.remote = Some(m),
+            _ = &mut cancel => {}
+        }
+    }
+    Ok(report)
+}
+
+/// Retries due pending uploads and applies remote retention, under the backup lock (so never
+/// at the same time as a backup). `probe` first checks that the bucket exists and is writable
+/// (the daemon's start-up pre-flight). Busy lock: nothing done.
+pub async fn run_remote_maintenance(
+    config: &Config,
+    probe: bool,
+) -> Result<remote_sync::Maintenance, BackupError> {
+    let state_err = |source| BackupError::StateDir {
+        dir: config.state_dir.clone(),
+        source,
+    };
+    fsutil::create_private_dir_all(&config.state_dir).map_err(state_err)?;
+    let lock_path = config.state_dir.join("backup.lock");
+    let _lock = fsutil::try_lock(&lock_path)
+        .map_err(state_err)?
+        .map_err(|held| BackupError::Busy {
+            holder: held.holder_pid,
+            lock: lock_path.clone(),
+        })?;
+    let mut m = remote_sync::Maintenance::default();
+    if probe {
+        if let Some(rc) = &config.remote_storage {
+            let member = resolve_target(config).ok().and_then(|t| t.manifest_name);
+            match Remote::open(rc, member.as_deref().unwrap_or("-")) {
+                Ok(r) => match r.probe().await {
+                    Ok(()) => tracing::info!(
+                        bucket = r.bucket(),
+                        endpoint = r.endpoint(),
+                        credentials = %r.credentials().describe(),
+                        "remote storage pre-flight: bucket exists and is writable"
+                    ),
+                    Err(e) => m
+                        .errors
+                        .push(format!("remote storage pre-flight failed: {e}")),
+                },
+                Err(e) => m
+                    .errors
+                    .push(format!("remote storage pre-flight failed: {e}")),
+            }
+            for e in &m.errors {
+                tracing::error!("{e}");
+            }
+        }
+    }
+    // At start-up (probe) every pending upload is tried, whatever its backoff.
+    let more = remote_sync::maintain(config, None, probe).await;
+    m.uploaded = more.uploaded;
+    m.retry_failed = more.retry_failed;
+    m.deleted = more.deleted;
+    m.errors.extend(more.errors);
+    Ok(m)
 }
 
 /// Deletes what the retention policy selects and marks those records. Runs under the records
@@ -253,7 +424,7 @@ fn apply_local_retention(
         let Some(name) = rec.file_name.clone() else {
             continue;
         };
-        let Some(local) = rec.local.as_mut() else {
+        let Some(local) = rec.local.as_ref() else {
             continue;
         };
         if local.path != store.path_of(&name) {
@@ -262,6 +433,22 @@ fn apply_local_retention(
         }
         match store.delete(&name) {
             Ok(existed) => {
+                if let Some(r) = rec
+                    .remote
+                    .as_mut()
+                    .filter(|r| r.state == RemoteState::Pending)
+                {
+                    r.state = RemoteState::Failed;
+                    r.next_attempt_at = None;
+                    r.last_error = Some(format!(
+                        "the local copy was deleted by retention before an upload succeeded \
+                         (last error: {})",
+                        r.last_error.as_deref().unwrap_or("none")
+                    ));
+                }
+                let Some(local) = rec.local.as_mut() else {
+                    continue;
+                };
                 local.state = CopyState::Deleted;
                 local.deleted_at = Some(now);
                 local.deleted_reason = Some(if existed {
@@ -380,40 +567,114 @@ async fn attempt(
             store.dir().display()
         ))
     })?;
-    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
-    let limits = StreamLimits {
-        overall: e.timeout,
-        stall: e.stall_timeout,
+
+    // The remote copy starts with the stream; credentials are read now, for this upload.
+    let mut feed = None;
+    let mut remote = None;
+    let mut remote_setup_error = None;
+    if let Some(rc) = &config.remote_storage {
+        match Remote::open(rc, &name) {
+            Ok(r) => {
+                if rc.insecure_skip_tls_verify {
+                    tracing::warn!(
+                        endpoint = r.endpoint(),
+                        "remote_storage.insecure_skip_tls_verify is set: the object store's \
+                         TLS certificate is NOT verified; snapshots hold every cluster Secret"
+                    );
+                }
+                feed = Some(r.start_upload(&file_name));
+                remote = Some(r);
+            }
+            Err(e) => remote_setup_error = Some(e),
+        }
+    }
+
+    let local = async {
+        let writer = BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
+        let mut sinks = Sinks {
+            file: writer,
+            feed: feed.as_mut(),
+        };
+        let limits = StreamLimits {
+            overall: e.timeout,
+            stall: e.stall_timeout,
+        };
+        let streamed = etcd::stream_snapshot(&mut client, &mut sinks, limits)
+            .await
+            .map_err(|err| fail(format!("snapshot from etcd at {ep} failed: {err}")))?;
+        let file = sinks.file.into_inner();
+        file.sync_all()
+            .await
+            .map_err(|err| fail(format!("cannot fsync {}: {err}", temp.path().display())))?;
+        let std_file = file.into_std().await;
+        // The bbolt check and etcdutl's status over the written file, before it counts: a
+        // snapshot whose checksum matches can still be an inconsistent database.
+        let db_len = streamed.file_len - etcddb::TRAILER_LEN;
+        let checked = tokio::task::spawn_blocking(move || {
+            let db = etcddb::Db::open(std_file, db_len)?;
+            etcddb::status(&db).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|err| fail(format!("the snapshot check did not finish: {err}")))?;
+        let status = checked.map_err(|reason| {
+            fail(format!(
+                "etcd at {ep} sent a snapshot whose checksum matches but whose database is \
+                 not consistent: {reason}"
+            ))
+        })?;
+        let path = store.publish(temp).map_err(|err| {
+            fail(format!(
+                "cannot publish snapshot {file_name} in {}: {err}",
+                store.dir().display()
+            ))
+        })?;
+        Ok::<_, Failure>((streamed, status, path))
+    }
+    .await;
+
+    let rc = config.remote_storage.as_ref();
+    let (streamed, status, path) = match local {
+        Ok(v) => v,
+        Err(f) => {
+            // Nothing verified: the multipart upload is aborted, nothing becomes visible.
+            if let (Some(feed), Some(rc)) = (feed, rc) {
+                if let Err(e) = feed.finish(false, rc.timeout).await {
+                    tracing::debug!("upload aborted: {e}");
+                }
+            }
+            return Err(f);
+        }
     };
-    let streamed = etcd::stream_snapshot(&mut client, &mut writer, limits)
-        .await
-        .map_err(|err| fail(format!("snapshot from etcd at {ep} failed: {err}")))?;
-    let file = writer.into_inner();
-    file.sync_all()
-        .await
-        .map_err(|err| fail(format!("cannot fsync {}: {err}", temp.path().display())))?;
-    let std_file = file.into_std().await;
-    // The bbolt check and etcdutl's status over the written file, before it counts: a snapshot
-    // whose checksum matches can still be an inconsistent database (etcd's own corruption).
-    let db_len = streamed.file_len - etcddb::TRAILER_LEN;
-    let checked = tokio::task::spawn_blocking(move || {
-        let db = etcddb::Db::open(std_file, db_len)?;
-        etcddb::status(&db).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|err| fail(format!("the snapshot check did not finish: {err}")))?;
-    let status = checked.map_err(|reason| {
-        fail(format!(
-            "etcd at {ep} sent a snapshot whose checksum matches but whose database is not \
-             consistent: {reason}"
-        ))
-    })?;
-    let path = store.publish(temp).map_err(|err| {
-        fail(format!(
-            "cannot publish snapshot {file_name} in {}: {err}",
-            store.dir().display()
-        ))
-    })?;
+
+    // Verified: complete the upload and check what the bucket holds.
+    let remote_result = match (rc, remote, feed) {
+        (None, _, _) => None,
+        (Some(rc), Some(r), Some(feed)) => {
+            let key = feed.key().to_string();
+            let result = match feed.finish(true, rc.timeout).await {
+                Ok((_meta, etag)) => match r.verify_object(&key, streamed.file_len, etag).await {
+                    Ok(up) => Ok(up),
+                    Err(e) => {
+                        // Visible but not what we sent: remove it, retry from the local file.
+                        let _ = r.delete_snapshot(&file_name).await;
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            Some(RemoteResult {
+                location: r.location(&key),
+                remote: Some(r),
+                result,
+            })
+        }
+        (Some(rc), _, _) => Some(RemoteResult {
+            remote: None,
+            location: remote_sync::location(rc, &name, &file_name),
+            result: Err(remote_setup_error.unwrap_or_else(|| "remote storage not set up".into())),
+        }),
+    };
+
     Ok(Success {
         at,
         file_name,
@@ -424,5 +685,6 @@ async fn attempt(
         revision: status.revision,
         size_bytes: streamed.file_len,
         sha256: hex::encode(streamed.file_sha256),
+        remote: remote_result,
     })
 }

@@ -35,6 +35,10 @@ pub enum Command {
         /// Show only the N newest records
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// List the snapshots in the bucket instead, for every node (from their sidecars),
+        /// marking those this node's records know
+        #[arg(long)]
+        remote: bool,
     },
     /// Check a snapshot file: sha256 trailer, bbolt consistency, and etcdutl's snapshot status
     /// (hash, revision, totalKey, totalSize). Reads no configuration
@@ -95,7 +99,12 @@ pub struct RestoreDatadirArgs {
 pub enum ConfigCommand {
     /// Validate the configuration, the certificates and the etcd manifest; print the effective
     /// configuration with secrets redacted. Exit 78 on any problem
-    Check,
+    Check {
+        /// Also check the remote storage: credentials, TLS, bucket exists and is writable (a
+        /// tiny probe object is written and deleted)
+        #[arg(long)]
+        remote: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -50,7 +50,16 @@ pub fn dispatch(cli: Cli) -> CmdResult {
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot => snapshot(config_path),
-        Command::Records { output, limit } => list_records(config_path, output, limit),
+        Command::Records {
+            output,
+            limit,
+            remote: false,
+        } => list_records(config_path, output, limit),
+        Command::Records {
+            output,
+            limit,
+            remote: true,
+        } => list_remote_records(config_path, output, limit),
         Command::Verify {
             file,
             output,
@@ -58,8 +67,8 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         } => verify(&file, output, skip_hash_check),
         Command::RestoreDatadir(args) => restore_datadir(&args),
         Command::Config {
-            command: ConfigCommand::Check,
-        } => config_check(config_path),
+            command: ConfigCommand::Check { remote },
+        } => config_check(config_path, remote),
     }
 }
 
@@ -137,8 +146,27 @@ fn snapshot(config_path: Option<&Path>) -> CmdResult {
                 r.revision.unwrap_or(0),
                 r.sha256.as_deref().unwrap_or("")
             ))?;
+            if let Some(c) = &r.remote {
+                use crate::records::RemoteState;
+                match c.state {
+                    RemoteState::Uploaded => print(&format!("remote copy {}\n", c.location))?,
+                    _ => print(&format!(
+                        "remote copy NOT made yet ({}); it will be retried: {}\n",
+                        c.location,
+                        c.last_error.as_deref().unwrap_or("unknown error")
+                    ))?,
+                }
+            }
             for d in &report.deleted {
                 print(&format!("retention deleted {d}\n"))?;
+            }
+            if let Some(m) = &report.remote {
+                for f in &m.uploaded {
+                    print(&format!("pending remote copy uploaded: {f}\n"))?;
+                }
+                for f in &m.deleted {
+                    print(&format!("remote retention deleted {f}\n"))?;
+                }
             }
             if report.records_dropped > 0 {
                 tracing::info!(
@@ -215,24 +243,54 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// Left-aligned columns, two spaces apart, the last column unpadded. Pure.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(c);
+            } else {
+                let pad = widths[i].saturating_sub(c.chars().count());
+                out.push_str(c);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn remote_cell(r: &Record) -> String {
+    use crate::records::RemoteState;
+    match r.remote.as_ref() {
+        None => "-".into(),
+        Some(c) => match c.state {
+            RemoteState::Uploaded => "uploaded".into(),
+            RemoteState::Pending => format!("pending ({} tries)", c.attempts),
+            RemoteState::Failed => "FAILED".into(),
+            RemoteState::Deleted => "deleted".into(),
+        },
+    }
+}
+
 /// A plain-text table, newest first. Pure.
 pub fn records_table(records: &[(&Record, Option<&str>)]) -> String {
     if records.is_empty() {
         return "no backup records yet\n".to_string();
     }
-    let header = [
-        "ID",
-        "TIME (UTC)",
-        "RESULT",
-        "TRIGGER",
-        "MEMBER",
-        "REVISION",
-        "SIZE",
-        "LOCAL",
-        "FILE / REASON",
-        "RETENTION",
-    ];
-    let rows: Vec<[String; 10]> = records
+    let rows: Vec<Vec<String>> = records
         .iter()
         .map(|(r, status)| {
             let local = match &r.local {
@@ -244,7 +302,7 @@ pub fn records_table(records: &[(&Record, Option<&str>)]) -> String {
                 Outcome::Success => r.file_name.clone().unwrap_or_default(),
                 Outcome::Failed | Outcome::Skipped => r.reason.clone().unwrap_or_default(),
             };
-            [
+            vec![
                 r.id.clone(),
                 records::rfc3339(r.backup_timestamp),
                 format!("{:?}", r.result),
@@ -258,34 +316,115 @@ pub fn records_table(records: &[(&Record, Option<&str>)]) -> String {
                     .unwrap_or_else(|| "-".into()),
                 r.size_bytes.map(human_size).unwrap_or_else(|| "-".into()),
                 local,
+                remote_cell(r),
                 detail,
                 status.unwrap_or("-").to_string(),
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row.iter()) {
-            *w = (*w).max(cell.chars().count());
-        }
+    table(
+        &[
+            "ID",
+            "TIME (UTC)",
+            "RESULT",
+            "TRIGGER",
+            "MEMBER",
+            "REVISION",
+            "SIZE",
+            "LOCAL",
+            "REMOTE",
+            "FILE / REASON",
+            "RETENTION",
+        ],
+        &rows,
+    )
+}
+
+fn list_remote_records(
+    config_path: Option<&Path>,
+    format: RecordsFormat,
+    limit: Option<usize>,
+) -> CmdResult {
+    let config = config::load(config_path)?;
+    let Some(rc) = &config.remote_storage else {
+        return Err(CommandError::Failed(
+            "no [remote_storage] in the configuration: nothing to list".into(),
+        ));
+    };
+    let mut entries = runtime()?
+        .block_on(crate::remote_sync::list_remote(rc))
+        .map_err(CommandError::Failed)?;
+    if let Some(n) = limit {
+        entries.truncate(n);
     }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let last = cells.len() - 1;
-        for (i, c) in cells.iter().enumerate() {
-            if i == last {
-                out.push_str(c);
+    let local = RecordStore::new(&config.state_dir)
+        .load()
+        .map(|f| f.records)
+        .unwrap_or_default();
+    let known = |e: &crate::remote_sync::RemoteEntry| {
+        local.iter().any(|r| {
+            r.file_name == e.record.file_name
+                && r.member.as_ref().map(|m| &m.name) == e.record.member.as_ref().map(|m| &m.name)
+        })
+    };
+    match format {
+        RecordsFormat::Json => {
+            let values: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "node": e.node,
+                        "key": e.key,
+                        "knownLocally": known(e),
+                        "record": e.record,
+                    })
+                })
+                .collect();
+            let mut s = serde_json::to_string_pretty(&values).expect("serializes");
+            s.push('\n');
+            print(&s)?;
+        }
+        RecordsFormat::Table => {
+            if entries.is_empty() {
+                print(&format!(
+                    "no snapshots under s3://{}/{}\n",
+                    rc.bucket, rc.prefix
+                ))?;
             } else {
-                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                let rows: Vec<Vec<String>> = entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.node.clone(),
+                            records::rfc3339(e.record.backup_timestamp),
+                            e.record
+                                .revision
+                                .map(|x| x.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            e.record
+                                .size_bytes
+                                .map(human_size)
+                                .unwrap_or_else(|| "-".into()),
+                            if known(e) { "yes" } else { "no" }.to_string(),
+                            format!("s3://{}/{}", rc.bucket, e.key),
+                        ]
+                    })
+                    .collect();
+                print(&table(
+                    &[
+                        "NODE",
+                        "TIME (UTC)",
+                        "REVISION",
+                        "SIZE",
+                        "IN LOCAL RECORDS",
+                        "OBJECT",
+                    ],
+                    &rows,
+                ))?;
             }
         }
-        out.push('\n');
-    };
-    line(header.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
     }
-    out
+    Ok(ExitCode::SUCCESS)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -417,7 +556,7 @@ fn restore_datadir(a: &crate::cli::RestoreDatadirArgs) -> CmdResult {
 // ---------------------------------------------------------------------------------------------
 // config check
 
-fn config_check(config_path: Option<&Path>) -> CmdResult {
+fn config_check(config_path: Option<&Path>, check_remote: bool) -> CmdResult {
     let config = config::load(config_path)?;
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -454,12 +593,41 @@ fn config_check(config_path: Option<&Path>) -> CmdResult {
             config.local_storage.path.display()
         ));
     }
-    if config.remote_storage.is_some() {
-        warnings.push(
-            "[remote_storage] is validated, but this version keeps local copies only; \
-             remote uploads are not implemented yet"
-                .to_string(),
-        );
+    if let Some(rc) = &config.remote_storage {
+        if rc.insecure_skip_tls_verify {
+            warnings.push(format!(
+                "remote_storage.insecure_skip_tls_verify is set: the TLS certificate of {} is \
+                 NOT verified",
+                rc.endpoint.as_deref().unwrap_or("the endpoint")
+            ));
+        }
+        if rc.retention.keeps_forever() {
+            warnings.push(
+                "remote snapshots are never deleted: neither remote_storage.ttl nor \
+                           remote_storage.keep limits them"
+                    .to_string(),
+            );
+        }
+        let member = backup::resolve_target(&config)
+            .ok()
+            .and_then(|t| t.manifest_name)
+            .unwrap_or_else(|| "-".into());
+        match crate::store::remote::Remote::open(rc, &member) {
+            Err(e) => problems.push(problem("remote_storage", e)),
+            Ok(r) => {
+                if check_remote {
+                    match runtime()?.block_on(r.probe()) {
+                        Ok(()) => eprintln!(
+                            "remote storage: bucket {} at {} exists and is writable ({})",
+                            r.bucket(),
+                            r.endpoint(),
+                            r.credentials().describe()
+                        ),
+                        Err(e) => problems.push(problem("remote_storage", e)),
+                    }
+                }
+            }
+        }
     }
 
     let mut out = String::new();

@@ -73,10 +73,54 @@ pub struct RemoteStorageConfig {
     pub bucket: String,
     pub endpoint: Option<String>,
     pub region: String,
+    /// Key prefix shared by all nodes; each node writes under `<prefix><member>/`.
     pub prefix: String,
     pub force_path_style: bool,
+    /// Extra CA certificates (PEM) to trust for the endpoint, besides the system's.
+    pub ca_bundle: Option<PathBuf>,
+    /// Accept any server certificate. Explicit, and logged loudly on every use.
+    pub insecure_skip_tls_verify: bool,
+    /// Server-side encryption header.
+    pub sse: Option<Sse>,
+    /// Where the access key comes from (see [`Credentials`]).
+    pub credentials: Credentials,
+    /// Multipart upload part size in bytes.
+    pub part_size: usize,
+    /// Parts uploaded at the same time.
+    pub concurrency: usize,
+    /// Bound on one upload (or one retry of it).
+    pub timeout: Duration,
+    /// The longest the object store may take to answer one request or accept one part; also
+    /// how long the snapshot stream waits for a remote that takes no data before the same-pass
+    /// upload is given up (the local backup goes on; the upload is retried later).
+    pub stall_timeout: Duration,
     pub retention: Rule,
 }
+
+/// Server-side encryption requested for uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// `x-amz-server-side-encryption: AES256`
+    S3Managed,
+    /// `aws:kms`, with the key id (or the bucket's default key).
+    Kms(Option<String>),
+}
+
+/// Where remote credentials come from. They are read again for every upload, so rotated keys
+/// and renewed role tokens work without a restart; they are never kept in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// An AWS-style credentials file (mode 0600/0400), named by `credentials_file`.
+    File(PathBuf),
+    /// `$CREDENTIALS_DIRECTORY/<name>` from systemd's `LoadCredential=` (the default when that
+    /// credential exists), else the standard AWS chain.
+    SystemdOrDefault(String),
+}
+
+/// The systemd credential name the unit's `LoadCredential=` uses.
+pub const SYSTEMD_CREDENTIAL: &str = "etcdguard-s3";
+pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+const MIN_PART_SIZE: usize = 5 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -276,9 +320,62 @@ struct RawRemote {
     region: Option<Spanned<String>>,
     prefix: Option<Spanned<String>>,
     force_path_style: Option<bool>,
+    ca_bundle: Option<Spanned<PathBuf>>,
+    insecure_skip_tls_verify: Option<bool>,
+    sse: Option<Spanned<String>>,
+    sse_kms_key_id: Option<Spanned<String>>,
+    credentials_file: Option<Spanned<PathBuf>>,
+    part_size: Option<Spanned<RawSize>>,
+    concurrency: Option<Spanned<i64>>,
+    timeout: Option<Spanned<RawDuration>>,
+    stall_timeout: Option<Spanned<RawDuration>>,
     ttl: Option<Spanned<RawDuration>>,
     keep: Option<Spanned<i64>>,
     min_keep: Option<Spanned<i64>>,
+}
+
+/// A byte size: an integer, or a string such as "8MiB", "16MB".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+fn parse_size(raw: &RawSize) -> Result<usize, String> {
+    let (num, unit) = match raw {
+        RawSize::Bytes(b) => (*b as f64, 1u64),
+        RawSize::Text(t) => {
+            let t = t.trim();
+            let split = t
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(t.len());
+            let (n, u) = t.split_at(split);
+            let unit = match u.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "k" | "kb" => 1000,
+                "kib" => 1 << 10,
+                "m" | "mb" => 1000 * 1000,
+                "mib" => 1 << 20,
+                "g" | "gb" => 1000 * 1000 * 1000,
+                "gib" => 1 << 30,
+                other => {
+                    return Err(format!(
+                    "{t:?} has an unknown unit {other:?}; use bytes or a string such as \"8MiB\""
+                ))
+                }
+            };
+            let n: f64 = n
+                .parse()
+                .map_err(|_| format!("{t:?} is not a size such as \"8MiB\""))?;
+            (n, unit)
+        }
+    };
+    let bytes = num * unit as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < usize::MAX as f64) {
+        return Err("must be a positive size".into());
+    }
+    Ok(bytes as usize)
 }
 
 /// A duration as `EtcdBackupConfiguration` accepts it: integer seconds or a humantime string.
@@ -624,7 +721,98 @@ fn validate_remote(r: Spanned<RawRemote>, v: &mut Validator<'_>) -> RemoteStorag
         }
         e.into_inner()
     });
-    let prefix = r.prefix.map(Spanned::into_inner).unwrap_or_default();
+    let prefix = match r.prefix {
+        None => String::new(),
+        Some(p) => {
+            let text = p.get_ref().trim_start_matches('/').to_string();
+            if text.contains("//") || text.contains("..") {
+                v.problem(
+                    Some(p.span()),
+                    "remote_storage.prefix",
+                    format!("{:?} must not contain \"//\" or \"..\"", p.get_ref()),
+                );
+            }
+            // A prefix names a folder: each node writes under <prefix><member>/.
+            if text.is_empty() || text.ends_with('/') {
+                text
+            } else {
+                format!("{text}/")
+            }
+        }
+    };
+    let ca_bundle = r
+        .ca_bundle
+        .map(|c| v.path(Some(c), "remote_storage.ca_bundle", Path::new("")));
+    let sse = match (r.sse, r.sse_kms_key_id) {
+        (None, None) => None,
+        (None, Some(k)) => {
+            v.problem(
+                Some(k.span()),
+                "remote_storage.sse_kms_key_id",
+                "needs sse = \"aws:kms\"",
+            );
+            None
+        }
+        (Some(s), key) => match s.get_ref().as_str() {
+            "AES256" => {
+                if let Some(k) = key {
+                    v.problem(
+                        Some(k.span()),
+                        "remote_storage.sse_kms_key_id",
+                        "only applies to sse = \"aws:kms\"",
+                    );
+                }
+                Some(Sse::S3Managed)
+            }
+            "aws:kms" => Some(Sse::Kms(key.map(Spanned::into_inner))),
+            other => {
+                v.problem(
+                    Some(s.span()),
+                    "remote_storage.sse",
+                    format!("{other:?} is not supported; use \"AES256\" or \"aws:kms\""),
+                );
+                None
+            }
+        },
+    };
+    let credentials = match r.credentials_file {
+        Some(c) => {
+            Credentials::File(v.path(Some(c), "remote_storage.credentials_file", Path::new("")))
+        }
+        None => Credentials::SystemdOrDefault(SYSTEMD_CREDENTIAL.to_string()),
+    };
+    let part_size = match r.part_size {
+        None => DEFAULT_PART_SIZE,
+        Some(p) => match parse_size(p.get_ref()) {
+            Ok(n) if (MIN_PART_SIZE..=(5 << 30)).contains(&n) => n,
+            Ok(n) => {
+                v.problem(
+                    Some(p.span()),
+                    "remote_storage.part_size",
+                    format!("{n} bytes is outside S3's part size limits (5MiB to 5GiB)"),
+                );
+                DEFAULT_PART_SIZE
+            }
+            Err(e) => {
+                v.problem(Some(p.span()), "remote_storage.part_size", e);
+                DEFAULT_PART_SIZE
+            }
+        },
+    };
+    let concurrency = match r.concurrency {
+        None => 2,
+        Some(c) => match usize::try_from(*c.get_ref()) {
+            Ok(n) if (1..=16).contains(&n) => n,
+            _ => {
+                v.problem(
+                    Some(c.span()),
+                    "remote_storage.concurrency",
+                    format!("must be between 1 and 16 (got {})", c.get_ref()),
+                );
+                2
+            }
+        },
+    };
     RemoteStorageConfig {
         kind,
         bucket,
@@ -632,6 +820,22 @@ fn validate_remote(r: Spanned<RawRemote>, v: &mut Validator<'_>) -> RemoteStorag
         region,
         prefix,
         force_path_style: r.force_path_style.unwrap_or(false),
+        ca_bundle,
+        insecure_skip_tls_verify: r.insecure_skip_tls_verify.unwrap_or(false),
+        sse,
+        credentials,
+        part_size,
+        concurrency,
+        timeout: v.duration(
+            r.timeout,
+            "remote_storage.timeout",
+            Duration::from_secs(1800),
+        ),
+        stall_timeout: v.duration(
+            r.stall_timeout,
+            "remote_storage.stall_timeout",
+            Duration::from_secs(60),
+        ),
         retention: v.retention(
             "remote_storage",
             r.ttl,
@@ -732,6 +936,45 @@ impl Config {
                 let _ = writeln!(w, "region = {}", toml_string(&r.region));
                 let _ = writeln!(w, "prefix = {}", toml_string(&r.prefix));
                 let _ = writeln!(w, "force_path_style = {}", r.force_path_style);
+                if let Some(ca) = &r.ca_bundle {
+                    let _ = writeln!(w, "ca_bundle = {}", quoted(ca));
+                }
+                if r.insecure_skip_tls_verify {
+                    let _ = writeln!(w, "insecure_skip_tls_verify = true  # TLS NOT VERIFIED");
+                }
+                match &r.sse {
+                    None => {}
+                    Some(Sse::S3Managed) => {
+                        let _ = writeln!(w, "sse = \"AES256\"");
+                    }
+                    Some(Sse::Kms(key)) => {
+                        let _ = writeln!(w, "sse = \"aws:kms\"");
+                        if let Some(k) = key {
+                            let _ = writeln!(w, "sse_kms_key_id = {}", toml_string(k));
+                        }
+                    }
+                }
+                match &r.credentials {
+                    Credentials::File(p) => {
+                        let _ = writeln!(w, "credentials_file = {}", quoted(p));
+                    }
+                    Credentials::SystemdOrDefault(name) => {
+                        let _ = writeln!(
+                            w,
+                            "# credentials: $CREDENTIALS_DIRECTORY/{name} (systemd \
+                             LoadCredential=), else the AWS chain (environment, profile, \
+                             instance role)"
+                        );
+                    }
+                }
+                let _ = writeln!(w, "part_size = {}", r.part_size);
+                let _ = writeln!(w, "concurrency = {}", r.concurrency);
+                let _ = writeln!(w, "timeout = {}", toml_string(&human(r.timeout)));
+                let _ = writeln!(
+                    w,
+                    "stall_timeout = {}",
+                    toml_string(&human(r.stall_timeout))
+                );
                 write_rule(w, &r.retention);
             }
         }
@@ -921,6 +1164,63 @@ mod tests {
             e[0].contains("state_dir: must be an absolute path"),
             "{}",
             e[0]
+        );
+    }
+
+    #[test]
+    fn remote_storage_fields() {
+        let c = parse(
+            "[remote_storage]\nbucket = \"b1\"\nregion = \"eu-west-1\"\nprefix = \"prod\"\n\
+             sse = \"aws:kms\"\nsse_kms_key_id = \"k-1\"\npart_size = \"16MiB\"\n\
+             concurrency = 4\ncredentials_file = \"/etc/etcdguard/s3\"\nca_bundle = \"/etc/ca.pem\"\n",
+            None,
+        )
+        .unwrap();
+        let r = c.remote_storage.unwrap();
+        assert_eq!(r.prefix, "prod/");
+        assert_eq!(r.sse, Some(Sse::Kms(Some("k-1".into()))));
+        assert_eq!((r.part_size, r.concurrency), (16 << 20, 4));
+        assert_eq!(r.credentials, Credentials::File("/etc/etcdguard/s3".into()));
+        assert!(!r.insecure_skip_tls_verify);
+        let d = parse("[remote_storage]\nbucket = \"b1\"\nregion = \"r\"\n", None).unwrap();
+        let d = d.remote_storage.unwrap();
+        assert_eq!(
+            d.credentials,
+            Credentials::SystemdOrDefault(SYSTEMD_CREDENTIAL.into())
+        );
+        assert_eq!(d.part_size, DEFAULT_PART_SIZE);
+
+        let e = errs(
+            "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nsse = \"DES\"\n\
+             part_size = \"1MiB\"\nconcurrency = 0\ncredentials_file = \"rel/path\"\n\
+             access_key = \"AKIA\"\n",
+        );
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].contains("unknown field `access_key`"), "{}", e[0]);
+        let e = errs(
+            "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nsse = \"DES\"\n\
+             part_size = \"1MiB\"\nconcurrency = 0\ncredentials_file = \"rel/path\"\n",
+        );
+        assert_eq!(e.len(), 4, "{e:#?}");
+        assert!(
+            e[0].contains("remote_storage.sse: \"DES\" is not supported"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].contains("remote_storage.credentials_file: must be an absolute"),
+            "{}",
+            e[1]
+        );
+        assert!(
+            e[2].contains("remote_storage.part_size: 1048576 bytes is outside"),
+            "{}",
+            e[2]
+        );
+        assert!(
+            e[3].contains("remote_storage.concurrency: must be between 1 and 16"),
+            "{}",
+            e[3]
         );
     }
 

@@ -24,7 +24,8 @@ use crate::backup::{self, BackupError, BackupReport};
 use crate::config::{self, Config, ConfigError};
 use crate::fsutil;
 use crate::metrics;
-use crate::records::{self, Outcome, Record, RecordStore, Trigger};
+use crate::records::{self, Outcome, Record, RecordStore, RemoteState, Trigger};
+use crate::remote_sync;
 use crate::schedule;
 
 /// Upper bound on one sleep, even without a watchdog: the wall clock is re-read at least this
@@ -56,6 +57,10 @@ struct Daemon {
     last_handled: DateTime<Utc>,
     running: Option<Running>,
     next: Option<DateTime<Utc>>,
+    /// Remote retries and retention (and the start-up pre-flight), never beside a backup.
+    maintenance: Option<JoinHandle<Result<remote_sync::Maintenance, BackupError>>>,
+    /// The last remote problem, for STATUS; cleared by a clean pass.
+    remote_problem: Option<String>,
 }
 
 fn notify(states: &[NotifyState<'_>]) {
@@ -112,6 +117,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         last_handled,
         running: None,
         next: None,
+        maintenance: None,
+        remote_problem: None,
     };
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Fatal(e.to_string()))?;
@@ -128,6 +135,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         tracing::warn!("configuration is paused: no scheduled backups until paused = false");
     }
     d.on_tick();
+    // Pre-flight of the bucket and any uploads left pending, right away.
+    d.start_maintenance(true);
     notify(&[NotifyState::Ready, NotifyState::Status(&d.status())]);
 
     loop {
@@ -144,6 +153,11 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
                 let r = d.running.take().expect("guarded");
                 d.on_backup_done(r.slot, res);
             }
+            res = async { (d.maintenance.as_mut().expect("guarded")).await },
+                if d.maintenance.is_some() => {
+                d.maintenance = None;
+                d.on_maintenance_done(res);
+            }
             _ = hup.recv() => d.reload(),
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -154,6 +168,10 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
 
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     tracing::info!("stopping");
+    if let Some(m) = d.maintenance.take() {
+        m.abort();
+        let _ = m.await;
+    }
     if let Some(r) = d.running.take() {
         let _ = r.cancel.send(());
         let res = r.handle.await;
@@ -196,6 +214,42 @@ impl Daemon {
         if let Some(slot) = t.due {
             self.on_slot(slot, t.late);
         }
+        if self.running.is_none()
+            && self.maintenance.is_none()
+            && remote_sync::has_due_pending(&self.config, now)
+        {
+            self.start_maintenance(false);
+        }
+    }
+
+    fn start_maintenance(&mut self, probe: bool) {
+        if self.config.remote_storage.is_none() || self.maintenance.is_some() {
+            return;
+        }
+        let config = self.config.clone();
+        self.maintenance = Some(tokio::spawn(async move {
+            backup::run_remote_maintenance(&config, probe).await
+        }));
+    }
+
+    fn on_maintenance_done(
+        &mut self,
+        res: Result<Result<remote_sync::Maintenance, BackupError>, tokio::task::JoinError>,
+    ) {
+        match res {
+            Ok(Ok(m)) => {
+                self.remote_problem = m
+                    .errors
+                    .first()
+                    .cloned()
+                    .or_else(|| m.retry_failed.first().map(|(f, e)| format!("{f}: {e}")));
+            }
+            Ok(Err(BackupError::Busy { .. })) => {}
+            Ok(Err(e)) => tracing::error!("remote maintenance not run: {e}"),
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => tracing::error!("remote maintenance failed: {e}"),
+        }
+        self.refresh_metrics();
     }
 
     fn on_slot(&mut self, slot: DateTime<Utc>, late: bool) {
@@ -230,7 +284,15 @@ impl Daemon {
         }
         let (cancel, cancelled) = oneshot::channel::<()>();
         let config = self.config.clone();
+        // A backup has priority over remote retries: stop them and let them release the lock.
+        let maintenance = self.maintenance.take();
+        if let Some(m) = &maintenance {
+            m.abort();
+        }
         let handle = tokio::spawn(async move {
+            if let Some(m) = maintenance {
+                let _ = m.await;
+            }
             backup::run_backup(&config, trigger, async move {
                 let _ = cancelled.await;
                 "shutdown".to_string()
@@ -384,6 +446,25 @@ impl Daemon {
             .as_ref()
             .map(|r| format!("backup running since {}; ", records::rfc3339(r.started)))
             .unwrap_or_default();
-        format!("{running}{last}; {next}")
+        let remote = if self.config.remote_storage.is_some() {
+            let pending = self.store.load().map_or(0, |f| {
+                f.records
+                    .iter()
+                    .filter(|r| {
+                        r.remote
+                            .as_ref()
+                            .is_some_and(|c| c.state == RemoteState::Pending)
+                    })
+                    .count()
+            });
+            match (&self.remote_problem, pending) {
+                (Some(p), _) => format!("; REMOTE PROBLEM: {p}"),
+                (None, 0) => String::new(),
+                (None, n) => format!("; {n} remote upload(s) pending"),
+            }
+        } else {
+            String::new()
+        };
+        format!("{running}{last}; {next}{remote}")
     }
 }

@@ -13,6 +13,7 @@ pub mod kubeadm;
 pub mod logging;
 pub mod metrics;
 pub mod records;
+pub mod remote_sync;
 pub mod restore;
 pub mod retention;
 pub mod schedule;

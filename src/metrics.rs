@@ -61,13 +61,24 @@ pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>)
             &[(local, format!("{:.3}", last.duration_seconds))],
         );
     }
+    let remote = "{destination=\"remote\"}";
+    let with_remote = || file.records.iter().rev().filter_map(|r| r.remote.as_ref());
+    let mut successes = Vec::new();
     if let Some(good) = attempts().find(|r| r.result == Outcome::Success) {
+        successes.push((local, secs(good.backup_timestamp)));
+    }
+    if let Some(t) = with_remote().filter_map(|c| c.uploaded_at).max() {
+        successes.push((remote, secs(t)));
+    }
+    if !successes.is_empty() {
         gauge(
             &mut out,
             "etcdguard_last_success_timestamp_seconds",
-            "Time of the last successful backup.",
-            &[(local, secs(good.backup_timestamp))],
+            "Time of the last successful backup (local) or upload (remote).",
+            &successes,
         );
+    }
+    if let Some(good) = attempts().find(|r| r.result == Outcome::Success) {
         gauge(
             &mut out,
             "etcdguard_last_size_bytes",
@@ -81,18 +92,47 @@ pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>)
             &[(local, good.revision.unwrap_or(0).to_string())],
         );
     }
+    if let Some(last) = with_remote().next() {
+        use crate::records::RemoteState;
+        let ok = matches!(last.state, RemoteState::Uploaded | RemoteState::Deleted);
+        gauge(
+            &mut out,
+            "etcdguard_remote_last_result",
+            "1 if the newest backup's remote copy was made, 0 if it is pending or failed.",
+            &[("", u8::from(ok).to_string())],
+        );
+        gauge(
+            &mut out,
+            "etcdguard_remote_pending",
+            "Remote copies waiting for a retry.",
+            &[(
+                "",
+                with_remote()
+                    .filter(|c| c.state == RemoteState::Pending)
+                    .count()
+                    .to_string(),
+            )],
+        );
+    }
+    let mut snapshots = vec![(
+        local,
+        file.records
+            .iter()
+            .filter(|r| r.is_good_local())
+            .count()
+            .to_string(),
+    )];
+    if with_remote().next().is_some() {
+        snapshots.push((
+            remote,
+            with_remote().filter(|c| c.may_exist()).count().to_string(),
+        ));
+    }
     gauge(
         &mut out,
         "etcdguard_snapshots",
         "Snapshots present per destination.",
-        &[(
-            local,
-            file.records
-                .iter()
-                .filter(|r| r.is_good_local())
-                .count()
-                .to_string(),
-        )],
+        &snapshots,
     );
     let s = &file.stats;
     let _ = writeln!(
@@ -204,11 +244,56 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
-        // Every sample line belongs to a declared metric.
+        // Every family is declared once, every sample line belongs to a declared family.
+        for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert_eq!(text.matches(&format!("{l}\n")).count(), 1, "{l} twice");
+        }
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let name = l.split(['{', ' ']).next().unwrap();
             assert!(text.contains(&format!("# TYPE {name} ")), "{l}");
         }
+    }
+
+    #[test]
+    fn remote_destination_metrics() {
+        use crate::records::{RemoteCopy, RemoteState};
+        let mut f = RecordsFile::default();
+        let copy = |state, at: Option<&str>| RemoteCopy {
+            location: "s3://b/k".into(),
+            state,
+            attempts: 1,
+            last_error: None,
+            last_attempt_at: None,
+            next_attempt_at: None,
+            uploaded_at: at.map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)),
+            etag: None,
+            deleted_at: None,
+            deleted_reason: None,
+        };
+        let mut a = rec(Outcome::Success, "2026-05-01T10:00:00Z");
+        a.remote = Some(copy(RemoteState::Uploaded, Some("2026-05-01T10:00:05Z")));
+        let mut b = rec(Outcome::Success, "2026-05-01T11:00:00Z");
+        b.remote = Some(copy(RemoteState::Pending, None));
+        f.push(a);
+        f.push(b);
+        let text = render(&f, false, None);
+        for line in [
+            "etcdguard_last_success_timestamp_seconds{destination=\"local\"} 1777633200.000",
+            "etcdguard_last_success_timestamp_seconds{destination=\"remote\"} 1777629605.000",
+            "etcdguard_remote_last_result 0",
+            "etcdguard_remote_pending 1",
+            "etcdguard_snapshots{destination=\"remote\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert_eq!(
+            text.matches("# TYPE etcdguard_last_success_timestamp_seconds")
+                .count(),
+            1
+        );
     }
 
     #[test]

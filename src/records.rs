@@ -69,6 +69,54 @@ pub struct LocalCopy {
     pub deleted_reason: Option<String>,
 }
 
+/// State of a snapshot's remote copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteState {
+    /// Not uploaded yet; retried with backoff while the local copy exists.
+    Pending,
+    /// Uploaded and verified (size, ETag where comparable), sidecar written.
+    Uploaded,
+    /// Given up: the local copy is gone (expired, deleted) before an upload succeeded.
+    Failed,
+    /// Deleted by remote retention.
+    Deleted,
+}
+
+/// The remote copy of a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteCopy {
+    /// `s3://<bucket>/<key>`.
+    pub location: String,
+    pub state: RemoteState,
+    /// Upload attempts so far.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    /// When a pending upload is tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_at: Option<DateTime<Utc>>,
+    /// What the server reported after the upload (ETag), for the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_reason: Option<String>,
+}
+
+impl RemoteCopy {
+    /// True while the object may exist in the bucket.
+    pub fn may_exist(&self) -> bool {
+        self.state == RemoteState::Uploaded
+    }
+}
+
 /// One backup attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -94,9 +142,9 @@ pub struct Record {
     pub duration_seconds: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalCopy>,
-    /// Remote copy state; written by the remote storage code.
+    /// The remote copy; absent when no remote storage is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<serde_json::Value>,
+    pub remote: Option<RemoteCopy>,
 }
 
 impl Record {

@@ -64,36 +64,82 @@ fn local_candidates(records: &[Record]) -> Vec<usize> {
         .collect()
 }
 
-/// Decides which local snapshots to delete.
-pub fn local_deletions(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Vec<Deletion> {
-    let candidates = local_candidates(records);
-    let n = candidates.len();
-    candidates
+/// The rule over copies ordered oldest first, with their timestamps: which positions to
+/// delete and why. `what` names the config section in reasons (`local_storage`).
+fn select(
+    times: &[DateTime<Utc>],
+    now: DateTime<Utc>,
+    rule: Rule,
+    what: &str,
+) -> Vec<(usize, String)> {
+    let n = times.len();
+    times
         .iter()
         .enumerate()
-        .filter_map(|(pos, &i)| {
-            let newer = n - 1 - pos; // candidates newer than this one
+        .filter_map(|(pos, t)| {
+            let newer = n - 1 - pos; // copies newer than this one
             if newer < rule.min_keep {
                 return None;
             }
             let reason = if rule.keep.is_some_and(|k| newer >= k) {
                 format!(
-                    "not among the newest {} (local_storage.keep)",
+                    "not among the newest {} ({what}.keep)",
                     rule.keep.unwrap_or(0)
                 )
-            } else if let Some(ttl) = rule.ttl.filter(|ttl| is_expired(&records[i], now, *ttl)) {
-                format!("older than local_storage.ttl ({})", ttl_text(ttl))
+            } else if let Some(ttl) = rule.ttl.filter(|ttl| is_older(*t, now, *ttl)) {
+                format!("older than {what}.ttl ({})", ttl_text(ttl))
             } else {
                 return None;
             };
-            Some(Deletion { index: i, reason })
+            Some((pos, reason))
         })
         .collect()
 }
 
-fn is_expired(r: &Record, now: DateTime<Utc>, ttl: Duration) -> bool {
+/// Decides which local snapshots to delete.
+pub fn local_deletions(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Vec<Deletion> {
+    let candidates = local_candidates(records);
+    let times: Vec<DateTime<Utc>> = candidates
+        .iter()
+        .map(|&i| records[i].backup_timestamp)
+        .collect();
+    select(&times, now, rule, "local_storage")
+        .into_iter()
+        .map(|(pos, reason)| Deletion {
+            index: candidates[pos],
+            reason,
+        })
+        .collect()
+}
+
+/// Decides which of this node's remote snapshots to delete. `objects` are the snapshot names
+/// under the node's prefix with the time in each name; ordered here by that time (names
+/// sort by it), since the bucket has no append order. Indices refer to `objects`.
+pub fn remote_deletions(
+    objects: &[(String, DateTime<Utc>)],
+    now: DateTime<Utc>,
+    rule: Rule,
+) -> Vec<Deletion> {
+    let mut order: Vec<usize> = (0..objects.len()).collect();
+    order.sort_by(|&a, &b| {
+        objects[a]
+            .1
+            .cmp(&objects[b].1)
+            .then(objects[a].0.cmp(&objects[b].0))
+    });
+    let times: Vec<DateTime<Utc>> = order.iter().map(|&i| objects[i].1).collect();
+    select(&times, now, rule, "remote_storage")
+        .into_iter()
+        .map(|(pos, reason)| Deletion {
+            index: order[pos],
+            reason,
+        })
+        .collect()
+}
+
+fn is_older(t: DateTime<Utc>, now: DateTime<Utc>, ttl: Duration) -> bool {
     let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-    now - r.backup_timestamp > ttl
+    now - t > ttl
 }
 
 /// True when the record's snapshot may still exist somewhere (local or remote copy).
@@ -103,10 +149,8 @@ fn snapshot_exists(r: &Record) -> bool {
         .local
         .as_ref()
         .is_some_and(|l| l.state == CopyState::Present);
-    let remote = r
-        .remote
-        .as_ref()
-        .is_some_and(|v| v.get("state").and_then(|s| s.as_str()) != Some("deleted"));
+    // A pending upload still has its local copy; a failed one has nothing anywhere.
+    let remote = r.remote.as_ref().is_some_and(|c| c.may_exist());
     local || remote
 }
 
@@ -430,9 +474,23 @@ mod tests {
         // 5 successful, limit 2: only the two gone ones can go; the three live ones stay.
         assert_eq!(history(&r, limits), ["gone1", "gone2"]);
         // A gone record that still has a remote copy stays.
-        r[0].remote = Some(serde_json::json!({"state": "uploaded"}));
+        let copy = |state| crate::records::RemoteCopy {
+            location: "s3://b/k".into(),
+            state,
+            attempts: 1,
+            last_error: None,
+            last_attempt_at: None,
+            next_attempt_at: None,
+            uploaded_at: None,
+            etag: None,
+            deleted_at: None,
+            deleted_reason: None,
+        };
+        r[0].remote = Some(copy(crate::records::RemoteState::Uploaded));
         assert_eq!(history(&r, limits), ["gone2"]);
-        r[0].remote = Some(serde_json::json!({"state": "deleted"}));
+        r[0].remote = Some(copy(crate::records::RemoteState::Deleted));
+        assert_eq!(history(&r, limits), ["gone1", "gone2"]);
+        r[0].remote = Some(copy(crate::records::RemoteState::Failed));
         assert_eq!(history(&r, limits), ["gone1", "gone2"]);
     }
 
@@ -494,5 +552,70 @@ mod tests {
             s[1].as_deref(),
             Some("kept for 1 more successful backups (keep 4)")
         );
+    }
+
+    #[test]
+    fn remote_rule_orders_by_time_and_keeps_min_keep() {
+        let now = Utc::now();
+        // Listed out of order: the rule must order by time, not by listing.
+        let objs: Vec<(String, DateTime<Utc>)> = [5, 1, 4, 2, 3]
+            .iter()
+            .map(|d| (format!("d{d}"), now - chrono::Duration::days(*d)))
+            .collect();
+        let names = |rule: Rule| -> Vec<String> {
+            let mut v: Vec<String> = remote_deletions(&objs, now, rule)
+                .into_iter()
+                .map(|d| objs[d.index].0.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        let ttl = |days: u64| Some(Duration::from_secs(days * 86400 - 60));
+        // ttl 2 days: d2..d5 are older, but min_keep 3 keeps d1, d2, d3.
+        assert_eq!(
+            names(Rule {
+                ttl: ttl(2),
+                keep: None,
+                min_keep: 3
+            }),
+            ["d4", "d5"]
+        );
+        // keep 2 (no ttl): everything but the newest two.
+        assert_eq!(
+            names(Rule {
+                ttl: None,
+                keep: Some(2),
+                min_keep: 1
+            }),
+            ["d3", "d4", "d5"]
+        );
+        // Nothing old enough.
+        assert!(names(Rule {
+            ttl: ttl(30),
+            keep: None,
+            min_keep: 1
+        })
+        .is_empty());
+        assert!(remote_deletions(
+            &[],
+            now,
+            Rule {
+                ttl: ttl(1),
+                keep: Some(1),
+                min_keep: 1
+            }
+        )
+        .is_empty());
+        let r = remote_deletions(
+            &objs,
+            now,
+            Rule {
+                ttl: None,
+                keep: Some(4),
+                min_keep: 1,
+            },
+        );
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].reason, "not among the newest 4 (remote_storage.keep)");
     }
 }

@@ -7,5 +7,6 @@ mod backup;
 mod cli;
 mod daemon;
 mod engine;
+mod remote;
 mod retention;
 mod verify;

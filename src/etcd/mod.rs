@@ -9,5 +9,8 @@ mod snapshot;
 mod tls;
 
 pub use client::{connect, explain_connect_error, member_info, MemberInfo, Phase};
-pub use snapshot::{stream_snapshot, SnapshotError, StreamLimits, StreamedSnapshot, TrailerCheck};
+pub use snapshot::{
+    stream_snapshot, SnapshotError, SnapshotSink, StreamLimits, StreamedSnapshot, TrailerCheck,
+    WriterSink,
+};
 pub use tls::{TlsError, TlsMaterial};

@@ -6,6 +6,7 @@
 //! not match, is a failed snapshot. The trailer is written to the output too, so the file is
 //! exactly what `etcdctl snapshot save` writes and `etcdutl snapshot restore` accepts.
 
+use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::Client;
@@ -147,11 +148,31 @@ pub struct StreamedSnapshot {
     pub file_sha256: [u8; 32],
 }
 
+/// Where the bytes of a snapshot go (the local file, and an upload next to it).
+pub trait SnapshotSink {
+    /// Takes the next bytes, in order.
+    fn write(&mut self, bytes: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Called once after the last bytes.
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Any async writer is a sink (tests, simple callers).
+pub struct WriterSink<'a, W>(pub &'a mut W);
+
+impl<W: AsyncWrite + Unpin + Send> SnapshotSink for WriterSink<'_, W> {
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes).await
+    }
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().await
+    }
+}
+
 /// Streams a snapshot from `client` into `out`, verifying the trailer. `out` is flushed but not
 /// synced; the caller owns durability. On error, what was written must be discarded.
-pub async fn stream_snapshot<W: AsyncWrite + Unpin>(
+pub async fn stream_snapshot<S: SnapshotSink>(
     client: &mut Client,
-    out: &mut W,
+    out: &mut S,
     limits: StreamLimits,
 ) -> Result<StreamedSnapshot, SnapshotError> {
     let deadline = Instant::now() + limits.overall;
@@ -186,7 +207,7 @@ pub async fn stream_snapshot<W: AsyncWrite + Unpin>(
             .map_err(|e| SnapshotError::Stream(error_chain(&e)))?;
         let Some(msg) = msg else { break };
         check.accept(msg.blob(), msg.remaining_bytes())?;
-        out.write_all(msg.blob())
+        out.write(msg.blob())
             .await
             .map_err(|e| SnapshotError::Write(e.to_string()))?;
     }

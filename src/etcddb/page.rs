@@ -164,12 +164,13 @@ pub enum BucketRoot<'a> {
 
 /// Parses a bucket value (B.6): header, then an inline page when `root == 0`.
 pub fn bucket_root(value: &[u8]) -> Result<BucketRoot<'_>, String> {
-    let root = u64_at(value, 0).ok_or_else(|| {
-        format!(
+    if value.len() < BUCKET_HEADER_LEN {
+        return Err(format!(
             "bucket value has {} bytes, less than its 16-byte header",
             value.len()
-        )
-    })?;
+        ));
+    }
+    let root = u64_at(value, 0).unwrap_or_default();
     if root == 0 {
         let page = &value[BUCKET_HEADER_LEN..];
         if page.len() < HEADER_LEN {
@@ -234,6 +235,8 @@ mod tests {
         assert!(leaf_elements(&p).unwrap_err().contains("500 elements"));
         assert!(branch_elements(&[0u8; 3]).is_err());
         assert!(bucket_root(&[0u8; 20]).is_err());
+        // Found by scripts/fuzz: a bucket value of 8..16 bytes with root 0.
+        assert!(bucket_root(&[0u8; 15]).is_err());
     }
 
     #[test]

@@ -62,6 +62,17 @@ pub fn is_snapshot_file_name(name: &str) -> bool {
         && sanitize_member(&rest[16..]) == rest[16..]
 }
 
+/// The UTC time in a snapshot file name (`snapshot-etcd-YYYYMMDD-HHMMSS-…`).
+pub fn snapshot_time(name: &str) -> Option<DateTime<Utc>> {
+    if !is_snapshot_file_name(name) {
+        return None;
+    }
+    let stamp = &name[PREFIX.len()..PREFIX.len() + 15];
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d-%H%M%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 /// The local snapshot directory.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -206,6 +217,8 @@ mod tests {
         assert_eq!(n, "snapshot-etcd-20261121-140309-cp1.db");
         assert!(is_snapshot_file_name(&n));
         assert!(is_snapshot_file_name(&snapshot_file_name(t, "a/b c")));
+        assert_eq!(snapshot_time(&n), Some(t));
+        assert_eq!(snapshot_time("records.json"), None);
         for bad in [
             "snapshot-etcd-20261121-140309-.db",
             "snapshot-etcd-2026112-140309-cp1.db",

@@ -2,3 +2,4 @@
 //! object store joins it here.
 
 pub mod local;
+pub mod remote;

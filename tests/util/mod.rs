@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod node;
 pub mod pki;
 pub mod proxy;
+pub mod s3;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -70,7 +71,16 @@ pub fn etcdguard_cmd(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_etcdguard"));
     c.args(args)
         .env_remove("ETCDGUARD_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
         .env("ETCDGUARD_LOG", "info");
+    // The machine's AWS_* variables must not change what a test means; instance metadata is
+    // never asked (it is not a loopback address).
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_EC2_METADATA_DISABLED", "true");
     c
 }
 

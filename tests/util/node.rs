@@ -113,6 +113,17 @@ impl Node {
         etcdguard(&all)
     }
 
+    /// Starts `etcdguard --config <this node's config> <args>` without waiting for it.
+    pub fn run_spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        super::etcdguard_cmd(&all)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     pub fn snapshot(&self) -> Output {
         self.run(&["snapshot"])
     }

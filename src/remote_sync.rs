@@ -1,0 +1,356 @@
+//! Keeping the bucket in step with the records: retries of pending uploads (from the local
+//! file, with backoff), remote retention for this node, the sidecars, and the cross-node
+//! listing behind `etcdguard records --remote`.
+//!
+//! Network work happens outside the records lock; each result is then written to the record
+//! it belongs to (by id) under the lock, so a slow bucket never blocks other writers.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::config::{Config, RemoteStorageConfig};
+use crate::records::{CopyState, Outcome, Record, RecordStore, RemoteState};
+use crate::retention;
+use crate::store::local::{sanitize_member, snapshot_time};
+use crate::store::remote::{Remote, Uploaded};
+
+/// Delay before retry number `attempts + 1`: 1 min, doubling, at most an hour.
+pub fn backoff(attempts: u32) -> chrono::Duration {
+    let minutes = 1i64 << attempts.saturating_sub(1).min(6);
+    chrono::Duration::minutes(minutes.min(60))
+}
+
+/// `s3://<bucket>/<prefix><member>/<file>`.
+pub fn location(rc: &RemoteStorageConfig, member: &str, file_name: &str) -> String {
+    format!(
+        "s3://{}/{}{}/{file_name}",
+        rc.bucket,
+        rc.prefix,
+        sanitize_member(member)
+    )
+}
+
+/// Writes the record as the snapshot's JSON sidecar.
+pub async fn write_sidecar(remote: &Remote, record: &Record) -> Result<(), String> {
+    let name = record
+        .file_name
+        .as_deref()
+        .ok_or("a record without a file has no sidecar")?;
+    let mut json = serde_json::to_vec_pretty(record).expect("record serializes");
+    json.push(b'\n');
+    remote.put_sidecar(name, json).await
+}
+
+/// Uploads a local snapshot file, checking on the way that it still has the sha256 recorded
+/// for it (the upload completes only then), and verifies the object.
+pub async fn upload_from_file(
+    remote: &Remote,
+    rc: &RemoteStorageConfig,
+    path: &Path,
+    file_name: &str,
+    expected_sha256: &str,
+) -> Result<Uploaded, String> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("cannot read the local copy {}: {e}", path.display()))?;
+    let mut feed = remote.start_upload(file_name);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    let read = loop {
+        match file.read(&mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                feed.send(&buf[..n]).await;
+                size += n as u64;
+            }
+            Err(e) => {
+                break Err(format!(
+                    "cannot read the local copy {}: {e}",
+                    path.display()
+                ))
+            }
+        }
+    };
+    let sha = hex::encode(hasher.finalize());
+    let good = match read {
+        Err(e) => Err(e),
+        Ok(()) if sha != expected_sha256 => Err(format!(
+            "the local copy {} changed since the backup (sha256 {sha}, recorded \
+             {expected_sha256}); not uploading it",
+            path.display()
+        )),
+        Ok(()) => Ok(()),
+    };
+    if let Err(e) = good {
+        let _ = feed.finish(false, rc.timeout).await;
+        return Err(e);
+    }
+    let key = feed.key().to_string();
+    let (_meta, etag) = feed.finish(true, rc.timeout).await?;
+    match remote.verify_object(&key, size, etag).await {
+        Ok(up) => Ok(up),
+        Err(e) => {
+            let _ = remote.delete_snapshot(file_name).await;
+            Err(e)
+        }
+    }
+}
+
+/// What a maintenance pass did.
+#[derive(Debug, Default, Clone)]
+pub struct Maintenance {
+    /// Pending uploads that succeeded now.
+    pub uploaded: Vec<String>,
+    /// Pending uploads that failed again (file, error).
+    pub retry_failed: Vec<(String, String)>,
+    /// Remote snapshots deleted by retention.
+    pub deleted: Vec<String>,
+    /// Problems that stopped part of the pass.
+    pub errors: Vec<String>,
+}
+
+/// Pending uploads whose retry is due at `now` (`None`: all of them).
+fn due_pending(records: &[Record], now: Option<DateTime<Utc>>) -> Vec<Record> {
+    records
+        .iter()
+        .filter(|r| {
+            r.result == Outcome::Success
+                && r.local
+                    .as_ref()
+                    .is_some_and(|l| l.state == CopyState::Present)
+                && r.remote.as_ref().is_some_and(|c| {
+                    c.state == RemoteState::Pending
+                        && now.is_none_or(|now| c.next_attempt_at.is_none_or(|t| t <= now))
+                })
+        })
+        .cloned()
+        .collect()
+}
+
+/// True when some pending upload is due (the daemon asks this on every tick).
+pub fn has_due_pending(config: &Config, now: DateTime<Utc>) -> bool {
+    config.remote_storage.is_some()
+        && RecordStore::new(&config.state_dir)
+            .load()
+            .is_ok_and(|f| !due_pending(&f.records, Some(now)).is_empty())
+}
+
+/// Retries due pending uploads (all pending ones with `all_pending`, as at start-up), then
+/// applies remote retention for this node. `member` is this node's member name (from the
+/// backup); without one, the newest record's is used.
+pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) -> Maintenance {
+    let mut m = Maintenance::default();
+    let Some(rc) = &config.remote_storage else {
+        return m;
+    };
+    let store = RecordStore::new(&config.state_dir);
+    let file = match store.load() {
+        Ok(f) => f,
+        Err(e) => {
+            m.errors.push(e.to_string());
+            return m;
+        }
+    };
+    let member = member.map(str::to_string).or_else(|| {
+        file.records
+            .iter()
+            .rev()
+            .find_map(|r| r.member.as_ref().map(|m| m.name.clone()))
+    });
+
+    let now = (!all_pending).then(Utc::now);
+    for rec in due_pending(&file.records, now) {
+        let (Some(name), Some(local), Some(sha)) = (&rec.file_name, &rec.local, &rec.sha256) else {
+            continue;
+        };
+        let who = rec.member.as_ref().map_or("", |m| m.name.as_str());
+        let result = match Remote::open(rc, who) {
+            Ok(remote) => match upload_from_file(&remote, rc, &local.path, name, sha).await {
+                Ok(up) => {
+                    let mut done = rec.clone();
+                    mark_uploaded(&mut done, &up, Utc::now());
+                    write_sidecar(&remote, &done)
+                        .await
+                        .map(|()| up)
+                        .map_err(|e| format!("the sidecar could not be written: {e}"))
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let now = Utc::now();
+        let update = store.update(now, |f| {
+            let Some(r) = f.records.iter_mut().find(|r| r.id == rec.id) else {
+                return;
+            };
+            match &result {
+                Ok(up) => mark_uploaded(r, up, now),
+                Err(e) => {
+                    let missing = !local.path.exists();
+                    if let Some(c) = r.remote.as_mut() {
+                        c.attempts += 1;
+                        c.last_attempt_at = Some(now);
+                        if missing {
+                            c.state = RemoteState::Failed;
+                            c.next_attempt_at = None;
+                            c.last_error = Some(format!(
+                                "the local copy is gone, nothing left to upload (last error: {e})"
+                            ));
+                        } else {
+                            c.last_error = Some(e.clone());
+                            c.next_attempt_at = Some(now + backoff(c.attempts));
+                        }
+                    }
+                }
+            }
+        });
+        if let Err(e) = update {
+            m.errors.push(e.to_string());
+        }
+        match result {
+            Ok(_) => {
+                tracing::info!(file = %name, "pending remote copy uploaded");
+                m.uploaded.push(name.clone());
+            }
+            Err(e) => {
+                tracing::warn!(file = %name, error = %e, "pending remote copy still not uploaded");
+                m.retry_failed.push((name.clone(), e));
+            }
+        }
+    }
+
+    if let Some(member) = member {
+        match apply_retention(config, rc, &member).await {
+            Ok(deleted) => m.deleted = deleted,
+            Err(e) => m.errors.push(format!("remote retention: {e}")),
+        }
+    }
+    for e in &m.errors {
+        tracing::error!("{e}");
+    }
+    m
+}
+
+fn mark_uploaded(r: &mut Record, up: &Uploaded, now: DateTime<Utc>) {
+    if let Some(c) = r.remote.as_mut() {
+        c.state = RemoteState::Uploaded;
+        c.attempts += 1;
+        c.last_attempt_at = Some(now);
+        c.next_attempt_at = None;
+        c.uploaded_at = Some(now);
+        c.last_error = None;
+        c.etag.clone_from(&up.etag);
+    }
+}
+
+/// Deletes this node's remote snapshots that the rule selects (only names of our pattern
+/// under `<prefix><member>/`), with their sidecars, and marks their records.
+async fn apply_retention(
+    config: &Config,
+    rc: &RemoteStorageConfig,
+    member: &str,
+) -> Result<Vec<String>, String> {
+    if rc.retention.keeps_forever() {
+        return Ok(Vec::new());
+    }
+    let remote = Remote::open(rc, member)?;
+    let objects: Vec<(String, DateTime<Utc>)> = remote
+        .list_node()
+        .await?
+        .into_iter()
+        .filter_map(|o| snapshot_time(&o.name).map(|t| (o.name, t)))
+        .collect();
+    let now = Utc::now();
+    let mut deleted = Vec::new();
+    let mut reasons = Vec::new();
+    for d in retention::remote_deletions(&objects, now, rc.retention) {
+        let name = &objects[d.index].0;
+        match remote.delete_snapshot(name).await {
+            Ok(()) => {
+                tracing::info!(file = %name, reason = %d.reason, "retention deleted remote snapshot");
+                deleted.push(name.clone());
+                reasons.push(d.reason);
+            }
+            Err(e) => {
+                tracing::warn!(file = %name, error = %e, "retention could not delete a remote snapshot")
+            }
+        }
+    }
+    if !deleted.is_empty() {
+        RecordStore::new(&config.state_dir)
+            .update(Utc::now(), |f| {
+                for r in f.records.iter_mut() {
+                    let Some(pos) = r
+                        .file_name
+                        .as_ref()
+                        .and_then(|n| deleted.iter().position(|d| d == n))
+                    else {
+                        continue;
+                    };
+                    if let Some(c) = r.remote.as_mut() {
+                        c.state = RemoteState::Deleted;
+                        c.deleted_at = Some(now);
+                        c.deleted_reason = Some(reasons[pos].clone());
+                        c.next_attempt_at = None;
+                    }
+                }
+                let drops = retention::history_drops(&f.records, config.history);
+                for &i in drops.iter().rev() {
+                    f.records.remove(i);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(deleted)
+}
+
+/// One snapshot in the bucket, from its sidecar.
+#[derive(Debug, Clone)]
+pub struct RemoteEntry {
+    /// The node directory (`<prefix><node>/`).
+    pub node: String,
+    pub key: String,
+    pub record: Record,
+}
+
+/// Every node's snapshots, from the sidecars under the shared prefix.
+pub async fn list_remote(rc: &RemoteStorageConfig) -> Result<Vec<RemoteEntry>, String> {
+    let remote = Remote::open(rc, "-")?;
+    let mut out = Vec::new();
+    for (key, bytes) in remote.all_sidecars().await? {
+        let snapshot_key = key.trim_end_matches(".json").to_string();
+        let rel = snapshot_key
+            .strip_prefix(&rc.prefix)
+            .unwrap_or(&snapshot_key);
+        let node = rel
+            .rsplit_once('/')
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_default();
+        match serde_json::from_slice::<Record>(&bytes) {
+            Ok(record) => out.push(RemoteEntry {
+                node,
+                key: snapshot_key,
+                record,
+            }),
+            Err(e) => tracing::warn!(key = %key, "sidecar does not parse: {e}"),
+        }
+    }
+    out.sort_by_key(|e| std::cmp::Reverse(e.record.backup_timestamp));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_an_hour() {
+        let m = |a| backoff(a).num_minutes();
+        assert_eq!([m(1), m(2), m(3), m(7), m(30)], [1, 2, 4, 60, 60]);
+    }
+}

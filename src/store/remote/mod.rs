@@ -1,0 +1,662 @@
+//! The remote copy: an S3-compatible bucket through opendal, behind this one small interface
+//! (`Remote`), so another object store is a different operator builder, not a change
+//! elsewhere.
+//!
+//! Layout: every node writes under `<prefix><member>/`: the snapshot `<file name>` and a JSON
+//! sidecar `<file name>.json` with its record, so records survive the loss of the node. This
+//! module lists and deletes only under its own node's prefix, and only names that match the
+//! snapshot pattern.
+//!
+//! Uploads are multipart and streamed from the same bytes that go to the local file
+//! ([`UploadFeed`]); an upload is completed only when the caller says the snapshot verified,
+//! and aborted otherwise, so no partial or unverified object ever becomes visible. After
+//! completion the object's size, and its ETag where the server's ETag is an MD5 form we can
+//! compute, are checked.
+
+pub mod credentials;
+pub mod http;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use opendal::{OperationContext, Operator};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::{RemoteStorageConfig, Sse};
+use crate::store::local::{is_snapshot_file_name, sanitize_member};
+use credentials::Resolved;
+
+/// Bytes in flight between the etcd stream and the upload: small, so memory stays flat; a
+/// remote that cannot keep up makes the upload fall back to a retry from the local file.
+const FEED_DEPTH: usize = 64;
+/// Bound on aborting a multipart upload (a dead server must not hold up anything).
+const ABORT_TIMEOUT: Duration = Duration::from_secs(15);
+const SIDECAR_SUFFIX: &str = ".json";
+
+/// One object in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    /// The last path component.
+    pub name: String,
+    pub size: u64,
+}
+
+/// An open connection to the configured bucket, for one node.
+#[derive(Clone)]
+pub struct Remote {
+    op: Operator,
+    bucket: String,
+    endpoint: String,
+    prefix: String,
+    node_prefix: String,
+    part_size: usize,
+    concurrency: usize,
+    /// How long a sender waits for the upload to take more data.
+    stall: Duration,
+    kms: bool,
+    creds: Resolved,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("bucket", &self.bucket)
+            .field("node_prefix", &self.node_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an object-store call failed, as one sentence with the bucket, endpoint and fix.
+pub fn explain(e: &opendal::Error, bucket: &str, endpoint: &str, key_id: Option<&str>) -> String {
+    let text = e.to_string();
+    let chain = {
+        let mut s = text.clone();
+        let mut cur = std::error::Error::source(e);
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    };
+    let has = |n: &str| chain.contains(n);
+    let key = key_id.unwrap_or("(from the AWS chain)");
+    if has("NoSuchBucket") {
+        format!(
+            "bucket {bucket} does not exist at {endpoint}; create it or fix remote_storage.bucket"
+        )
+    } else if has("InvalidAccessKeyId") {
+        format!("access key {key} is not known at {endpoint}; check the credentials")
+    } else if has("SignatureDoesNotMatch") {
+        format!(
+            "the secret key for access key {key} is wrong (signature does not match at \
+             {endpoint}); check the credentials"
+        )
+    } else if has("AccessDenied") || e.kind() == opendal::ErrorKind::PermissionDenied {
+        format!("access denied for key {key} on bucket {bucket} at {endpoint}")
+    } else if has("UnknownIssuer")
+        || has("invalid peer certificate")
+        || has("certificate verify failed")
+        || has("NotValidForName")
+    {
+        format!(
+            "the TLS certificate of {endpoint} is not trusted ({}); set remote_storage.ca_bundle \
+             to the CA that signed it",
+            short(&chain)
+        )
+    } else if has("Connection refused") || has("tcp connect error") {
+        format!("cannot connect to {endpoint}: connection refused")
+    } else if has("timed out") || has("deadline") || has("timeout reached") {
+        format!(
+            "the object store at {endpoint} did not answer in time \
+             (remote_storage.stall_timeout)"
+        )
+    } else {
+        format!(
+            "object store {endpoint} (bucket {bucket}): {}",
+            short(&chain)
+        )
+    }
+}
+
+fn short(s: &str) -> String {
+    let s = s.replace('\n', " ");
+    if s.chars().count() > 300 {
+        format!("{}…", s.chars().take(300).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// The S3 multipart ETag (`md5(md5(part1)…md5(partN))-N`) or, for a single PUT, the
+/// object's MD5; computed from the parts as they are uploaded.
+#[derive(Debug, Clone, Default)]
+pub struct EtagCalc {
+    part_size: usize,
+    current: Md5,
+    in_part: usize,
+    parts: Vec<[u8; 16]>,
+}
+
+impl EtagCalc {
+    pub fn new(part_size: usize) -> Self {
+        EtagCalc {
+            part_size,
+            ..Default::default()
+        }
+    }
+
+    pub fn update(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            let n = (self.part_size - self.in_part).min(b.len());
+            self.current.update(&b[..n]);
+            self.in_part += n;
+            b = &b[n..];
+            if self.in_part == self.part_size {
+                let d = std::mem::take(&mut self.current).finalize();
+                self.parts.push(d.into());
+                self.in_part = 0;
+            }
+        }
+    }
+
+    /// `(multipart ETag, single-PUT ETag)`; the server's ETag form says which applies.
+    pub fn finish(mut self) -> (String, Option<String>) {
+        if self.in_part > 0 || self.parts.is_empty() {
+            self.parts.push(self.current.finalize().into());
+        }
+        let single = (self.parts.len() == 1).then(|| hex::encode(self.parts[0]));
+        let mut all = Md5::new();
+        for p in &self.parts {
+            all.update(p);
+        }
+        (
+            format!("{}-{}", hex::encode(all.finalize()), self.parts.len()),
+            single,
+        )
+    }
+}
+
+/// Compares a server ETag with what we computed. `None` when the server's form is not an MD5
+/// form (SSE-KMS, servers with their own scheme): nothing to compare.
+pub fn etag_matches(server: &str, computed: &(String, Option<String>)) -> Option<bool> {
+    let e = server.trim_matches('"').to_ascii_lowercase();
+    let (hexpart, suffix) = match e.split_once('-') {
+        Some((h, n)) => (h, Some(n)),
+        None => (e.as_str(), None),
+    };
+    if hexpart.len() != 32 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(match suffix {
+        Some(_) => e == computed.0,
+        None => computed.1.as_deref() == Some(hexpart),
+    })
+}
+
+/// What a completed, verified upload produced.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub key: String,
+    pub etag: Option<String>,
+    /// Whether the ETag could be compared (and matched).
+    pub etag_checked: bool,
+}
+
+impl Remote {
+    /// Resolves credentials now and builds the operator for `member`'s prefix.
+    pub fn open(cfg: &RemoteStorageConfig, member: &str) -> Result<Remote, String> {
+        let creds = credentials::resolve(&cfg.credentials, credentials::systemd_dir().as_deref())?;
+        let endpoint = cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", cfg.region));
+        let mut b = opendal::services::S3::default()
+            .bucket(&cfg.bucket)
+            .region(&cfg.region)
+            .endpoint(&endpoint)
+            .root("/");
+        if !cfg.force_path_style {
+            b = b.enable_virtual_host_style();
+        }
+        match &creds {
+            Resolved::Static { key, .. } => {
+                // Only this key: neither environment nor profiles nor instance metadata may
+                // quietly replace it.
+                b = b
+                    .disable_config_load()
+                    .disable_ec2_metadata()
+                    .access_key_id(&key.access_key_id)
+                    .secret_access_key(&key.secret_access_key);
+                if let Some(t) = &key.session_token {
+                    b = b.session_token(t);
+                }
+            }
+            Resolved::AwsChain => {}
+        }
+        match &cfg.sse {
+            None => {}
+            Some(Sse::S3Managed) => b = b.server_side_encryption_with_s3_key(),
+            Some(Sse::Kms(None)) => b = b.server_side_encryption_with_aws_managed_kms_key(),
+            Some(Sse::Kms(Some(id))) => {
+                b = b.server_side_encryption_with_customer_managed_kms_key(id)
+            }
+        }
+        let op = Operator::new(b).map_err(|e| format!("remote storage setup: {e}"))?;
+        let client = http::client(
+            cfg.ca_bundle.as_deref(),
+            cfg.insecure_skip_tls_verify,
+            Duration::from_secs(10),
+        )?;
+        let transport = opendal::HttpTransporter::new(
+            opendal_http_transport_reqwest::ReqwestTransport::new(client),
+        );
+        let ctx: OperationContext = op.context().with_http_transport(transport);
+        // Each request (and each wait for a part upload) is bounded by stall_timeout; a few
+        // retries ride out a blip. A dead server fails in bounded time, the upload is retried
+        // later from the local file.
+        let op = op
+            .with_context(ctx)
+            .layer(
+                opendal::layers::TimeoutLayer::new()
+                    .with_timeout(cfg.stall_timeout)
+                    .with_io_timeout(cfg.stall_timeout),
+            )
+            .layer(
+                opendal::layers::RetryLayer::new()
+                    .with_max_times(2)
+                    .with_jitter(),
+            );
+        let node_prefix = format!("{}{}/", cfg.prefix, sanitize_member(member));
+        Ok(Remote {
+            op,
+            bucket: cfg.bucket.clone(),
+            endpoint,
+            prefix: cfg.prefix.clone(),
+            node_prefix,
+            part_size: cfg.part_size,
+            concurrency: cfg.concurrency,
+            stall: cfg.stall_timeout,
+            kms: matches!(cfg.sse, Some(Sse::Kms(_))),
+            creds,
+        })
+    }
+
+    pub fn credentials(&self) -> &Resolved {
+        &self.creds
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// This node's prefix, `<prefix><member>/`.
+    pub fn node_prefix(&self) -> &str {
+        &self.node_prefix
+    }
+
+    pub fn key_for(&self, file_name: &str) -> String {
+        format!("{}{file_name}", self.node_prefix)
+    }
+
+    pub fn location(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    fn explain(&self, e: &opendal::Error) -> String {
+        explain(
+            e,
+            &self.bucket,
+            &self.endpoint,
+            self.creds.key_id().as_deref(),
+        )
+    }
+
+    /// Starts a multipart upload of `file_name` fed by [`UploadFeed::send`].
+    pub fn start_upload(&self, file_name: &str) -> UploadFeed {
+        let (tx, rx) = mpsc::channel::<Bytes>(FEED_DEPTH);
+        let (decide_tx, decide_rx) = oneshot::channel();
+        let key = self.key_for(file_name);
+        let this = self.clone();
+        let k = key.clone();
+        let handle = tokio::spawn(async move { this.run_upload(k, rx, decide_rx).await });
+        UploadFeed {
+            tx: Some(tx),
+            decide: Some(decide_tx),
+            handle: Some(handle),
+            failed: None,
+            stall: self.stall,
+            key,
+        }
+    }
+
+    async fn run_upload(
+        &self,
+        key: String,
+        mut rx: mpsc::Receiver<Bytes>,
+        decide: oneshot::Receiver<bool>,
+    ) -> Result<(opendal::Metadata, EtagCalc), String> {
+        let mut w = self
+            .op
+            .writer_with(&key)
+            .chunk(self.part_size)
+            .concurrent(self.concurrency)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        let mut etag = EtagCalc::new(self.part_size);
+        while let Some(b) = rx.recv().await {
+            etag.update(&b);
+            if let Err(e) = w.write(b).await {
+                let _ = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
+                return Err(self.explain(&e));
+            }
+        }
+        match decide.await {
+            Ok(true) => match w.close().await {
+                Ok(meta) => Ok((meta, etag)),
+                Err(e) => {
+                    let _ = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
+                    Err(self.explain(&e))
+                }
+            },
+            _ => {
+                let aborted = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
+                Err(match aborted {
+                    Ok(Ok(())) => "upload aborted".to_string(),
+                    Ok(Err(e)) => format!("upload aborted; the abort failed: {}", self.explain(&e)),
+                    Err(_) => "upload aborted; the abort timed out".to_string(),
+                })
+            }
+        }
+    }
+
+    /// Checks a completed object against the expected size and computed ETag.
+    pub async fn verify_object(
+        &self,
+        key: &str,
+        size: u64,
+        etag: EtagCalc,
+    ) -> Result<Uploaded, String> {
+        let meta = self.op.stat(key).await.map_err(|e| self.explain(&e))?;
+        if meta.content_length() != size {
+            return Err(format!(
+                "{} has {} bytes after the upload, expected {size}",
+                self.location(key),
+                meta.content_length()
+            ));
+        }
+        let server = meta.etag().map(str::to_string);
+        let computed = etag.finish();
+        let checked = match server.as_deref() {
+            Some(s) if !self.kms => match etag_matches(s, &computed) {
+                Some(true) => true,
+                Some(false) => {
+                    return Err(format!(
+                        "{} has ETag {s}, but the uploaded bytes give {}",
+                        self.location(key),
+                        computed.1.as_deref().unwrap_or(&computed.0)
+                    ))
+                }
+                None => false,
+            },
+            _ => false,
+        };
+        Ok(Uploaded {
+            key: key.to_string(),
+            etag: server,
+            etag_checked: checked,
+        })
+    }
+
+    /// Writes the JSON sidecar of `file_name`.
+    pub async fn put_sidecar(&self, file_name: &str, json: Vec<u8>) -> Result<(), String> {
+        let key = format!("{}{SIDECAR_SUFFIX}", self.key_for(file_name));
+        self.op
+            .write(&key, json)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.explain(&e))
+    }
+
+    /// Snapshot objects under this node's prefix (sidecars and foreign names left out).
+    pub async fn list_node(&self) -> Result<Vec<ObjectInfo>, String> {
+        let entries = self
+            .op
+            .list_with(&self.node_prefix)
+            .recursive(false)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        let mut out = Vec::new();
+        for e in entries {
+            let key = e.path().to_string();
+            let name = key.rsplit('/').next().unwrap_or("").to_string();
+            if key.strip_prefix(&self.node_prefix) != Some(name.as_str())
+                || !is_snapshot_file_name(&name)
+            {
+                continue;
+            }
+            let size = match e.metadata().content_length() {
+                0 => self
+                    .op
+                    .stat(&key)
+                    .await
+                    .map(|m| m.content_length())
+                    .unwrap_or(0),
+                n => n,
+            };
+            out.push(ObjectInfo { key, name, size });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Every sidecar under the shared prefix (all nodes), as (key, JSON bytes).
+    pub async fn all_sidecars(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let entries = self
+            .op
+            .list_with(&self.prefix)
+            .recursive(true)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        let mut out = Vec::new();
+        for e in entries {
+            let key = e.path().to_string();
+            let Some(base) = key.strip_suffix(SIDECAR_SUFFIX) else {
+                continue;
+            };
+            if !is_snapshot_file_name(base.rsplit('/').next().unwrap_or("")) {
+                continue;
+            }
+            let bytes = self.op.read(&key).await.map_err(|e| self.explain(&e))?;
+            out.push((key, bytes.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes this node's snapshot `name` and its sidecar. Refuses anything else.
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), String> {
+        if !is_snapshot_file_name(name) {
+            return Err(format!("refusing to delete {name:?}: not a snapshot name"));
+        }
+        let key = self.key_for(name);
+        self.op.delete(&key).await.map_err(|e| self.explain(&e))?;
+        self.op
+            .delete(&format!("{key}{SIDECAR_SUFFIX}"))
+            .await
+            .map_err(|e| self.explain(&e))
+    }
+
+    /// Downloads `key` to `dest` (created 0600, fsynced), streaming.
+    pub async fn download(&self, key: &str, dest: &std::path::Path) -> Result<u64, String> {
+        use tokio::io::AsyncWriteExt;
+        let reader = self.op.reader(key).await.map_err(|e| self.explain(&e))?;
+        let mut stream = reader
+            .into_bytes_stream(..)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(crate::fsutil::PRIVATE_FILE_MODE)
+            .open(dest)
+            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+        let mut file = tokio::fs::File::from_std(file);
+        let mut n = 0u64;
+        use futures_util::StreamExt;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("download of {key} broke: {e}"))?;
+            n += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| format!("cannot fsync {}: {e}", dest.display()))?;
+        Ok(n)
+    }
+
+    /// Pre-flight: the bucket exists and is writable (a tiny probe object is written and
+    /// deleted under this node's prefix).
+    pub async fn probe(&self) -> Result<(), String> {
+        // Listing first: some servers create a missing bucket on the first write.
+        self.op
+            .list_with(&self.node_prefix)
+            .limit(1)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        let key = format!(
+            "{}.etcdguard-probe-{}",
+            self.node_prefix,
+            std::process::id()
+        );
+        self.op
+            .write(&key, Bytes::from_static(b"etcdguard pre-flight check\n"))
+            .await
+            .map_err(|e| self.explain(&e))?;
+        self.op.delete(&key).await.map_err(|e| self.explain(&e))
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// The sending side of an upload that runs next to a snapshot stream. Sending never fails
+/// the snapshot: a remote that errs or stalls only ends the upload (the reason is kept).
+pub struct UploadFeed {
+    tx: Option<mpsc::Sender<Bytes>>,
+    decide: Option<oneshot::Sender<bool>>,
+    handle: Option<JoinHandle<Result<(opendal::Metadata, EtagCalc), String>>>,
+    failed: Option<String>,
+    stall: Duration,
+    key: String,
+}
+
+impl UploadFeed {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Feeds bytes; after a failure it does nothing.
+    pub async fn send(&mut self, b: &[u8]) {
+        let Some(tx) = &self.tx else { return };
+        match tokio::time::timeout(self.stall, tx.send(Bytes::copy_from_slice(b))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                // The upload task ended early: its result says why.
+                self.tx = None;
+            }
+            Err(_) => {
+                self.failed = Some(format!(
+                    "the object store accepted no data for {:?} (remote_storage.stall_timeout)",
+                    self.stall
+                ));
+                self.tx = None;
+            }
+        }
+    }
+
+    /// Completes (`commit`) or aborts the upload and returns the server's metadata and the
+    /// computed ETag. Bounded by `timeout`.
+    pub async fn finish(
+        mut self,
+        commit: bool,
+        timeout: Duration,
+    ) -> Result<(opendal::Metadata, EtagCalc), String> {
+        let stalled = self.failed.take();
+        let commit = commit && stalled.is_none();
+        self.tx = None;
+        if let Some(d) = self.decide.take() {
+            let _ = d.send(commit);
+        }
+        let handle = self.handle.take().expect("finish once");
+        // A server that stopped taking data will not take an abort either: do not wait long
+        // for it (the unfinished upload is never visible; a bucket lifecycle rule for
+        // incomplete multipart uploads cleans its parts).
+        let wait = match (commit, stalled.is_some()) {
+            (true, _) => timeout,
+            (false, true) => Duration::from_secs(3),
+            (false, false) => ABORT_TIMEOUT + Duration::from_secs(5),
+        };
+        let res = match tokio::time::timeout(wait, handle).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(format!("upload task failed: {e}")),
+            Err(_) => Err(format!("upload did not finish within {}s", wait.as_secs())),
+        };
+        match (stalled, res) {
+            (Some(reason), _) => Err(reason),
+            (None, r) => r,
+        }
+    }
+}
+
+impl Drop for UploadFeed {
+    fn drop(&mut self) {
+        // Dropped without a decision (cancelled): the task sees the closed channel and aborts.
+        self.tx = None;
+        self.decide = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags() {
+        let data = vec![7u8; 11];
+        let mut c = EtagCalc::new(5);
+        c.update(&data[..3]);
+        c.update(&data[3..]);
+        let (multi, single) = c.finish();
+        assert!(multi.ends_with("-3"), "{multi}");
+        assert_eq!(single, None);
+        let mut c = EtagCalc::new(100);
+        c.update(&data);
+        let comp = c.finish();
+        let whole = hex::encode(Md5::digest(&data));
+        assert_eq!(comp.1.as_deref(), Some(whole.as_str()));
+        assert_eq!(etag_matches(&format!("\"{whole}\""), &comp), Some(true));
+        assert_eq!(
+            etag_matches("\"00000000000000000000000000000000\"", &comp),
+            Some(false)
+        );
+        assert_eq!(etag_matches("\"not-an-md5\"", &comp), None);
+        // Multipart form: md5 of the part md5s.
+        let mut c = EtagCalc::new(5);
+        c.update(&data);
+        let comp = c.finish();
+        let mut all = Md5::new();
+        for part in data.chunks(5) {
+            all.update(Md5::digest(part));
+        }
+        let expect = format!("{}-3", hex::encode(all.finalize()));
+        assert_eq!(etag_matches(&format!("\"{expect}\""), &comp), Some(true));
+    }
+}

@@ -1,0 +1,427 @@
+//! Remote copies against real S3 servers (s3s-fs with SigV4 checks; moto over HTTPS with a
+//! CA of ours, and for listing open multipart uploads) and a real etcd.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::node::Node;
+use crate::util::proxy::{Faults, Proxy};
+use crate::util::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
+use crate::util::{etcd_binary, etcdguard_cmd, list_dir, stderr, stdout};
+
+const BUCKET: &str = "etcd-backups";
+
+fn write_credentials(dir: &Path, secret: &str) -> PathBuf {
+    let p = dir.join("s3-credentials");
+    std::fs::write(
+        &p,
+        format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// Points `node` at `server`'s `bucket` with the test credentials.
+fn use_remote(node: &mut Node, server: &S3Server, bucket: &str, secret: &str) {
+    let creds = write_credentials(node.root.path(), secret);
+    node.set("remote_storage", "bucket", &format!("{bucket:?}"));
+    node.set(
+        "remote_storage",
+        "endpoint",
+        &format!("{:?}", server.endpoint),
+    );
+    node.set("remote_storage", "region", "\"us-east-1\"");
+    node.set("remote_storage", "prefix", "\"prod/\"");
+    node.set("remote_storage", "force_path_style", "true");
+    node.set(
+        "remote_storage",
+        "credentials_file",
+        &format!("{:?}", creds.display().to_string()),
+    );
+    node.set("remote_storage", "part_size", "\"5MiB\"");
+    node.set("remote_storage", "stall_timeout", "\"3s\"");
+    node.set("remote_storage", "timeout", "\"60s\"");
+}
+
+/// The object's path inside an s3s-fs root.
+fn s3s_object(server: &S3Server, key: &str) -> PathBuf {
+    server.root.as_ref().unwrap().join(BUCKET).join(key)
+}
+
+fn remote_state(rec: &serde_json::Value) -> String {
+    rec["remote"]["state"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
+    let mut node = Node::start("3.5", "cp1");
+    // Larger than two parts, so the upload is multipart.
+    node.etcd.put_keys("pods", 6000);
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+
+    let check = node.run(&["config", "check", "--remote"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("exists and is writable"),
+        "{}",
+        stderr(&check)
+    );
+    assert!(!stdout(&check).contains(SECRET_KEY) && !stderr(&check).contains(SECRET_KEY));
+
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("remote copy s3://etcd-backups/prod/cp1/"),
+        "{}",
+        stdout(&out)
+    );
+    let rec = node.last_record();
+    assert_eq!(remote_state(&rec), "uploaded", "{rec:#}");
+    let file = rec["fileName"].as_str().unwrap();
+    let key = format!("prod/cp1/{file}");
+    assert_eq!(rec["remote"]["location"], format!("s3://{BUCKET}/{key}"));
+    let local = std::fs::read(node.snapshot_dir().join(file)).unwrap();
+    assert!(
+        local.len() > 5 << 20,
+        "want a multipart upload, got {} bytes",
+        local.len()
+    );
+    let object = std::fs::read(s3s_object(&s3, &key)).unwrap();
+    assert!(object == local, "the object differs from the local file");
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s3s_object(&s3, &format!("{key}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(sidecar["sha256"], rec["sha256"]);
+    // The multipart ETag was computed from the parts and matched the server's.
+    let etag = rec["remote"]["etag"].as_str().unwrap_or("");
+    assert!(etag.trim_matches('"').ends_with("-3"), "{rec:#}");
+    assert_eq!(sidecar["remote"]["state"], "uploaded");
+
+    // The downloaded object restores with the upstream tool.
+    let restored = dir.path().join("restored");
+    let obj = dir.path().join("downloaded.db");
+    std::fs::write(&obj, &object).unwrap();
+    let up = Command::new(etcd_binary("3.5", "etcdutl"))
+        .args(["snapshot", "restore", obj.to_str().unwrap(), "--data-dir"])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", stderr(&up));
+
+    // records --remote lists it from the sidecar, known locally.
+    let out = node.run(&["records", "--remote", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["node"], "cp1");
+    assert_eq!(v[0]["knownLocally"], true);
+    assert_eq!(v[0]["record"]["fileName"], file);
+}
+
+#[test]
+fn moto_over_https_with_a_ca_bundle_and_clear_tls_errors() {
+    let mut node = Node::start("3.5", "cp1");
+    node.etcd.put_keys("pods", 300);
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = node.pki.issue(
+        "s3",
+        "s3.test",
+        &["127.0.0.1", "localhost"],
+        true,
+        false,
+        30,
+    );
+    let s3 = S3Server::moto(dir.path(), Some((crt, key)), BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+
+    // Not trusted without the CA: one clear error, the local backup still succeeds.
+    let check = node.run(&["config", "check", "--remote"]);
+    assert_eq!(check.status.code(), Some(78), "{}", stderr(&check));
+    assert!(
+        stderr(&check).contains("is not trusted"),
+        "{}",
+        stderr(&check)
+    );
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = node.last_record();
+    assert_eq!(remote_state(&rec), "pending");
+    assert!(
+        rec["remote"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("is not trusted"),
+        "{rec:#}"
+    );
+
+    // With the CA bundle: uploaded, byte-identical.
+    let ca = node.pki.path("ca.crt");
+    node.set(
+        "remote_storage",
+        "ca_bundle",
+        &format!("{:?}", ca.display().to_string()),
+    );
+    let check = node.run(&["config", "check", "--remote"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = node.last_record();
+    assert_eq!(remote_state(&rec), "uploaded", "{rec:#}");
+    let file = rec["fileName"].as_str().unwrap();
+    let object = s3.object(BUCKET, &format!("prod/cp1/{file}"));
+    assert!(object == std::fs::read(node.snapshot_dir().join(file)).unwrap());
+    assert!(
+        stdout(&out).contains("remote copy s3://"),
+        "{}",
+        stdout(&out)
+    );
+
+    // insecure_skip_tls_verify works without the CA and says so loudly.
+    node.unset("remote_storage", "ca_bundle");
+    node.set("remote_storage", "insecure_skip_tls_verify", "true");
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("NOT verified"), "{}", stderr(&out));
+    assert_eq!(remote_state(&node.last_record()), "uploaded");
+}
+
+#[test]
+fn wrong_key_and_unknown_bucket_give_one_clear_error_and_the_local_backup_succeeds() {
+    let mut node = Node::start("3.5", "cp1");
+    node.etcd.put_keys("pods", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
+
+    use_remote(&mut node, &s3, BUCKET, "not-the-secret");
+    let check = node.run(&["config", "check", "--remote"]);
+    assert_eq!(check.status.code(), Some(78), "{}", stderr(&check));
+    let err = stderr(&check);
+    assert!(
+        err.contains("secret key for access key AKIA…T01 is wrong"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-secret"), "{err}");
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = node.last_record();
+    assert_eq!(remote_state(&rec), "pending", "{rec:#}");
+    assert!(
+        rec["remote"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("is wrong"),
+        "{rec:#}"
+    );
+    assert!(node
+        .snapshot_dir()
+        .join(rec["fileName"].as_str().unwrap())
+        .exists());
+
+    // s3s-fs creates buckets on demand; moto answers NoSuchBucket like AWS.
+    let moto = S3Server::moto(dir.path(), None, BUCKET);
+    use_remote(&mut node, &moto, "no-such-bucket", SECRET_KEY);
+    let check = node.run(&["config", "check", "--remote"]);
+    assert_eq!(check.status.code(), Some(78));
+    assert!(
+        stderr(&check).contains(&format!(
+            "bucket no-such-bucket does not exist at {}",
+            moto.endpoint
+        )),
+        "{}",
+        stderr(&check)
+    );
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = node.last_record();
+    assert_eq!(remote_state(&rec), "pending", "{rec:#}");
+    assert!(
+        rec["remote"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("bucket no-such-bucket does not exist"),
+        "{rec:#}"
+    );
+
+    // A credentials file others can read is refused, naming the fix.
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+    let creds = node.root.path().join("s3-credentials");
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let check = node.run(&["config", "check"]);
+    assert_eq!(check.status.code(), Some(78));
+    assert!(stderr(&check).contains("chmod 0600"), "{}", stderr(&check));
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn s3_stopped_or_killed_mid_upload_leaves_no_object_and_the_retry_uploads_it() {
+    let mut node = Node::start("3.5", "cp1");
+    node.etcd.put_keys("pods", 2500);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+    // A slow etcd link, so the upload is in flight long enough to stop the server under it.
+    let slow = Proxy::start(
+        node.etcd.client_port(),
+        Faults {
+            slow_after: Some(1 << 20),
+            slow_delay: Duration::from_millis(20),
+            ..Faults::default()
+        },
+    );
+    node.set("etcd", "endpoint", &format!("{:?}", slow.url()));
+
+    let t0 = Instant::now();
+    let mark = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+    for (round, how) in ["SIGSTOP", "SIGKILL"].iter().enumerate() {
+        mark(&format!("{how}: snapshot starts"));
+        let child = node.run_spawn(&["snapshot"]);
+        let before = slow
+            .downstream_bytes
+            .load(std::sync::atomic::Ordering::SeqCst);
+        wait_for("the stream to start", Duration::from_secs(20), || {
+            slow.downstream_bytes
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > before + (2 << 20)
+        });
+        match *how {
+            "SIGSTOP" => s3.signal(nix::sys::signal::Signal::SIGSTOP),
+            _ => s3.kill(),
+        }
+        mark("server interrupted");
+        let out = child.wait_with_output().unwrap();
+        mark("snapshot done");
+        eprintln!("{}", stderr(&out));
+        assert!(out.status.success(), "{how}: {}", stderr(&out));
+        let rec = node.last_record();
+        assert_eq!(remote_state(&rec), "pending", "{how}: {rec:#}");
+        let file = rec["fileName"].as_str().unwrap().to_string();
+        let key = format!("prod/cp1/{file}");
+        match *how {
+            "SIGSTOP" => s3.signal(nix::sys::signal::Signal::SIGCONT),
+            _ => s3.restart(),
+        }
+        // No object (and no partial one) became visible.
+        assert!(
+            !s3s_object(&s3, &key).exists(),
+            "{how}: object visible after a failed upload"
+        );
+
+        // The daemon retries pending uploads at start-up.
+        let mut daemon = etcdguard_cmd(&["--config", node.config.to_str().unwrap(), "run"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for("the retried upload", Duration::from_secs(60), || {
+            node.records()
+                .iter()
+                .find(|r| r["fileName"] == file.as_str())
+                .is_some_and(|r| remote_state(r) == "uploaded")
+        });
+        mark("retried");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert!(daemon.wait().unwrap().success());
+        mark("daemon stopped");
+        let local = std::fs::read(node.snapshot_dir().join(&file)).unwrap();
+        assert!(
+            std::fs::read(s3s_object(&s3, &key)).unwrap() == local,
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn a_stream_cut_by_etcd_aborts_the_multipart_upload() {
+    let mut node = Node::start("3.5", "cp1");
+    node.etcd.put_keys("pods", 6000);
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::moto(dir.path(), None, BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+    let cut = Proxy::start(
+        node.etcd.client_port(),
+        Faults {
+            cut_after: Some(8 << 20),
+            ..Faults::default()
+        },
+    );
+    node.set("etcd", "endpoint", &format!("{:?}", cut.url()));
+    let out = node.snapshot();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(node.last_record()["result"], "Failed");
+    assert!(s3.keys(BUCKET).is_empty(), "{:?}", s3.keys(BUCKET));
+    assert_eq!(
+        s3.open_multipart_uploads(BUCKET),
+        0,
+        "orphan multipart upload left"
+    );
+    assert!(list_dir(&node.snapshot_dir()).is_empty());
+}
+
+#[test]
+fn remote_retention_touches_only_this_nodes_expired_objects_and_keeps_min_keep() {
+    let mut node = Node::start("3.5", "cp1");
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+    node.set("remote_storage", "ttl", "\"1h\"");
+    node.set("remote_storage", "min_keep", "2");
+    // Old objects of this node and of another node, as a previous life would have left them.
+    let put = |key: &str| {
+        let p = s3s_object(&s3, key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"not ours to delete").unwrap();
+    };
+    for day in 1..=4 {
+        for node in ["cp1", "cp2"] {
+            put(&format!(
+                "prod/{node}/snapshot-etcd-2026010{day}-000000-{node}.db"
+            ));
+            put(&format!(
+                "prod/{node}/snapshot-etcd-2026010{day}-000000-{node}.db.json"
+            ));
+        }
+    }
+    put("prod/cp1/notes.txt");
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mine = list_dir(&s3_dir(&s3, "prod/cp1"));
+    let theirs = list_dir(&s3_dir(&s3, "prod/cp2"));
+    // Newest two of this node kept (the new one and 2026-01-04), older ones gone with sidecars.
+    let rec = node.last_record();
+    let new = rec["fileName"].as_str().unwrap();
+    let mut want = vec![
+        "notes.txt".to_string(),
+        "snapshot-etcd-20260104-000000-cp1.db".into(),
+        "snapshot-etcd-20260104-000000-cp1.db.json".into(),
+        new.to_string(),
+        format!("{new}.json"),
+    ];
+    want.sort();
+    assert_eq!(mine, want);
+    assert_eq!(
+        theirs.len(),
+        8,
+        "another node's objects were touched: {theirs:?}"
+    );
+    assert!(stdout(&out).contains("remote retention deleted snapshot-etcd-20260101-000000-cp1.db"));
+}
+
+fn s3_dir(s3: &S3Server, rel: &str) -> PathBuf {
+    s3.root.as_ref().unwrap().join(BUCKET).join(rel)
+}
