@@ -52,6 +52,11 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = VerifyFormat::Text)]
         output: VerifyFormat,
     },
+    /// Guarded offline restore of this kubeadm node's etcd from a snapshot: checks everything,
+    /// stops kube-apiserver and etcd by moving their manifests out, swaps in a data dir built
+    /// from the snapshot (the old one is kept), rewrites etcd.yaml, waits for the restored
+    /// member, rolls back on failure. Every step is journaled
+    Restore(RestoreArgs),
     /// Build an etcd data directory from a snapshot, as `etcdutl snapshot restore` does (same
     /// flags, same WAL and .snap bytes), checked first and published atomically. Touches no
     /// running etcd and no manifest; reads no configuration
@@ -61,6 +66,57 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The snapshot: a file, a record id (`etcdguard records`), or a remote key
+    /// (`s3://bucket/key`, or a key in the configured bucket)
+    #[arg(
+        long,
+        value_name = "FILE|RECORD|KEY",
+        required_unless_present = "rollback"
+    )]
+    pub snapshot: Option<String>,
+    /// Print the plan and every guard's verdict; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation (without it, a real run asks on the terminal)
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Resolve every host path (manifests, PKI, data dir, state) under DIR: rescue from a
+    /// mounted disk
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// All members of the restored cluster, name=peer-URL,… (the same on every node of a
+    /// multi-member restore) [default: this member alone]
+    #[arg(long, value_name = "NAME=URL,...")]
+    pub initial_cluster: Option<String>,
+    /// Cluster token of the restored cluster [default: a fresh etcd-restore-<time>, so restored
+    /// members can never rejoin the old cluster; give every node the same one]
+    #[arg(long, value_name = "TOKEN")]
+    pub initial_cluster_token: Option<String>,
+    /// Raise the revision by N and mark it compacted, so Kubernetes' watch caches re-list;
+    /// 0 turns it off. The same on every node
+    #[arg(long, value_name = "N", default_value_t = 1_000_000_000)]
+    pub bump_revision: u64,
+    /// Restore even though etcd answers with quorum, or the versions are more than one minor
+    /// apart
+    #[arg(long)]
+    pub force: bool,
+    /// Accept a snapshot without sha256 trailer (a data dir's member/snap/db)
+    #[arg(long)]
+    pub skip_hash_check: bool,
+    /// How long to wait for the restored (or rolled-back) member to be healthy
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Change the files only; do not wait for etcd to stop or start (no kubelet running, e.g.
+    /// a disk mounted with --root)
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Undo a restore from its journal [default: the newest under /etc/kubernetes/tmp]
+    #[arg(long, value_name = "JOURNAL", num_args = 0..=1, conflicts_with_all = ["snapshot", "dry_run"])]
+    pub rollback: Option<Option<PathBuf>>,
 }
 
 #[derive(Debug, clap::Args)]

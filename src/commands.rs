@@ -13,6 +13,7 @@ use crate::cli::{Cli, Command, ConfigCommand, RecordsFormat, VerifyFormat};
 use crate::config::{self, ConfigError, Problem};
 use crate::etcd::TlsMaterial;
 use crate::etcddb;
+use crate::fsutil;
 use crate::records::{self, CopyState, Outcome, Record, RecordStore, Trigger};
 use crate::retention;
 
@@ -66,6 +67,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
             skip_hash_check,
         } => verify(&file, output, skip_hash_check),
         Command::RestoreDatadir(args) => restore_datadir(&args),
+        Command::Restore(args) => restore(config_path, &args),
         Command::Config {
             command: ConfigCommand::Check { remote },
         } => config_check(config_path, remote),
@@ -490,6 +492,183 @@ pub fn verify_text(r: &etcddb::SnapshotFileReport) -> String {
             String::new()
         }
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// restore
+
+fn restore(config_path: Option<&Path>, a: &crate::cli::RestoreArgs) -> CmdResult {
+    use crate::restore::journal;
+    use crate::restore::kubeadm::{self, Options};
+    let root = a
+        .root
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("/"));
+    // Under --root the node's own configuration is read from there too.
+    let under_root = a
+        .root
+        .as_ref()
+        .map(|r| kubeadm::under(r, Path::new(config::DEFAULT_CONFIG_PATH)));
+    let config = match (config_path, &under_root) {
+        (Some(p), _) => config::load(Some(p))?,
+        (None, Some(r)) => config::load_optional(r)?,
+        (None, None) => config::load(None)?,
+    };
+    let opts = Options {
+        source: a.snapshot.clone().unwrap_or_default(),
+        root: a.root.clone(),
+        dry_run: a.dry_run,
+        yes: a.yes,
+        initial_cluster: a.initial_cluster.clone(),
+        token: a.initial_cluster_token.clone(),
+        bump_revision: a.bump_revision,
+        force: a.force,
+        skip_hash_check: a.skip_hash_check,
+        timeout: a.timeout,
+        no_wait: a.no_wait,
+    };
+    let state_dir = kubeadm::under(&root, &config.state_dir);
+    let started = std::time::Instant::now();
+    let rt = runtime()?;
+    // One restore or backup at a time on this node.
+    let take_lock = || -> Result<fsutil::LockGuard, CommandError> {
+        fsutil::create_private_dir_all(&state_dir)
+            .map_err(|e| CommandError::Failed(format!("{}: {e}", state_dir.display())))?;
+        let lock = state_dir.join("backup.lock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            match fsutil::try_lock(&lock) {
+                Ok(Ok(g)) => return Ok(g),
+                Ok(Err(held)) if std::time::Instant::now() < deadline => {
+                    tracing::info!(holder = ?held.holder_pid, "waiting for the backup that is running to finish");
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                }
+                Ok(Err(held)) => {
+                    return Err(CommandError::Failed(format!(
+                        "a backup (pid {:?}) still holds {}",
+                        held.holder_pid,
+                        lock.display()
+                    )))
+                }
+                Err(e) => return Err(CommandError::Failed(format!("{}: {e}", lock.display()))),
+            }
+        }
+    };
+
+    if let Some(which) = &a.rollback {
+        let path = match which {
+            Some(p) => p.clone(),
+            None => journal::latest(&kubeadm::under(&root, Path::new("/etc/kubernetes/tmp")))
+                .ok_or_else(|| {
+                    CommandError::Failed(
+                        "no restore journal found under /etc/kubernetes/tmp (pass its path)".into(),
+                    )
+                })?,
+        };
+        let mut j = journal::Journal::load(&path).map_err(CommandError::Failed)?;
+        if j.state == journal::JournalState::RolledBack {
+            print(&format!("{}: already rolled back\n", path.display()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let _lock = take_lock()?;
+        let res = rt.block_on(kubeadm::rollback_journal(&config, &mut j, &opts));
+        let snap = j.snapshot.clone();
+        kubeadm::record(
+            &config,
+            &root,
+            Trigger::Rollback,
+            Some(&j),
+            &snap,
+            res.as_ref().map(|_| ()).map_err(String::as_str),
+            started,
+        );
+        return match res {
+            Ok(()) => {
+                print(&format!(
+                    "rolled back the restore {}: the old data dir and manifests are in place again\n  kept for diagnosis: {}\n",
+                    j.id,
+                    j.paths.failed_restore.display()
+                ))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(CommandError::Failed(format!(
+                "rollback failed: {e}; journal {}",
+                path.display()
+            ))),
+        };
+    }
+
+    let _lock = take_lock()?;
+    let prepared = rt
+        .block_on(kubeadm::prepare(&config, &opts))
+        .map_err(|e| CommandError::Failed(format!("{e}; nothing was changed")))?;
+    // Milliseconds: two restores in one second must not share a backup dir.
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let text = kubeadm::render(&prepared, &stamp);
+    if a.dry_run {
+        print(&text)?;
+        return if prepared.ok() {
+            print("dry run: all guards pass; nothing was changed\n")?;
+            Ok(ExitCode::SUCCESS)
+        } else {
+            Err(CommandError::Failed(
+                "dry run: some guards fail (above); nothing was changed".into(),
+            ))
+        };
+    }
+    if !prepared.ok() {
+        eprint!("{text}");
+        return Err(CommandError::Failed(
+            "guards failed (above); nothing was changed".into(),
+        ));
+    }
+    if !a.yes {
+        kubeadm::confirm(&text).map_err(CommandError::Failed)?;
+    } else {
+        eprint!("{text}");
+    }
+    match rt.block_on(kubeadm::execute(&config, &prepared, &opts, &stamp)) {
+        Ok(j) => {
+            kubeadm::record(
+                &config,
+                &root,
+                Trigger::Restore,
+                Some(&j),
+                &prepared.snapshot,
+                Ok(()),
+                started,
+            );
+            print(&format!(
+                "restored {} into {}\n  member {} of cluster {} at revision {}\n  old data dir kept: {}\n  \
+                 original manifests and journal: {}\nnext: restart kube-controller-manager, \
+                 kube-scheduler and kubelet; check `kubectl get nodes`. Remove the kept data dir \
+                 once you are sure.\n",
+                prepared.snapshot.display(),
+                j.paths.data_dir.display(),
+                j.plan.member_id,
+                j.plan.cluster_id,
+                j.plan.revision,
+                j.paths.pre_restore.display(),
+                j.paths.backup_dir.display()
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(f) => {
+            kubeadm::record(
+                &config,
+                &root,
+                Trigger::Restore,
+                None,
+                &prepared.snapshot,
+                Err(&f.message),
+                started,
+            );
+            Err(CommandError::Failed(format!(
+                "restore failed: {}",
+                f.message
+            )))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

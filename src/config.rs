@@ -192,10 +192,20 @@ impl ConfigError {
 /// Loads the configuration. `explicit` is the path named by `--config` or `ETCDGUARD_CONFIG`:
 /// it must exist. Without it, the default path is read if it exists, and defaults apply if not.
 pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-    let (path, must_exist) = match explicit {
-        Some(p) => (p.to_owned(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-    };
+    match explicit {
+        Some(p) => load_from(p, true),
+        None => load_from(Path::new(DEFAULT_CONFIG_PATH), false),
+    }
+}
+
+/// Loads `path` when it exists; the defaults when it does not (the default file's rule, for
+/// another location such as a rescue root).
+pub fn load_optional(path: &Path) -> Result<Config, ConfigError> {
+    load_from(path, false)
+}
+
+fn load_from(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
+    let path = path.to_owned();
     // Test-only: lets the daemon tests use a 6-field (seconds) schedule.
     let allow_seconds = std::env::var_os(TEST_SECONDS_ENV).is_some_and(|v| v == "1");
     match std::fs::read_to_string(&path) {

@@ -420,7 +420,7 @@ impl Daemon {
                 .records
                 .iter()
                 .rev()
-                .find(|r| r.result != Outcome::Skipped)
+                .find(|r| r.result != Outcome::Skipped && r.trigger.is_backup())
                 .map(|r| match r.result {
                     Outcome::Success => format!(
                         "last backup OK at {} ({})",

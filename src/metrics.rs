@@ -38,7 +38,7 @@ pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>)
         file.records
             .iter()
             .rev()
-            .filter(|r| r.result != Outcome::Skipped)
+            .filter(|r| r.result != Outcome::Skipped && r.trigger.is_backup())
     };
     if let Some(last) = attempts().next() {
         let ok = last.result == Outcome::Success;

@@ -28,6 +28,10 @@ pub enum Trigger {
     Schedule,
     Manual,
     CatchUp,
+    /// Not a backup: a restore from a snapshot (`etcdguard restore`).
+    Restore,
+    /// Not a backup: a rollback of a restore.
+    Rollback,
 }
 
 impl Trigger {
@@ -36,7 +40,14 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Manual => "manual",
             Trigger::CatchUp => "catch-up",
+            Trigger::Restore => "restore",
+            Trigger::Rollback => "rollback",
         }
+    }
+
+    /// True for backup attempts (what metrics, status and backup counters look at).
+    pub fn is_backup(self) -> bool {
+        matches!(self, Trigger::Schedule | Trigger::Manual | Trigger::CatchUp)
     }
 }
 
@@ -204,10 +215,12 @@ impl Default for RecordsFile {
 impl RecordsFile {
     /// Appends a record and counts it.
     pub fn push(&mut self, record: Record) {
-        match record.result {
-            Outcome::Success => self.stats.success += 1,
-            Outcome::Failed => self.stats.failed += 1,
-            Outcome::Skipped => self.stats.skipped += 1,
+        if record.trigger.is_backup() {
+            match record.result {
+                Outcome::Success => self.stats.success += 1,
+                Outcome::Failed => self.stats.failed += 1,
+                Outcome::Skipped => self.stats.skipped += 1,
+            }
         }
         self.records.push(record);
     }

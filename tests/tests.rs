@@ -8,5 +8,6 @@ mod cli;
 mod daemon;
 mod engine;
 mod remote;
+mod restore;
 mod retention;
 mod verify;

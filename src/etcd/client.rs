@@ -12,6 +12,9 @@ use super::tls::TlsMaterial;
 #[derive(Debug, Clone)]
 pub struct MemberInfo {
     pub id: u64,
+    pub cluster_id: u64,
+    /// The raft leader this member knows of (0: none).
+    pub leader: u64,
     /// Empty when the member list could not be read; the caller falls back to the manifest.
     pub name: String,
     pub version: String,
@@ -55,6 +58,7 @@ pub async fn member_info(
         .header()
         .ok_or("etcd's status response carries no header")?;
     let id = header.member_id();
+    let cluster_id = header.cluster_id();
     let revision = header.revision();
     let name = match tokio::time::timeout(rpc_timeout, client.member_list()).await {
         Ok(Ok(list)) => list
@@ -67,11 +71,54 @@ pub async fn member_info(
     };
     Ok(MemberInfo {
         id,
+        cluster_id,
+        leader: status.leader(),
         name,
         version: status.version().to_string(),
         revision,
         db_size: status.db_size(),
     })
+}
+
+/// One member as the member list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedMember {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// The member list, read serializably (answered by this member alone).
+pub async fn member_list(
+    client: &mut Client,
+    rpc_timeout: Duration,
+) -> Result<Vec<ListedMember>, Box<dyn StdError + Send + Sync>> {
+    let list = tokio::time::timeout(rpc_timeout, client.member_list())
+        .await
+        .map_err(|_| format!("no answer to a member list request within {rpc_timeout:?}"))??;
+    Ok(list
+        .members()
+        .iter()
+        .map(|m| ListedMember {
+            id: m.id(),
+            name: m.name().to_string(),
+            peer_urls: m.peer_urls().to_vec(),
+            client_urls: m.client_urls().to_vec(),
+        })
+        .collect())
+}
+
+/// True when a linearizable read succeeds within `rpc_timeout`: the cluster has a leader and
+/// quorum behind this member.
+pub async fn has_quorum(client: &mut Client, rpc_timeout: Duration) -> bool {
+    let opts = etcd_client::GetOptions::new()
+        .with_limit(1)
+        .with_keys_only();
+    matches!(
+        tokio::time::timeout(rpc_timeout, client.get("\0", Some(opts))).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Where in the conversation an error happened.

@@ -8,7 +8,10 @@ mod client;
 mod snapshot;
 mod tls;
 
-pub use client::{connect, explain_connect_error, member_info, MemberInfo, Phase};
+pub use client::{
+    connect, explain_connect_error, has_quorum, member_info, member_list, ListedMember, MemberInfo,
+    Phase,
+};
 pub use snapshot::{
     stream_snapshot, SnapshotError, SnapshotSink, StreamLimits, StreamedSnapshot, TrailerCheck,
     WriterSink,

@@ -26,6 +26,23 @@ pub struct EtcdManifest {
     /// The etcd container's flags in order, leading dashes removed: `("name", Some("cp1"))`.
     pub flags: Vec<(String, Option<String>)>,
     pub image: Option<String>,
+    /// The pod's hostPath volumes: (volume name, host path).
+    pub host_paths: Vec<(String, String)>,
+    /// The etcd container's mounts: (volume name, mount path in the container).
+    pub mounts: Vec<(String, String)>,
+    /// `metadata.name`.
+    pub pod_name: Option<String>,
+}
+
+/// Where the etcd data directory lives on the host, and how it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDataDir {
+    /// The path as the host sees it (before any `--root` prefix).
+    pub host_path: String,
+    /// `--data-dir` inside the container.
+    pub container_path: String,
+    /// The volume that maps it.
+    pub volume: String,
 }
 
 impl EtcdManifest {
@@ -75,6 +92,34 @@ impl EtcdManifest {
             words.remove(0); // the program itself
         }
         words.extend(strings(container.get("args")));
+        let host_paths = doc
+            .get("spec")
+            .and_then(|s| s.get("volumes"))
+            .and_then(Value::as_sequence)
+            .map(|vols| {
+                vols.iter()
+                    .filter_map(|v| {
+                        let name = v.get("name")?.as_str()?.to_string();
+                        let path = v.get("hostPath")?.get("path")?.as_str()?.to_string();
+                        Some((name, path))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mounts = container
+            .get("volumeMounts")
+            .and_then(Value::as_sequence)
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| {
+                        Some((
+                            m.get("name")?.as_str()?.to_string(),
+                            m.get("mountPath")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(EtcdManifest {
             path: path.to_owned(),
             flags: parse_flags(&words),
@@ -82,7 +127,100 @@ impl EtcdManifest {
                 .get("image")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            host_paths,
+            mounts,
+            pod_name: doc
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         })
+    }
+
+    fn content(&self, message: String) -> ManifestError {
+        ManifestError::Content {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// A flag that must be there.
+    pub fn required(&self, name: &str) -> Result<&str, ManifestError> {
+        self.flag(name)
+            .ok_or_else(|| self.content(format!("the etcd command has no --{name} flag")))
+    }
+
+    /// `--initial-advertise-peer-urls`, split.
+    pub fn advertise_peer_urls(&self) -> Result<Vec<String>, ManifestError> {
+        Ok(split_urls(self.required("initial-advertise-peer-urls")?))
+    }
+
+    /// The etcd version from the image tag (`registry.k8s.io/etcd:3.5.16-0` → `3.5.16`).
+    pub fn image_version(&self) -> Option<(u64, u64, u64)> {
+        let image = self.image.as_deref()?;
+        let tag = image.rsplit_once(':').map(|(_, t)| t)?;
+        let tag = tag.trim_start_matches('v');
+        let core = tag.split(['-', '+', '@']).next()?;
+        let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+        Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+    }
+
+    /// The host directory behind `--data-dir`: the hostPath volume whose mount path is a prefix
+    /// of the data dir, plus the rest of the path (restore-spec E.2).
+    pub fn host_data_dir(&self) -> Result<HostDataDir, ManifestError> {
+        let data_dir = self.required("data-dir")?.trim_end_matches('/').to_string();
+        let mut best: Option<(&str, &str)> = None;
+        for (vol, mount) in &self.mounts {
+            let m = mount.trim_end_matches('/');
+            let inside = data_dir == m || data_dir.starts_with(&format!("{m}/"));
+            if inside && best.is_none_or(|(_, b)| m.len() > b.len()) {
+                best = Some((vol, m));
+            }
+        }
+        let Some((vol, mount)) = best else {
+            return Err(self.content(format!(
+                "no volume mount of the etcd container contains --data-dir={data_dir}; cannot \
+                 tell where the data lives on the host"
+            )));
+        };
+        let host = self
+            .host_paths
+            .iter()
+            .find(|(n, _)| n == vol)
+            .map(|(_, p)| p.trim_end_matches('/').to_string())
+            .ok_or_else(|| {
+                self.content(format!(
+                    "volume {vol:?} (mounted at {mount}, holding --data-dir={data_dir}) is not a \
+                     hostPath volume; cannot tell where the data lives on the host"
+                ))
+            })?;
+        let rest = &data_dir[mount.len()..];
+        Ok(HostDataDir {
+            host_path: format!("{host}{rest}"),
+            container_path: data_dir,
+            volume: vol.to_string(),
+        })
+    }
+
+    /// TCP ports this etcd listens on (client, peer, metrics), from its listen flags.
+    pub fn listen_ports(&self) -> Vec<u16> {
+        let mut ports = Vec::new();
+        for flag in [
+            "listen-client-urls",
+            "listen-peer-urls",
+            "listen-metrics-urls",
+        ] {
+            for url in self.flag(flag).map(split_urls).unwrap_or_default() {
+                if let Some((_, _, port)) = split_url(&url) {
+                    if let Ok(p) = port.trim_end_matches('/').parse() {
+                        ports.push(p);
+                    }
+                }
+            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// The value of `--name`-style flag `name`; the last occurrence wins, as in Go's flag package.
@@ -138,6 +276,15 @@ impl EtcdManifest {
     }
 }
 
+/// A comma-separated URL list.
+pub fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Splits etcd/Go-style flags: `--a=b`, `-a=b`, `--a b`, and bare booleans `--a`.
 fn parse_flags(words: &[String]) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
@@ -160,7 +307,8 @@ fn parse_flags(words: &[String]) -> Vec<(String, Option<String>)> {
     out
 }
 
-fn split_url(url: &str) -> Option<(&str, &str, &str)> {
+/// `scheme`, `host` (brackets removed), `port` of a URL.
+pub fn split_url(url: &str) -> Option<(&str, &str, &str)> {
     let (scheme, rest) = url.split_once("://")?;
     let hostport = rest.split('/').next()?;
     let (host, port) = if let Some(r) = hostport.strip_prefix('[') {

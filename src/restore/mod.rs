@@ -1,5 +1,9 @@
 //! Restoring etcd from a snapshot. `datadir` builds a data directory the way
-//! `etcdutl snapshot restore` does, byte for byte where it matters; the guarded kubeadm restore
-//! (manifest, guards, journal, rollback) builds on it.
+//! `etcdutl snapshot restore` does, byte for byte where it matters; `kubeadm` is the guarded
+//! restore of a kubeadm node built on it (guards, `journal`, manifest swap, rollback), with
+//! `probe` telling whether etcd really stopped.
 
 pub mod datadir;
+pub mod journal;
+pub mod kubeadm;
+pub mod probe;

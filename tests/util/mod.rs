@@ -8,6 +8,8 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod kubelet;
+pub mod kubenode;
 pub mod node;
 pub mod pki;
 pub mod proxy;

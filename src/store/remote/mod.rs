@@ -480,6 +480,17 @@ impl Remote {
         Ok(out)
     }
 
+    /// The record in the sidecar of the snapshot at `key`.
+    pub async fn read_sidecar(&self, key: &str) -> Result<crate::records::Record, String> {
+        let bytes = self
+            .op
+            .read(&format!("{key}{SIDECAR_SUFFIX}"))
+            .await
+            .map_err(|e| self.explain(&e))?;
+        serde_json::from_slice(&bytes.to_vec())
+            .map_err(|e| format!("sidecar of {} does not parse: {e}", self.location(key)))
+    }
+
     /// Deletes this node's snapshot `name` and its sidecar. Refuses anything else.
     pub async fn delete_snapshot(&self, name: &str) -> Result<(), String> {
         if !is_snapshot_file_name(name) {

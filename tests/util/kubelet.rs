@@ -1,0 +1,213 @@
+//! A kubelet stand-in for restore tests: it watches a node's static pod dir and runs what the
+//! manifests say, as the kubelet would. `etcd.yaml` appears → a real etcd starts from the
+//! manifest's command, container paths mapped to the host paths of its hostPath volumes (under
+//! the node's root); it changes → etcd restarts; it goes → etcd is stopped (SIGTERM).
+//! `kube-apiserver.yaml` → a listener on its `--secure-port`, so "the API server stopped" can
+//! be observed. An etcd that exits is started again after a second (a crash loop).
+//!
+//! Tests can pause it (it then ignores the manifest dir) to look at a node between steps.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcdguard::kubeadm::EtcdManifest;
+
+use super::etcd_binary;
+
+#[derive(Default)]
+struct State {
+    etcd: Option<(Child, String)>,
+    apiserver: Option<(TcpListener, String)>,
+    /// The manifest texts the runner has acted on (None: no pod).
+    seen: (Option<String>, Option<String>),
+    starts: usize,
+}
+
+pub struct Kubelet {
+    root: PathBuf,
+    stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    state: Arc<Mutex<State>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The etcd command line of a manifest, with container paths turned into host paths.
+fn host_command(root: &Path, text: &str) -> Vec<String> {
+    let m = EtcdManifest::parse(text, Path::new("etcd.yaml")).expect("runner: manifest parses");
+    let map = |v: &str| -> String {
+        for (vol, mount) in &m.mounts {
+            let mount = mount.trim_end_matches('/');
+            if v == mount || v.starts_with(&format!("{mount}/")) {
+                if let Some((_, host)) = m.host_paths.iter().find(|(n, _)| n == vol) {
+                    let rest = &v[mount.len()..];
+                    return root
+                        .join(host.trim_start_matches('/'))
+                        .join(rest.trim_start_matches('/'))
+                        .display()
+                        .to_string()
+                        .trim_end_matches('/')
+                        .to_string();
+                }
+            }
+        }
+        v.to_string()
+    };
+    m.flags
+        .iter()
+        .map(|(n, v)| match v {
+            Some(v) => format!("--{n}={}", map(v)),
+            None => format!("--{n}"),
+        })
+        .collect()
+}
+
+fn stop_child(mut c: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+fn secure_port(text: &str) -> u16 {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("- --secure-port="))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("kube-apiserver manifest with --secure-port")
+}
+
+impl Kubelet {
+    pub fn start(root: &Path, etcd_version: &'static str) -> Kubelet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(Mutex::new(State::default()));
+        let (r, st, ps, sp) = (root.to_owned(), state.clone(), paused.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let dir = r.join("etc/kubernetes/manifests");
+            let mut log_n = 0;
+            let mut restart_at: Option<Instant> = None;
+            while !sp.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                if ps.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let etcd = std::fs::read_to_string(dir.join("etcd.yaml")).ok();
+                let api = std::fs::read_to_string(dir.join("kube-apiserver.yaml")).ok();
+                let mut s = st.lock().unwrap();
+                // etcd
+                let exited = s
+                    .etcd
+                    .as_mut()
+                    .is_some_and(|(c, _)| matches!(c.try_wait(), Ok(Some(_))));
+                if exited {
+                    s.etcd = None;
+                    restart_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+                let running_text = s.etcd.as_ref().map(|(_, t)| t.clone());
+                if running_text.is_some() && running_text != etcd {
+                    let (c, _) = s.etcd.take().unwrap();
+                    stop_child(c);
+                }
+                if s.etcd.is_none() && restart_at.is_none_or(|t| Instant::now() >= t) {
+                    if let Some(text) = &etcd {
+                        log_n += 1;
+                        let log =
+                            std::fs::File::create(r.join(format!("etcd-{log_n}.log"))).unwrap();
+                        let child = Command::new(etcd_binary(etcd_version, "etcd"))
+                            .args(host_command(&r, text))
+                            .args(["--logger", "zap", "--log-level", "warn"])
+                            .stdin(Stdio::null())
+                            .stdout(log.try_clone().unwrap())
+                            .stderr(log)
+                            .spawn()
+                            .expect("runner: spawn etcd");
+                        s.etcd = Some((child, text.clone()));
+                        s.starts += 1;
+                        restart_at = None;
+                    }
+                }
+                // kube-apiserver
+                let api_running = s.apiserver.as_ref().map(|(_, t)| t.clone());
+                if api_running != api {
+                    s.apiserver = None;
+                    if let Some(text) = &api {
+                        let l = TcpListener::bind(("127.0.0.1", secure_port(text))).unwrap();
+                        s.apiserver = Some((l, text.clone()));
+                    }
+                }
+                s.seen = (etcd, api);
+            }
+            let mut s = st.lock().unwrap();
+            if let Some((c, _)) = s.etcd.take() {
+                stop_child(c);
+            }
+            s.apiserver = None;
+        });
+        Kubelet {
+            root: root.to_owned(),
+            stop,
+            paused,
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until the runner acted on the manifest dir as it is now, then stops watching it.
+    pub fn settle_and_pause(&self) {
+        let dir = self.root.join("etc/kubernetes/manifests");
+        let start = Instant::now();
+        loop {
+            let etcd = std::fs::read_to_string(dir.join("etcd.yaml")).ok();
+            let api = std::fs::read_to_string(dir.join("kube-apiserver.yaml")).ok();
+            {
+                let s = self.state.lock().unwrap();
+                let etcd_ok = s.etcd.as_ref().map(|(_, t)| t.clone()) == etcd;
+                if s.seen == (etcd.clone(), api.clone()) && etcd_ok {
+                    self.paused.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "runner did not settle"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// True while the runner has an etcd process running.
+    pub fn etcd_running(&self) -> bool {
+        self.state.lock().unwrap().etcd.is_some()
+    }
+
+    /// How many times etcd was started.
+    pub fn etcd_starts(&self) -> usize {
+        self.state.lock().unwrap().starts
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.paused.store(false, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

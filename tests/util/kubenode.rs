@@ -1,0 +1,289 @@
+//! A kubeadm control-plane node in a temp dir, run by the [`Kubelet`] stand-in: kubeadm's file
+//! layout (`etc/kubernetes/manifests`, `etc/kubernetes/pki/etcd`, `var/lib/etcd`), an etcd
+//! static pod manifest with container paths and hostPath volumes exactly as kubeadm writes it,
+//! and a kube-apiserver manifest. Restores run against it with `--root`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use super::kubelet::Kubelet;
+use super::pki::Pki;
+use super::{etcd_binary, etcdguard, free_port};
+
+pub struct KubeNode {
+    pub root: tempfile::TempDir,
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub metrics_port: u16,
+    pub apiserver_port: u16,
+    /// etcdguard's config for backups (absolute paths into the root).
+    pub config: PathBuf,
+    pub kubelet: Option<Kubelet>,
+}
+
+/// The etcd static pod, as kubeadm writes it for an etcd 3.5 image.
+pub fn etcd_manifest(
+    name: &str,
+    client: u16,
+    peer: u16,
+    metrics: u16,
+    initial_cluster: &str,
+    state: Option<&str>,
+) -> String {
+    let state = state
+        .map(|s| format!("    - --initial-cluster-state={s}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  annotations:
+    kubeadm.kubernetes.io/etcd.advertise-client-urls: https://127.0.0.1:{client}
+  creationTimestamp: null
+  labels:
+    component: etcd
+    tier: control-plane
+  name: etcd
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - etcd
+    - --advertise-client-urls=https://127.0.0.1:{client}
+    - --cert-file=/etc/kubernetes/pki/etcd/server.crt
+    - --client-cert-auth=true
+    - --data-dir=/var/lib/etcd
+    - --experimental-initial-corrupt-check=true
+    - --experimental-watch-progress-notify-interval=5s
+    - --initial-advertise-peer-urls=https://127.0.0.1:{peer}
+    - --initial-cluster={initial_cluster}
+{state}    - --key-file=/etc/kubernetes/pki/etcd/server.key
+    - --listen-client-urls=https://127.0.0.1:{client}
+    - --listen-metrics-urls=http://127.0.0.1:{metrics}
+    - --listen-peer-urls=https://127.0.0.1:{peer}
+    - --name={name}
+    - --peer-cert-file=/etc/kubernetes/pki/etcd/peer.crt
+    - --peer-client-cert-auth=true
+    - --peer-key-file=/etc/kubernetes/pki/etcd/peer.key
+    - --peer-trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
+    - --snapshot-count=10000
+    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
+    image: registry.k8s.io/etcd:3.5.30-0
+    imagePullPolicy: IfNotPresent
+    name: etcd
+    resources:
+      requests:
+        cpu: 100m
+        memory: 100Mi
+    volumeMounts:
+    - mountPath: /var/lib/etcd
+      name: etcd-data
+    - mountPath: /etc/kubernetes/pki/etcd
+      name: etcd-certs
+  hostNetwork: true
+  priorityClassName: system-node-critical
+  securityContext:
+    seccompProfile:
+      type: RuntimeDefault
+  volumes:
+  - hostPath:
+      path: /etc/kubernetes/pki/etcd
+      type: DirectoryOrCreate
+    name: etcd-certs
+  - hostPath:
+      path: /var/lib/etcd
+      type: DirectoryOrCreate
+    name: etcd-data
+status: {{}}
+"#
+    )
+}
+
+fn apiserver_manifest(port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\n  namespace: kube-system\n\
+         spec:\n  containers:\n  - command:\n    - kube-apiserver\n    - --secure-port={port}\n\
+         \x20   image: registry.k8s.io/kube-apiserver:v1.33.0\n    name: kube-apiserver\n"
+    )
+}
+
+impl KubeNode {
+    /// A node whose etcd joins `initial_cluster` (or forms its own when `None`). `pki` is a
+    /// PKI dir to copy (members of one cluster share the CA); `None` makes a new one.
+    pub fn new(
+        name: &str,
+        pki: Option<&Path>,
+        ports: Option<(u16, u16)>,
+        initial_cluster: Option<&str>,
+    ) -> KubeNode {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let pki_dir = r.join("etc/kubernetes/pki/etcd");
+        match pki {
+            Some(src) => {
+                std::fs::create_dir_all(&pki_dir).unwrap();
+                for e in std::fs::read_dir(src).unwrap() {
+                    let e = e.unwrap();
+                    std::fs::copy(e.path(), pki_dir.join(e.file_name())).unwrap();
+                }
+            }
+            None => {
+                Pki::create(&pki_dir);
+            }
+        }
+        let (client_port, peer_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
+        let (metrics_port, apiserver_port) = (free_port(), free_port());
+        let own = format!("{name}=https://127.0.0.1:{peer_port}");
+        let cluster = initial_cluster.unwrap_or(&own);
+        let manifests = r.join("etc/kubernetes/manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::create_dir_all(r.join("var/lib")).unwrap();
+        let m = etcd_manifest(name, client_port, peer_port, metrics_port, cluster, None);
+        write_0600(&manifests.join("etcd.yaml"), &m);
+        write_0600(
+            &manifests.join("kube-apiserver.yaml"),
+            &apiserver_manifest(apiserver_port),
+        );
+        let config = r.join("backup.toml");
+        let q = |p: &str| format!("{:?}", r.join(p).display().to_string());
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {}\n[etcd]\nmanifest = {}\nca_cert = {}\nclient_cert = {}\nclient_key = {}\n",
+                q("var/lib/etcdguard"),
+                q("etc/kubernetes/manifests/etcd.yaml"),
+                q("etc/kubernetes/pki/etcd/ca.crt"),
+                q("etc/kubernetes/pki/etcd/healthcheck-client.crt"),
+                q("etc/kubernetes/pki/etcd/healthcheck-client.key"),
+            ),
+        )
+        .unwrap();
+        KubeNode {
+            root,
+            name: name.to_string(),
+            client_port,
+            peer_port,
+            metrics_port,
+            apiserver_port,
+            config,
+            kubelet: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        self.kubelet = Some(Kubelet::start(self.root.path(), "3.5"));
+    }
+
+    pub fn kubelet(&self) -> &Kubelet {
+        self.kubelet.as_ref().expect("kubelet started")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let p = |f: &str| {
+            self.path(&format!("etc/kubernetes/pki/etcd/{f}"))
+                .display()
+                .to_string()
+        };
+        Command::new(etcd_binary("3.5", "etcdctl"))
+            .args([
+                "--endpoints",
+                &format!("https://127.0.0.1:{}", self.client_port),
+                "--cacert",
+                &p("ca.crt"),
+                "--cert",
+                &p("healthcheck-client.crt"),
+                "--key",
+                &p("healthcheck-client.key"),
+                "--command-timeout",
+                "5s",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} on {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until a linearizable read succeeds.
+    pub fn wait_healthy(&self, limit: Duration) {
+        let start = Instant::now();
+        while !self.etcdctl(&["endpoint", "health"]).status.success() {
+            assert!(
+                start.elapsed() < limit,
+                "etcd on {} not healthy; log: {}",
+                self.name,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.root.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        logs.last()
+            .map(|l| {
+                let t = std::fs::read_to_string(l).unwrap_or_default();
+                t.lines().rev().take(8).collect::<Vec<_>>().join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    /// `etcdguard --config <backup config> <args>`.
+    pub fn etcdguard(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        etcdguard(&all)
+    }
+
+    /// `etcdguard restore --root <root> <args>`.
+    pub fn restore(&self, args: &[&str]) -> Output {
+        let mut all = vec!["restore", "--root", self.root.path().to_str().unwrap()];
+        all.extend_from_slice(args);
+        etcdguard(&all)
+    }
+
+    /// `/registry/...` keys and values.
+    pub fn keys(&self) -> Vec<String> {
+        self.ctl(&["get", "/registry/", "--prefix"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn endpoint_status(&self) -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ctl(&["endpoint", "status", "-w", "json"])).unwrap();
+        v[0]["Status"].clone()
+    }
+}
+
+fn write_0600(p: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(p, text).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
