@@ -67,3 +67,103 @@ etcd_manifest() {
   echo "    - etcd"
   sed 's/^/    - /' "$1"
 }
+
+# ---- A real systemd in a container (systemd-nspawn), for scripts/systemd-test and
+# scripts/package-test. Callers set $here (project dir) and define fail().
+
+# A minimal Debian with systemd (and rpm, to install the .rpm), built once and cached
+# (git-ignored). Prints its path.
+ct_rootfs() {
+  local cache="$here/.cache/rootfs-bookworm-rpm"
+  if [ ! -x "$cache/usr/bin/systemctl" ] || [ ! -x "$cache/usr/bin/rpm" ]; then
+    echo "debootstrap bookworm (once, cached in .cache/)" >&2
+    rm -rf "$cache.tmp"
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,rpm bookworm "$cache.tmp" \
+      "$(debian_mirror)" > "$here/.cache/debootstrap.log" 2>&1 \
+      || { tail -20 "$here/.cache/debootstrap.log" >&2; fail "debootstrap failed"; }
+    mv "$cache.tmp" "$cache"
+  fi
+  printf '%s' "$cache"
+}
+
+# ct_kubeadm_node ROOT ETCD_DIR: kubeadm's PKI and etcd manifest at kubeadm's paths in ROOT, and
+# a real etcd 3.5 as a plain unit on the container's loopback (standing in for the static pod).
+ct_kubeadm_node() {
+  local root=$1 etcd_dir=$2 flags
+  flags=$(mktemp)
+  make_pki "$root/etc/kubernetes/pki/etcd"
+  install -m 0755 "$etcd_dir/etcd" "$root/usr/local/bin/etcd"
+  install -d -m 0700 "$root/var/lib/etcd"
+  install -d "$root/etc/kubernetes/manifests"
+  etcd_flags cp1 /var/lib/etcd /etc/kubernetes/pki/etcd https://127.0.0.1:2379 \
+    https://127.0.0.1:2380 > "$flags"
+  etcd_manifest "$flags" > "$root/etc/kubernetes/manifests/etcd.yaml"
+  chmod 0600 "$root/etc/kubernetes/manifests/etcd.yaml"
+  cat > "$root/etc/systemd/system/etcd.service" <<UNIT
+[Unit]
+Description=etcd (stands in for the kubeadm static pod)
+[Service]
+Type=notify
+ExecStart=/usr/local/bin/etcd $(tr '\n' ' ' < "$flags")
+[Install]
+WantedBy=multi-user.target
+UNIT
+  ln -sf /etc/systemd/system/etcd.service "$root/etc/systemd/system/multi-user.target.wants/etcd.service"
+  rm -f "$flags"
+}
+
+# ct_boot ROOT NAME LOG: boots the container; sets $ct_nspawn and $ct_leader.
+ct_boot() {
+  local root=$1 name=$2 log=$3 state=""
+  systemd-nspawn -D "$root" --boot --register=no --keep-unit --private-network \
+    --console=passive -M "$name" > "$log" 2>&1 &
+  ct_nspawn=$!
+  ct_leader=""
+  for _ in $(seq 100); do
+    ct_leader=$(pgrep -P "$ct_nspawn" -x systemd || true)
+    [ -n "$ct_leader" ] && break
+    sleep 0.1
+  done
+  [ -n "$ct_leader" ] || { cat "$log" >&2; fail "the container did not boot"; }
+  for _ in $(seq 180); do
+    state=$(in_ct systemctl is-system-running 2>/dev/null || true)
+    case "$state" in running|degraded) break;; esac
+    sleep 0.5
+  done
+  case "$state" in
+    running|degraded) ;;
+    *) tail -20 "$log" >&2; fail "system state '$state'";;
+  esac
+}
+
+in_ct() { nsenter -t "$ct_leader" -a "$@"; }
+
+# ct_stop: clean shutdown of the container, then SIGKILL if it hangs.
+ct_stop() {
+  if [ -n "${ct_nspawn:-}" ] && kill -0 "$ct_nspawn" 2>/dev/null; then
+    kill -TERM "$ct_nspawn" 2>/dev/null || true
+    for _ in $(seq 60); do kill -0 "$ct_nspawn" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$ct_nspawn" 2>/dev/null || true
+  fi
+}
+
+# ct_scheduled_backups: successful scheduled backups `etcdguard records` lists in the container.
+ct_scheduled_backups() {
+  in_ct env ETCDGUARD_TEST_SECONDS_SCHEDULE=1 etcdguard records --output json | python3 -c '
+import json, sys
+print(sum(1 for r in json.load(sys.stdin) if r["trigger"] == "schedule" and r["result"] == "Success"))'
+}
+
+# ct_journal_has_backup_line: the journal holds the structured "backup finished" line.
+ct_journal_has_backup_line() {
+  in_ct journalctl -u etcdguard -o json --no-pager | python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    if e.get("MESSAGE") == "backup finished" and e.get("RESULT") == "Success" \
+       and e.get("FILE", "").endswith(".db") and int(e.get("BYTES", 0)) > 0 \
+       and e.get("REVISION") and e.get("DURATION_SECONDS") and e.get("ID"):
+        print("journal fields:", {k: e[k] for k in ("ID", "FILE", "BYTES", "REVISION", "RESULT")})
+        sys.exit(0)
+sys.exit(1)'
+}

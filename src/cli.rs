@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "etcdguard",
-    version,
+    version = env!("ETCDGUARD_LONG_VERSION"),
     about = "Scheduled, verified etcd snapshots and guarded restore for kubeadm control-plane nodes",
     after_help = "Exit codes: 0 success, 1 the operation failed, 2 usage error, 78 configuration error."
 )]
