@@ -119,7 +119,7 @@ pub enum Credentials {
 
 /// The systemd credential name the unit's `LoadCredential=` uses.
 pub const SYSTEMD_CREDENTIAL: &str = "etcdguard-s3";
-pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+pub const DEFAULT_PART_SIZE: usize = 5 << 20;
 const MIN_PART_SIZE: usize = 5 << 20;
 
 // ---------------------------------------------------------------------------------------------

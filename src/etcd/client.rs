@@ -191,10 +191,12 @@ pub fn explain_connect_error(
         && (has("connection closed")
             || has("broken pipe")
             || has("BrokenPipe")
-            || has("Connection reset"))
+            || has("Connection reset")
+            || has("connection was not ready"))
     {
         // TLS 1.3: the server checks the client certificate after the client has finished
-        // its side of the handshake, and the alert it sends is lost by the HTTP/2 layer.
+        // its side of the handshake, and the alert it sends is lost by the HTTP/2 layer
+        // (which, depending on timing, reports a closed or a never-ready connection).
         format!(
             "etcd at {endpoint} closed the connection right after the TLS handshake: it most \
              likely rejected the client certificate {} (not signed by the etcd CA, or not a \
@@ -205,5 +207,74 @@ pub fn explain_connect_error(
         format!("no answer from etcd at {endpoint} in time ({text})")
     } else {
         format!("cannot talk to etcd at {endpoint}: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn explain(phase: Phase, text: &str) -> String {
+        let err = std::io::Error::other(text.to_string());
+        explain_connect_error(
+            "https://127.0.0.1:2379",
+            Path::new("pki/etcd/ca.crt"),
+            Path::new("pki/etcd/client.crt"),
+            phase,
+            &err,
+        )
+    }
+
+    #[test]
+    fn connection_errors_become_one_actionable_sentence() {
+        let cases = [
+            (
+                Phase::Dial,
+                "invalid peer certificate: UnknownIssuer",
+                "not signed by the CA in pki/etcd/ca.crt",
+            ),
+            (
+                Phase::Dial,
+                "received fatal alert: CertificateExpired",
+                "as expired; renew it",
+            ),
+            (
+                Phase::Dial,
+                "received fatal alert: BadCertificate",
+                "must be signed by the etcd CA",
+            ),
+            (
+                Phase::Dial,
+                "tcp connect error: Connection refused (os error 111)",
+                "refused the connection",
+            ),
+            // A rejected client certificate under TLS 1.3 shows up only on the first request,
+            // as a closed or never-ready connection depending on timing.
+            (
+                Phase::FirstRequest,
+                "hyper::Error(Canceled, \"connection was not ready\")",
+                "most likely rejected the client certificate pki/etcd/client.crt",
+            ),
+            (
+                Phase::FirstRequest,
+                "connection closed before message completed",
+                "most likely rejected",
+            ),
+            (
+                Phase::Dial,
+                "connection was not ready",
+                "cannot talk to etcd at https://127.0.0.1:2379",
+            ),
+            (
+                Phase::FirstRequest,
+                "deadline has elapsed",
+                "no answer from etcd",
+            ),
+        ];
+        for (phase, text, want) in cases {
+            let got = explain(phase, text);
+            assert!(got.contains(want), "{phase:?} {text:?}: {got}");
+        }
     }
 }

@@ -79,9 +79,12 @@ pub struct SnapshotFileReport {
     pub total_size: u64,
     pub path: PathBuf,
     pub size_bytes: u64,
-    /// sha256 of the whole file, as `sha256sum` prints it.
-    pub sha256: String,
-    /// `ok`, or `absent` for a data-dir db checked with the hash check skipped.
+    /// sha256 of the whole file, as `sha256sum` prints it; not computed with the hash check
+    /// skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `ok`; `not checked` for a snapshot verified with the hash check skipped; `absent` for a
+    /// data-dir db (no trailer), which can only be checked with the hash check skipped.
     pub trailer: &'static str,
     pub page_size: u32,
     pub txid: u64,
@@ -145,15 +148,17 @@ pub fn verify_snapshot_file(
         size
     };
     let walker = file.try_clone().map_err(io)?;
+    // The sha256 pass is most of the work; with the check skipped (like `etcdutl snapshot
+    // status`, which never hashes) it is not done at all.
     let (hashed, opened) = std::thread::scope(|s| {
-        let hashing = s.spawn(|| hash_prefix(&file, db_len));
+        let hashing = (!skip_hash_check).then(|| s.spawn(|| hash_prefix(&file, db_len)));
         let opened = Db::open(walker, db_len).map(|db| {
             let st = status(&db);
             (*db.meta(), st)
         });
-        (hashing.join().expect("hash thread"), opened)
+        (hashing.map(|h| h.join().expect("hash thread")), opened)
     });
-    let (db_sha, mut whole) = hashed.map_err(io)?;
+    let hashed = hashed.transpose().map_err(io)?;
     // A file cut at a page boundary still looks like it has a trailer; its meta tells.
     if let Ok(m) = read_active_meta(&file, size) {
         if m.db_size() > db_len {
@@ -168,15 +173,23 @@ pub fn verify_snapshot_file(
     if has_trailer {
         use std::os::unix::fs::FileExt;
         file.read_exact_at(&mut trailer, db_len).map_err(io)?;
-        if db_sha != trailer && !skip_hash_check {
-            return Err(VerifyError::Mismatch {
-                path: path.to_owned(),
-                expected: hex::encode(trailer),
-                computed: hex::encode(db_sha),
-            });
-        }
-        whole.update(trailer);
     }
+    let sha256 = match hashed {
+        None => None,
+        Some((db_sha, mut whole)) => {
+            if has_trailer {
+                if db_sha != trailer {
+                    return Err(VerifyError::Mismatch {
+                        path: path.to_owned(),
+                        expected: hex::encode(trailer),
+                        computed: hex::encode(db_sha),
+                    });
+                }
+                whole.update(trailer);
+            }
+            Some(hex::encode(whole.finalize()))
+        }
+    };
     let (meta, st) = opened.map_err(|reason| VerifyError::NotBbolt {
         path: path.to_owned(),
         reason,
@@ -192,8 +205,12 @@ pub fn verify_snapshot_file(
         total_size: st.total_size,
         path: path.to_owned(),
         size_bytes: size,
-        sha256: hex::encode(whole.finalize()),
-        trailer: if has_trailer { "ok" } else { "absent" },
+        sha256,
+        trailer: match (has_trailer, skip_hash_check) {
+            (true, false) => "ok",
+            (true, true) => "not checked",
+            (false, _) => "absent",
+        },
         page_size: meta.page_size,
         txid: meta.txid,
         consistent_index: st.consistent_index,
@@ -270,7 +287,7 @@ pub(crate) mod tests {
         let r = verify_snapshot_file(&p, false).unwrap();
         assert_eq!(r.size_bytes, db.len() as u64 + 32);
         assert_eq!(r.total_size, db.len() as u64);
-        assert_eq!(r.sha256, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(r.sha256, Some(hex::encode(Sha256::digest(&bytes))));
         assert_eq!(r.revision, 300);
         // 300 keys + clusterVersion + 1 member + 2 meta keys.
         assert_eq!(r.total_key, 304);

@@ -505,10 +505,10 @@ pub async fn prepare(config: &Config, opts: &Options) -> Result<Prepared, String
     let mut integrity = format!(
         "{}: sha256 {}, revision {}, {} keys, hash {:x}",
         snapshot.display(),
-        if report.trailer == "ok" {
-            "verified"
-        } else {
-            "ABSENT (--skip-hash-check)"
+        match report.trailer {
+            "ok" => "verified",
+            "not checked" => "NOT CHECKED (--skip-hash-check)",
+            _ => "ABSENT (--skip-hash-check)",
         },
         report.revision,
         report.total_key,
@@ -1112,7 +1112,11 @@ pub async fn execute(
         started_at: Utc::now(),
         state: JournalState::InProgress,
         snapshot: p.snapshot.clone(),
-        snapshot_sha256: p.report.sha256.clone(),
+        snapshot_sha256: p
+            .report
+            .sha256
+            .clone()
+            .unwrap_or_else(|| "not computed (--skip-hash-check)".into()),
         plan: PlanRecord {
             name: p.plan.name.clone(),
             initial_cluster: p.plan.initial_cluster.clone(),

@@ -302,10 +302,33 @@ pub fn build_data_dir(
     private_dir(&member)?;
     private_dir(&snap_dir)?;
 
-    // The database: copied and hashed in one pass, then checked before it is changed.
+    // The database: copied and hashed in one pass, and checked (bbolt consistency, status)
+    // before it is changed. With a trailer to prove the copy equals the source, the check
+    // walks the source on a second thread while the copy runs; without one (a raw db), it
+    // walks the copy afterwards.
     let db_path = snap_dir.join("db");
     let mut db_file = create_private_file(&db_path)?;
-    let got = copy_db(&mut src, &mut db_file, db_len).map_err(|e| match e.kind() {
+    let bad = |reason: String| BuildError::Snapshot {
+        path: snapshot.to_owned(),
+        reason,
+    };
+    let check_source = has_hash && !opts.skip_hash_check;
+    let walker = if check_source {
+        Some(File::open(snapshot).map_err(src_err)?)
+    } else {
+        None
+    };
+    let (copied, checked) = std::thread::scope(|s| {
+        let checking = walker.map(|f| {
+            s.spawn(move || {
+                let db = Db::open(f, db_len)?;
+                etcddb::status(&db).map_err(|e| e.to_string())
+            })
+        });
+        let copied = copy_db(&mut src, &mut db_file, db_len);
+        (copied, checking.map(|h| h.join().expect("check thread")))
+    });
+    let got = copied.map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => BuildError::Snapshot {
             path: snapshot.to_owned(),
             reason: "it got shorter while being read".into(),
@@ -322,12 +345,11 @@ pub fn build_data_dir(
             got: hex::encode(got),
         });
     }
-    let bad = |reason: String| BuildError::Snapshot {
-        path: snapshot.to_owned(),
-        reason,
-    };
     let db = Db::open(db_file, db_len).map_err(bad)?;
-    let status = etcddb::status(&db).map_err(|e| bad(e.to_string()))?;
+    let status = match checked {
+        Some(r) => r.map_err(bad)?,
+        None => etcddb::status(&db).map_err(|e| bad(e.to_string()))?,
+    };
     for required in [schema::KEY, schema::META] {
         let name = String::from_utf8_lossy(required);
         if !status.buckets.iter().any(|b| *b == name) {
