@@ -64,7 +64,20 @@ fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
     let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
     use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
 
-    let check = node.run(&["config", "check", "--remote"]);
+    // Even the most verbose logging never shows the secret key (the signer's credential
+    // providers print it in their debug lines; logging caps them).
+    let verbose = |args: &[&str]| {
+        let mut all = vec!["--config", node.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        etcdguard_cmd(&all)
+            .env(
+                "ETCDGUARD_LOG",
+                "trace,reqsign_core=trace,reqsign_aws_v4=trace,h2=info,hyper=info,tonic=info,tower=info",
+            )
+            .output()
+            .unwrap()
+    };
+    let check = verbose(&["config", "check", "--remote"]);
     assert!(check.status.success(), "{}", stderr(&check));
     assert!(
         stderr(&check).contains("exists and is writable"),
@@ -73,8 +86,12 @@ fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
     );
     assert!(!stdout(&check).contains(SECRET_KEY) && !stderr(&check).contains(SECRET_KEY));
 
-    let out = node.snapshot();
+    let out = verbose(&["snapshot"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("DEBUG") && !stderr(&out).contains(SECRET_KEY),
+        "debug logging on, secret absent"
+    );
     assert!(
         stdout(&out).contains("remote copy s3://etcd-backups/prod/cp1/"),
         "{}",
@@ -165,7 +182,20 @@ fn moto_over_https_with_a_ca_bundle_and_clear_tls_errors() {
         "ca_bundle",
         &format!("{:?}", ca.display().to_string()),
     );
-    let check = node.run(&["config", "check", "--remote"]);
+    // Even the most verbose logging never shows the secret key (the signer's credential
+    // providers print it in their debug lines; logging caps them).
+    let verbose = |args: &[&str]| {
+        let mut all = vec!["--config", node.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        etcdguard_cmd(&all)
+            .env(
+                "ETCDGUARD_LOG",
+                "trace,reqsign_core=trace,reqsign_aws_v4=trace,h2=info,hyper=info,tonic=info,tower=info",
+            )
+            .output()
+            .unwrap()
+    };
+    let check = verbose(&["config", "check", "--remote"]);
     assert!(check.status.success(), "{}", stderr(&check));
     std::thread::sleep(Duration::from_millis(1100));
     let out = node.snapshot();
