@@ -45,8 +45,9 @@ pub enum Command {
     Verify {
         /// The snapshot file
         file: PathBuf,
-        /// Accept a file without sha256 trailer (a copy of a data dir's member/snap/db). Such
-        /// a copy may miss writes that were only in the WAL
+        /// Do not compute or check the sha256: structure and status only, like `etcdutl
+        /// snapshot status`. Also accepts a file without sha256 trailer (a copy of a data
+        /// dir's member/snap/db, which may miss writes that were only in the WAL)
         #[arg(long)]
         skip_hash_check: bool,
         #[arg(long, short, value_enum, default_value_t = VerifyFormat::Text)]
