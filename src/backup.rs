@@ -150,15 +150,42 @@ struct RemoteResult {
 }
 
 /// The bytes of one snapshot go to the local file and, when configured, to the upload.
+/// Written bytes are handed to the kernel's writeback every 16 MiB on a blocking thread (one
+/// call in flight at most), so the final fsync does not find the whole snapshot dirty.
 struct Sinks<'a> {
     file: BufWriter<tokio::fs::File>,
     feed: Option<&'a mut UploadFeed>,
+    /// The same open file, for `sync_file_range`.
+    raw: std::sync::Arc<std::fs::File>,
+    written: u64,
+    writeback: fsutil::Writeback,
+    pending: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Sinks<'_> {
+    /// Bytes possibly still in our buffer and tokio's file buffer, not yet in the page cache.
+    const BUFFERED: u64 = WRITE_BUFFER as u64 + (2 << 20);
+
+    /// Waits for the writeback call in flight, if any.
+    async fn writeback_done(&mut self) {
+        if let Some(h) = self.pending.take() {
+            let _ = h.await;
+        }
+    }
 }
 
 impl etcd::SnapshotSink for Sinks<'_> {
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         self.file.write_all(bytes).await?;
+        self.written += bytes.len() as u64;
+        if let Some((offset, len)) = self.writeback.due(self.written, Self::BUFFERED) {
+            self.writeback_done().await;
+            let raw = self.raw.clone();
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                fsutil::start_writeback(&*raw, offset, len)
+            }));
+        }
         if let Some(feed) = self.feed.as_deref_mut() {
             feed.send(bytes).await;
         }
@@ -590,10 +617,18 @@ async fn attempt(
     }
 
     let local = async {
+        let raw = std::sync::Arc::new(
+            file.try_clone()
+                .map_err(|err| fail(format!("cannot use {}: {err}", temp.path().display())))?,
+        );
         let writer = BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
         let mut sinks = Sinks {
             file: writer,
             feed: feed.as_mut(),
+            raw,
+            written: 0,
+            writeback: fsutil::Writeback::default(),
+            pending: None,
         };
         let limits = StreamLimits {
             overall: e.timeout,
@@ -602,6 +637,7 @@ async fn attempt(
         let streamed = etcd::stream_snapshot(&mut client, &mut sinks, limits)
             .await
             .map_err(|err| fail(format!("snapshot from etcd at {ep} failed: {err}")))?;
+        sinks.writeback_done().await;
         let file = sinks.file.into_inner();
         file.sync_all()
             .await

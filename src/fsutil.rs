@@ -150,8 +150,61 @@ pub fn lock(path: &Path) -> io::Result<LockGuard> {
     })
 }
 
+/// Hands `[offset, offset + len)` of a file to the kernel's writeback without waiting
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the fsync at the end of a large sequential
+/// write finds most pages already on their way to disk instead of all of them dirty.
+/// Advisory only: errors are ignored; the fsync that must follow reports real ones.
+pub fn start_writeback(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain syscall on a descriptor the caller keeps open; no memory is passed.
+    unsafe {
+        nix::libc::sync_file_range(
+            file.as_raw_fd(),
+            offset,
+            len,
+            nix::libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+/// How far a file written front to back has been handed to writeback: every [`Self::STEP`]
+/// bytes the next range is due. Pure bookkeeping; [`start_writeback`] does the call.
+#[derive(Debug, Default)]
+pub struct Writeback {
+    started: u64,
+}
+
+impl Writeback {
+    pub const STEP: u64 = 16 << 20;
+
+    /// The range due now that `written` bytes were written, of which the last `lag` may still
+    /// sit in user-space buffers.
+    pub fn due(&mut self, written: u64, lag: u64) -> Option<(u64, u64)> {
+        let upto = written.saturating_sub(lag);
+        if upto < self.started + Self::STEP {
+            return None;
+        }
+        let range = (self.started, upto - self.started);
+        self.started = upto;
+        Some(range)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn writeback_ranges_are_contiguous_and_lag_behind() {
+        let mut w = Writeback::default();
+        let step = Writeback::STEP;
+        assert_eq!(w.due(step - 1, 0), None);
+        assert_eq!(w.due(step + 100, 100), Some((0, step)));
+        assert_eq!(w.due(step + 200, 100), None);
+        assert_eq!(w.due(3 * step, 0), Some((step, 2 * step)));
+        assert_eq!(w.due(10, 1 << 40), None, "lag larger than what was written");
+    }
+
     use super::*;
 
     #[test]

@@ -156,6 +156,7 @@ fn copy_db(src: &mut File, dest: &mut File, len: u64) -> std::io::Result<[u8; 32
         });
         let mut spare: Vec<Vec<u8>> = (0..BUFFERS).map(|_| vec![0u8; COPY_BUF]).collect();
         let mut left = len;
+        let mut writeback = fsutil::Writeback::default();
         let copied = (|| {
             while left > 0 {
                 let mut buf = match spare.pop() {
@@ -167,6 +168,9 @@ fn copy_db(src: &mut File, dest: &mut File, len: u64) -> std::io::Result<[u8; 32
                 dest.write_all(&buf[..n])?;
                 left -= n as u64;
                 filled_tx.send((buf, n)).expect("hash thread alive");
+                if let Some((offset, n)) = writeback.due(len - left, 0) {
+                    fsutil::start_writeback(dest, offset, n);
+                }
             }
             Ok(())
         })();
