@@ -46,6 +46,21 @@ fn use_remote(node: &mut Node, server: &S3Server, bucket: &str, secret: &str) {
     node.set("remote_storage", "timeout", "\"60s\"");
 }
 
+/// Runs etcdguard for `node` with the most verbose logging: the secret key must never show
+/// (the request signer's credential providers print it in their debug lines; logging caps
+/// them).
+fn run_verbose(node: &Node, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--config", node.config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    etcdguard_cmd(&all)
+        .env(
+            "ETCDGUARD_LOG",
+            "trace,reqsign_core=trace,reqsign_aws_v4=trace,h2=info,hyper=info,tonic=info,tower=info",
+        )
+        .output()
+        .unwrap()
+}
+
 /// The object's path inside an s3s-fs root.
 fn s3s_object(server: &S3Server, key: &str) -> PathBuf {
     server.root.as_ref().unwrap().join(BUCKET).join(key)
@@ -64,20 +79,7 @@ fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
     let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
     use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
 
-    // Even the most verbose logging never shows the secret key (the signer's credential
-    // providers print it in their debug lines; logging caps them).
-    let verbose = |args: &[&str]| {
-        let mut all = vec!["--config", node.config.to_str().unwrap()];
-        all.extend_from_slice(args);
-        etcdguard_cmd(&all)
-            .env(
-                "ETCDGUARD_LOG",
-                "trace,reqsign_core=trace,reqsign_aws_v4=trace,h2=info,hyper=info,tonic=info,tower=info",
-            )
-            .output()
-            .unwrap()
-    };
-    let check = verbose(&["config", "check", "--remote"]);
+    let check = run_verbose(&node, &["config", "check", "--remote"]);
     assert!(check.status.success(), "{}", stderr(&check));
     assert!(
         stderr(&check).contains("exists and is writable"),
@@ -86,7 +88,7 @@ fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
     );
     assert!(!stdout(&check).contains(SECRET_KEY) && !stderr(&check).contains(SECRET_KEY));
 
-    let out = verbose(&["snapshot"]);
+    let out = run_verbose(&node, &["snapshot"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("DEBUG") && !stderr(&out).contains(SECRET_KEY),
@@ -182,21 +184,12 @@ fn moto_over_https_with_a_ca_bundle_and_clear_tls_errors() {
         "ca_bundle",
         &format!("{:?}", ca.display().to_string()),
     );
-    // Even the most verbose logging never shows the secret key (the signer's credential
-    // providers print it in their debug lines; logging caps them).
-    let verbose = |args: &[&str]| {
-        let mut all = vec!["--config", node.config.to_str().unwrap()];
-        all.extend_from_slice(args);
-        etcdguard_cmd(&all)
-            .env(
-                "ETCDGUARD_LOG",
-                "trace,reqsign_core=trace,reqsign_aws_v4=trace,h2=info,hyper=info,tonic=info,tower=info",
-            )
-            .output()
-            .unwrap()
-    };
-    let check = verbose(&["config", "check", "--remote"]);
+    let check = run_verbose(&node, &["config", "check", "--remote"]);
     assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        !stderr(&check).contains(SECRET_KEY),
+        "secret in the trace log"
+    );
     std::thread::sleep(Duration::from_millis(1100));
     let out = node.snapshot();
     assert!(out.status.success(), "{}", stderr(&out));

@@ -325,11 +325,14 @@ fn guards_refuse_with_a_clear_message_and_nothing_changed() {
 
 #[test]
 fn too_little_disk_is_refused() {
-    // The data dir's filesystem: a small tmpfs that etcd's own WAL (64 MB) nearly fills.
+    // The data dir's filesystem: a small tmpfs that etcd itself nearly fills: its WAL segment
+    // and the next one it preallocates are 64 MB each (with less room the second allocation
+    // fails, and etcd may then stall on a full disk before the test starts). What is left,
+    // about 35 MB, is less than a restore needs (the db and a 64 MB WAL segment).
     let mut node = KubeNode::new("cp1", None, None, None);
     let lib = node.path("var/lib");
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=90m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=160m", "tmpfs"])
         .arg(&lib)
         .status()
         .unwrap();
