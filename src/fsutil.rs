@@ -194,6 +194,8 @@ impl Writeback {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn writeback_ranges_are_contiguous_and_lag_behind() {
         let mut w = Writeback::default();
@@ -204,8 +206,6 @@ mod tests {
         assert_eq!(w.due(3 * step, 0), Some((step, 2 * step)));
         assert_eq!(w.due(10, 1 << 40), None, "lag larger than what was written");
     }
-
-    use super::*;
 
     #[test]
     fn write_atomic_replaces_and_sets_mode() {

@@ -143,14 +143,14 @@ fn check_target(target: &Path) -> Result<(), BuildError> {
 fn copy_db(src: &mut File, dest: &mut File, len: u64) -> std::io::Result<[u8; 32]> {
     const BUFFERS: usize = 3;
     let (filled_tx, filled_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
-    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
     std::thread::scope(|s| {
         let hashing = s.spawn(move || {
             let mut hasher = Sha256::new();
             for (buf, n) in filled_rx {
                 hasher.update(&buf[..n]);
                 // The copier may have stopped on an error; then nobody wants it back.
-                let _ = empty_tx.send((buf, n));
+                let _ = empty_tx.send(buf);
             }
             <[u8; 32]>::from(hasher.finalize())
         });
@@ -161,7 +161,7 @@ fn copy_db(src: &mut File, dest: &mut File, len: u64) -> std::io::Result<[u8; 32
             while left > 0 {
                 let mut buf = match spare.pop() {
                     Some(b) => b,
-                    None => empty_rx.recv().expect("hash thread alive").0,
+                    None => empty_rx.recv().expect("hash thread alive"),
                 };
                 let n = left.min(COPY_BUF as u64) as usize;
                 src.read_exact(&mut buf[..n])?;
