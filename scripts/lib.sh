@@ -13,6 +13,17 @@ debian_mirror() {
   printf '%s' "$uri"
 }
 
+# link_test_cache: makes $here/.cache a symlink to the test cache outside the checkout,
+# $ETCDGUARD_TEST_CACHE or ${XDG_CACHE_HOME:-$HOME/.cache}/etcdguard-test, so builds of test
+# dependencies (keyed by version inside) survive a fresh clone. A real .cache dir is kept.
+link_test_cache() {
+  local outside="${ETCDGUARD_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/etcdguard-test}"
+  if [ -L "$here/.cache" ] || [ ! -e "$here/.cache" ]; then
+    mkdir -p "$outside"
+    ln -sfn "$outside" "$here/.cache"
+  fi
+}
+
 # A TCP port that was free on 127.0.0.1 a moment ago.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -87,7 +98,7 @@ ct_rootfs() {
 }
 
 # ct_kubeadm_node ROOT ETCD_DIR: kubeadm's PKI and etcd manifest at kubeadm's paths in ROOT, and
-# a real etcd 3.5 as a plain unit on the container's loopback (standing in for the static pod).
+# a real etcd 3.7 as a plain unit on the container's loopback (standing in for the static pod).
 ct_kubeadm_node() {
   local root=$1 etcd_dir=$2 flags
   flags=$(mktemp)

@@ -41,7 +41,8 @@ pub enum Command {
         remote: bool,
     },
     /// Check a snapshot file: sha256 trailer, bbolt consistency, and etcdutl's snapshot status
-    /// (hash, revision, totalKey, totalSize). Reads no configuration
+    /// (hash, revision, totalKey, totalSize, and version from etcdutl 3.6). Reads no
+    /// configuration
     Verify {
         /// The snapshot file
         file: PathBuf,
@@ -52,6 +53,11 @@ pub enum Command {
         skip_hash_check: bool,
         #[arg(long, short, value_enum, default_value_t = VerifyFormat::Text)]
         output: VerifyFormat,
+        /// Report totalKey (and version) as this etcdutl's `snapshot status` does: 3.5 counts
+        /// every pair in every bucket, 3.6 and 3.7 count live keys and print the storage
+        /// version [default: the snapshot's own storage version; 3.5 when it has none]
+        #[arg(long, value_enum, value_name = "MINOR")]
+        as_etcdutl: Option<EtcdMinor>,
     },
     /// Guarded offline restore of this kubeadm node's etcd from a snapshot: checks everything,
     /// stops kube-apiserver and etcd by moving their manifests out, swaps in a data dir built
@@ -150,6 +156,15 @@ pub struct RestoreDatadirArgs {
     /// Accept a snapshot without sha256 trailer (a data dir's member/snap/db)
     #[arg(long)]
     pub skip_hash_check: bool,
+    /// The etcd minor that will run on the data dir; the dir is built as that version's
+    /// etcdutl builds it, and refused when the snapshot's data is newer [default: the
+    /// snapshot's own version, from its storage version; 3.5 when it records none]
+    #[arg(long, value_enum, value_name = "MINOR")]
+    pub target_version: Option<EtcdMinor>,
+    /// Build even though the snapshot's version skips a minor to the target (etcd does not
+    /// support that); newer data for an older etcd is refused regardless
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +183,27 @@ pub enum ConfigCommand {
 pub enum RecordsFormat {
     Table,
     Json,
+}
+
+/// An etcd minor version etcdguard reads and builds for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EtcdMinor {
+    #[value(name = "3.5")]
+    V3_5,
+    #[value(name = "3.6")]
+    V3_6,
+    #[value(name = "3.7")]
+    V3_7,
+}
+
+impl From<EtcdMinor> for crate::etcdversion::Minor {
+    fn from(m: EtcdMinor) -> Self {
+        match m {
+            EtcdMinor::V3_5 => crate::etcdversion::Minor::V3_5,
+            EtcdMinor::V3_6 => crate::etcdversion::Minor::V3_6,
+            EtcdMinor::V3_7 => crate::etcdversion::Minor::V3_7,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -65,7 +65,8 @@ pub fn dispatch(cli: Cli) -> CmdResult {
             file,
             output,
             skip_hash_check,
-        } => verify(&file, output, skip_hash_check),
+            as_etcdutl,
+        } => verify(&file, output, skip_hash_check, as_etcdutl.map(Into::into)),
         Command::RestoreDatadir(args) => restore_datadir(&args),
         Command::Restore(args) => restore(config_path, &args),
         Command::Config {
@@ -292,6 +293,16 @@ fn remote_cell(r: &Record) -> String {
     }
 }
 
+/// The member's etcd version and, in brackets, the snapshot's storage version (what a restore
+/// must run; etcd ≥ 3.6 sends it). Pure.
+fn etcd_cell(r: &Record) -> String {
+    match (&r.etcd_version, &r.snapshot_version) {
+        (None, _) => "-".into(),
+        (Some(v), Some(s)) => format!("{v} ({s})"),
+        (Some(v), None) => v.clone(),
+    }
+}
+
 /// A plain-text table, newest first. Pure.
 pub fn records_table(records: &[(&Record, Option<&str>)]) -> String {
     if records.is_empty() {
@@ -318,6 +329,7 @@ pub fn records_table(records: &[(&Record, Option<&str>)]) -> String {
                     .as_ref()
                     .map(|m| m.name.clone())
                     .unwrap_or_else(|| "-".into()),
+                etcd_cell(r),
                 r.revision
                     .map(|x| x.to_string())
                     .unwrap_or_else(|| "-".into()),
@@ -336,6 +348,7 @@ pub fn records_table(records: &[(&Record, Option<&str>)]) -> String {
             "RESULT",
             "TRIGGER",
             "MEMBER",
+            "ETCD (DATA)",
             "REVISION",
             "SIZE",
             "LOCAL",
@@ -437,8 +450,13 @@ fn list_remote_records(
 // ---------------------------------------------------------------------------------------------
 // verify
 
-fn verify(file: &Path, format: VerifyFormat, skip_hash_check: bool) -> CmdResult {
-    let r = etcddb::verify_snapshot_file(file, skip_hash_check)
+fn verify(
+    file: &Path,
+    format: VerifyFormat,
+    skip_hash_check: bool,
+    generation: Option<etcddb::Minor>,
+) -> CmdResult {
+    let r = etcddb::verify_snapshot_file(file, skip_hash_check, generation)
         .map_err(|e| CommandError::Failed(e.to_string()))?;
     if r.trailer != "ok" {
         tracing::warn!(
@@ -466,7 +484,8 @@ pub fn verify_text(r: &etcddb::SnapshotFileReport) -> String {
         "{}: OK\n  size              {} bytes\n  sha256            {}\n  trailer           {}\n  \
          bbolt             consistent (page size {}, txid {})\n  \
          hash              {:x}  (etcdutl snapshot status)\n  revision          {}\n  \
-         total keys        {}\n  total size        {} bytes\n  consistent index  {}\n  \
+         total keys        {}  (as etcdutl {} counts: {})\n  total size        {} bytes\n  \
+         consistent index  {}\n  \
          storage version   {}\n  cluster version   {}\n  buckets           {}\n{}",
         r.path.display(),
         r.size_bytes,
@@ -483,6 +502,15 @@ pub fn verify_text(r: &etcddb::SnapshotFileReport) -> String {
         r.hash,
         r.revision,
         r.total_key,
+        r.status_as,
+        if r.status_as.counts_live_keys() {
+            format!(
+                "live keys; {} pairs in all buckets",
+                r.total_key_all_buckets
+            )
+        } else {
+            format!("pairs in all buckets; {} live keys", r.live_keys)
+        },
         r.total_size,
         r.consistent_index
             .map(|c| c.to_string())
@@ -700,6 +728,8 @@ fn restore_datadir(a: &crate::cli::RestoreDatadirArgs) -> CmdResult {
     };
     let opts = BuildOptions {
         skip_hash_check: a.skip_hash_check,
+        target: a.target_version.map(Into::into),
+        force: a.force,
     };
     let r = build_data_dir(&a.snapshot, &plan, &a.data_dir, opts).map_err(|e| match e {
         BuildError::Plan(p) => CommandError::Usage(p.to_string()),
@@ -709,9 +739,11 @@ fn restore_datadir(a: &crate::cli::RestoreDatadirArgs) -> CmdResult {
         tracing::warn!("{w}");
     }
     let mut out = format!(
-        "restored {} into {}\n  cluster ID  {:x}\n  revision    {}{}\n  members\n",
+        "restored {} into {}\n  for etcd    {}\n  cluster ID  {:x}\n  revision    {}{}\n  \
+         members\n",
         a.snapshot.display(),
         r.target.display(),
+        r.target_version,
         r.cluster.cluster_id,
         r.revision,
         if a.bump_revision > 0 {

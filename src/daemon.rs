@@ -319,6 +319,8 @@ impl Daemon {
             trigger,
             member: None,
             etcd_version: None,
+            storage_version: None,
+            snapshot_version: None,
             revision: None,
             size_bytes: None,
             sha256: None,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod etcd;
 pub mod etcddb;
+pub mod etcdversion;
 pub mod fsutil;
 pub mod kubeadm;
 pub mod logging;

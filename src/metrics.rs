@@ -201,6 +201,8 @@ mod tests {
             trigger: Trigger::Schedule,
             member: None,
             etcd_version: None,
+            storage_version: None,
+            snapshot_version: None,
             revision: (result == Outcome::Success).then_some(42),
             size_bytes: (result == Outcome::Success).then_some(1000),
             sha256: None,

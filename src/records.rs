@@ -142,8 +142,16 @@ pub struct Record {
     pub trigger: Trigger,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<Member>,
+    /// The member's server version (`Status.version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_version: Option<String>,
+    /// The member's storage version (`Status.storageVersion`, etcd ≥ 3.6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_version: Option<String>,
+    /// The snapshot's own storage version (`SnapshotResponse.version`, etcd ≥ 3.6; absent
+    /// while the cluster version is not yet set): what a restore must run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -391,6 +399,8 @@ mod tests {
             trigger: Trigger::Manual,
             member: None,
             etcd_version: None,
+            storage_version: None,
+            snapshot_version: None,
             revision: None,
             size_bytes: None,
             sha256: None,

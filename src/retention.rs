@@ -269,6 +269,8 @@ mod tests {
             trigger: Trigger::Schedule,
             member: None,
             etcd_version: None,
+            storage_version: None,
+            snapshot_version: None,
             revision: None,
             size_bytes: None,
             sha256: None,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::node::Node;
 use crate::util::proxy::{Faults, Proxy};
-use crate::util::{etcdguard_cmd, list_dir};
+use crate::util::{etcdguard_cmd, list_dir, NEWEST};
 
 /// The notify socket systemd would own, and everything received on it.
 struct Notify {
@@ -85,7 +85,7 @@ fn records_where(node: &Node, f: impl Fn(&serde_json::Value) -> bool) -> usize {
 
 #[test]
 fn daemon_schedules_notifies_reloads_skips_and_stops_cleanly() {
-    let mut node = Node::start("3.5", "cp1");
+    let mut node = Node::start(NEWEST, "cp1");
     node.etcd.put_keys("d", 1500);
     let metrics = node.path("metrics/etcdguard.prom");
     std::fs::create_dir_all(metrics.parent().unwrap()).unwrap();
@@ -215,7 +215,7 @@ fn daemon_schedules_notifies_reloads_skips_and_stops_cleanly() {
 
 #[test]
 fn daemon_takes_one_catch_up_backup_for_slots_missed_while_down() {
-    let node = Node::start("3.5", "cp1");
+    let node = Node::start(NEWEST, "cp1");
     std::fs::create_dir_all(node.state_dir()).unwrap();
     let three_days_ago = chrono::Utc::now() - chrono::Duration::days(3);
     std::fs::write(

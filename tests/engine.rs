@@ -1,7 +1,9 @@
-//! The native snapshot engine against the upstream tools: `etcdguard verify` equals
-//! `etcdutl snapshot status`, and `etcdguard restore-datadir` builds what
-//! `etcdutl snapshot restore` builds (WAL and .snap byte for byte, the same db status hash), on
-//! which a real etcd 3.5 starts with the planned identity and the source's data.
+//! The native snapshot engine against the upstream tools, for etcd 3.5, 3.6 and 3.7 each:
+//! `etcdguard verify` equals that version's `etcdutl snapshot status`, and
+//! `etcdguard restore-datadir --target-version V` builds what `etcdutl snapshot restore` of V
+//! builds (WAL and .snap byte for byte where etcdutl itself is deterministic, the same db
+//! status), on which a real etcd V starts (`ETCD_VERIFY=all`) with the planned identity and the
+//! source's data. Plus the cross-version matrix of the version rules, against real servers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,12 +15,12 @@ use etcdguard::restore::datadir::{resolve, RestorePlan};
 
 use crate::util::etcd::{EtcdServer, MemberSpec};
 use crate::util::pki::Pki;
-use crate::util::{etcd_binary, etcdguard, free_port, list_dir, stderr, stdout};
+use crate::util::{db_buckets, etcd_binary, etcdguard, free_port, list_dir, stderr, stdout};
 
 const WAL: &str = "member/wal/0000000000000000-0000000000000000.wal";
 
-fn etcdutl(args: &[&str]) -> Output {
-    Command::new(etcd_binary("3.5", "etcdutl"))
+fn etcdutl(version: &str, args: &[&str]) -> Output {
+    Command::new(etcd_binary(version, "etcdutl"))
         .args(args)
         .output()
         .unwrap()
@@ -30,15 +32,12 @@ fn json(out: &Output) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// etcdutl's four status fields for `path`, and ours.
-fn statuses(path: &Path, skip_hash: bool) -> (Value, Value) {
-    let theirs = json(&etcdutl(&[
-        "snapshot",
-        "status",
-        "-w",
-        "json",
-        path.to_str().unwrap(),
-    ]));
+/// etcdutl's status fields for `path`, and ours.
+fn statuses(version: &str, path: &Path, skip_hash: bool) -> (Value, Value) {
+    let theirs = json(&etcdutl(
+        version,
+        &["snapshot", "status", "-w", "json", path.to_str().unwrap()],
+    ));
     let mut args = vec!["verify", path.to_str().unwrap(), "--output", "json"];
     if skip_hash {
         args.push("--skip-hash-check");
@@ -47,20 +46,32 @@ fn statuses(path: &Path, skip_hash: bool) -> (Value, Value) {
     (theirs, ours)
 }
 
-fn assert_status_equal(path: &Path, skip_hash: bool, exact_size: bool) -> Value {
-    let (theirs, ours) = statuses(path, skip_hash);
-    let mut fields = vec!["hash", "revision", "totalKey"];
-    if exact_size {
-        fields.push("totalSize");
-    }
-    for f in fields {
+/// Every field etcdutl `version` prints equals ours (a snapshot's own etcdutl is the default).
+fn assert_status_equal(version: &str, path: &Path, skip_hash: bool) -> Value {
+    let (theirs, ours) = statuses(version, path, skip_hash);
+    let fields = theirs.as_object().expect("etcdutl prints an object");
+    let expected: &[&str] = if version == "3.5" {
+        &["hash", "revision", "totalKey", "totalSize"]
+    } else {
+        &["hash", "revision", "totalKey", "totalSize", "version"]
+    };
+    let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+    names.sort();
+    let mut want = expected.to_vec();
+    want.sort();
+    assert_eq!(
+        names, want,
+        "etcdutl {version} prints other fields: {theirs:#}"
+    );
+    for (f, v) in fields {
         assert_eq!(
-            ours[f],
-            theirs[f],
-            "{f} of {}: ours {ours:#}, etcdutl {theirs:#}",
+            &ours[f],
+            v,
+            "{f} of {}: ours {ours:#}, etcdutl {version} {theirs:#}",
             path.display()
         );
     }
+    assert_eq!(ours["statusAs"], version, "{ours:#}");
     theirs
 }
 
@@ -77,15 +88,16 @@ fn ctl(server: &EtcdServer, args: &[&str]) -> String {
     stdout(&out)
 }
 
-/// A source cluster and four snapshots: (a) a few keys, (b) thousands of keys with values
-/// over a page (overflow pages, branch pages), deletes and overwrites, (c) leases, users,
-/// roles and auth enabled, (d) an etcd 3.4 server's.
+/// A source server of `version` and three snapshots: (a) a few keys, (b) thousands of keys
+/// with values over a page (overflow pages, branch pages), deletes, overwrites, a compaction
+/// and a defragmentation, (c) leases, users, roles, auth enabled, and a member that was added
+/// and removed again (it sits in `members_removed`).
 struct Snapshots {
     _dir: tempfile::TempDir,
+    version: String,
     few: PathBuf,
     many: PathBuf,
     auth: PathBuf,
-    v34: PathBuf,
     /// hashkv and revision of the source when `many` was taken.
     many_hashkv: u64,
     many_revision: i64,
@@ -102,10 +114,10 @@ fn hashkv(server: &EtcdServer, extra: &[&str]) -> (u64, i64) {
     )
 }
 
-fn make_snapshots() -> Snapshots {
+fn make_snapshots(version: &str) -> Snapshots {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(&dir.path().join("pki"));
-    let src = EtcdServer::start("3.5", "src", &dir.path().join("src"), &pki.dir);
+    let src = EtcdServer::start(version, "src", &dir.path().join("src"), &pki.dir);
     for i in 0..5 {
         ctl(&src, &["put", &format!("/registry/few/{i}"), "v"]);
     }
@@ -116,17 +128,36 @@ fn make_snapshots() -> Snapshots {
     for i in (0..3000).step_by(10) {
         ctl(&src, &["del", &format!("/registry/pods/{i:06}")]);
     }
+    let mid = src.revision();
     for i in (5..3000).step_by(100) {
         ctl(
             &src,
             &["put", &format!("/registry/pods/{i:06}"), "overwritten"],
         );
     }
+    ctl(&src, &["compact", &mid.to_string()]);
+    ctl(&src, &["defrag"]);
     let many = dir.path().join("many.db");
     let (many_hashkv, _) = hashkv(&src, &[]);
     let many_revision = src.revision();
     save(&src, &many, &[]);
 
+    // A member added (as a learner: no quorum change) and removed again.
+    let added = ctl(
+        &src,
+        &[
+            "member",
+            "add",
+            "gone",
+            "--learner",
+            &format!("--peer-urls=https://127.0.0.1:{}", free_port()),
+            "-w",
+            "json",
+        ],
+    );
+    let added: Value = serde_json::from_str(&added).unwrap();
+    let gone_id = format!("{:x}", added["member"]["ID"].as_u64().unwrap());
+    ctl(&src, &["member", "remove", &gone_id]);
     let lease = ctl(&src, &["lease", "grant", "3600"]);
     let lease_id = lease.split_whitespace().nth(1).unwrap().to_string();
     ctl(
@@ -157,27 +188,36 @@ fn make_snapshots() -> Snapshots {
     ctl(&src, &["auth", "enable"]);
     let auth = dir.path().join("auth.db");
     save(&src, &auth, &["--user", "root:rootpw"]);
-
-    let old = EtcdServer::start("3.4", "old", &dir.path().join("old"), &pki.dir);
-    old.put_keys("v34", 800);
-    let v34 = dir.path().join("v34.db");
-    save(&old, &v34, &[]);
     Snapshots {
         _dir: dir,
+        version: version.to_string(),
         few,
         many,
         auth,
-        v34,
         many_hashkv,
         many_revision,
     }
 }
 
 #[test]
-fn verify_equals_etcdutl_status_and_restore_equals_etcdutl_restore() {
-    let s = make_snapshots();
-    for snap in [&s.few, &s.many, &s.auth, &s.v34] {
-        assert_status_equal(snap, false, true);
+fn etcd_3_5_verify_and_restore_equal_etcdutl() {
+    verify_and_restore_equal_etcdutl("3.5");
+}
+
+#[test]
+fn etcd_3_6_verify_and_restore_equal_etcdutl() {
+    verify_and_restore_equal_etcdutl("3.6");
+}
+
+#[test]
+fn etcd_3_7_verify_and_restore_equal_etcdutl() {
+    verify_and_restore_equal_etcdutl("3.7");
+}
+
+fn verify_and_restore_equal_etcdutl(version: &str) {
+    let s = make_snapshots(version);
+    for snap in [&s.few, &s.many, &s.auth] {
+        assert_status_equal(version, snap, false);
     }
 
     let work = tempfile::tempdir().unwrap();
@@ -189,7 +229,7 @@ fn verify_equals_etcdutl_status_and_restore_equals_etcdutl_restore() {
         .join(",");
     let bump = ["--bump-revision", "1000000000", "--mark-compacted"];
     let mut case = 0;
-    for snap in [&s.few, &s.many, &s.auth, &s.v34] {
+    for snap in [&s.few, &s.many, &s.auth] {
         for (cluster, members) in [(format!("m0={}", peer(0)), 1), (three.clone(), 3)] {
             for extra in [&[][..], &bump[..]] {
                 for m in 0..members {
@@ -208,28 +248,100 @@ fn verify_equals_etcdutl_status_and_restore_equals_etcdutl_restore() {
                     args.extend(extra.iter().map(|x| x.to_string()));
                     let theirs = work.path().join(format!("{case}-etcdutl"));
                     let ours = work.path().join(format!("{case}-etcdguard"));
-                    compare_restores(snap, &args, &theirs, &ours);
+                    compare_restores(&s.version, snap, &args, &theirs, &ours, members);
                 }
             }
         }
     }
 }
 
+/// The v2 store JSON inside a `.snap`, with the raft snapshot's metadata bytes: `snappb`'s
+/// data (field 2) is a `raftpb.Snapshot` whose field 1 is the JSON and field 2 the metadata.
+fn decode_snap(file: &[u8]) -> (Value, Vec<u8>) {
+    fn fields(b: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        let varint = |i: &mut usize| {
+            let mut v = 0u64;
+            let mut shift = 0;
+            loop {
+                let byte = b[*i];
+                *i += 1;
+                v |= u64::from(byte & 0x7f) << shift;
+                if byte < 0x80 {
+                    return v;
+                }
+                shift += 7;
+            }
+        };
+        while i < b.len() {
+            let tag = varint(&mut i);
+            match tag & 7 {
+                0 => {
+                    let v = varint(&mut i);
+                    out.push((tag >> 3, v.to_le_bytes().to_vec()));
+                }
+                2 => {
+                    let len = varint(&mut i) as usize;
+                    out.push((tag >> 3, b[i..i + len].to_vec()));
+                    i += len;
+                }
+                w => panic!("wire type {w} in a .snap"),
+            }
+        }
+        out
+    }
+    let data = fields(file)
+        .into_iter()
+        .find(|(f, _)| *f == 2)
+        .expect("snappb data")
+        .1;
+    let raft = fields(&data);
+    let json = &raft.iter().find(|(f, _)| *f == 1).expect("raft data").1;
+    let meta = raft
+        .iter()
+        .find(|(f, _)| *f == 2)
+        .expect("metadata")
+        .1
+        .clone();
+    (serde_json::from_slice(json).unwrap(), meta)
+}
+
+/// The membership a v2 store holds: every leaf node's path and value, without the indexes
+/// (etcd 3.6 creates the member nodes in Go map order, so its indexes vary from run to run).
+fn v2_leaves(v: &Value, out: &mut Vec<(String, String)>) {
+    if let Some(children) = v.get("Children").and_then(Value::as_object) {
+        for c in children.values() {
+            v2_leaves(c, out);
+        }
+    } else if let (Some(p), Some(val)) = (v["Path"].as_str(), v["Value"].as_str()) {
+        out.push((p.to_string(), val.to_string()));
+    }
+}
+
 /// Restores `snap` with both tools and compares what they built.
-fn compare_restores(snap: &Path, args: &[String], theirs: &Path, ours: &Path) {
+fn compare_restores(
+    version: &str,
+    snap: &Path,
+    args: &[String],
+    theirs: &Path,
+    ours: &Path,
+    members: usize,
+) {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut up = vec!["snapshot", "restore", snap.to_str().unwrap(), "--data-dir"];
     up.push(theirs.to_str().unwrap());
     up.extend(&a);
-    let out = etcdutl(&up);
+    let out = etcdutl(version, &up);
     assert!(
         out.status.success(),
-        "etcdutl restore {a:?}: {}",
+        "etcdutl {version} restore {a:?}: {}",
         stderr(&out)
     );
     let mut me = vec!["restore-datadir", snap.to_str().unwrap(), "--data-dir"];
     me.push(ours.to_str().unwrap());
     me.extend(&a);
+    me.extend(["--target-version", version]);
     let out = etcdguard(&me);
     assert!(
         out.status.success(),
@@ -250,36 +362,59 @@ fn compare_restores(snap: &Path, args: &[String], theirs: &Path, ours: &Path) {
     let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
     let wal = read(ours, WAL);
     assert_eq!(wal.len(), 64_000_000);
-    assert!(wal == read(theirs, WAL), "WAL differs for {a:?}");
+    assert!(
+        wal == read(theirs, WAL),
+        "WAL differs from etcdutl {version}'s for {a:?}"
+    );
     let snapfile = files(ours)
         .into_iter()
         .find(|f| f.ends_with(".snap"))
         .expect(".snap written");
-    assert_eq!(
-        read(ours, &snapfile),
-        read(theirs, &snapfile),
-        ".snap differs for {a:?}"
-    );
-    // Same content in the db, whatever the page layout.
-    let t = json(&etcdutl(&[
-        "snapshot",
-        "status",
-        "-w",
-        "json",
-        theirs.join("member/snap/db").to_str().unwrap(),
-    ]));
-    let o = json(&etcdutl(&[
-        "snapshot",
-        "status",
-        "-w",
-        "json",
-        ours.join("member/snap/db").to_str().unwrap(),
-    ]));
-    for f in ["hash", "revision", "totalKey"] {
+    let (o, t) = (read(ours, &snapfile), read(theirs, &snapfile));
+    if version != "3.5" && members > 1 {
+        // etcdutl ≥ 3.6 creates the member nodes in Go map order: equal after decoding.
+        let ((oj, om), (tj, tm)) = (decode_snap(&o), decode_snap(&t));
+        assert_eq!(om, tm, ".snap metadata differs for {a:?}");
+        let (mut ol, mut tl) = (Vec::new(), Vec::new());
+        v2_leaves(&oj["Root"], &mut ol);
+        v2_leaves(&tj["Root"], &mut tl);
+        ol.sort();
+        tl.sort();
+        assert_eq!(ol, tl, ".snap membership differs for {a:?}");
+        assert_eq!(oj["CurrentIndex"], tj["CurrentIndex"]);
+    } else {
+        assert!(o == t, ".snap differs from etcdutl {version}'s for {a:?}");
+    }
+    // Same content in the db, whatever the page layout: every status field of that version's
+    // etcdutl, on both dbs.
+    let status = |d: &Path| {
+        json(&etcdutl(
+            version,
+            &[
+                "snapshot",
+                "status",
+                "-w",
+                "json",
+                d.join("member/snap/db").to_str().unwrap(),
+            ],
+        ))
+    };
+    let (t, o) = (status(theirs), status(ours));
+    for f in ["hash", "revision", "totalKey", "version"] {
         assert_eq!(o[f], t[f], "{f} of the restored db for {a:?}");
     }
+    let buckets = |d: &Path| db_buckets(&d.join("member/snap/db"));
+    let (tb, ob) = (buckets(theirs), buckets(ours));
+    assert_eq!(
+        tb.keys().collect::<Vec<_>>(),
+        ob.keys().collect::<Vec<_>>(),
+        "bucket names for {a:?}"
+    );
+    for (name, items) in &tb {
+        assert!(ob[name] == *items, "bucket {name} differs for {a:?}");
+    }
     // And our own status reader agrees with etcdutl on a raw db (no trailer) too.
-    assert_status_equal(&ours.join("member/snap/db"), true, true);
+    assert_status_equal(version, &ours.join("member/snap/db"), true);
     use std::os::unix::fs::PermissionsExt;
     for (p, mode) in [
         (ours.to_path_buf(), 0o700),
@@ -291,16 +426,18 @@ fn compare_restores(snap: &Path, args: &[String], theirs: &Path, ours: &Path) {
         let m = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(m, mode, "{}", p.display());
     }
-    let check = Command::new(etcd_binary("3.5", "etcdutl"))
-        .args(["check", "v2store", "--data-dir", ours.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        stdout(&check).contains("No custom content found in v2store"),
-        "{}{}",
-        stdout(&check),
-        stderr(&check)
-    );
+    if version == "3.5" {
+        let check = Command::new(etcd_binary("3.5", "etcdutl"))
+            .args(["check", "v2store", "--data-dir", ours.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&check).contains("No custom content found in v2store"),
+            "{}{}",
+            stdout(&check),
+            stderr(&check)
+        );
+    }
 }
 
 fn plan(name: &str, cluster: &str, peer: &str, bump: u64) -> RestorePlan {
@@ -314,7 +451,7 @@ fn plan(name: &str, cluster: &str, peer: &str, bump: u64) -> RestorePlan {
     }
 }
 
-fn restore_ours(snap: &Path, p: &RestorePlan, dir: &Path) {
+fn restore_ours(version: &str, snap: &Path, p: &RestorePlan, dir: &Path) {
     let mut args = vec![
         "restore-datadir".to_string(),
         snap.display().to_string(),
@@ -328,6 +465,8 @@ fn restore_ours(snap: &Path, p: &RestorePlan, dir: &Path) {
         p.advertise_peer_urls.clone(),
         "--initial-cluster-token".into(),
         p.token.clone(),
+        "--target-version".into(),
+        version.into(),
     ];
     if p.bump_revision > 0 {
         args.extend([
@@ -347,9 +486,31 @@ fn endpoint_status(server: &EtcdServer) -> Value {
     v[0]["Status"].clone()
 }
 
+/// Starts a member of `version` on `dir` with etcd's own consistency checks on.
+fn start_verified(version: &str, spec: MemberSpec) -> EtcdServer {
+    EtcdServer::spawn_member_env(version, spec, &[("ETCD_VERIFY", "all")])
+}
+
 #[test]
-fn etcd_starts_on_restored_dirs_with_the_planned_identity_and_the_source_data() {
-    let s = make_snapshots();
+fn etcd_3_5_starts_on_restored_dirs() {
+    etcd_starts_on_restored_dirs("3.5");
+}
+
+#[test]
+fn etcd_3_6_starts_on_restored_dirs() {
+    etcd_starts_on_restored_dirs("3.6");
+}
+
+#[test]
+fn etcd_3_7_starts_on_restored_dirs() {
+    etcd_starts_on_restored_dirs("3.7");
+}
+
+/// A real etcd of `version` on what we build for it, 1 and 3 members, with and without the
+/// bump: the planned IDs, the source's data (hashkv), the bump and the compaction, and only
+/// the planned members (the removed one stays removed).
+fn etcd_starts_on_restored_dirs(version: &str) {
+    let s = make_snapshots(version);
     let work = tempfile::tempdir().unwrap();
     let pki = Pki::create(&work.path().join("pki"));
 
@@ -358,9 +519,9 @@ fn etcd_starts_on_restored_dirs_with_the_planned_identity_and_the_source_data() 
     let peer = format!("https://127.0.0.1:{pp}");
     let p1 = plan("solo", &format!("solo={peer}"), &peer, 0);
     let dir = work.path().join("solo");
-    restore_ours(&s.many, &p1, &dir);
-    let mut solo = EtcdServer::spawn_member(
-        "3.5",
+    restore_ours(version, &s.many, &p1, &dir);
+    let mut solo = start_verified(
+        version,
         MemberSpec {
             name: "solo".into(),
             data_dir: dir.clone(),
@@ -398,14 +559,15 @@ fn etcd_starts_on_restored_dirs_with_the_planned_identity_and_the_source_data() 
     assert_eq!(members["members"].as_array().unwrap().len(), 1);
     solo.stop();
 
-    // One member with the bump: revision + 1e9, older revisions compacted, writes continue.
+    // One member with the bump, from the snapshot that remembers a removed member: revision
+    // + 1e9, older revisions compacted, writes continue, the removed member does not return.
     let (cp, pp) = (free_port(), free_port());
     let peer = format!("https://127.0.0.1:{pp}");
     let pb = plan("bumped", &format!("bumped={peer}"), &peer, 1_000_000_000);
     let dir = work.path().join("bumped");
-    restore_ours(&s.auth, &pb, &dir);
-    let mut bumped = EtcdServer::spawn_member(
-        "3.5",
+    restore_ours(version, &s.auth, &pb, &dir);
+    let mut bumped = start_verified(
+        version,
         MemberSpec {
             name: "bumped".into(),
             data_dir: dir,
@@ -422,7 +584,7 @@ fn etcd_starts_on_restored_dirs_with_the_planned_identity_and_the_source_data() 
     );
     let root = ["--user", "root:rootpw"];
     let (_, compact) = hashkv(&bumped, &root);
-    let auth_rev = json_status_rev(&s.auth);
+    let auth_rev = json_status_rev(version, &s.auth);
     assert_eq!(compact, auth_rev + 1_000_000_000);
     let old = bumped.etcdctl(&[
         "--user",
@@ -449,9 +611,21 @@ fn etcd_starts_on_restored_dirs_with_the_planned_identity_and_the_source_data() 
         put["header"]["revision"].as_i64(),
         Some(auth_rev + 1_000_000_001)
     );
-    // Auth, users and the lease came through.
+    // Auth, users and the lease came through; the removed member did not.
     assert!(ctl(&bumped, &["--user", "root:rootpw", "user", "list"]).contains("alice"));
     assert!(ctl(&bumped, &["--user", "root:rootpw", "lease", "list"]).contains("found 1 leases"));
+    let members: Value = serde_json::from_str(&ctl(
+        &bumped,
+        &["--user", "root:rootpw", "member", "list", "-w", "json"],
+    ))
+    .unwrap();
+    let names: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bumped"], "{members:#}");
     bumped.stop();
 
     // Three members from one snapshot and plan: one leader, equal hashkv, the source's data.
@@ -467,9 +641,9 @@ fn etcd_starts_on_restored_dirs_with_the_planned_identity_and_the_source_data() 
         let name = format!("c{i}");
         let peer = format!("https://127.0.0.1:{pp}");
         let dir = work.path().join(&name);
-        restore_ours(&s.many, &plan(&name, &cluster, &peer, 0), &dir);
-        servers.push(EtcdServer::spawn_member(
-            "3.5",
+        restore_ours(version, &s.many, &plan(&name, &cluster, &peer, 0), &dir);
+        servers.push(start_verified(
+            version,
             MemberSpec {
                 name,
                 data_dir: dir,
@@ -533,14 +707,11 @@ fn etcd_starts_on_restored_dirs_with_the_planned_identity_and_the_source_data() 
     assert_eq!(names, planned);
 }
 
-fn json_status_rev(snap: &Path) -> i64 {
-    json(&etcdutl(&[
-        "snapshot",
-        "status",
-        "-w",
-        "json",
-        snap.to_str().unwrap(),
-    ]))["revision"]
+fn json_status_rev(version: &str, snap: &Path) -> i64 {
+    json(&etcdutl(
+        version,
+        &["snapshot", "status", "-w", "json", snap.to_str().unwrap()],
+    ))["revision"]
         .as_i64()
         .unwrap()
 }

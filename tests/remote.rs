@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::util::node::Node;
 use crate::util::proxy::{Faults, Proxy};
 use crate::util::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
-use crate::util::{etcd_binary, etcdguard_cmd, list_dir, stderr, stdout};
+use crate::util::{etcd_binary, etcdguard_cmd, list_dir, stderr, stdout, NEWEST};
 
 const BUCKET: &str = "etcd-backups";
 
@@ -72,7 +72,7 @@ fn remote_state(rec: &serde_json::Value) -> String {
 
 #[test]
 fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
-    let mut node = Node::start("3.5", "cp1");
+    let mut node = Node::start(NEWEST, "cp1");
     // Larger than two parts, so the upload is multipart.
     node.etcd.put_keys("pods", 6000);
     let dir = tempfile::tempdir().unwrap();
@@ -116,6 +116,11 @@ fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
         serde_json::from_slice(&std::fs::read(s3s_object(&s3, &format!("{key}.json"))).unwrap())
             .unwrap();
     assert_eq!(sidecar["sha256"], rec["sha256"]);
+    // The versions a restore needs travel with the object.
+    let data = format!("{NEWEST}.0");
+    assert_eq!(sidecar["snapshotVersion"], data.as_str(), "{sidecar:#}");
+    assert_eq!(sidecar["storageVersion"], data.as_str(), "{sidecar:#}");
+    assert!(sidecar["etcdVersion"].as_str().unwrap().starts_with(NEWEST));
     // The multipart ETag was computed from the parts and matched the server's.
     let etag = rec["remote"]["etag"].as_str().unwrap_or("");
     assert!(etag.trim_matches('"').ends_with("-3"), "{rec:#}");
@@ -125,7 +130,7 @@ fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
     let restored = dir.path().join("restored");
     let obj = dir.path().join("downloaded.db");
     std::fs::write(&obj, &object).unwrap();
-    let up = Command::new(etcd_binary("3.5", "etcdutl"))
+    let up = Command::new(etcd_binary(NEWEST, "etcdutl"))
         .args(["snapshot", "restore", obj.to_str().unwrap(), "--data-dir"])
         .arg(&restored)
         .output()
@@ -143,7 +148,7 @@ fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
 
 #[test]
 fn moto_over_https_with_a_ca_bundle_and_clear_tls_errors() {
-    let mut node = Node::start("3.5", "cp1");
+    let mut node = Node::start(NEWEST, "cp1");
     node.etcd.put_keys("pods", 300);
     let dir = tempfile::tempdir().unwrap();
     let (crt, key) = node.pki.issue(
@@ -216,7 +221,7 @@ fn moto_over_https_with_a_ca_bundle_and_clear_tls_errors() {
 
 #[test]
 fn wrong_key_and_unknown_bucket_give_one_clear_error_and_the_local_backup_succeeds() {
-    let mut node = Node::start("3.5", "cp1");
+    let mut node = Node::start(NEWEST, "cp1");
     node.etcd.put_keys("pods", 100);
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
@@ -290,7 +295,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn s3_stopped_or_killed_mid_upload_leaves_no_object_and_the_retry_uploads_it() {
-    let mut node = Node::start("3.5", "cp1");
+    let mut node = Node::start(NEWEST, "cp1");
     node.etcd.put_keys("pods", 2500);
     let dir = tempfile::tempdir().unwrap();
     let mut s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
@@ -371,7 +376,7 @@ fn s3_stopped_or_killed_mid_upload_leaves_no_object_and_the_retry_uploads_it() {
 
 #[test]
 fn a_stream_cut_by_etcd_aborts_the_multipart_upload() {
-    let mut node = Node::start("3.5", "cp1");
+    let mut node = Node::start(NEWEST, "cp1");
     node.etcd.put_keys("pods", 6000);
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::moto(dir.path(), None, BUCKET);
@@ -398,7 +403,7 @@ fn a_stream_cut_by_etcd_aborts_the_multipart_upload() {
 
 #[test]
 fn remote_retention_touches_only_this_nodes_expired_objects_and_keeps_min_keep() {
-    let mut node = Node::start("3.5", "cp1");
+    let mut node = Node::start(NEWEST, "cp1");
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
     use_remote(&mut node, &s3, BUCKET, SECRET_KEY);

@@ -45,7 +45,11 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
 }
 
 fn single_node() -> KubeNode {
-    let mut n = KubeNode::new("cp1", None, None, None);
+    single_node_with("3.5")
+}
+
+fn single_node_with(etcd_version: &str) -> KubeNode {
+    let mut n = KubeNode::with_etcd(etcd_version, "cp1", None, None, None);
     n.start();
     n.wait_healthy(Duration::from_secs(30));
     n
@@ -78,7 +82,21 @@ fn lines_only_in(a: &str, b: &str) -> Vec<String> {
 
 #[test]
 fn single_node_restore_brings_back_the_snapshot_with_a_new_identity() {
-    let node = single_node();
+    single_node_restore("3.5");
+}
+
+#[test]
+fn single_node_restore_on_kubeadm_1_36_with_etcd_3_6() {
+    single_node_restore("3.6");
+}
+
+#[test]
+fn single_node_restore_on_kubeadm_1_37_with_etcd_3_7() {
+    single_node_restore("3.7");
+}
+
+fn single_node_restore(etcd_version: &str) {
+    let node = single_node_with(etcd_version);
     put(&node, "before", 300);
     let keys_at_backup = node.keys();
     let old = node.endpoint_status();
@@ -99,6 +117,7 @@ fn single_node_restore_brings_back_the_snapshot_with_a_new_identity() {
         "revision",
         "cluster ID",
         "[PASS] snapshot integrity",
+        "[PASS] version compatibility",
         "[WARN] live cluster",
         "Journal:",
     ] {
@@ -191,6 +210,19 @@ fn single_node_restore_brings_back_the_snapshot_with_a_new_identity() {
     assert_eq!(
         std::fs::read(node.path("etc/kubernetes/manifests/kube-apiserver.yaml")).unwrap(),
         api_original
+    );
+    // Every flag is one the image's etcd accepts (it is running on them).
+    if etcd_version != "3.5" {
+        assert!(!now.contains("--experimental-"), "{now}");
+    }
+    assert_eq!(
+        node.endpoint_status()["version"]
+            .as_str()
+            .unwrap()
+            .rsplit_once('.')
+            .unwrap()
+            .0,
+        etcd_version
     );
     // The journal says done, the records say restored.
     let j: serde_json::Value =
@@ -469,6 +501,20 @@ fn a_restore_killed_after_any_step_rolls_back_to_the_exact_previous_state() {
 
 #[test]
 fn three_nodes_restored_with_one_plan_form_a_healthy_cluster() {
+    three_nodes_restored("3.5");
+}
+
+#[test]
+fn three_nodes_on_kubeadm_1_36_with_etcd_3_6_restored() {
+    three_nodes_restored("3.6");
+}
+
+#[test]
+fn three_nodes_on_kubeadm_1_37_with_etcd_3_7_restored() {
+    three_nodes_restored("3.7");
+}
+
+fn three_nodes_restored(etcd_version: &str) {
     let pki = tempfile::tempdir().unwrap();
     crate::util::pki::Pki::create(pki.path());
     let ports: Vec<(u16, u16)> = (0..3)
@@ -482,7 +528,8 @@ fn three_nodes_restored_with_one_plan_form_a_healthy_cluster() {
         .join(",");
     let mut nodes: Vec<KubeNode> = (0..3)
         .map(|i| {
-            KubeNode::new(
+            KubeNode::with_etcd(
+                etcd_version,
                 &format!("cp{}", i + 1),
                 Some(pki.path()),
                 Some(ports[i]),

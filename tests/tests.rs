@@ -1,5 +1,5 @@
 //! Integration tests: one test binary, modules per concern, shared support in `util`.
-//! They run the real etcdguard binary against real etcd servers (3.5 and 3.4) over TLS.
+//! They run the real etcdguard binary against real etcd servers (3.5, 3.6 and 3.7) over TLS.
 
 mod util;
 
@@ -11,3 +11,4 @@ mod remote;
 mod restore;
 mod retention;
 mod verify;
+mod versions;

@@ -18,6 +18,8 @@ pub struct MemberInfo {
     /// Empty when the member list could not be read; the caller falls back to the manifest.
     pub name: String,
     pub version: String,
+    /// The member's storage version (etcd ≥ 3.6; empty before).
+    pub storage_version: String,
     pub revision: i64,
     pub db_size: i64,
 }
@@ -75,6 +77,7 @@ pub async fn member_info(
         leader: status.leader(),
         name,
         version: status.version().to_string(),
+        storage_version: status.storage_version().to_string(),
         revision,
         db_size: status.db_size(),
     })

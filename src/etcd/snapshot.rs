@@ -146,6 +146,9 @@ pub struct StreamedSnapshot {
     pub file_len: u64,
     pub db_sha256: [u8; 32],
     pub file_sha256: [u8; 32],
+    /// `SnapshotResponse.version` (etcd ≥ 3.6): the storage version of the snapshot's data,
+    /// empty until the cluster version is set, and from etcd 3.5, which does not send it.
+    pub version: String,
 }
 
 /// Where the bytes of a snapshot go (the local file, and an upload next to it).
@@ -199,6 +202,7 @@ pub async fn stream_snapshot<S: SnapshotSink>(
         .map_err(|e| SnapshotError::Stream(error_chain(&e)))?;
 
     let mut check = TrailerCheck::default();
+    let mut version = String::new();
     loop {
         let wait = next_wait()?;
         let msg = tokio::time::timeout(wait, stream.message())
@@ -207,6 +211,9 @@ pub async fn stream_snapshot<S: SnapshotSink>(
             .map_err(|e| SnapshotError::Stream(error_chain(&e)))?;
         let Some(msg) = msg else { break };
         check.accept(msg.blob(), msg.remaining_bytes())?;
+        if version.is_empty() && !msg.version().is_empty() {
+            version = msg.version().to_string();
+        }
         out.write(msg.blob())
             .await
             .map_err(|e| SnapshotError::Write(e.to_string()))?;
@@ -219,6 +226,7 @@ pub async fn stream_snapshot<S: SnapshotSink>(
         file_len,
         db_sha256,
         file_sha256,
+        version,
     })
 }
 

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use crate::etcdversion::Minor;
 pub use db::{read_active_meta, Db};
 pub use status::{status, DbStatus, StatusError};
 
@@ -65,18 +66,72 @@ pub enum VerifyError {
     },
     #[error("{path} is corrupt: bbolt {0}", .source)]
     Integrity { path: PathBuf, source: StatusError },
+    #[error(
+        "{path} is not a database etcdutl {generation} reads: {reason} (etcdutl 3.6 and later \
+         decode every value of the `key` bucket)"
+    )]
+    Undecodable {
+        path: PathBuf,
+        generation: StatusGeneration,
+        reason: String,
+    },
 }
 
-/// What [`verify_snapshot_file`] established about a good file. The first four fields carry
-/// etcdutl's names and values (`etcdutl snapshot status -w json`, 3.5 semantics).
+/// Which etcdutl's `snapshot status` a report reproduces: 3.5 counts every pair of every
+/// bucket as `totalKey` and has no `version`; 3.6 and 3.7 count live user keys and print the
+/// storage version.
+pub type StatusGeneration = Minor;
+
+/// The etcdutl that belongs to a snapshot: the minor of its storage version (written by etcd
+/// ≥ 3.6), else 3.5. Pure.
+pub fn own_generation(storage_version: Option<&str>) -> StatusGeneration {
+    match storage_version.and_then(crate::etcdversion::major_minor) {
+        Some((3, 6)) => Minor::V3_6,
+        Some((3, m)) if m >= 7 => Minor::V3_7,
+        _ => Minor::V3_5,
+    }
+}
+
+/// etcdutl ≥ 3.6's `version`: the storage version as a semver string, "" when absent or not a
+/// version. Pure.
+fn etcdutl_version_field(storage_version: Option<&str>) -> String {
+    let Some(v) = storage_version else {
+        return String::new();
+    };
+    let parts: Vec<&str> = v.split('.').collect();
+    let ok = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        v.to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// What [`verify_snapshot_file`] established about a good file. The first fields carry
+/// etcdutl's names and values (`etcdutl snapshot status -w json`) as the etcdutl named in
+/// `statusAs` prints them; `totalKeyAllBuckets` and `liveKeys` give both generations' counts
+/// under names that say which is which.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotFileReport {
     pub hash: u32,
     pub revision: i64,
+    /// etcdutl 3.5: every pair in every bucket; 3.6 and later: live user keys.
     pub total_key: u64,
     /// Bytes of the database proper.
     pub total_size: u64,
+    /// etcdutl ≥ 3.6 only: the storage version, "" when the snapshot has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The etcdutl whose `snapshot status` the fields above reproduce.
+    pub status_as: StatusGeneration,
+    /// etcdutl 3.5's totalKey: every key/value pair in every bucket.
+    pub total_key_all_buckets: u64,
+    /// etcdutl 3.6's and 3.7's totalKey: live user keys.
+    pub live_keys: u64,
     pub path: PathBuf,
     pub size_bytes: u64,
     /// sha256 of the whole file, as `sha256sum` prints it; not computed with the hash check
@@ -119,9 +174,13 @@ fn hash_prefix(mut file: &File, len: u64) -> std::io::Result<([u8; 32], Sha256)>
 /// `skip_hash_check`, for a raw data-dir db), database not truncated, bbolt consistent, and
 /// computes etcdutl's status. The sha256 pass and the bbolt walk run on two threads; both read
 /// with bounded buffers.
+///
+/// `generation` picks the etcdutl whose status fields the report reproduces; `None` takes the
+/// snapshot's own ([`own_generation`]).
 pub fn verify_snapshot_file(
     path: &Path,
     skip_hash_check: bool,
+    generation: Option<StatusGeneration>,
 ) -> Result<SnapshotFileReport, VerifyError> {
     let io = |source| VerifyError::Io {
         path: path.to_owned(),
@@ -198,11 +257,31 @@ pub fn verify_snapshot_file(
         path: path.to_owned(),
         source,
     })?;
+    let generation = generation.unwrap_or_else(|| own_generation(st.storage_version.as_deref()));
+    if generation.counts_live_keys() {
+        if let Some(reason) = &st.undecodable_key {
+            return Err(VerifyError::Undecodable {
+                path: path.to_owned(),
+                generation,
+                reason: reason.clone(),
+            });
+        }
+    }
     Ok(SnapshotFileReport {
         hash: st.hash,
         revision: st.revision,
-        total_key: st.total_key,
+        total_key: if generation.counts_live_keys() {
+            st.live_keys
+        } else {
+            st.total_key
+        },
         total_size: st.total_size,
+        version: generation
+            .counts_live_keys()
+            .then(|| etcdutl_version_field(st.storage_version.as_deref())),
+        status_as: generation,
+        total_key_all_buckets: st.total_key,
+        live_keys: st.live_keys,
         path: path.to_owned(),
         size_bytes: size,
         sha256,
@@ -284,7 +363,7 @@ pub(crate) mod tests {
         let db = sample_db(4096, 300);
         let bytes = with_trailer(db.clone());
         let (_d, p) = write(&bytes);
-        let r = verify_snapshot_file(&p, false).unwrap();
+        let r = verify_snapshot_file(&p, false, None).unwrap();
         assert_eq!(r.size_bytes, db.len() as u64 + 32);
         assert_eq!(r.total_size, db.len() as u64);
         assert_eq!(r.sha256, Some(hex::encode(Sha256::digest(&bytes))));
@@ -300,10 +379,10 @@ pub(crate) mod tests {
         // A raw db (no trailer) only with the hash check skipped.
         let (_d2, raw) = write(&db);
         assert!(matches!(
-            verify_snapshot_file(&raw, false),
+            verify_snapshot_file(&raw, false, None),
             Err(VerifyError::NoTrailer { .. })
         ));
-        let r2 = verify_snapshot_file(&raw, true).unwrap();
+        let r2 = verify_snapshot_file(&raw, true, None).unwrap();
         assert_eq!((r2.hash, r2.trailer), (r.hash, "absent"));
     }
 
@@ -332,17 +411,17 @@ pub(crate) mod tests {
         flipped[9000] ^= 0x40;
         let (_d, p) = write(&flipped);
         assert!(matches!(
-            verify_snapshot_file(&p, false),
+            verify_snapshot_file(&p, false, None),
             Err(VerifyError::Mismatch { .. })
         ));
         let (_d, p) = write(&bytes[..bytes.len() - 100]);
         assert!(matches!(
-            verify_snapshot_file(&p, false),
+            verify_snapshot_file(&p, false, None),
             Err(VerifyError::NoTrailer { .. })
         ));
         let (_d, p) = write(&bytes[..bytes.len() - 32]);
         assert!(matches!(
-            verify_snapshot_file(&p, false),
+            verify_snapshot_file(&p, false, None),
             Err(VerifyError::NoTrailer { .. })
         ));
     }
@@ -353,7 +432,7 @@ pub(crate) mod tests {
         let cut = with_trailer(db[..db.len() - 4096].to_vec());
         let (_d, p) = write(&cut);
         assert!(matches!(
-            verify_snapshot_file(&p, false),
+            verify_snapshot_file(&p, false, None),
             Err(VerifyError::Truncated { .. })
         ));
     }
@@ -362,7 +441,7 @@ pub(crate) mod tests {
     fn hashed_garbage_is_not_bbolt() {
         let (_d, p) = write(&with_trailer(vec![0x55u8; 8192]));
         assert!(matches!(
-            verify_snapshot_file(&p, false),
+            verify_snapshot_file(&p, false, None),
             Err(VerifyError::NotBbolt { .. })
         ));
     }
@@ -373,7 +452,9 @@ pub(crate) mod tests {
         // Page 3 onward are tree pages: make one an unknown page type.
         db[3 * 4096 + 8] = 0x40;
         let (_d, p) = write(&with_trailer(db));
-        let e = verify_snapshot_file(&p, false).unwrap_err().to_string();
+        let e = verify_snapshot_file(&p, false, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("integrity check failed"), "{e}");
         assert!(e.contains("page 3"), "{e}");
     }

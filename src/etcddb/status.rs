@@ -1,9 +1,21 @@
-//! `etcdutl snapshot status`, computed exactly as etcdutl 3.5 does (restore-spec A.3), in the
-//! same single walk as bbolt's consistency check, plus what a restore needs to know about the
-//! db (consistent index, storage and cluster versions, alarms, the latest revision).
+//! `etcdutl snapshot status` of both generations, in the same single walk as bbolt's
+//! consistency check, plus what a restore needs to know about the db (consistent index,
+//! storage and cluster versions, alarms, the latest revision).
 //!
-//! etcd 3.6 counts `totalKey` differently (live user keys) and adds `version`; that is known from
-//! the spec only and not implemented here: the fields below are etcdutl 3.5's.
+//! - etcdutl 3.5 (restore-spec A.3): `hash` is a CRC-32C over every bucket name, key and value;
+//!   `revision` the main revision of the last key in `key`; `totalKey` every pair in every
+//!   bucket; `totalSize` the db size.
+//! - etcdutl 3.6 and 3.7: the same hash, revision and size; `totalKey` counts the *live user
+//!   keys*: the `key` bucket walked in revision order, each value decoded as an mvccpb.KeyValue,
+//!   its key added, and removed again by a tombstone (an 18-byte revision key ending in `t`); a
+//!   value that does not decode is an error. `version` is `meta/storageVersion`.
+//!
+//! The live-key count remembers one 128-bit hash per live key (never the keys or values), so
+//! memory grows with the number of live keys (16 bytes each plus the set's overhead), not with
+//! the database size.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 
 use super::db::{check_and_walk, CheckReport, Db};
 use super::schema::{self, Revision};
@@ -17,6 +29,11 @@ pub struct DbStatus {
     pub revision: i64,
     /// Key/value pairs in all buckets (etcdutl 3.5's `totalKey`).
     pub total_key: u64,
+    /// Live user keys in `key` (etcdutl 3.6's and 3.7's `totalKey`).
+    pub live_keys: u64,
+    /// The first value of the `key` bucket that is not an mvccpb.KeyValue: etcdutl ≥ 3.6
+    /// refuses such a db; 3.5 never decodes values.
+    pub undecodable_key: Option<String>,
     /// `pgid * pageSize` (etcdutl's `totalSize`).
     pub total_size: u64,
     pub page_size: u32,
@@ -52,6 +69,8 @@ pub enum StatusError {
 struct Acc {
     hash: u32,
     total_key: u64,
+    live: HashSet<u128>,
+    undecodable_key: Option<String>,
     top: Vec<u8>,
     latest: Option<Revision>,
     revision: i64,
@@ -92,7 +111,7 @@ impl Acc {
                 self.total_key += 1;
                 let v = (!is_bucket).then_some(value);
                 match (self.top.as_slice(), key, v) {
-                    (schema::KEY, k, _) => {
+                    (schema::KEY, k, v) => {
                         // etcdutl takes the main revision of every key; the last one stays.
                         if let Some(rev) = Revision::parse(k) {
                             self.revision = rev.main;
@@ -101,6 +120,7 @@ impl Acc {
                             self.revision =
                                 i64::from_be_bytes(k[..8].try_into().unwrap_or_default());
                         }
+                        self.live_key(k, v.unwrap_or_default());
                     }
                     (schema::META, schema::CONSISTENT_INDEX, Some(v)) => {
                         self.consistent_index = schema::be_u64(v)
@@ -124,6 +144,92 @@ impl Acc {
     }
 }
 
+impl Acc {
+    /// etcdutl ≥ 3.6's live-key bookkeeping for one pair of the `key` bucket.
+    fn live_key(&mut self, rev: &[u8], value: &[u8]) {
+        if self.undecodable_key.is_some() {
+            return;
+        }
+        match kv_key(value) {
+            Some(user_key) => {
+                let h = key_hash(user_key);
+                if is_tombstone(rev) {
+                    self.live.remove(&h);
+                } else {
+                    self.live.insert(h);
+                }
+            }
+            None => {
+                self.undecodable_key = Some(format!(
+                    "the value at revision key {} of bucket `key` is not an etcd KeyValue",
+                    hex::encode(rev)
+                ))
+            }
+        }
+    }
+}
+
+/// A revision key with etcd's tombstone mark (`markedRevBytesLen`, 18 bytes ending in `t`).
+fn is_tombstone(rev: &[u8]) -> bool {
+    rev.len() == 18 && rev[17] == b't'
+}
+
+/// 128 bits of two differently seeded SipHashes: a collision between two live keys is not a
+/// practical concern, and the set never holds a key itself.
+fn key_hash(k: &[u8]) -> u128 {
+    let half = |seed: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        seed.hash(&mut h);
+        k.hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
+/// The `key` field (1) of an mvccpb.KeyValue, if `v` decodes as one: every field well formed,
+/// as a protobuf decoder demands. An empty message (the marker a revision bump writes) has
+/// the empty key.
+pub fn kv_key(v: &[u8]) -> Option<&[u8]> {
+    fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+        let mut out = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*i)?;
+            *i += 1;
+            out |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(out);
+            }
+        }
+        None
+    }
+    let mut i = 0;
+    let mut key: &[u8] = &[];
+    while i < v.len() {
+        let tag = varint(v, &mut i)?;
+        let (field, wire) = (tag >> 3, tag & 7);
+        if field == 0 {
+            return None;
+        }
+        match wire {
+            0 => {
+                varint(v, &mut i)?;
+            }
+            1 => i = i.checked_add(8).filter(|&e| e <= v.len())?,
+            5 => i = i.checked_add(4).filter(|&e| e <= v.len())?,
+            2 => {
+                let len = usize::try_from(varint(v, &mut i)?).ok()?;
+                let end = i.checked_add(len).filter(|&e| e <= v.len())?;
+                if field == 1 {
+                    key = &v[i..end];
+                }
+                i = end;
+            }
+            _ => return None,
+        }
+    }
+    Some(key)
+}
+
 /// Checks the db and computes its status in one walk. Integrity errors win over everything
 /// else, as in etcdutl (it checks before it hashes).
 pub fn status(db: &Db) -> Result<DbStatus, StatusError> {
@@ -142,6 +248,8 @@ pub fn status(db: &Db) -> Result<DbStatus, StatusError> {
         hash: acc.hash,
         revision: acc.revision,
         total_key: acc.total_key,
+        live_keys: acc.live.len() as u64,
+        undecodable_key: acc.undecodable_key,
         total_size: meta.db_size(),
         page_size: meta.page_size,
         txid: meta.txid,
@@ -154,4 +262,31 @@ pub fn status(db: &Db) -> Result<DbStatus, StatusError> {
         alarms: acc.alarms,
         downgrade: acc.downgrade,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_decode_as_protobuf_decoders_do() {
+        // KeyValue{key:"a", create_revision:2, mod_revision:3, version:1, value:"xy"}
+        let kv = [
+            0x0a, 1, b'a', 0x10, 2, 0x18, 3, 0x20, 1, 0x2a, 2, b'x', b'y',
+        ];
+        assert_eq!(kv_key(&kv), Some(&b"a"[..]));
+        assert_eq!(
+            kv_key(&[]),
+            Some(&b""[..]),
+            "the bump marker: an empty message"
+        );
+        assert_eq!(kv_key(&[0x0a, 5, b'a']), None, "length past the end");
+        assert_eq!(kv_key(&[0x0b]), None, "wire type 3");
+        assert_eq!(kv_key(&[0x10, 0x80]), None, "varint cut");
+        assert!(is_tombstone(
+            &[0; 17].iter().chain(b"t").copied().collect::<Vec<_>>()
+        ));
+        assert!(!is_tombstone(&[0; 17]));
+        assert_ne!(key_hash(b"a"), key_hash(b"b"));
+    }
 }

@@ -22,6 +22,7 @@ use super::probe;
 use crate::config::Config;
 use crate::etcd::{self, TlsMaterial};
 use crate::etcddb::{self, SnapshotFileReport};
+use crate::etcdversion::{self, Compat, Minor};
 use crate::fsutil;
 use crate::kubeadm::{rewrite_etcd_flags, split_url, EtcdManifest, RewriteMode};
 use crate::records::{self, Member, Outcome, Record, RecordStore, Trigger};
@@ -148,6 +149,8 @@ pub struct Prepared {
     pub report: SnapshotFileReport,
     pub plan: RestorePlan,
     pub cluster: Cluster,
+    /// The etcd minor of the manifest's image: what the data dir is built for.
+    pub target_version: Option<Minor>,
     pub guards: Vec<Guard>,
     pub revision_after: i64,
     pub endpoint: String,
@@ -275,81 +278,116 @@ fn sha256_file(p: &Path) -> Result<String, String> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn version_of(s: &str) -> Option<(u64, u64)> {
-    let mut it = s.trim().split('.').map(|p| p.parse::<u64>().ok());
-    Some((it.next()??, it.next()??))
-}
-
-/// Version compatibility of the snapshot and the etcd image (E.5 #3). Pure.
+/// Version compatibility of the snapshot and the etcd image (E.5 #3), by the one rule in
+/// [`etcdversion::restore_compat`]; also the etcd minor the data dir is built for. Pure.
 pub fn version_guard(
     image: Option<(u64, u64, u64)>,
     storage: Option<&str>,
     cluster: Option<&str>,
     force: bool,
-) -> Guard {
+) -> (Guard, Option<Minor>) {
     let name = "version compatibility";
-    let snap = storage
-        .and_then(version_of)
-        .or_else(|| cluster.and_then(version_of));
     let Some((imaj, imin, ipatch)) = image else {
-        return guard(
-            name,
-            Verdict::Warn,
-            "the etcd image tag does not say its version; cannot compare",
+        return (
+            guard(
+                name,
+                Verdict::Warn,
+                "the etcd image tag does not say its version; cannot compare (the data dir is \
+                 built for the snapshot's own version)",
+            ),
+            None,
         );
     };
     let img = format!("{imaj}.{imin}.{ipatch}");
-    if imaj != 3 || !(5..=6).contains(&imin) {
-        return guard(
+    // Outside 3.5..=3.7 (with --force only) the nearest encoding we know is used.
+    let target = Minor::of(imaj, imin).or(Some(if (imaj, imin) < (3, 5) {
+        Minor::V3_5
+    } else {
+        Minor::V3_7
+    }));
+    let snapshot = Minor::of_snapshot(storage, cluster);
+    let g = match etcdversion::restore_compat(snapshot, (imaj, imin)) {
+        Compat::Pass(why) => guard(name, Verdict::Pass, format!("image {img}: {why}")),
+        Compat::NeedsForce(why) if force => guard(
             name,
-            if force { Verdict::Warn } else { Verdict::Fail },
-            format!(
-                "the etcd image is {img}; etcdguard builds data dirs for etcd 3.5 and 3.6{}",
-                if force {
-                    " (--force)"
-                } else {
-                    " (--force to try anyway)"
-                }
-            ),
-        );
-    }
-    let Some((smaj, smin)) = snap else {
-        return guard(
-            name,
-            Verdict::Pass,
-            format!("image {img}; the snapshot records no version (older than 3.5)"),
-        );
+            Verdict::Warn,
+            format!("image {img}: {why} (--force given)"),
+        ),
+        Compat::NeedsForce(why) => guard(name, Verdict::Fail, format!("image {img}: {why}")),
+        Compat::Refuse(why) => guard(name, Verdict::Fail, format!("image {img}: {why}")),
     };
-    if smaj > imaj || (smaj == imaj && smin > imin) {
-        return guard(
+    (g, target)
+}
+
+/// etcd 3.6's names for the `--experimental-*` flags kubeadm wrote (etcd's `deprecatedFlags`);
+/// etcd 3.7 removed the old names and exits on them.
+const EXPERIMENTAL_REPLACEMENTS: &[(&str, &str)] = &[
+    (
+        "experimental-initial-corrupt-check",
+        "--feature-gates=InitialCorruptCheck=true",
+    ),
+    (
+        "experimental-compact-hash-check-enabled",
+        "--feature-gates=CompactHashCheck=true",
+    ),
+    (
+        "experimental-watch-progress-notify-interval",
+        "--watch-progress-notify-interval",
+    ),
+    ("experimental-corrupt-check-time", "--corrupt-check-time"),
+    (
+        "experimental-snapshot-catchup-entries",
+        "--snapshot-catchup-entries",
+    ),
+    (
+        "experimental-bootstrap-defrag-threshold-megabytes",
+        "--bootstrap-defrag-threshold-megabytes",
+    ),
+];
+
+/// The manifest's flags against its image: the restore changes only the `--initial-cluster*`
+/// flags, so a flag the image's etcd rejects would stop the restored member from starting.
+/// etcd 3.7 exits on every `--experimental-*` flag (refused, with the replacements kubeadm 1.37
+/// writes); 3.6 accepts them deprecated (a warning). Pure.
+pub fn flags_guard<'a>(
+    image: Option<(u64, u64, u64)>,
+    flags: impl Iterator<Item = &'a str>,
+) -> Guard {
+    let name = "manifest flags";
+    let experimental: Vec<&str> = flags.filter(|f| f.starts_with("experimental-")).collect();
+    if experimental.is_empty() {
+        return guard(name, Verdict::Pass, "no flag the image's etcd rejects");
+    }
+    let listed = experimental
+        .iter()
+        .map(
+            |f| match EXPERIMENTAL_REPLACEMENTS.iter().find(|(o, _)| o == f) {
+                Some((_, new)) => format!("--{f} (now {new})"),
+                None => format!("--{f}"),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(", ");
+    match image {
+        Some((3, minor, _)) if minor >= 7 => guard(
             name,
             Verdict::Fail,
             format!(
-                "the snapshot is from etcd {smaj}.{smin}, newer than the image {img}: etcd \
-                 cannot run newer data (migrate it with etcdutl, or use a newer image)"
+                "the image is etcd 3.{minor}, which exits on {listed}: replace them in etcd.yaml \
+                 as kubeadm 1.37 writes it, then restore"
             ),
-        );
-    }
-    if smaj == imaj && imin > smin + 1 {
-        return guard(
+        ),
+        Some((3, 6, _)) => guard(
             name,
-            if force { Verdict::Warn } else { Verdict::Fail },
-            format!(
-                "the snapshot is from etcd {smaj}.{smin}, more than one minor version behind \
-                 the image {img}{}",
-                if force {
-                    " (--force)"
-                } else {
-                    "; --force to restore anyway"
-                }
-            ),
-        );
+            Verdict::Warn,
+            format!("etcd 3.6 accepts {listed} but they are deprecated; etcd 3.7 rejects them"),
+        ),
+        _ => guard(
+            name,
+            Verdict::Pass,
+            format!("{listed}: valid for this image"),
+        ),
     }
-    guard(
-        name,
-        Verdict::Pass,
-        format!("snapshot {smaj}.{smin} on image {img}"),
-    )
 }
 
 /// Host names and IPs in the peer certificate's subject alternative names.
@@ -496,7 +534,7 @@ pub async fn prepare(config: &Config, opts: &Options) -> Result<Prepared, String
     ));
 
     let snapshot = resolve_source(config, &root, &opts.source).await?;
-    let report = match etcddb::verify_snapshot_file(&snapshot, opts.skip_hash_check) {
+    let report = match etcddb::verify_snapshot_file(&snapshot, opts.skip_hash_check, None) {
         Ok(r) => r,
         Err(e) => {
             return Err(format!("snapshot integrity: {e}"));
@@ -531,11 +569,16 @@ pub async fn prepare(config: &Config, opts: &Options) -> Result<Prepared, String
         }
     }
     guards.push(guard("snapshot integrity", v, integrity));
-    guards.push(version_guard(
+    let (vguard, target_version) = version_guard(
         node.manifest.image_version(),
         report.storage_version.as_deref(),
         report.cluster_version.as_deref(),
         opts.force,
+    );
+    guards.push(vguard);
+    guards.push(flags_guard(
+        node.manifest.image_version(),
+        node.manifest.flags.iter().map(|(n, _)| n.as_str()),
     ));
 
     let plan = RestorePlan {
@@ -751,6 +794,7 @@ pub async fn prepare(config: &Config, opts: &Options) -> Result<Prepared, String
         report,
         plan,
         cluster,
+        target_version,
         guards,
         revision_after,
         endpoint,
@@ -1255,6 +1299,9 @@ async fn steps(
         &paths.built,
         BuildOptions {
             skip_hash_check: opts.skip_hash_check,
+            target: p.target_version,
+            // The version guard has decided already (a Fail stops before this step).
+            force: true,
         },
     )
     .map_err(|e| format!("building the new data dir: {e}"))?;
@@ -1525,6 +1572,8 @@ pub fn record(
             endpoint: String::new(),
         }),
         etcd_version: None,
+        storage_version: None,
+        snapshot_version: None,
         revision: j.map(|j| j.plan.revision),
         size_bytes: None,
         sha256: j.map(|j| j.snapshot_sha256.clone()),
@@ -1553,25 +1602,76 @@ mod tests {
     #[test]
     fn version_rules() {
         let v = |img, st: Option<&str>, cl: Option<&str>, force| {
-            version_guard(img, st, cl, force).verdict
+            let (g, t) = version_guard(img, st, cl, force);
+            (g.verdict, t)
         };
+        use Minor::*;
         assert_eq!(
             v(Some((3, 5, 16)), None, Some("3.5.0"), false),
-            Verdict::Pass
+            (Verdict::Pass, Some(V3_5))
         );
-        assert_eq!(v(Some((3, 5, 16)), Some("3.6"), None, false), Verdict::Fail);
-        assert_eq!(v(Some((3, 5, 16)), Some("3.6"), None, true), Verdict::Fail);
         assert_eq!(
-            v(Some((3, 6, 4)), None, Some("3.4.0"), false),
+            v(Some((3, 5, 16)), Some("3.6.0"), None, true).0,
             Verdict::Fail
         );
-        assert_eq!(v(Some((3, 6, 4)), None, Some("3.4.0"), true), Verdict::Warn);
+        assert_eq!(
+            v(Some((3, 6, 8)), Some("3.7.0"), Some("3.7.0"), true).0,
+            Verdict::Fail
+        );
+        assert_eq!(
+            v(Some((3, 6, 4)), None, Some("3.4.0"), false).0,
+            Verdict::Fail
+        );
+        assert_eq!(
+            v(Some((3, 6, 4)), None, Some("3.4.0"), true).0,
+            Verdict::Warn
+        );
         assert_eq!(
             v(Some((3, 6, 4)), None, Some("3.5.0"), false),
-            Verdict::Pass
+            (Verdict::Pass, Some(V3_6))
         );
-        assert_eq!(v(Some((3, 4, 23)), None, None, false), Verdict::Fail);
-        assert_eq!(v(None, None, Some("3.5.0"), false), Verdict::Warn);
+        assert_eq!(
+            v(Some((3, 7, 0)), Some("3.6.0"), Some("3.6.0"), false),
+            (Verdict::Pass, Some(V3_7))
+        );
+        assert_eq!(
+            v(Some((3, 7, 0)), None, Some("3.5.0"), false).0,
+            Verdict::Fail
+        );
+        assert_eq!(
+            v(Some((3, 7, 0)), None, Some("3.5.0"), true),
+            (Verdict::Warn, Some(V3_7))
+        );
+        assert_eq!(v(Some((3, 4, 23)), None, None, false).0, Verdict::Fail);
+        assert_eq!(v(None, None, Some("3.5.0"), false), (Verdict::Warn, None));
+    }
+
+    #[test]
+    fn flags_for_each_generation() {
+        let k133 = [
+            "data-dir",
+            "experimental-initial-corrupt-check",
+            "experimental-watch-progress-notify-interval",
+        ];
+        let k137 = [
+            "data-dir",
+            "feature-gates",
+            "watch-progress-notify-interval",
+        ];
+        let v = |img, f: &[&str]| flags_guard(img, f.iter().copied());
+        assert_eq!(v(Some((3, 5, 30)), &k133).verdict, Verdict::Pass);
+        assert_eq!(v(Some((3, 6, 8)), &k133).verdict, Verdict::Warn);
+        let g = v(Some((3, 7, 0)), &k133);
+        assert_eq!(g.verdict, Verdict::Fail);
+        assert!(
+            g.detail.contains("--watch-progress-notify-interval")
+                && g.detail.contains("InitialCorruptCheck=true"),
+            "{}",
+            g.detail
+        );
+        for img in [(3, 6, 8), (3, 7, 0)] {
+            assert_eq!(v(Some(img), &k137).verdict, Verdict::Pass);
+        }
     }
 
     #[test]

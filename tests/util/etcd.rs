@@ -16,6 +16,8 @@ pub struct EtcdServer {
     pub data_dir: PathBuf,
     pub pki_dir: PathBuf,
     pub log: PathBuf,
+    /// Extra environment for the server process (`ETCD_VERIFY=all`).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -32,7 +34,9 @@ pub struct MemberSpec {
 
 impl EtcdServer {
     /// Starts a fresh single-member cluster (or, for an existing data dir, the member in it)
-    /// named `name`, with etcd `version` ("3.5" or "3.4").
+    /// named `name`, with etcd `version` ("3.5", "3.6" or "3.7"). From 3.6 on it also waits
+    /// for the storage version to be set, as it is on any running cluster within seconds
+    /// (snapshots carry it from then on).
     pub fn start(version: &str, name: &str, data_dir: &Path, pki_dir: &Path) -> EtcdServer {
         let mut last_log = String::new();
         for _ in 0..3 {
@@ -49,6 +53,9 @@ impl EtcdServer {
                 },
             );
             if s.wait_ready(Duration::from_secs(30)) {
+                if version != "3.5" {
+                    s.wait_storage_version(Duration::from_secs(30));
+                }
                 return s;
             }
             last_log = s.log_tail();
@@ -60,6 +67,11 @@ impl EtcdServer {
     /// Spawns a member without waiting for it (members of a new multi-member cluster become
     /// ready only together). Call [`EtcdServer::wait_ready`] or [`EtcdServer::wait_healthy`].
     pub fn spawn_member(version: &str, spec: MemberSpec) -> EtcdServer {
+        EtcdServer::spawn_member_env(version, spec, &[])
+    }
+
+    /// [`EtcdServer::spawn_member`] with extra environment for etcd.
+    pub fn spawn_member_env(version: &str, spec: MemberSpec, env: &[(&str, &str)]) -> EtcdServer {
         let mut s = EtcdServer {
             version: version.to_string(),
             name: spec.name,
@@ -70,10 +82,40 @@ impl EtcdServer {
             log: spec
                 .data_dir
                 .with_extension(format!("etcd-{}.log", spec.client_port)),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         s.spawn(&spec.initial_cluster);
         s
+    }
+
+    /// The member's storage version (`endpoint status`), "" while unset.
+    pub fn storage_version(&self) -> String {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v[0]["Status"]["storageVersion"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// Waits until etcd ≥ 3.6 reports a storage version; panics with the log if it never does.
+    pub fn wait_storage_version(&self, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if !self.storage_version().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "etcd {} set no storage version within {limit:?}; log tail:\n{}",
+            self.version,
+            self.log_tail()
+        );
     }
 
     /// Waits until a linearizable read succeeds (the member is in a cluster with a leader).
@@ -129,6 +171,7 @@ impl EtcdServer {
             "--log-level",
             "warn",
         ])
+        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);

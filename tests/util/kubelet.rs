@@ -1,7 +1,8 @@
 //! A kubelet stand-in for restore tests: it watches a node's static pod dir and runs what the
 //! manifests say, as the kubelet would. `etcd.yaml` appears → a real etcd starts from the
 //! manifest's command, container paths mapped to the host paths of its hostPath volumes (under
-//! the node's root); it changes → etcd restarts; it goes → etcd is stopped (SIGTERM).
+//! the node's root), run by the cached etcd binary of the image tag's minor version (an
+//! `etcd:3.6.8-0` image runs the 3.6 binary); it changes → etcd restarts; it goes → etcd is stopped (SIGTERM).
 //! `kube-apiserver.yaml` → a listener on its `--secure-port`, so "the API server stopped" can
 //! be observed. An etcd that exits is started again after a second (a crash loop).
 //!
@@ -65,6 +66,13 @@ fn host_command(root: &Path, text: &str) -> Vec<String> {
         .collect()
 }
 
+/// "3.6" for an `etcd:3.6.8-0` image: which cached etcd runs the manifest.
+fn image_minor(text: &str) -> String {
+    let m = EtcdManifest::parse(text, Path::new("etcd.yaml")).expect("runner: manifest parses");
+    let (major, minor, _) = m.image_version().expect("runner: image tag has a version");
+    format!("{major}.{minor}")
+}
+
 fn stop_child(mut c: Child) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(c.id() as i32),
@@ -89,7 +97,7 @@ fn secure_port(text: &str) -> u16 {
 }
 
 impl Kubelet {
-    pub fn start(root: &Path, etcd_version: &'static str) -> Kubelet {
+    pub fn start(root: &Path) -> Kubelet {
         let stop = Arc::new(AtomicBool::new(false));
         let paused = Arc::new(AtomicBool::new(false));
         let state = Arc::new(Mutex::new(State::default()));
@@ -125,7 +133,7 @@ impl Kubelet {
                         log_n += 1;
                         let log =
                             std::fs::File::create(r.join(format!("etcd-{log_n}.log"))).unwrap();
-                        let child = Command::new(etcd_binary(etcd_version, "etcd"))
+                        let child = Command::new(etcd_binary(&image_minor(text), "etcd"))
                             .args(host_command(&r, text))
                             .args(["--logger", "zap", "--log-level", "warn"])
                             .stdin(Stdio::null())

@@ -21,10 +21,43 @@ pub struct KubeNode {
     /// etcdguard's config for backups (absolute paths into the root).
     pub config: PathBuf,
     pub kubelet: Option<Kubelet>,
+    /// The etcd minor of the manifest's image ("3.5", "3.6", "3.7").
+    pub etcd_version: String,
 }
 
-/// The etcd static pod, as kubeadm writes it for an etcd 3.5 image.
+/// The image tag and the generation-specific flags kubeadm writes for an etcd minor: kubeadm
+/// ≤ 1.33 ships etcd 3.5 with `--experimental-*` flags; 1.34–1.36 ship 3.6 and 1.37 ships 3.7
+/// with their replacements (etcd 3.7 exits on any `--experimental-*` flag).
+fn generation(etcd_version: &str) -> (&'static str, [&'static str; 2]) {
+    match etcd_version {
+        "3.5" => (
+            "3.5.30-0",
+            [
+                "--experimental-initial-corrupt-check=true",
+                "--experimental-watch-progress-notify-interval=5s",
+            ],
+        ),
+        "3.6" => (
+            "3.6.8-0",
+            [
+                "--feature-gates=InitialCorruptCheck=true",
+                "--watch-progress-notify-interval=5s",
+            ],
+        ),
+        "3.7" => (
+            "3.7.0-0",
+            [
+                "--feature-gates=InitialCorruptCheck=true",
+                "--watch-progress-notify-interval=5s",
+            ],
+        ),
+        v => panic!("no kubeadm generation for etcd {v}"),
+    }
+}
+
+/// The etcd static pod, as kubeadm writes it for an etcd `etcd_version` image.
 pub fn etcd_manifest(
+    etcd_version: &str,
     name: &str,
     client: u16,
     peer: u16,
@@ -35,6 +68,20 @@ pub fn etcd_manifest(
     let state = state
         .map(|s| format!("    - --initial-cluster-state={s}\n"))
         .unwrap_or_default();
+    let (tag, [corrupt_check, progress_notify]) = generation(etcd_version);
+    // kubeadm sorts the flags: the experimental ones come after --data-dir, the feature gate
+    // before --initial-*, --watch-progress-notify-interval last.
+    let (before_initial, last) = if etcd_version == "3.5" {
+        (
+            format!("    - {corrupt_check}\n    - {progress_notify}\n"),
+            String::new(),
+        )
+    } else {
+        (
+            format!("    - {corrupt_check}\n"),
+            format!("    - {progress_notify}\n"),
+        )
+    };
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -55,9 +102,7 @@ spec:
     - --cert-file=/etc/kubernetes/pki/etcd/server.crt
     - --client-cert-auth=true
     - --data-dir=/var/lib/etcd
-    - --experimental-initial-corrupt-check=true
-    - --experimental-watch-progress-notify-interval=5s
-    - --initial-advertise-peer-urls=https://127.0.0.1:{peer}
+{before_initial}    - --initial-advertise-peer-urls=https://127.0.0.1:{peer}
     - --initial-cluster={initial_cluster}
 {state}    - --key-file=/etc/kubernetes/pki/etcd/server.key
     - --listen-client-urls=https://127.0.0.1:{client}
@@ -70,7 +115,7 @@ spec:
     - --peer-trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
     - --snapshot-count=10000
     - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
-    image: registry.k8s.io/etcd:3.5.30-0
+{last}    image: registry.k8s.io/etcd:{tag}
     imagePullPolicy: IfNotPresent
     name: etcd
     resources:
@@ -110,9 +155,21 @@ fn apiserver_manifest(port: u16) -> String {
 }
 
 impl KubeNode {
-    /// A node whose etcd joins `initial_cluster` (or forms its own when `None`). `pki` is a
-    /// PKI dir to copy (members of one cluster share the CA); `None` makes a new one.
+    /// A kubeadm ≤ 1.33 node (etcd 3.5); see [`KubeNode::with_etcd`].
     pub fn new(
+        name: &str,
+        pki: Option<&Path>,
+        ports: Option<(u16, u16)>,
+        initial_cluster: Option<&str>,
+    ) -> KubeNode {
+        KubeNode::with_etcd("3.5", name, pki, ports, initial_cluster)
+    }
+
+    /// A node of the kubeadm generation that ships etcd `etcd_version`, whose etcd joins
+    /// `initial_cluster` (or forms its own when `None`). `pki` is a PKI dir to copy (members of
+    /// one cluster share the CA); `None` makes a new one.
+    pub fn with_etcd(
+        etcd_version: &str,
         name: &str,
         pki: Option<&Path>,
         ports: Option<(u16, u16)>,
@@ -140,7 +197,15 @@ impl KubeNode {
         let manifests = r.join("etc/kubernetes/manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         std::fs::create_dir_all(r.join("var/lib")).unwrap();
-        let m = etcd_manifest(name, client_port, peer_port, metrics_port, cluster, None);
+        let m = etcd_manifest(
+            etcd_version,
+            name,
+            client_port,
+            peer_port,
+            metrics_port,
+            cluster,
+            None,
+        );
         write_0600(&manifests.join("etcd.yaml"), &m);
         write_0600(
             &manifests.join("kube-apiserver.yaml"),
@@ -169,11 +234,12 @@ impl KubeNode {
             apiserver_port,
             config,
             kubelet: None,
+            etcd_version: etcd_version.to_string(),
         }
     }
 
     pub fn start(&mut self) {
-        self.kubelet = Some(Kubelet::start(self.root.path(), "3.5"));
+        self.kubelet = Some(Kubelet::start(self.root.path()));
     }
 
     pub fn kubelet(&self) -> &Kubelet {
@@ -194,7 +260,7 @@ impl KubeNode {
                 .display()
                 .to_string()
         };
-        Command::new(etcd_binary("3.5", "etcdctl"))
+        Command::new(etcd_binary(&self.etcd_version, "etcdctl"))
             .args([
                 "--endpoints",
                 &format!("https://127.0.0.1:{}", self.client_port),

@@ -28,7 +28,7 @@ pub fn etcd_cache_dir() -> PathBuf {
 }
 
 /// The path of `binary` (etcd, etcdctl, etcdutl) for the newest cached version starting with
-/// `version_prefix` ("3.5", "3.4"). Panics with the install pointer when it is missing.
+/// `version_prefix` ("3.5", "3.6", "3.7"). Panics with the install pointer when it is missing.
 pub fn etcd_binary(version_prefix: &str, binary: &str) -> PathBuf {
     let dir = etcd_cache_dir();
     let mut versions: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -53,6 +53,10 @@ pub fn etcd_binary(version_prefix: &str, binary: &str) -> PathBuf {
         )
     })
 }
+
+/// The newest etcd minor the tests run (what kubeadm 1.37 ships): the daemon and remote tests
+/// use it; the engine, backup and restore tests run every supported minor.
+pub const NEWEST: &str = "3.7";
 
 /// A port that was free on 127.0.0.1 a moment ago.
 pub fn free_port() -> u16 {
@@ -113,4 +117,35 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Every top-level bucket of an etcd db with its keys and values, read with etcdguard's bbolt
+/// reader: equality independent of the page layout (which differs between bbolt versions, and
+/// between two snapshots of one server: every Snapshot RPC forces a commit). A snapshot's
+/// sha256 trailer is left out.
+pub type Buckets = std::collections::BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
+
+pub fn db_buckets(path: &Path) -> Buckets {
+    let f = std::fs::File::open(path).unwrap();
+    let size = f.metadata().unwrap().len();
+    let len = if size % 512 == 32 { size - 32 } else { size };
+    let db = etcdguard::etcddb::Db::open(f, len).unwrap();
+    let mut out = Buckets::default();
+    let mut top = String::new();
+    let report = etcdguard::etcddb::db::check_and_walk(
+        &db,
+        &mut |depth: usize, k: &[u8], v: &[u8], is_bucket: bool| match depth {
+            0 => {
+                top = String::from_utf8_lossy(k).into_owned();
+                out.entry(top.clone()).or_default();
+            }
+            1 => out
+                .get_mut(&top)
+                .unwrap()
+                .push((k.to_vec(), if is_bucket { vec![] } else { v.to_vec() })),
+            _ => {}
+        },
+    );
+    assert!(report.is_ok(), "{}: {:?}", path.display(), report.lines());
+    out
 }

@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::plan::{resolve, Cluster, PlanError, RestorePlan};
+use super::proto::Encoding;
 use super::{snap, wal};
 use crate::etcddb::schema::{self, Revision};
 use crate::etcddb::writer::{self, Change, Item};
 use crate::etcddb::{self, Db, DbStatus};
+use crate::etcdversion::{self, Compat, Minor};
 use crate::fsutil;
 
 const COPY_BUF: usize = 1 << 20;
@@ -54,6 +56,9 @@ pub enum BuildError {
     },
     #[error("cannot rewrite the database: {0}")]
     Commit(String),
+    /// The snapshot's version and the target's do not meet (`etcdversion::restore_compat`).
+    #[error("{0}")]
+    Version(String),
 }
 
 /// What was built.
@@ -65,15 +70,47 @@ pub struct BuildReport {
     pub source: DbStatus,
     /// The revision etcd will report on the restored member (snapshot revision + bump).
     pub revision: i64,
+    /// The etcd version the data dir was built for.
+    pub target_version: Minor,
     /// Things an operator should know (alarms carried over, a downgrade in progress).
     pub warnings: Vec<String>,
 }
 
-/// Options that do not change the produced bytes.
+/// How to build, beyond the plan.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildOptions {
     /// Accept a snapshot without sha256 trailer (a data dir's `member/snap/db`).
     pub skip_hash_check: bool,
+    /// The etcd minor that will run on the data dir: it picks the raft encoding (3.7's
+    /// etcdutl writes what protobuf-go writes) and is checked against the snapshot's version.
+    /// `None`: the snapshot's own (its storage version; 3.5 when it has none).
+    pub target: Option<Minor>,
+    /// Build although the versions are a minor apart or more (never for newer data on an
+    /// older etcd).
+    pub force: bool,
+}
+
+/// The target version for `status`, and the warnings the version rule gives. Refusals are
+/// errors. Pure.
+fn version_decision(
+    status: &DbStatus,
+    opts: &BuildOptions,
+) -> Result<(Minor, Option<String>), BuildError> {
+    let snapshot = Minor::of_snapshot(
+        status.storage_version.as_deref(),
+        status.cluster_version.as_deref(),
+    );
+    let target = opts
+        .target
+        .unwrap_or_else(|| etcddb::own_generation(status.storage_version.as_deref()));
+    match etcdversion::restore_compat(snapshot, (3, target.minor_number())) {
+        Compat::Pass(_) => Ok((target, None)),
+        Compat::NeedsForce(why) if opts.force => Ok((target, Some(why))),
+        Compat::NeedsForce(why) => Err(BuildError::Version(format!(
+            "{why} (--target-version picks the etcd the data dir is for)"
+        ))),
+        Compat::Refuse(why) => Err(BuildError::Version(why)),
+    }
 }
 
 /// Removes the staging directory unless it was published.
@@ -388,6 +425,8 @@ pub fn build_data_dir(
     if status.consistent_index.is_none() {
         return Err(bad("its meta bucket has no consistent_index".into()));
     }
+    let (target_version, version_warning) = version_decision(&status, &opts)?;
+    let enc = Encoding::for_target(target_version);
     let (changes, revision) = changes(&cluster, &status).map_err(bad)?;
     writer::commit(&db, &changes).map_err(BuildError::Commit)?;
     let db = Db::open(
@@ -414,14 +453,14 @@ pub fn build_data_dir(
         wal_file.set_len(wal::SEGMENT_SIZE).map_err(&werr)?;
     }
     wal_file
-        .write_all_at(&wal::records(&cluster), 0)
+        .write_all_at(&wal::records(&cluster, enc), 0)
         .map_err(&werr)?;
     wal_file.sync_all().map_err(&werr)?;
 
     let snap_path = snap_dir.join(snap::file_name(&cluster));
     let mut snap_file = create_private_file(&snap_path)?;
     snap_file
-        .write_all(&snap::contents(&cluster))
+        .write_all(&snap::contents(&cluster, target_version))
         .and_then(|()| snap_file.sync_all())
         .map_err(write_err(&snap_path))?;
 
@@ -435,7 +474,7 @@ pub fn build_data_dir(
     staging.published = true;
     fsutil::fsync_dir(&parent).map_err(write_err(&parent))?;
 
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = version_warning.into_iter().collect();
     if status.alarms > 0 {
         warnings.push(format!(
             "the snapshot carries {} etcd alarm(s) (NOSPACE makes the cluster read-only, \
@@ -455,6 +494,7 @@ pub fn build_data_dir(
         cluster,
         source: status,
         revision,
+        target_version,
         warnings,
     })
 }

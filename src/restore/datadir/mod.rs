@@ -1,8 +1,9 @@
 //! A restored etcd data directory (restore-spec C): `plan` (validation, IDs), `proto`, `wal`
 //! and `snap` (the raft files, as bytes) are pure; `build` does the I/O.
 //!
-//! etcd 3.6 accepts the same layout (the spec says so from its source; not yet verified
-//! against a 3.6 binary, none is available here).
+//! The layout is the same for etcd 3.5, 3.6 and 3.7; what differs by target version is the
+//! raft messages' encoding (`proto::Encoding`) and which versions may meet
+//! (`crate::etcdversion`). `tests/engine.rs` compares every target with its own etcdutl.
 
 pub mod build;
 pub mod plan;

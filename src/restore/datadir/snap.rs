@@ -1,11 +1,15 @@
 //! The `.snap` file of a restored member (restore-spec C.6): a raft snapshot at index N, term 1,
 //! whose data is the v2 store holding only `/0/members/<id>/raftAttributes`, in etcd 3.5's
-//! deterministic JSON layout (3.6 accepts it too; its own output orders members randomly).
+//! deterministic JSON layout. etcdutl 3.6 and 3.7 build it differently (from a fresh v2 store,
+//! after one failed lookup, so their stats say `getsFail: 1`; the member nodes are created in
+//! Go map order, so with several members their indexes differ from run to run); 3.7 writes it
+//! but no longer reads it.
 //! Pure.
 
 use super::plan::Cluster;
-use super::proto;
+use super::proto::{self, Encoding};
 use crate::etcddb::schema::{go_json_string, hex_id, raft_attributes_json};
+use crate::etcdversion::Minor;
 
 /// `%016x-%016x.snap` of (term 1, index N).
 pub fn file_name(cluster: &Cluster) -> String {
@@ -25,8 +29,10 @@ fn node(path: &str, index: usize, value: &str, children: Option<&str>) -> String
     s
 }
 
-/// The v2 store JSON.
-pub fn v2_store_json(cluster: &Cluster) -> String {
+/// The v2 store JSON as etcdutl of `target` writes it (members in ID order).
+pub fn v2_store_json(cluster: &Cluster, target: Minor) -> String {
+    // etcdutl ≥ 3.6 looks a key up in the fresh store before it adds the members.
+    let gets_fail = u8::from(target >= Minor::V3_6);
     let n = cluster.members.len();
     // Member i (1-based, ID order) was created at index i.
     let indexed: Vec<(usize, String, String)> = cluster
@@ -86,14 +92,20 @@ pub fn v2_store_json(cluster: &Cluster) -> String {
         events.pop();
     }
     format!(
-        "{{\"Root\":{root},\"WatcherHub\":{{\"EventHistory\":{{\"Queue\":{{\"Events\":[{events}],\"Size\":{n},\"Front\":0,\"Back\":{n},\"Capacity\":1000}},\"StartIndex\":1,\"LastIndex\":{n}}}}},\"CurrentIndex\":{n},\"Stats\":{{\"getsSuccess\":0,\"getsFail\":0,\"setsSuccess\":0,\"setsFail\":0,\"deleteSuccess\":0,\"deleteFail\":0,\"updateSuccess\":0,\"updateFail\":0,\"createSuccess\":{n},\"createFail\":0,\"compareAndSwapSuccess\":0,\"compareAndSwapFail\":0,\"compareAndDeleteSuccess\":0,\"compareAndDeleteFail\":0,\"expireCount\":0,\"watchers\":0}},\"CurrentVersion\":2}}"
+        "{{\"Root\":{root},\"WatcherHub\":{{\"EventHistory\":{{\"Queue\":{{\"Events\":[{events}],\"Size\":{n},\"Front\":0,\"Back\":{n},\"Capacity\":1000}},\"StartIndex\":1,\"LastIndex\":{n}}}}},\"CurrentIndex\":{n},\"Stats\":{{\"getsSuccess\":0,\"getsFail\":{gets_fail},\"setsSuccess\":0,\"setsFail\":0,\"deleteSuccess\":0,\"deleteFail\":0,\"updateSuccess\":0,\"updateFail\":0,\"createSuccess\":{n},\"createFail\":0,\"compareAndSwapSuccess\":0,\"compareAndSwapFail\":0,\"compareAndDeleteSuccess\":0,\"compareAndDeleteFail\":0,\"expireCount\":0,\"watchers\":0}},\"CurrentVersion\":2}}"
     )
 }
 
 /// The whole `.snap` file.
-pub fn contents(cluster: &Cluster) -> Vec<u8> {
+pub fn contents(cluster: &Cluster, target: Minor) -> Vec<u8> {
     let n = cluster.members.len() as u64;
-    let raft = proto::raft_snapshot(v2_store_json(cluster).as_bytes(), &cluster.ids(), n, 1);
+    let raft = proto::raft_snapshot(
+        v2_store_json(cluster, target).as_bytes(),
+        &cluster.ids(),
+        n,
+        1,
+        Encoding::for_target(target),
+    );
     proto::snap_file(crc32c::crc32c(&raft), &raft)
 }
 
@@ -113,8 +125,8 @@ mod tests {
             mark_compacted: false,
         })
         .unwrap();
-        assert_eq!(v2_store_json(&c).len(), 6459);
-        let f = contents(&c);
+        assert_eq!(v2_store_json(&c, Minor::V3_5).len(), 6459);
+        let f = contents(&c, Minor::V3_5);
         assert_eq!(f.len(), 6491);
         assert_eq!(hex::encode(&f[..16]), "08cdf690c10712d2320abb327b22526f");
         assert_eq!(
@@ -122,7 +134,11 @@ mod tests {
             "12120a0c088ee6beb4dbae99d12f280010011801"
         );
         assert_eq!(file_name(&c), "0000000000000001-0000000000000001.snap");
-        let json: serde_json::Value = serde_json::from_str(&v2_store_json(&c)).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&v2_store_json(&c, Minor::V3_5)).unwrap();
         assert_eq!(json["CurrentIndex"], 1);
+        let json: serde_json::Value =
+            serde_json::from_str(&v2_store_json(&c, Minor::V3_6)).unwrap();
+        assert_eq!(json["Stats"]["getsFail"], 1);
     }
 }

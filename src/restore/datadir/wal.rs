@@ -5,7 +5,7 @@
 //! of the records before it. The file is preallocated to [`SEGMENT_SIZE`]; the writer fills it.
 
 use super::plan::Cluster;
-use super::proto;
+use super::proto::{self, Encoding};
 use crate::etcddb::schema;
 
 /// etcd's WAL segment size; etcdutl preallocates the first segment to exactly this.
@@ -47,7 +47,7 @@ impl Encoder {
 
 /// The records a restore writes for `cluster`, from the point of view of its own member. The
 /// caller writes them at offset 0 of a [`SEGMENT_SIZE`] file of zeros.
-pub fn records(cluster: &Cluster) -> Vec<u8> {
+pub fn records(cluster: &Cluster, enc: Encoding) -> Vec<u8> {
     let ids = cluster.ids();
     let n = ids.len() as u64;
     let mut e = Encoder {
@@ -60,17 +60,17 @@ pub fn records(cluster: &Cluster) -> Vec<u8> {
         METADATA,
         &proto::metadata(cluster.this().id, cluster.cluster_id),
     );
-    e.record(SNAPSHOT, &proto::wal_snapshot(0, 0, None));
+    e.record(SNAPSHOT, &proto::wal_snapshot(0, 0, None, enc));
     for (i, m) in cluster.members.iter().enumerate() {
         let ctx = schema::member_json(m.id, &m.peer_urls, &m.name);
-        let cc = proto::conf_change_add(m.id, ctx.as_bytes());
+        let cc = proto::conf_change_add(m.id, ctx.as_bytes(), enc);
         e.record(
             ENTRY,
             &proto::entry(ENTRY_CONF_CHANGE, 1, i as u64 + 1, Some(&cc)),
         );
     }
     e.record(STATE, &proto::hard_state(1, ids[0], n));
-    e.record(SNAPSHOT, &proto::wal_snapshot(n, 1, Some(&ids)));
+    e.record(SNAPSHOT, &proto::wal_snapshot(n, 1, Some(&ids), enc));
     e.out
 }
 
@@ -91,7 +91,7 @@ mod tests {
             mark_compacted: false,
         })
         .unwrap();
-        let w = records(&c);
+        let w = records(&c, Encoding::Gogo);
         let hex = |r: std::ops::Range<usize>| hex::encode(&w[r]);
         assert_eq!(hex(0..16), "04000000000000840804100000000000");
         assert_eq!(hex(16..32), "1f00000000000081080110dafbfdc30e");
