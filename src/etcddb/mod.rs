@@ -212,7 +212,7 @@ pub fn verify_snapshot_file(
     let (hashed, opened) = std::thread::scope(|s| {
         let hashing = (!skip_hash_check).then(|| s.spawn(|| hash_prefix(&file, db_len)));
         let opened = Db::open(walker, db_len).map(|db| {
-            let st = status(&db);
+            let st = status::status_with_live_keys(&db);
             (*db.meta(), st)
         });
         (hashing.map(|h| h.join().expect("hash thread")), opened)
@@ -258,6 +258,7 @@ pub fn verify_snapshot_file(
         source,
     })?;
     let generation = generation.unwrap_or_else(|| own_generation(st.storage_version.as_deref()));
+    let live_keys = st.live_keys.unwrap_or_default();
     if generation.counts_live_keys() {
         if let Some(reason) = &st.undecodable_key {
             return Err(VerifyError::Undecodable {
@@ -271,7 +272,7 @@ pub fn verify_snapshot_file(
         hash: st.hash,
         revision: st.revision,
         total_key: if generation.counts_live_keys() {
-            st.live_keys
+            live_keys
         } else {
             st.total_key
         },
@@ -281,7 +282,7 @@ pub fn verify_snapshot_file(
             .then(|| etcdutl_version_field(st.storage_version.as_deref())),
         status_as: generation,
         total_key_all_buckets: st.total_key,
-        live_keys: st.live_keys,
+        live_keys,
         path: path.to_owned(),
         size_bytes: size,
         sha256,

@@ -11,8 +11,9 @@
 //!   value that does not decode is an error. `version` is `meta/storageVersion`.
 //!
 //! The live-key count remembers one 128-bit hash per live key (never the keys or values), so
-//! memory grows with the number of live keys (16 bytes each plus the set's overhead), not with
-//! the database size.
+//! its memory grows with the number of live keys (about 20 bytes each), not with the database
+//! size; it is computed only when asked ([`status_with_live_keys`], which `verify` uses), not
+//! in the check every backup and restore runs, whose memory stays a few pages.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -29,8 +30,8 @@ pub struct DbStatus {
     pub revision: i64,
     /// Key/value pairs in all buckets (etcdutl 3.5's `totalKey`).
     pub total_key: u64,
-    /// Live user keys in `key` (etcdutl 3.6's and 3.7's `totalKey`).
-    pub live_keys: u64,
+    /// Live user keys in `key` (etcdutl 3.6's and 3.7's `totalKey`); `None` when not counted.
+    pub live_keys: Option<u64>,
     /// The first value of the `key` bucket that is not an mvccpb.KeyValue: etcdutl ≥ 3.6
     /// refuses such a db; 3.5 never decodes values.
     pub undecodable_key: Option<String>,
@@ -69,7 +70,8 @@ pub enum StatusError {
 struct Acc {
     hash: u32,
     total_key: u64,
-    live: HashSet<u128>,
+    /// `Some` when live keys are counted.
+    live: Option<HashSet<u128>>,
     undecodable_key: Option<String>,
     top: Vec<u8>,
     latest: Option<Revision>,
@@ -150,13 +152,16 @@ impl Acc {
         if self.undecodable_key.is_some() {
             return;
         }
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
         match kv_key(value) {
             Some(user_key) => {
                 let h = key_hash(user_key);
                 if is_tombstone(rev) {
-                    self.live.remove(&h);
+                    live.remove(&h);
                 } else {
-                    self.live.insert(h);
+                    live.insert(h);
                 }
             }
             None => {
@@ -230,10 +235,22 @@ pub fn kv_key(v: &[u8]) -> Option<&[u8]> {
     Some(key)
 }
 
-/// Checks the db and computes its status in one walk. Integrity errors win over everything
-/// else, as in etcdutl (it checks before it hashes).
+/// Checks the db and computes its status in one walk, without the live-key count. Integrity
+/// errors win over everything else, as in etcdutl (it checks before it hashes).
 pub fn status(db: &Db) -> Result<DbStatus, StatusError> {
-    let mut acc = Acc::default();
+    walk_status(db, false)
+}
+
+/// [`status`] with etcdutl ≥ 3.6's live-key count (memory per live key, see the module doc).
+pub fn status_with_live_keys(db: &Db) -> Result<DbStatus, StatusError> {
+    walk_status(db, true)
+}
+
+fn walk_status(db: &Db, count_live_keys: bool) -> Result<DbStatus, StatusError> {
+    let mut acc = Acc {
+        live: count_live_keys.then(HashSet::new),
+        ..Acc::default()
+    };
     let report = check_and_walk(db, &mut |d: usize, k: &[u8], v: &[u8], b: bool| {
         acc.element(d, k, v, b)
     });
@@ -248,7 +265,7 @@ pub fn status(db: &Db) -> Result<DbStatus, StatusError> {
         hash: acc.hash,
         revision: acc.revision,
         total_key: acc.total_key,
-        live_keys: acc.live.len() as u64,
+        live_keys: acc.live.as_ref().map(|l| l.len() as u64),
         undecodable_key: acc.undecodable_key,
         total_size: meta.db_size(),
         page_size: meta.page_size,

@@ -1,10 +1,1 @@
-// etcd server built from etcd's published Go module, for etcdguard's tests only.
-package main
-
-import (
-	"os"
-
-	"go.etcd.io/etcd/server/v3/etcdmain"
-)
-
-func main() { etcdmain.Main(os.Args) }
+../../../v3.6/cmd/etcd/main.go
