@@ -69,6 +69,8 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         } => verify(&file, output, skip_hash_check, as_etcdutl.map(Into::into)),
         Command::RestoreDatadir(args) => restore_datadir(&args),
         Command::Restore(args) => restore(config_path, &args),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { dir } => man_pages(&dir),
         Command::Config {
             command: ConfigCommand::Check { remote },
         } => config_check(config_path, remote),
@@ -769,6 +771,36 @@ fn restore_datadir(a: &crate::cli::RestoreDatadirArgs) -> CmdResult {
         ));
     }
     print(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// completions and man pages: from the CLI definition itself, so they never drift from it
+
+fn completions(shell: crate::cli::CompletionShell) -> CmdResult {
+    use crate::cli::CompletionShell;
+    use clap::CommandFactory;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "etcdguard", &mut out);
+    print(&String::from_utf8_lossy(&out))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn man_pages(dir: &Path) -> CmdResult {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+        .map_err(|e| {
+            CommandError::Failed(format!(
+                "cannot write man pages into {}: {e}",
+                dir.display()
+            ))
+        })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -194,3 +194,29 @@ fn corrupt_records_file_is_reported_then_moved_aside() {
     );
     assert_eq!(node.records().len(), 1);
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_binary() {
+    for (shell, needle) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef etcdguard"),
+        ("fish", "complete -c etcdguard"),
+    ] {
+        let out = etcdguard(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains(needle) && text.contains("restore-datadir"),
+            "{shell}: {text}"
+        );
+    }
+    let d = tempfile::tempdir().unwrap();
+    let man = d.path().join("man");
+    let out = etcdguard(&["man", man.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = std::fs::read_to_string(man.join("etcdguard-restore-datadir.1")).unwrap();
+    assert!(page.contains("target\\-version"), "{page}");
+    assert!(man.join("etcdguard.1").is_file());
+    // Hidden from the help, like any packaging helper.
+    assert!(!stdout(&etcdguard(&["--help"])).contains("\n  man "));
+}
