@@ -13,11 +13,27 @@ debian_mirror() {
   printf '%s' "$uri"
 }
 
+# test_cache_dir: where test dependencies are cached, outside any checkout:
+# $ETCDGUARD_TEST_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/etcdguard-test, else (no HOME)
+# /var/cache/etcdguard-test.
+test_cache_dir() {
+  if [ -n "${ETCDGUARD_TEST_CACHE:-}" ]; then
+    printf '%s' "$ETCDGUARD_TEST_CACHE"
+  elif [ -n "${XDG_CACHE_HOME:-}" ]; then
+    printf '%s/etcdguard-test' "$XDG_CACHE_HOME"
+  elif [ -n "${HOME:-}" ]; then
+    printf '%s/.cache/etcdguard-test' "$HOME"
+  else
+    printf '/var/cache/etcdguard-test'
+  fi
+}
+
 # link_test_cache: makes $here/.cache a symlink to the test cache outside the checkout,
 # $ETCDGUARD_TEST_CACHE or ${XDG_CACHE_HOME:-$HOME/.cache}/etcdguard-test, so builds of test
 # dependencies (keyed by version inside) survive a fresh clone. A real .cache dir is kept.
 link_test_cache() {
-  local outside="${ETCDGUARD_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/etcdguard-test}"
+  local outside
+  outside=$(test_cache_dir)
   if [ -L "$here/.cache" ] || [ ! -e "$here/.cache" ]; then
     mkdir -p "$outside"
     ln -sfn "$outside" "$here/.cache"
