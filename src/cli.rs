@@ -178,7 +178,8 @@ pub struct RestoreDatadirArgs {
     pub skip_hash_check: bool,
     /// The etcd minor that will run on the data dir; the dir is built as that version's
     /// etcdutl builds it, and refused when the snapshot's data is newer [default: the
-    /// snapshot's own version, from its storage version; 3.5 when it records none]
+    /// snapshot's own version, from its storage version, else its cluster version; 3.5 when it
+    /// records neither]
     #[arg(long, value_enum, value_name = "MINOR")]
     pub target_version: Option<EtcdMinor>,
     /// Build even though the snapshot's version skips a minor to the target (etcd does not

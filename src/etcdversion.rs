@@ -41,8 +41,6 @@ pub fn major_minor(s: &str) -> Option<(u64, u64)> {
 }
 
 impl Minor {
-    pub const ALL: [Minor; 3] = [Minor::V3_5, Minor::V3_6, Minor::V3_7];
-
     pub fn of(major: u64, minor: u64) -> Option<Minor> {
         match (major, minor) {
             (3, 5) => Some(Minor::V3_5),
@@ -54,6 +52,16 @@ impl Minor {
 
     pub fn parse(s: &str) -> Option<Minor> {
         major_minor(s).and_then(|(a, b)| Minor::of(a, b))
+    }
+
+    /// The supported minor closest to `major.minor`: itself when supported, 3.5 below, 3.7
+    /// above. For picking an encoding when the rules allowed an unsupported version. Pure.
+    pub fn nearest(major: u64, minor: u64) -> Minor {
+        Minor::of(major, minor).unwrap_or(if (major, minor) < (3, 5) {
+            Minor::V3_5
+        } else {
+            Minor::V3_7
+        })
     }
 
     pub fn minor_number(self) -> u64 {
@@ -200,6 +208,9 @@ mod tests {
         assert_eq!(Minor::parse("3.6.16"), Some(Minor::V3_6));
         assert_eq!(Minor::parse("v3.7.3"), Some(Minor::V3_7));
         assert_eq!(Minor::parse("3.4.23"), None);
+        assert_eq!(Minor::nearest(3, 4), Minor::V3_5);
+        assert_eq!(Minor::nearest(3, 6), Minor::V3_6);
+        assert_eq!(Minor::nearest(3, 8), Minor::V3_7);
         assert_eq!(
             Minor::of_snapshot(None, Some("3.5.0")),
             Some((3, 5)),

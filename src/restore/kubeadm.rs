@@ -300,11 +300,7 @@ pub fn version_guard(
     };
     let img = format!("{imaj}.{imin}.{ipatch}");
     // Outside 3.5..=3.7 (with --force only) the nearest encoding we know is used.
-    let target = Minor::of(imaj, imin).or(Some(if (imaj, imin) < (3, 5) {
-        Minor::V3_5
-    } else {
-        Minor::V3_7
-    }));
+    let target = Some(Minor::nearest(imaj, imin));
     let snapshot = Minor::of_snapshot(storage, cluster);
     let g = match etcdversion::restore_compat(snapshot, (imaj, imin)) {
         Compat::Pass(why) => guard(name, Verdict::Pass, format!("image {img}: {why}")),

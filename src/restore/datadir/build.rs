@@ -83,7 +83,8 @@ pub struct BuildOptions {
     pub skip_hash_check: bool,
     /// The etcd minor that will run on the data dir: it picks the raft encoding (3.7's
     /// etcdutl writes what protobuf-go writes) and is checked against the snapshot's version.
-    /// `None`: the snapshot's own (its storage version; 3.5 when it has none).
+    /// `None`: the snapshot's own (its storage version, else its cluster version; 3.5 when it
+    /// records neither).
     pub target: Option<Minor>,
     /// Build although the versions are a minor apart or more (never for newer data on an
     /// older etcd).
@@ -100,9 +101,12 @@ fn version_decision(
         status.storage_version.as_deref(),
         status.cluster_version.as_deref(),
     );
-    let target = opts
-        .target
-        .unwrap_or_else(|| etcddb::own_generation(status.storage_version.as_deref()));
+    // The snapshot's own version, by the same reading the rule uses (storage version, else
+    // cluster version), so the default target never refuses the snapshot's own data.
+    let target = opts.target.unwrap_or_else(|| match snapshot {
+        Some((major, minor)) => Minor::nearest(major, minor),
+        None => Minor::V3_5,
+    });
     match etcdversion::restore_compat(snapshot, (3, target.minor_number())) {
         Compat::Pass(_) => Ok((target, None)),
         Compat::NeedsForce(why) if opts.force => Ok((target, Some(why))),
