@@ -4,7 +4,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use crate::util::node::Node;
-use crate::util::{etcdguard, etcdguard_cmd, stderr, stdout};
+use crate::util::{etcdguard, etcdguard_cmd, etcdguard_cmd_of, stderr, stdout};
 
 fn with_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let d = tempfile::tempdir().unwrap();
@@ -75,8 +75,18 @@ fn missing_or_unreadable_config_file() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = etcdguard_cmd(&["--config", p.to_str().unwrap(), "config", "check"]);
+    let args = ["--config", p.to_str().unwrap(), "config", "check"];
+    let mut cmd = etcdguard_cmd(&args);
+    // `nobody` may not reach the build directory (CI keeps it under root's home), so it runs a
+    // copy of the binary from a world-readable temp dir.
+    let bin_dir = tempfile::tempdir().unwrap();
     if nix::unistd::geteuid().is_root() {
+        let bin = bin_dir.path().join("etcdguard");
+        std::fs::copy(env!("CARGO_BIN_EXE_etcdguard"), &bin).unwrap();
+        for path in [bin_dir.path(), bin.as_path()] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        cmd = etcdguard_cmd_of(&bin, &args);
         cmd.uid(65534).gid(65534);
     } else {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();

@@ -74,7 +74,12 @@ pub fn etcdguard(args: &[&str]) -> Output {
 }
 
 pub fn etcdguard_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_etcdguard"));
+    etcdguard_cmd_of(Path::new(env!("CARGO_BIN_EXE_etcdguard")), args)
+}
+
+/// Like `etcdguard_cmd`, for a copy of the binary at `bin`.
+pub fn etcdguard_cmd_of(bin: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
     c.args(args)
         .env_remove("ETCDGUARD_CONFIG")
         .env_remove("CREDENTIALS_DIRECTORY")
