@@ -82,21 +82,100 @@ etcd_flags() {
     "--peer-trusted-ca-file=$pki/ca.crt" "--peer-client-cert-auth=true"
 }
 
-# etcd_manifest FLAGS_FILE: a kubeadm-style etcd static pod manifest on stdout.
-etcd_manifest() {
-  echo "apiVersion: v1"
-  echo "kind: Pod"
-  echo "metadata: {name: etcd, namespace: kube-system, labels: {component: etcd, tier: control-plane}}"
-  echo "spec:"
-  echo "  containers:"
-  echo "  - name: etcd"
-  echo "    command:"
-  echo "    - etcd"
-  sed 's/^/    - /' "$1"
+# kubeadm_etcd_manifest MINOR NAME CLIENT_PORT PEER_PORT METRICS_PORT: the etcd static pod
+# manifest kubeadm writes for an etcd MINOR (3.5, 3.6, 3.7) image, on stdout, filled in from the
+# one template the tests use too (tests/fixtures/kubeadm-etcd.yaml; its header says how).
+kubeadm_etcd_manifest() {
+  awk -v minor="$1" -v name="$2" -v client="$3" -v peer="$4" -v metrics="$5" '
+    /^#/ { next }
+    {
+      line = $0
+      at = index(line, " #@ ")
+      if (at) {
+        n = split(substr(line, at + 4), tags, " ")
+        keep = 0
+        for (t = 1; t <= n; t++) if (tags[t] == minor) keep = 1
+        if (!keep) next
+        line = substr(line, 1, at - 1)
+      }
+      gsub(/@NAME@/, name, line)
+      gsub(/@CLIENT_PORT@/, client, line)
+      gsub(/@PEER_PORT@/, peer, line)
+      gsub(/@METRICS_PORT@/, metrics, line)
+      gsub(/@INITIAL_CLUSTER@/, name "=https://127.0.0.1:" peer, line)
+      print line
+    }' "$here/tests/fixtures/kubeadm-etcd.yaml"
+}
+
+# ---- Real etcd binaries (scripts/install-test-deps puts them in the test cache) and their
+# clients. Callers set $here (project dir).
+
+# etcd_cache_dir: the dir holding one <version>/ subdir (etcd, etcdctl, etcdutl) per etcd
+# version: $ETCDGUARD_ETCD_DIR, else the test cache's etcd/.
+etcd_cache_dir() {
+  printf '%s' "${ETCDGUARD_ETCD_DIR:-$here/.cache/etcd}"
+}
+
+# newest_etcd_dir MINOR: the newest cached <version>/ dir of etcd MINOR (e.g. 3.7). When there
+# is none, ls says so on stderr and the status is ls's (non-zero), which stops a caller under
+# `set -e` at `dir=$(newest_etcd_dir 3.7)`.
+newest_etcd_dir() {
+  ls -d "$(etcd_cache_dir)/$1".* | sort | tail -1
+}
+
+# etcdctl_tls ETCD_DIR PKI ENDPOINT ARG...: ETCD_DIR/etcdctl ARG... against ENDPOINT with
+# client-certificate auth from a kubeadm-layout PKI dir (make_pki): ca and healthcheck-client.
+etcdctl_tls() {
+  local dir=$1 pki=$2 endpoint=$3
+  shift 3
+  "$dir/etcdctl" --endpoints="$endpoint" --cacert="$pki/ca.crt" \
+    --cert="$pki/healthcheck-client.crt" --key="$pki/healthcheck-client.key" "$@"
+}
+
+# etcd_wait_healthy ETCD_DIR PKI ENDPOINT [TRIES]: polls `etcdctl endpoint health` every 0.2 s,
+# TRIES times (default 150, 30 s); 0 once healthy, else says so on stderr and returns 1.
+etcd_wait_healthy() {
+  local dir=$1 pki=$2 endpoint=$3 tries=${4:-150}
+  for _ in $(seq "$tries"); do
+    etcdctl_tls "$dir" "$pki" "$endpoint" endpoint health >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "etcd on $endpoint did not become healthy" >&2
+  return 1
+}
+
+# etcd_start ETCD_DIR FLAGS_FILE LOG [FLAG...]: starts ETCD_DIR/etcd in the background with the
+# flags of FLAGS_FILE (one a line, as etcd_flags writes them) then FLAG..., stdout and stderr
+# to LOG. The caller's $! is its pid afterwards.
+etcd_start() {
+  local dir=$1 flags_file=$2 out=$3
+  local -a flags
+  shift 3
+  mapfile -t flags < "$flags_file" || return
+  "$dir/etcd" "${flags[@]}" "$@" > "$out" 2>&1 &
 }
 
 # ---- A real systemd in a container (systemd-nspawn), for scripts/systemd-test and
-# scripts/package-test. Callers set $here (project dir) and define fail().
+# scripts/package-test. Callers set $here (project dir) and start with ct_test_begin, which
+# gives them ok and fail (the functions below call fail).
+
+# ct_test_begin NAME TOOL...: starts the checks of test script NAME: the count of passed
+# checks is 0, and every TOOL must be on PATH (else fail, pointing at install-test-deps).
+ct_test_begin() {
+  ct_test_name=$1
+  shift
+  passed=0
+  local t
+  for t in "$@"; do
+    command -v "$t" >/dev/null || fail "$t is missing: run scripts/install-test-deps"
+  done
+}
+
+# ok MSG: a passed check. fail MSG: a failed one; prints the summary and exits 1.
+# ct_test_done: the summary of a run in which every check passed.
+ok() { passed=$((passed + 1)); echo "ok: $*"; }
+fail() { echo "FAILED: $*" >&2; echo "$ct_test_name: $passed passed, 1 failed"; exit 1; }
+ct_test_done() { echo "$ct_test_name: $passed passed, 0 failed"; }
 
 # A minimal Debian with systemd (and rpm, to install the .rpm), built once and cached
 # (git-ignored). Prints its path.
@@ -124,7 +203,7 @@ ct_kubeadm_node() {
   install -d "$root/etc/kubernetes/manifests"
   etcd_flags cp1 /var/lib/etcd /etc/kubernetes/pki/etcd https://127.0.0.1:2379 \
     https://127.0.0.1:2380 > "$flags"
-  etcd_manifest "$flags" > "$root/etc/kubernetes/manifests/etcd.yaml"
+  kubeadm_etcd_manifest 3.7 cp1 2379 2380 2381 > "$root/etc/kubernetes/manifests/etcd.yaml"
   chmod 0600 "$root/etc/kubernetes/manifests/etcd.yaml"
   cat > "$root/etc/systemd/system/etcd.service" <<UNIT
 [Unit]
@@ -165,6 +244,30 @@ ct_boot() {
 
 in_ct() { nsenter -t "$ct_leader" -a "$@"; }
 
+# ct_workdir TAG [KEEP_NOTE]: a fresh $work (/var/tmp/etcdguard-TAG.XXXXXX) holding $root, a
+# copy of the cached root file system (ct_rootfs), and an EXIT trap (ct_cleanup). Sets $work
+# and $root.
+ct_workdir() {
+  local cache
+  ct_keep_note=${2:-}
+  cache=$(ct_rootfs) || return
+  work=$(mktemp -d "/var/tmp/etcdguard-$1.XXXXXX") || return
+  trap ct_cleanup EXIT
+  root="$work/root"
+  cp -a "$cache" "$root"
+}
+
+# ct_cleanup: the EXIT trap of ct_workdir: stops the container and removes $work, or with
+# KEEP_CT=1 leaves both and prints (after KEEP_NOTE) how to enter, stop and remove them.
+ct_cleanup() {
+  if [ "${KEEP_CT:-0}" = 1 ]; then
+    echo "KEEP_CT=1: ${ct_keep_note:+$ct_keep_note }nsenter -t $ct_leader -a bash; kill $ct_nspawn; rm -rf $work"
+    return
+  fi
+  ct_stop
+  rm -rf "$work"
+}
+
 # ct_stop: clean shutdown of the container, then SIGKILL if it hangs.
 ct_stop() {
   if [ -n "${ct_nspawn:-}" ] && kill -0 "$ct_nspawn" 2>/dev/null; then
@@ -172,6 +275,22 @@ ct_stop() {
     for _ in $(seq 60); do kill -0 "$ct_nspawn" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$ct_nspawn" 2>/dev/null || true
   fi
+}
+
+# ct_test_schedule ROOT: the drop-in that lets etcdguard.service in ROOT accept a seconds field
+# in its schedule (tests only).
+ct_test_schedule() {
+  install -d "$1/etc/systemd/system/etcdguard.service.d"
+  printf '[Service]\nEnvironment=ETCDGUARD_TEST_SECONDS_SCHEDULE=1\n' \
+    > "$1/etc/systemd/system/etcdguard.service.d/test.conf"
+}
+
+# ct_wait_scheduled_backup: waits up to 20 s for `etcdguard records` to list a scheduled backup;
+# else fails with the tail of etcdguard's journal.
+ct_wait_scheduled_backup() {
+  local n=0
+  for _ in $(seq 40); do n=$(ct_scheduled_backups); [ "$n" -ge 1 ] && break; sleep 0.5; done
+  [ "$n" -ge 1 ] || { in_ct journalctl -u etcdguard --no-pager | tail -20; fail "no scheduled backup"; }
 }
 
 # ct_scheduled_backups: successful scheduled backups `etcdguard records` lists in the container.

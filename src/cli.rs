@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "etcdguard",
     version = env!("ETCDGUARD_LONG_VERSION"),
     about = "Scheduled, verified etcd snapshots and guarded restore for kubeadm control-plane nodes",
-    after_help = "Exit codes: 0 success, 1 the operation failed, 2 usage error, 78 configuration error."
+    after_help = crate::exit::EXIT_CODES_HELP
 )]
 pub struct Cli {
     /// Configuration file [default: /etc/etcdguard/etcdguard.toml; built-in defaults when

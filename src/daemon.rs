@@ -27,6 +27,7 @@ use crate::metrics;
 use crate::records::{self, Outcome, Record, RecordStore, RemoteState, Trigger};
 use crate::remote_sync;
 use crate::schedule;
+use crate::state::LockError;
 
 /// Upper bound on one sleep, even without a watchdog: the wall clock is re-read at least this
 /// often, which is how suspend and clock changes are noticed.
@@ -133,6 +134,14 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     );
     if d.config.paused {
         tracing::warn!("configuration is paused: no scheduled backups until paused = false");
+    }
+    // The same pre-flight as `config check`; not fatal (etcd may start after us at boot).
+    let found = crate::preflight::local(&d.config);
+    for (field, problem) in &found.problems {
+        tracing::error!("pre-flight: {field}: {problem}; backups fail until this is fixed");
+    }
+    for w in &found.warnings {
+        tracing::warn!("pre-flight: {w}");
     }
     d.on_tick();
     // Pre-flight of the bucket and any uploads left pending, right away.
@@ -244,7 +253,7 @@ impl Daemon {
                     .cloned()
                     .or_else(|| m.retry_failed.first().map(|(f, e)| format!("{f}: {e}")));
             }
-            Ok(Err(BackupError::Busy { .. })) => {}
+            Ok(Err(BackupError::Lock(LockError::Busy { .. }))) => {}
             Ok(Err(e)) => tracing::error!("remote maintenance not run: {e}"),
             Err(e) if e.is_cancelled() => {}
             Err(e) => tracing::error!("remote maintenance failed: {e}"),
@@ -310,24 +319,7 @@ impl Daemon {
     /// Records a slot that was not taken.
     fn skip(&mut self, slot: DateTime<Utc>, trigger: Trigger, reason: String) {
         let now = Utc::now();
-        let record = Record {
-            id: records::new_record_id(now),
-            backup_timestamp: now,
-            file_name: None,
-            result: Outcome::Skipped,
-            reason: Some(reason),
-            trigger,
-            member: None,
-            etcd_version: None,
-            storage_version: None,
-            snapshot_version: None,
-            revision: None,
-            size_bytes: None,
-            sha256: None,
-            duration_seconds: 0.0,
-            local: None,
-            remote: None,
-        };
+        let record = Record::skipped(now, trigger, reason);
         backup::log_record(&record);
         let history = self.config.history;
         let res = self.store.update(now, |f| {
@@ -335,10 +327,7 @@ impl Daemon {
             if f.daemon.last_handled_slot.is_none_or(|t| t < slot) {
                 f.daemon.last_handled_slot = Some(slot);
             }
-            let drops = crate::retention::history_drops(&f.records, history);
-            for &i in drops.iter().rev() {
-                f.records.remove(i);
-            }
+            crate::retention::trim_history(f, history);
         });
         if let Err(e) = res {
             tracing::error!("cannot record the skipped slot: {e}");
@@ -362,7 +351,7 @@ impl Daemon {
                 backup::log_record(&report.record);
                 persist_slot(&self.store, slot);
             }
-            Ok(Err(BackupError::Busy { holder, .. })) => {
+            Ok(Err(BackupError::Lock(LockError::Busy { holder, .. }))) => {
                 let who = holder.map(|p| format!(" (pid {p})")).unwrap_or_default();
                 self.skip(
                     slot,

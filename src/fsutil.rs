@@ -1,5 +1,5 @@
 //! The one place for durable filesystem primitives: private directories, atomic replace,
-//! directory fsync and advisory locks. Everything that must survive a crash goes through here,
+//! directory fsync, durable moves, `--root` path mapping and advisory locks. Everything that must survive a crash goes through here,
 //! so there is exactly one atomic-write helper and one lock helper in the codebase.
 
 use std::fs::{self, File, OpenOptions};
@@ -81,18 +81,65 @@ pub fn publish_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     fsync_dir(parent_of(to))
 }
 
+/// Renames `from` to `to` durably: both directories fsynced after the rename.
+pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)?;
+    for d in [from.parent(), to.parent()].into_iter().flatten() {
+        fsync_dir(d)?;
+    }
+    Ok(())
+}
+
+/// Moves a file durably: rename, or across filesystems an atomic copy (same mode) and unlink;
+/// both directories fsynced.
+pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::rename(from, to) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+            let bytes = fs::read(from)?;
+            write_atomic(to, &bytes, mode_of(from)?)?;
+            fs::remove_file(from)?;
+        }
+        Err(e) => return Err(e),
+    }
+    for d in [from.parent(), to.parent()].into_iter().flatten() {
+        fsync_dir(d)?;
+    }
+    Ok(())
+}
+
+/// The permission bits of `path` (what to give its copy).
+pub fn mode_of(path: &Path) -> io::Result<u32> {
+    Ok(fs::metadata(path)?.permissions().mode() & 0o7777)
+}
+
+/// Creates a new file readable and writable by its owner only (0600 whatever the umask), open
+/// for reading and writing; fails if `path` exists.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
+    Ok(file)
+}
+
+/// `p` (an absolute path of the node) as seen under `root`, where the node's disk is mounted
+/// (`restore --root`). With root `/` it is `p` itself.
+pub fn under_root(root: &Path, p: &Path) -> PathBuf {
+    match p.strip_prefix("/") {
+        Ok(rel) => root.join(rel),
+        Err(_) => root.join(p),
+    }
+}
+
 /// An exclusive advisory lock (flock) held for the life of the value. The lock file holds the
 /// holder's pid so that a waiting process can say who it waits for.
 #[derive(Debug)]
 pub struct LockGuard {
     _lock: Flock<File>,
-    path: PathBuf,
-}
-
-impl LockGuard {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// What [`try_lock`] found when the lock was taken by someone else.
@@ -123,10 +170,7 @@ pub fn try_lock(path: &Path) -> io::Result<Result<LockGuard, LockHeld>> {
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => {
             note_holder(&lock);
-            Ok(Ok(LockGuard {
-                _lock: lock,
-                path: path.to_owned(),
-            }))
+            Ok(Ok(LockGuard { _lock: lock }))
         }
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
             let holder_pid = fs::read_to_string(path)
@@ -144,10 +188,7 @@ pub fn lock(path: &Path) -> io::Result<LockGuard> {
     let file = open_lock_file(path)?;
     let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
     note_holder(&lock);
-    Ok(LockGuard {
-        _lock: lock,
-        path: path.to_owned(),
-    })
+    Ok(LockGuard { _lock: lock })
 }
 
 /// Hands `[offset, offset + len)` of a file to the kernel's writeback without waiting

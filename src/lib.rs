@@ -1,21 +1,28 @@
 //! etcdguard: scheduled, verified etcd snapshots and guarded restore for kubeadm nodes.
 //! See `docs/architecture.md` for the map of modules.
+//!
+//! Public are only the modules the binary, the integration tests and the fuzz targets use; the
+//! rest is private to the crate, so the compiler reports what nothing calls.
 
-pub mod backup;
 pub mod cli;
 pub mod commands;
-pub mod config;
-pub mod daemon;
-pub mod etcd;
 pub mod etcddb;
-pub mod etcdversion;
-pub mod fsutil;
+pub mod exit;
 pub mod kubeadm;
 pub mod logging;
-pub mod metrics;
-pub mod records;
-pub mod remote_sync;
 pub mod restore;
-pub mod retention;
-pub mod schedule;
 pub mod store;
+
+mod backup;
+mod config;
+mod daemon;
+mod etcd;
+mod etcdversion;
+mod fsutil;
+mod metrics;
+mod preflight;
+mod records;
+mod remote_sync;
+mod retention;
+mod schedule;
+mod state;

@@ -33,6 +33,13 @@ fn gauge(out: &mut String, name: &str, help: &str, samples: &[(&str, String)]) {
 /// Renders every metric. `next_run` is the next scheduled slot (daemon), `paused` the config.
 pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>) -> String {
     let mut out = String::new();
+    backups(&mut out, file);
+    counters(&mut out, file, paused, next_run);
+    out
+}
+
+/// The last attempt, the last success per destination, and what is kept.
+fn backups(out: &mut String, file: &RecordsFile) {
     let local = "{destination=\"local\"}";
     let attempts = || {
         file.records
@@ -43,19 +50,19 @@ pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>)
     if let Some(last) = attempts().next() {
         let ok = last.result == Outcome::Success;
         gauge(
-            &mut out,
+            out,
             "etcdguard_last_attempt_timestamp_seconds",
             "Time of the last backup attempt (success or failure).",
             &[(local, secs(last.backup_timestamp))],
         );
         gauge(
-            &mut out,
+            out,
             "etcdguard_last_result",
             "1 if the last backup attempt succeeded, 0 if it failed.",
             &[(local, u8::from(ok).to_string())],
         );
         gauge(
-            &mut out,
+            out,
             "etcdguard_last_duration_seconds",
             "Duration of the last backup attempt.",
             &[(local, format!("{:.3}", last.duration_seconds))],
@@ -72,7 +79,7 @@ pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>)
     }
     if !successes.is_empty() {
         gauge(
-            &mut out,
+            out,
             "etcdguard_last_success_timestamp_seconds",
             "Time of the last successful backup (local) or upload (remote).",
             &successes,
@@ -80,13 +87,13 @@ pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>)
     }
     if let Some(good) = attempts().find(|r| r.result == Outcome::Success) {
         gauge(
-            &mut out,
+            out,
             "etcdguard_last_size_bytes",
             "Size of the last successful snapshot file.",
             &[(local, good.size_bytes.unwrap_or(0).to_string())],
         );
         gauge(
-            &mut out,
+            out,
             "etcdguard_last_revision",
             "etcd revision of the last successful snapshot.",
             &[(local, good.revision.unwrap_or(0).to_string())],
@@ -96,13 +103,13 @@ pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>)
         use crate::records::RemoteState;
         let ok = matches!(last.state, RemoteState::Uploaded | RemoteState::Deleted);
         gauge(
-            &mut out,
+            out,
             "etcdguard_remote_last_result",
             "1 if the newest backup's remote copy was made, 0 if it is pending or failed.",
             &[("", u8::from(ok).to_string())],
         );
         gauge(
-            &mut out,
+            out,
             "etcdguard_remote_pending",
             "Remote copies waiting for a retry.",
             &[(
@@ -129,11 +136,15 @@ pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>)
         ));
     }
     gauge(
-        &mut out,
+        out,
         "etcdguard_snapshots",
         "Snapshots present per destination.",
         &snapshots,
     );
+}
+
+/// The counters and the daemon's state.
+fn counters(out: &mut String, file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>) {
     let s = &file.stats;
     let _ = writeln!(
         out,
@@ -152,20 +163,19 @@ pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>)
         s.skipped
     );
     gauge(
-        &mut out,
+        out,
         "etcdguard_paused",
         "1 if scheduled backups are paused.",
         &[("", u8::from(paused).to_string())],
     );
     if let Some(next) = next_run {
         gauge(
-            &mut out,
+            out,
             "etcdguard_next_run_timestamp_seconds",
             "Time of the next scheduled backup.",
             &[("", secs(next))],
         );
     }
-    out
 }
 
 /// Rewrites the metrics file from the records, if `metrics_file` is configured.
@@ -187,33 +197,17 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{CopyState, LocalCopy, Record, Trigger};
+    use crate::records::{Record, Snapshot, Trigger};
 
     fn rec(result: Outcome, ts: &str) -> Record {
-        Record {
-            id: ts.into(),
-            backup_timestamp: DateTime::parse_from_rfc3339(ts)
-                .unwrap()
-                .with_timezone(&Utc),
-            file_name: None,
-            result,
-            reason: None,
-            trigger: Trigger::Schedule,
-            member: None,
-            etcd_version: None,
-            storage_version: None,
-            snapshot_version: None,
-            revision: (result == Outcome::Success).then_some(42),
-            size_bytes: (result == Outcome::Success).then_some(1000),
-            sha256: None,
-            duration_seconds: 1.5,
-            local: (result == Outcome::Success).then(|| LocalCopy {
-                path: "/x".into(),
-                state: CopyState::Present,
-                deleted_at: None,
-                deleted_reason: None,
-            }),
-            remote: None,
+        let at = DateTime::parse_from_rfc3339(ts)
+            .unwrap()
+            .with_timezone(&Utc);
+        let t = Trigger::Schedule;
+        match result {
+            Outcome::Success => Record::backup_succeeded(Snapshot::example(ts, at), t, 1.5),
+            Outcome::Failed => Record::backup_failed(at, t, "x".into(), None, None, 1.5),
+            Outcome::Skipped => Record::skipped(at, t, "x".into()),
         }
     }
 
@@ -261,16 +255,9 @@ mod tests {
         use crate::records::{RemoteCopy, RemoteState};
         let mut f = RecordsFile::default();
         let copy = |state, at: Option<&str>| RemoteCopy {
-            location: "s3://b/k".into(),
             state,
-            attempts: 1,
-            last_error: None,
-            last_attempt_at: None,
-            next_attempt_at: None,
             uploaded_at: at.map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)),
-            etag: None,
-            deleted_at: None,
-            deleted_reason: None,
+            ..RemoteCopy::uploaded("s3://b/k".into(), Utc::now(), None)
         };
         let mut a = rec(Outcome::Success, "2026-05-01T10:00:00Z");
         a.remote = Some(copy(RemoteState::Uploaded, Some("2026-05-01T10:00:05Z")));

@@ -11,6 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
+use crate::state::StateDir;
 
 pub const RECORDS_VERSION: u32 = 1;
 
@@ -121,10 +122,110 @@ pub struct RemoteCopy {
     pub deleted_reason: Option<String>,
 }
 
+/// Delay before retry number `attempts + 1`: 1 min, doubling, at most an hour.
+pub fn backoff(attempts: u32) -> chrono::Duration {
+    let minutes = 1i64 << attempts.saturating_sub(1).min(6);
+    chrono::Duration::minutes(minutes.min(60))
+}
+
+/// Every change of a remote copy's state is one of these verbs.
 impl RemoteCopy {
     /// True while the object may exist in the bucket.
     pub fn may_exist(&self) -> bool {
         self.state == RemoteState::Uploaded
+    }
+
+    fn first(location: String, state: RemoteState, now: DateTime<Utc>) -> RemoteCopy {
+        RemoteCopy {
+            location,
+            state,
+            attempts: 1,
+            last_error: None,
+            last_attempt_at: Some(now),
+            next_attempt_at: None,
+            uploaded_at: None,
+            etag: None,
+            deleted_at: None,
+            deleted_reason: None,
+        }
+    }
+
+    /// Uploaded and verified with the backup, on the first attempt.
+    pub fn uploaded(location: String, now: DateTime<Utc>, etag: Option<String>) -> RemoteCopy {
+        let mut c = RemoteCopy::first(location, RemoteState::Uploaded, now);
+        c.uploaded_at = Some(now);
+        c.etag = etag;
+        c
+    }
+
+    /// The first attempt failed: retried from the local file after the backoff.
+    pub fn pending(location: String, now: DateTime<Utc>, error: String) -> RemoteCopy {
+        let mut c = RemoteCopy::first(location, RemoteState::Pending, now);
+        c.retry_later(now, error);
+        c
+    }
+
+    /// Not done after all (the sidecar failed, say): pending again, retried after the backoff.
+    pub fn retry_later(&mut self, now: DateTime<Utc>, error: String) {
+        self.state = RemoteState::Pending;
+        self.uploaded_at = None;
+        self.last_error = Some(error);
+        self.next_attempt_at = Some(now + backoff(self.attempts));
+    }
+
+    /// One more attempt at `now`, uploaded.
+    pub fn retried_uploaded(&mut self, now: DateTime<Utc>, etag: Option<String>) {
+        self.attempts += 1;
+        self.last_attempt_at = Some(now);
+        self.state = RemoteState::Uploaded;
+        self.next_attempt_at = None;
+        self.uploaded_at = Some(now);
+        self.last_error = None;
+        self.etag = etag;
+    }
+
+    /// One more attempt at `now`, failed: retried later.
+    pub fn retried_failed(&mut self, now: DateTime<Utc>, error: String) {
+        self.attempts += 1;
+        self.last_attempt_at = Some(now);
+        self.retry_later(now, error);
+    }
+
+    /// Given up: nothing left to upload. `why` is said with the last error.
+    pub fn give_up(&mut self, why: &str) {
+        self.state = RemoteState::Failed;
+        self.next_attempt_at = None;
+        self.last_error = Some(format!(
+            "{why} (last error: {})",
+            self.last_error.as_deref().unwrap_or("none")
+        ));
+    }
+
+    /// Deleted from the bucket by remote retention.
+    pub fn deleted(&mut self, now: DateTime<Utc>, reason: String) {
+        self.state = RemoteState::Deleted;
+        self.deleted_at = Some(now);
+        self.deleted_reason = Some(reason);
+        self.next_attempt_at = None;
+    }
+}
+
+impl LocalCopy {
+    /// A snapshot just published at `path`.
+    pub fn present(path: PathBuf) -> LocalCopy {
+        LocalCopy {
+            path,
+            state: CopyState::Present,
+            deleted_at: None,
+            deleted_reason: None,
+        }
+    }
+
+    /// Deleted by local retention.
+    pub fn deleted(&mut self, now: DateTime<Utc>, reason: String) {
+        self.state = CopyState::Deleted;
+        self.deleted_at = Some(now);
+        self.deleted_reason = Some(reason);
     }
 }
 
@@ -166,7 +267,137 @@ pub struct Record {
     pub remote: Option<RemoteCopy>,
 }
 
+/// What a successful backup found, for its record.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub at: DateTime<Utc>,
+    pub file_name: String,
+    pub path: PathBuf,
+    pub member: Member,
+    pub etcd_version: String,
+    pub storage_version: Option<String>,
+    pub snapshot_version: Option<String>,
+    pub revision: i64,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+#[cfg(test)]
+impl Snapshot {
+    /// A snapshot `name`.db taken at `at` (revision 42, 1000 bytes), for unit tests.
+    pub fn example(name: &str, at: DateTime<Utc>) -> Snapshot {
+        Snapshot {
+            at,
+            file_name: format!("{name}.db"),
+            path: PathBuf::from(format!("/s/{name}.db")),
+            member: Member {
+                name: "cp1".into(),
+                id: None,
+                endpoint: "https://127.0.0.1:2379".into(),
+            },
+            etcd_version: "3.5.30".into(),
+            storage_version: None,
+            snapshot_version: None,
+            revision: 42,
+            size_bytes: 1000,
+            sha256: "0".repeat(64),
+        }
+    }
+}
+
+/// Every record is made by one of these constructors.
 impl Record {
+    fn empty(at: DateTime<Utc>, result: Outcome, trigger: Trigger, duration: f64) -> Record {
+        Record {
+            id: new_record_id(at),
+            backup_timestamp: at,
+            file_name: None,
+            result,
+            reason: None,
+            trigger,
+            member: None,
+            etcd_version: None,
+            storage_version: None,
+            snapshot_version: None,
+            revision: None,
+            size_bytes: None,
+            sha256: None,
+            duration_seconds: duration,
+            local: None,
+            remote: None,
+        }
+    }
+
+    /// A backup that produced `s` (the remote copy, if any, is added by the caller).
+    pub fn backup_succeeded(s: Snapshot, trigger: Trigger, duration: f64) -> Record {
+        Record {
+            file_name: Some(s.file_name),
+            member: Some(s.member),
+            etcd_version: Some(s.etcd_version),
+            storage_version: s.storage_version,
+            snapshot_version: s.snapshot_version,
+            revision: Some(s.revision),
+            size_bytes: Some(s.size_bytes),
+            sha256: Some(s.sha256),
+            local: Some(LocalCopy::present(s.path)),
+            ..Record::empty(s.at, Outcome::Success, trigger, duration)
+        }
+    }
+
+    /// A backup attempt started at `at` that failed; what was known of the member is kept.
+    pub fn backup_failed(
+        at: DateTime<Utc>,
+        trigger: Trigger,
+        reason: String,
+        member: Option<Member>,
+        etcd_version: Option<String>,
+        duration: f64,
+    ) -> Record {
+        Record {
+            reason: Some(reason),
+            member,
+            etcd_version,
+            ..Record::empty(at, Outcome::Failed, trigger, duration)
+        }
+    }
+
+    /// A scheduled slot not taken.
+    pub fn skipped(at: DateTime<Utc>, trigger: Trigger, reason: String) -> Record {
+        Record {
+            reason: Some(reason),
+            ..Record::empty(at, Outcome::Skipped, trigger, 0.0)
+        }
+    }
+
+    /// A restore or rollback from `snapshot`; `planned` is the revision and the snapshot's
+    /// sha256 from the journal, when it got that far.
+    pub fn restore(
+        trigger: Trigger,
+        at: DateTime<Utc>,
+        snapshot: &Path,
+        member: Option<Member>,
+        planned: Option<(i64, String)>,
+        result: Result<(), &str>,
+        duration: f64,
+    ) -> Record {
+        let outcome = if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failed
+        };
+        let (revision, sha256) = planned.unzip();
+        Record {
+            file_name: snapshot
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned()),
+            reason: result.err().map(str::to_string),
+            member,
+            revision,
+            sha256,
+            ..Record::empty(at, outcome, trigger, duration)
+        }
+    }
+
     pub fn is_good_local(&self) -> bool {
         self.result == Outcome::Success
             && self
@@ -288,13 +519,9 @@ enum Loaded {
 impl RecordStore {
     pub fn new(state_dir: &Path) -> RecordStore {
         RecordStore {
-            path: state_dir.join("records.json"),
-            lock_path: state_dir.join("records.lock"),
+            path: StateDir::new(state_dir).records_file(),
+            lock_path: StateDir::new(state_dir).records_lock(),
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn read(&self) -> Result<Loaded, RecordsError> {
@@ -316,6 +543,18 @@ impl RecordStore {
             Ok(f) => Ok(Loaded::Parsed(f)),
             Err(e) => Ok(Loaded::Corrupt(e.to_string())),
         }
+    }
+
+    /// Appends one record (creating the state dir 0700 if needed).
+    pub fn append(&self, record: Record) -> Result<(), RecordsError> {
+        if let Some(dir) = self.path.parent() {
+            fsutil::create_private_dir_all(dir).map_err(|source| RecordsError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        self.update(record.backup_timestamp, |f| f.push(record))
+            .map(|_| ())
     }
 
     /// Reads the records without changing anything. A missing file is an empty history.
@@ -348,7 +587,8 @@ impl RecordStore {
             Loaded::Parsed(f) => (f, None),
             Loaded::Corrupt(message) => {
                 let to = self.path.with_file_name(format!(
-                    "records.json.corrupt-{}",
+                    "{}.corrupt-{}",
+                    crate::state::RECORDS_FILE,
                     now.format("%Y%m%dT%H%M%S%.3fZ")
                 ));
                 std::fs::rename(&self.path, &to).map_err(io)?;
@@ -389,24 +629,16 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn backoff_doubles_up_to_an_hour() {
+        let m = |a| backoff(a).num_minutes();
+        assert_eq!([m(1), m(2), m(3), m(7), m(30)], [1, 2, 4, 60, 60]);
+    }
+
     fn rec(id: &str) -> Record {
         Record {
             id: id.to_string(),
-            backup_timestamp: Utc::now(),
-            file_name: None,
-            result: Outcome::Failed,
-            reason: Some("x".into()),
-            trigger: Trigger::Manual,
-            member: None,
-            etcd_version: None,
-            storage_version: None,
-            snapshot_version: None,
-            revision: None,
-            size_bytes: None,
-            sha256: None,
-            duration_seconds: 0.5,
-            local: None,
-            remote: None,
+            ..Record::backup_failed(Utc::now(), Trigger::Manual, "x".into(), None, None, 0.5)
         }
     }
 
@@ -414,14 +646,14 @@ mod tests {
     fn update_appends_and_keeps_unknown_fields() {
         let d = tempfile::tempdir().unwrap();
         let s = RecordStore::new(d.path());
-        std::fs::write(s.path(), r#"{"version":1,"records":[],"future":{"x":1}}"#).unwrap();
+        std::fs::write(&s.path, r#"{"version":1,"records":[],"future":{"x":1}}"#).unwrap();
         s.update(Utc::now(), |f| f.push(rec("a"))).unwrap();
         let f = s.load().unwrap();
         assert_eq!(f.records.len(), 1);
         assert_eq!(f.stats.failed, 1);
         assert_eq!(f.extra["future"]["x"], 1);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(s.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&s.path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -429,11 +661,11 @@ mod tests {
     fn corrupt_file_is_reported_by_load_and_moved_aside_by_update() {
         let d = tempfile::tempdir().unwrap();
         let s = RecordStore::new(d.path());
-        std::fs::write(s.path(), b"{\"version\":1,\"records\":[").unwrap();
+        std::fs::write(&s.path, b"{\"version\":1,\"records\":[").unwrap();
         assert!(matches!(s.load(), Err(RecordsError::Corrupt { .. })));
         // load changed nothing
         assert_eq!(
-            std::fs::read(s.path()).unwrap(),
+            std::fs::read(&s.path).unwrap(),
             b"{\"version\":1,\"records\":["
         );
         let ((), moved) = s.update(Utc::now(), |f| f.push(rec("b"))).unwrap();
@@ -449,7 +681,7 @@ mod tests {
     fn newer_version_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let s = RecordStore::new(d.path());
-        std::fs::write(s.path(), r#"{"version":2,"records":[]}"#).unwrap();
+        std::fs::write(&s.path, r#"{"version":2,"records":[]}"#).unwrap();
         assert!(matches!(s.load(), Err(RecordsError::Version { .. })));
         assert!(s.update(Utc::now(), |_| ()).is_err());
     }

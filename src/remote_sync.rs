@@ -14,24 +14,8 @@ use tokio::io::AsyncReadExt;
 use crate::config::{Config, RemoteStorageConfig};
 use crate::records::{CopyState, Outcome, Record, RecordStore, RemoteState};
 use crate::retention;
-use crate::store::local::{sanitize_member, snapshot_time};
+use crate::store::local::snapshot_time;
 use crate::store::remote::{Remote, Uploaded};
-
-/// Delay before retry number `attempts + 1`: 1 min, doubling, at most an hour.
-pub fn backoff(attempts: u32) -> chrono::Duration {
-    let minutes = 1i64 << attempts.saturating_sub(1).min(6);
-    chrono::Duration::minutes(minutes.min(60))
-}
-
-/// `s3://<bucket>/<prefix><member>/<file>`.
-pub fn location(rc: &RemoteStorageConfig, member: &str, file_name: &str) -> String {
-    format!(
-        "s3://{}/{}{}/{file_name}",
-        rc.bucket,
-        rc.prefix,
-        sanitize_member(member)
-    )
-}
 
 /// Writes the record as the snapshot's JSON sidecar.
 pub async fn write_sidecar(remote: &Remote, record: &Record) -> Result<(), String> {
@@ -173,7 +157,9 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
             Ok(remote) => match upload_from_file(&remote, rc, &local.path, name, sha).await {
                 Ok(up) => {
                     let mut done = rec.clone();
-                    mark_uploaded(&mut done, &up, Utc::now());
+                    if let Some(c) = done.remote.as_mut() {
+                        c.retried_uploaded(Utc::now(), up.etag.clone());
+                    }
                     write_sidecar(&remote, &done)
                         .await
                         .map(|()| up)
@@ -188,23 +174,15 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
             let Some(r) = f.records.iter_mut().find(|r| r.id == rec.id) else {
                 return;
             };
+            let Some(c) = r.remote.as_mut() else {
+                return;
+            };
             match &result {
-                Ok(up) => mark_uploaded(r, up, now),
+                Ok(up) => c.retried_uploaded(now, up.etag.clone()),
                 Err(e) => {
-                    let missing = !local.path.exists();
-                    if let Some(c) = r.remote.as_mut() {
-                        c.attempts += 1;
-                        c.last_attempt_at = Some(now);
-                        if missing {
-                            c.state = RemoteState::Failed;
-                            c.next_attempt_at = None;
-                            c.last_error = Some(format!(
-                                "the local copy is gone, nothing left to upload (last error: {e})"
-                            ));
-                        } else {
-                            c.last_error = Some(e.clone());
-                            c.next_attempt_at = Some(now + backoff(c.attempts));
-                        }
+                    c.retried_failed(now, e.clone());
+                    if !local.path.exists() {
+                        c.give_up("the local copy is gone, nothing left to upload");
                     }
                 }
             }
@@ -234,18 +212,6 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
         tracing::error!("{e}");
     }
     m
-}
-
-fn mark_uploaded(r: &mut Record, up: &Uploaded, now: DateTime<Utc>) {
-    if let Some(c) = r.remote.as_mut() {
-        c.state = RemoteState::Uploaded;
-        c.attempts += 1;
-        c.last_attempt_at = Some(now);
-        c.next_attempt_at = None;
-        c.uploaded_at = Some(now);
-        c.last_error = None;
-        c.etag.clone_from(&up.etag);
-    }
 }
 
 /// Deletes this node's remote snapshots that the rule selects (only names of our pattern
@@ -293,16 +259,10 @@ async fn apply_retention(
                         continue;
                     };
                     if let Some(c) = r.remote.as_mut() {
-                        c.state = RemoteState::Deleted;
-                        c.deleted_at = Some(now);
-                        c.deleted_reason = Some(reasons[pos].clone());
-                        c.next_attempt_at = None;
+                        c.deleted(now, reasons[pos].clone());
                     }
                 }
-                let drops = retention::history_drops(&f.records, config.history);
-                for &i in drops.iter().rev() {
-                    f.records.remove(i);
-                }
+                retention::trim_history(f, config.history);
             })
             .map_err(|e| e.to_string())?;
     }
@@ -342,15 +302,4 @@ pub async fn list_remote(rc: &RemoteStorageConfig) -> Result<Vec<RemoteEntry>, S
     }
     out.sort_by_key(|e| std::cmp::Reverse(e.record.backup_timestamp));
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_an_hour() {
-        let m = |a| backoff(a).num_minutes();
-        assert_eq!([m(1), m(2), m(3), m(7), m(30)], [1, 2, 4, 60, 60]);
-    }
 }

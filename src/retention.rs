@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::records::{Outcome, Record};
+use crate::records::{Outcome, Record, RecordsFile};
 
 /// When snapshots of one destination are deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +154,15 @@ fn snapshot_exists(r: &Record) -> bool {
     local || remote
 }
 
+/// Drops the records `history_drops` selects from the file; how many.
+pub fn trim_history(file: &mut RecordsFile, limits: HistoryLimits) -> usize {
+    let drops = history_drops(&file.records, limits);
+    for &i in drops.iter().rev() {
+        file.records.remove(i);
+    }
+    drops.len()
+}
+
 /// Indices of records to drop from the history, ascending. Call after deletions are applied
 /// (a snapshot whose deletion failed still exists and keeps its record).
 pub fn history_drops(records: &[Record], limits: HistoryLimits) -> Vec<usize> {
@@ -247,7 +256,7 @@ pub fn local_status(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Vec<O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{CopyState, LocalCopy, Outcome, Trigger};
+    use crate::records::{CopyState, RemoteCopy, Snapshot, Trigger};
 
     const H: i64 = 3600;
 
@@ -256,33 +265,16 @@ mod tests {
     }
 
     fn rec(id: &str, ts: DateTime<Utc>, ok: bool, state: CopyState) -> Record {
-        Record {
-            id: id.into(),
-            backup_timestamp: ts,
-            file_name: ok.then(|| format!("{id}.db")),
-            result: if ok {
-                Outcome::Success
-            } else {
-                Outcome::Failed
-            },
-            reason: None,
-            trigger: Trigger::Schedule,
-            member: None,
-            etcd_version: None,
-            storage_version: None,
-            snapshot_version: None,
-            revision: None,
-            size_bytes: None,
-            sha256: None,
-            duration_seconds: 1.0,
-            local: ok.then(|| LocalCopy {
-                path: format!("/s/{id}.db").into(),
-                state,
-                deleted_at: None,
-                deleted_reason: None,
-            }),
-            remote: None,
+        let mut r = if ok {
+            Record::backup_succeeded(Snapshot::example(id, ts), Trigger::Schedule, 1.0)
+        } else {
+            Record::backup_failed(ts, Trigger::Schedule, "x".into(), None, None, 1.0)
+        };
+        r.id = id.into();
+        if let Some(l) = r.local.as_mut() {
+            l.state = state;
         }
+        r
     }
 
     fn good(id: &str, hours_ago: i64, now: DateTime<Utc>) -> Record {
@@ -476,17 +468,9 @@ mod tests {
         // 5 successful, limit 2: only the two gone ones can go; the three live ones stay.
         assert_eq!(history(&r, limits), ["gone1", "gone2"]);
         // A gone record that still has a remote copy stays.
-        let copy = |state| crate::records::RemoteCopy {
-            location: "s3://b/k".into(),
+        let copy = |state| RemoteCopy {
             state,
-            attempts: 1,
-            last_error: None,
-            last_attempt_at: None,
-            next_attempt_at: None,
-            uploaded_at: None,
-            etag: None,
-            deleted_at: None,
-            deleted_reason: None,
+            ..RemoteCopy::uploaded("s3://b/k".into(), Utc::now(), None)
         };
         r[0].remote = Some(copy(crate::records::RemoteState::Uploaded));
         assert_eq!(history(&r, limits), ["gone2"]);

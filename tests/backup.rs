@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use crate::util::etcd::EtcdServer;
 use crate::util::node::Node;
 use crate::util::proxy::{Faults, Proxy};
-use crate::util::{db_buckets, etcd_binary, etcdguard_cmd, free_port, list_dir, stderr, stdout};
+use crate::util::{
+    assert_stderr_has, db_buckets, etcd_binary, etcdguard_cmd, free_port, list_dir, stderr, stdout,
+};
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -144,20 +146,11 @@ fn snapshot_is_restorable(version: &str) {
     assert_eq!(restored.revision(), revision);
 }
 
-#[test]
-fn snapshot_of_etcd_3_5_is_restorable_by_etcdutl() {
-    snapshot_is_restorable("3.5");
-}
-
-#[test]
-fn snapshot_of_etcd_3_6_is_restorable_by_etcdutl() {
-    snapshot_is_restorable("3.6");
-}
-
-#[test]
-fn snapshot_of_etcd_3_7_is_restorable_by_etcdutl() {
-    snapshot_is_restorable("3.7");
-}
+per_version!(snapshot_is_restorable =>
+    snapshot_of_etcd_3_5_is_restorable_by_etcdutl: "3.5",
+    snapshot_of_etcd_3_6_is_restorable_by_etcdutl: "3.6",
+    snapshot_of_etcd_3_7_is_restorable_by_etcdutl: "3.7",
+);
 
 /// Asserts the last record failed with a reason containing `needle`, exit code 1, and no file.
 fn assert_failed(node: &Node, out: &std::process::Output, needle: &str) -> String {
@@ -190,13 +183,13 @@ fn tls_and_connection_failures_are_recorded_clearly() {
 
     // Wrong CA: a CA that did not sign etcd's server certificate.
     let other = crate::util::pki::Pki::ca_only(&node.path("other-ca"), "other-ca");
-    node.set("etcd", "ca_cert", &format!("{:?}", other.path("ca.crt")));
+    node.set_path("etcd", "ca_cert", &other.path("ca.crt"));
     let reason = assert_failed(&node, &node.snapshot(), "not signed by the CA");
     assert!(
         reason.contains(other.path("ca.crt").to_str().unwrap()),
         "{reason}"
     );
-    node.set("etcd", "ca_cert", &format!("{:?}", node.pki.path("ca.crt")));
+    node.set_path("etcd", "ca_cert", &node.pki.path("ca.crt"));
 
     // Expired client certificate.
     let (crt, key) = node
@@ -214,22 +207,18 @@ fn tls_and_connection_failures_are_recorded_clearly() {
     assert_failed(&node, &node.snapshot(), "rejected the client certificate");
 
     // Missing client certificate.
-    node.set(
-        "etcd",
-        "client_cert",
-        &format!("{:?}", node.path("nope/client.crt")),
-    );
+    node.set_path("etcd", "client_cert", &node.path("nope/client.crt"));
     let reason = assert_failed(&node, &node.snapshot(), "no such file");
     assert!(reason.contains("nope/client.crt"), "{reason}");
-    node.set(
+    node.set_path(
         "etcd",
         "client_cert",
-        &format!("{:?}", node.pki.path("healthcheck-client.crt")),
+        &node.pki.path("healthcheck-client.crt"),
     );
-    node.set(
+    node.set_path(
         "etcd",
         "client_key",
-        &format!("{:?}", node.pki.path("healthcheck-client.key")),
+        &node.pki.path("healthcheck-client.key"),
     );
 
     // A good backup in between proves the config is right again.
@@ -293,24 +282,14 @@ fn cut_stalled_interrupted_and_concurrent_snapshots_leave_nothing_behind() {
     node.etcd.put_keys("big", 2500);
 
     // 1. The stream is cut mid-way by the network.
-    let cut = Proxy::start(
-        node.etcd.client_port(),
-        Faults {
-            cut_after: Some(1 << 20),
-            ..Faults::default()
-        },
-    );
+    let cut = Proxy::start(node.etcd.client_port(), Faults::cut(1 << 20));
     node.set("etcd", "endpoint", &format!("{:?}", cut.url()));
     assert_failed(&node, &node.snapshot(), "snapshot stream broke");
 
     // 2. The server stalls: stall_timeout fires.
     let stall = Proxy::start(
         node.etcd.client_port(),
-        Faults {
-            slow_after: Some(1 << 20),
-            slow_delay: Duration::from_secs(3600),
-            ..Faults::default()
-        },
+        Faults::slow(1 << 20, Duration::from_secs(3600)),
     );
     node.set("etcd", "endpoint", &format!("{:?}", stall.url()));
     node.set("etcd", "stall_timeout", "\"2s\"");
@@ -320,11 +299,7 @@ fn cut_stalled_interrupted_and_concurrent_snapshots_leave_nothing_behind() {
     // 3. A slow stream: a second snapshot meanwhile is refused; SIGTERM aborts the first cleanly.
     let slow = Proxy::start(
         node.etcd.client_port(),
-        Faults {
-            slow_after: Some(256 << 10),
-            slow_delay: Duration::from_millis(200),
-            ..Faults::default()
-        },
+        Faults::slow(256 << 10, Duration::from_millis(200)),
     );
     node.set("etcd", "endpoint", &format!("{:?}", slow.url()));
     let config = node.config.to_str().unwrap().to_string();
@@ -336,10 +311,9 @@ fn cut_stalled_interrupted_and_concurrent_snapshots_leave_nothing_behind() {
     let records_before = node.records().len();
     let second = node.snapshot();
     assert_eq!(second.status.code(), Some(1));
-    assert!(
-        stderr(&second).contains(&format!("another backup is running (pid {})", first.id())),
-        "{}",
-        stderr(&second)
+    assert_stderr_has(
+        &second,
+        &format!("another backup is running (pid {})", first.id()),
     );
     assert_eq!(
         node.records().len(),
@@ -369,11 +343,7 @@ fn cut_stalled_interrupted_and_concurrent_snapshots_leave_nothing_behind() {
     node.unset("etcd", "endpoint");
     let out = node.snapshot();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("removed a partial snapshot"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "removed a partial snapshot");
     let files = node.snapshot_files();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(!files[0].starts_with('.'));
@@ -385,7 +355,7 @@ fn paused_config_still_allows_a_manual_snapshot() {
     node.set("", "paused", "true");
     let out = node.snapshot();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("paused"), "{}", stderr(&out));
+    assert_stderr_has(&out, "paused");
     assert_eq!(node.last_record()["result"], "Success");
 }
 
@@ -396,20 +366,16 @@ fn endpoint_of_another_member_is_refused() {
     let mut node = Node::start("3.5", "cp1");
     let other = Node::start("3.5", "cp9");
     node.set("etcd", "endpoint", &format!("{:?}", other.etcd.client_url));
-    node.set(
-        "etcd",
-        "ca_cert",
-        &format!("{:?}", other.pki.path("ca.crt")),
-    );
-    node.set(
+    node.set_path("etcd", "ca_cert", &other.pki.path("ca.crt"));
+    node.set_path(
         "etcd",
         "client_cert",
-        &format!("{:?}", other.pki.path("healthcheck-client.crt")),
+        &other.pki.path("healthcheck-client.crt"),
     );
-    node.set(
+    node.set_path(
         "etcd",
         "client_key",
-        &format!("{:?}", other.pki.path("healthcheck-client.key")),
+        &other.pki.path("healthcheck-client.key"),
     );
     assert_failed(
         &node,

@@ -4,7 +4,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use crate::util::node::Node;
-use crate::util::{etcdguard, etcdguard_cmd, etcdguard_cmd_of, stderr, stdout};
+use crate::util::{assert_stderr_has, etcdguard, etcdguard_cmd, etcdguard_cmd_of, stderr, stdout};
 
 fn with_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let d = tempfile::tempdir().unwrap();
@@ -93,16 +93,8 @@ fn missing_or_unreadable_config_file() {
     }
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("permission denied"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains(p.to_str().unwrap()),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "permission denied");
+    assert_stderr_has(&out, p.to_str().unwrap());
 }
 
 #[test]
@@ -187,12 +179,12 @@ fn corrupt_records_file_is_reported_then_moved_aside() {
 
     let out = node.run(&["records"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("does not parse"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("left as it is"), "{}", stderr(&out));
+    assert_stderr_has(&out, "does not parse");
+    assert_stderr_has(&out, "left as it is");
 
     let out = node.snapshot();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("moved aside to"), "{}", stderr(&out));
+    assert_stderr_has(&out, "moved aside to");
     let aside: Vec<_> = crate::util::list_dir(&node.state_dir())
         .into_iter()
         .filter(|n| n.starts_with("records.json.corrupt-"))

@@ -169,11 +169,7 @@ fn daemon_schedules_notifies_reloads_skips_and_stops_cleanly() {
     // then SIGTERM aborts it cleanly.
     let slow = Proxy::start(
         node.etcd.client_port(),
-        Faults {
-            slow_after: Some(256 << 10),
-            slow_delay: Duration::from_millis(300),
-            ..Faults::default()
-        },
+        Faults::slow(256 << 10, Duration::from_millis(300)),
     );
     node.set("etcd", "endpoint", &format!("{:?}", slow.url()));
     signal(&daemon, nix::sys::signal::Signal::SIGHUP);
@@ -273,5 +269,53 @@ fn daemon_with_bad_config_exits_78_before_ready() {
     assert!(
         notify.sock.recv(&mut buf).is_err(),
         "READY sent despite a bad config"
+    );
+}
+
+#[test]
+fn daemon_logs_the_pre_flight_problems_of_config_check_and_still_starts() {
+    // etcd may come up after etcdguard at boot: unusable TLS files are reported in the words
+    // `config check` uses, and the daemon runs on (each backup records the failure).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("etcdguard.toml");
+    let missing = dir.path().join("pki/nope.crt");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[etcd]\nendpoint = \"https://127.0.0.1:1\"\nca_cert = {:?}\n",
+            dir.path().join("state").display().to_string(),
+            missing.display().to_string()
+        ),
+    )
+    .unwrap();
+    let check = etcdguard_cmd(&["--config", config.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(78));
+    let mut notify = Notify::new(dir.path());
+    let daemon = etcdguard_cmd(&["--config", config.to_str().unwrap(), "run"])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    notify.wait_for(0, Duration::from_secs(10), |m| m.contains("READY=1"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = daemon.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let logged = String::from_utf8_lossy(&out.stderr);
+    let in_check = String::from_utf8_lossy(&check.stderr);
+    let sentence = in_check
+        .lines()
+        .find(|l| l.contains(missing.to_str().unwrap()))
+        .and_then(|l| l.split_once("etcd.ca_cert: "))
+        .map(|(_, s)| s.trim().to_string())
+        .unwrap_or_else(|| panic!("config check does not name the CA: {in_check}"));
+    assert!(
+        logged.contains("pre-flight: etcd.ca_cert: ") && logged.contains(&sentence),
+        "wanted {sentence:?} in the daemon's log:\n{logged}"
     );
 }

@@ -15,7 +15,9 @@ use etcdguard::restore::datadir::{resolve, RestorePlan};
 
 use crate::util::etcd::{EtcdServer, MemberSpec};
 use crate::util::pki::Pki;
-use crate::util::{db_buckets, etcd_binary, etcdguard, free_port, list_dir, stderr, stdout};
+use crate::util::{
+    assert_stderr_has, db_buckets, etcd_binary, etcdguard, free_port, list_dir, stderr, stdout,
+};
 
 const WAL: &str = "member/wal/0000000000000000-0000000000000000.wal";
 
@@ -199,20 +201,11 @@ fn make_snapshots(version: &str) -> Snapshots {
     }
 }
 
-#[test]
-fn etcd_3_5_verify_and_restore_equal_etcdutl() {
-    verify_and_restore_equal_etcdutl("3.5");
-}
-
-#[test]
-fn etcd_3_6_verify_and_restore_equal_etcdutl() {
-    verify_and_restore_equal_etcdutl("3.6");
-}
-
-#[test]
-fn etcd_3_7_verify_and_restore_equal_etcdutl() {
-    verify_and_restore_equal_etcdutl("3.7");
-}
+per_version!(verify_and_restore_equal_etcdutl =>
+    etcd_3_5_verify_and_restore_equal_etcdutl: "3.5",
+    etcd_3_6_verify_and_restore_equal_etcdutl: "3.6",
+    etcd_3_7_verify_and_restore_equal_etcdutl: "3.7",
+);
 
 fn verify_and_restore_equal_etcdutl(version: &str) {
     let s = make_snapshots(version);
@@ -491,20 +484,46 @@ fn start_verified(version: &str, spec: MemberSpec) -> EtcdServer {
     EtcdServer::spawn_member_env(version, spec, &[("ETCD_VERIFY", "all")])
 }
 
-#[test]
-fn etcd_3_5_starts_on_restored_dirs() {
-    etcd_starts_on_restored_dirs("3.5");
+/// Restores `snap` with our engine as the one member `name` (revision bumped by `bump`) under
+/// `work`, and starts a verifying etcd of `version` on it, healthy: the server, the plan and
+/// the member's peer URL.
+fn start_one(
+    version: &str,
+    snap: &Path,
+    name: &str,
+    bump: u64,
+    pki: &Pki,
+    work: &Path,
+) -> (EtcdServer, RestorePlan, String) {
+    let (cp, pp) = (free_port(), free_port());
+    let peer = format!("https://127.0.0.1:{pp}");
+    let p = plan(name, &format!("{name}={peer}"), &peer, bump);
+    let dir = work.join(name);
+    restore_ours(version, snap, &p, &dir);
+    let mut server = start_verified(
+        version,
+        MemberSpec {
+            name: name.into(),
+            data_dir: dir,
+            pki_dir: pki.dir.clone(),
+            client_port: cp,
+            peer_port: pp,
+            initial_cluster: format!("{name}={peer}"),
+        },
+    );
+    assert!(
+        server.wait_healthy(Duration::from_secs(30)),
+        "{}",
+        server.log_tail()
+    );
+    (server, p, peer)
 }
 
-#[test]
-fn etcd_3_6_starts_on_restored_dirs() {
-    etcd_starts_on_restored_dirs("3.6");
-}
-
-#[test]
-fn etcd_3_7_starts_on_restored_dirs() {
-    etcd_starts_on_restored_dirs("3.7");
-}
+per_version!(etcd_starts_on_restored_dirs =>
+    etcd_3_5_starts_on_restored_dirs: "3.5",
+    etcd_3_6_starts_on_restored_dirs: "3.6",
+    etcd_3_7_starts_on_restored_dirs: "3.7",
+);
 
 /// A real etcd of `version` on what we build for it, 1 and 3 members, with and without the
 /// bump: the planned IDs, the source's data (hashkv), the bump and the compaction, and only
@@ -515,27 +534,7 @@ fn etcd_starts_on_restored_dirs(version: &str) {
     let pki = Pki::create(&work.path().join("pki"));
 
     // One member, no bump: same data (hashkv), computed IDs, the snapshot's revision.
-    let (cp, pp) = (free_port(), free_port());
-    let peer = format!("https://127.0.0.1:{pp}");
-    let p1 = plan("solo", &format!("solo={peer}"), &peer, 0);
-    let dir = work.path().join("solo");
-    restore_ours(version, &s.many, &p1, &dir);
-    let mut solo = start_verified(
-        version,
-        MemberSpec {
-            name: "solo".into(),
-            data_dir: dir.clone(),
-            pki_dir: pki.dir.clone(),
-            client_port: cp,
-            peer_port: pp,
-            initial_cluster: format!("solo={peer}"),
-        },
-    );
-    assert!(
-        solo.wait_healthy(Duration::from_secs(30)),
-        "{}",
-        solo.log_tail()
-    );
+    let (mut solo, p1, peer) = start_one(version, &s.many, "solo", 0, &pki, work.path());
     let expected = resolve(&p1).unwrap();
     let st = endpoint_status(&solo);
     assert_eq!(
@@ -561,27 +560,8 @@ fn etcd_starts_on_restored_dirs(version: &str) {
 
     // One member with the bump, from the snapshot that remembers a removed member: revision
     // + 1e9, older revisions compacted, writes continue, the removed member does not return.
-    let (cp, pp) = (free_port(), free_port());
-    let peer = format!("https://127.0.0.1:{pp}");
-    let pb = plan("bumped", &format!("bumped={peer}"), &peer, 1_000_000_000);
-    let dir = work.path().join("bumped");
-    restore_ours(version, &s.auth, &pb, &dir);
-    let mut bumped = start_verified(
-        version,
-        MemberSpec {
-            name: "bumped".into(),
-            data_dir: dir,
-            pki_dir: pki.dir.clone(),
-            client_port: cp,
-            peer_port: pp,
-            initial_cluster: format!("bumped={peer}"),
-        },
-    );
-    assert!(
-        bumped.wait_healthy(Duration::from_secs(30)),
-        "{}",
-        bumped.log_tail()
-    );
+    let (mut bumped, _, _) =
+        start_one(version, &s.auth, "bumped", 1_000_000_000, &pki, work.path());
     let root = ["--user", "root:rootpw"];
     let (_, compact) = hashkv(&bumped, &root);
     let auth_rev = json_status_rev(version, &s.auth);
@@ -593,7 +573,7 @@ fn etcd_starts_on_restored_dirs(version: &str) {
         "/registry/leased",
         &format!("--rev={auth_rev}"),
     ]);
-    assert!(stderr(&old).contains("compacted"), "{}", stderr(&old));
+    assert_stderr_has(&old, "compacted");
     let put = ctl(
         &bumped,
         &[
@@ -876,7 +856,7 @@ fn bad_input_is_refused_and_nothing_is_created() {
             .collect::<Vec<_>>(),
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
+    assert_stderr_has(&out, "is not empty");
     assert_eq!(list_dir(&target), ["member"]);
     assert!(
         !list_dir(work.path()).iter().any(|n| n.starts_with('.')),

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use crate::util::node::Node;
 use crate::util::proxy::{Faults, Proxy};
 use crate::util::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
-use crate::util::{etcd_binary, etcdguard_cmd, list_dir, stderr, stdout, NEWEST};
+use crate::util::{
+    assert_stderr_has, etcd_binary, etcdguard_cmd, list_dir, stderr, stdout, NEWEST,
+};
 
 const BUCKET: &str = "etcd-backups";
 
@@ -70,6 +72,18 @@ fn remote_state(rec: &serde_json::Value) -> String {
     rec["remote"]["state"].as_str().unwrap_or("").to_string()
 }
 
+/// Takes a backup that succeeds locally while its remote copy stays pending with an error
+/// containing `needle`; its record.
+fn snapshot_with_remote_pending(node: &Node, needle: &str) -> serde_json::Value {
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = node.last_record();
+    assert_eq!(remote_state(&rec), "pending", "{rec:#}");
+    let error = rec["remote"]["lastError"].as_str().unwrap();
+    assert!(error.contains(needle), "{rec:#}");
+    rec
+}
+
 #[test]
 fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
     let mut node = Node::start(NEWEST, "cp1");
@@ -81,11 +95,7 @@ fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
 
     let check = run_verbose(&node, &["config", "check", "--remote"]);
     assert!(check.status.success(), "{}", stderr(&check));
-    assert!(
-        stderr(&check).contains("exists and is writable"),
-        "{}",
-        stderr(&check)
-    );
+    assert_stderr_has(&check, "exists and is writable");
     assert!(!stdout(&check).contains(SECRET_KEY) && !stderr(&check).contains(SECRET_KEY));
 
     let out = run_verbose(&node, &["snapshot"]);
@@ -165,11 +175,7 @@ fn moto_over_https_with_a_ca_bundle_and_clear_tls_errors() {
     // Not trusted without the CA: one clear error, the local backup still succeeds.
     let check = node.run(&["config", "check", "--remote"]);
     assert_eq!(check.status.code(), Some(78), "{}", stderr(&check));
-    assert!(
-        stderr(&check).contains("is not trusted"),
-        "{}",
-        stderr(&check)
-    );
+    assert_stderr_has(&check, "is not trusted");
     let out = node.snapshot();
     assert!(out.status.success(), "{}", stderr(&out));
     let rec = node.last_record();
@@ -215,7 +221,7 @@ fn moto_over_https_with_a_ca_bundle_and_clear_tls_errors() {
     std::thread::sleep(Duration::from_millis(1100));
     let out = node.snapshot();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("NOT verified"), "{}", stderr(&out));
+    assert_stderr_has(&out, "NOT verified");
     assert_eq!(remote_state(&node.last_record()), "uploaded");
 }
 
@@ -235,17 +241,7 @@ fn wrong_key_and_unknown_bucket_give_one_clear_error_and_the_local_backup_succee
         "{err}"
     );
     assert!(!err.contains("not-the-secret"), "{err}");
-    let out = node.snapshot();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let rec = node.last_record();
-    assert_eq!(remote_state(&rec), "pending", "{rec:#}");
-    assert!(
-        rec["remote"]["lastError"]
-            .as_str()
-            .unwrap()
-            .contains("is wrong"),
-        "{rec:#}"
-    );
+    let rec = snapshot_with_remote_pending(&node, "is wrong");
     assert!(node
         .snapshot_dir()
         .join(rec["fileName"].as_str().unwrap())
@@ -256,25 +252,11 @@ fn wrong_key_and_unknown_bucket_give_one_clear_error_and_the_local_backup_succee
     use_remote(&mut node, &moto, "no-such-bucket", SECRET_KEY);
     let check = node.run(&["config", "check", "--remote"]);
     assert_eq!(check.status.code(), Some(78));
-    assert!(
-        stderr(&check).contains(&format!(
-            "bucket no-such-bucket does not exist at {}",
-            moto.endpoint
-        )),
-        "{}",
-        stderr(&check)
+    assert_stderr_has(
+        &check,
+        &format!("bucket no-such-bucket does not exist at {}", moto.endpoint),
     );
-    let out = node.snapshot();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let rec = node.last_record();
-    assert_eq!(remote_state(&rec), "pending", "{rec:#}");
-    assert!(
-        rec["remote"]["lastError"]
-            .as_str()
-            .unwrap()
-            .contains("bucket no-such-bucket does not exist"),
-        "{rec:#}"
-    );
+    snapshot_with_remote_pending(&node, "bucket no-such-bucket does not exist");
 
     // A credentials file others can read is refused, naming the fix.
     use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
@@ -282,7 +264,7 @@ fn wrong_key_and_unknown_bucket_give_one_clear_error_and_the_local_backup_succee
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
     let check = node.run(&["config", "check"]);
     assert_eq!(check.status.code(), Some(78));
-    assert!(stderr(&check).contains("chmod 0600"), "{}", stderr(&check));
+    assert_stderr_has(&check, "chmod 0600");
 }
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -303,11 +285,7 @@ fn s3_stopped_or_killed_mid_upload_leaves_no_object_and_the_retry_uploads_it() {
     // A slow etcd link, so the upload is in flight long enough to stop the server under it.
     let slow = Proxy::start(
         node.etcd.client_port(),
-        Faults {
-            slow_after: Some(1 << 20),
-            slow_delay: Duration::from_millis(20),
-            ..Faults::default()
-        },
+        Faults::slow(1 << 20, Duration::from_millis(20)),
     );
     node.set("etcd", "endpoint", &format!("{:?}", slow.url()));
 
@@ -381,13 +359,7 @@ fn a_stream_cut_by_etcd_aborts_the_multipart_upload() {
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::moto(dir.path(), None, BUCKET);
     use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
-    let cut = Proxy::start(
-        node.etcd.client_port(),
-        Faults {
-            cut_after: Some(8 << 20),
-            ..Faults::default()
-        },
-    );
+    let cut = Proxy::start(node.etcd.client_port(), Faults::cut(8 << 20));
     node.set("etcd", "endpoint", &format!("{:?}", cut.url()));
     let out = node.snapshot();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

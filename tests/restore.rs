@@ -9,7 +9,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::util::kubenode::KubeNode;
-use crate::util::{list_dir, stderr, stdout};
+use crate::util::{assert_stderr_has, list_dir, stderr, stdout};
 
 fn put(node: &KubeNode, prefix: &str, n: usize) {
     for i in 0..n {
@@ -85,15 +85,10 @@ fn single_node_restore_brings_back_the_snapshot_with_a_new_identity() {
     single_node_restore("3.5");
 }
 
-#[test]
-fn single_node_restore_on_kubeadm_1_36_with_etcd_3_6() {
-    single_node_restore("3.6");
-}
-
-#[test]
-fn single_node_restore_on_kubeadm_1_37_with_etcd_3_7() {
-    single_node_restore("3.7");
-}
+per_version!(single_node_restore =>
+    single_node_restore_on_kubeadm_1_36_with_etcd_3_6: "3.6",
+    single_node_restore_on_kubeadm_1_37_with_etcd_3_7: "3.7",
+);
 
 fn single_node_restore(etcd_version: &str) {
     let node = single_node_with(etcd_version);
@@ -132,22 +127,14 @@ fn single_node_restore(etcd_version: &str) {
     // Without --force the live cluster with quorum is refused, with nothing changed.
     let out = node.restore(&["--snapshot", &record_id, "--yes"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("[FAIL] live cluster"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("nothing was changed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "[FAIL] live cluster");
+    assert_stderr_has(&out, "nothing was changed");
     assert_eq!(tree(&node.path("etc/kubernetes")), before);
 
     // Without a terminal and without --yes: refused.
     let out = node.restore(&["--snapshot", &record_id, "--force"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no terminal"), "{}", stderr(&out));
+    assert_stderr_has(&out, "no terminal");
 
     let out = node.restore(&[
         "--snapshot",
@@ -240,9 +227,11 @@ fn guards_refuse_with_a_clear_message_and_nothing_changed() {
     put(&node, "x", 20);
     let (_, file) = backup(&node);
     let etc_before = tree(&node.path("etc/kubernetes"));
-    let check = |args: &[&str], needle: &str| {
+    // A plan the flags make impossible is a usage error (2), as in restore-datadir; the rest
+    // are refusals (1).
+    let check_exit = |args: &[&str], needle: &str, code: i32| {
         let out = node.restore(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
         let all = format!("{}{}", stdout(&out), stderr(&out));
         assert!(all.contains(needle), "{args:?}: wanted {needle:?} in {all}");
         assert_eq!(
@@ -257,6 +246,7 @@ fn guards_refuse_with_a_clear_message_and_nothing_changed() {
             "{args:?}"
         );
     };
+    let check = |args: &[&str], needle: &str| check_exit(args, needle, 1);
     let f = file.to_str().unwrap();
 
     // Corrupt snapshot.
@@ -271,7 +261,7 @@ fn guards_refuse_with_a_clear_message_and_nothing_changed() {
         "is corrupt",
     );
     // Unknown member name in the plan.
-    check(
+    check_exit(
         &[
             "--snapshot",
             f,
@@ -281,6 +271,7 @@ fn guards_refuse_with_a_clear_message_and_nothing_changed() {
             "other=https://127.0.0.1:1",
         ],
         "couldn't find local name \"cp1\"",
+        2,
     );
     // Not a file, record or key.
     check(
@@ -295,12 +286,8 @@ fn guards_refuse_with_a_clear_message_and_nothing_changed() {
     node.kubelet().settle_and_pause();
     let out = node.restore(&["--snapshot", f, "--yes", "--force", "--timeout", "3s"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("kube-apiserver did not stop within 3s"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    assert_stderr_has(&out, "kube-apiserver did not stop within 3s");
+    assert_stderr_has(&out, "rolled back");
     assert_eq!(
         tree(&node.path("etc/kubernetes/manifests")),
         manifests_before
@@ -313,17 +300,9 @@ fn guards_refuse_with_a_clear_message_and_nothing_changed() {
     let manifests_before = tree(&node.path("etc/kubernetes/manifests"));
     let out = node.restore(&["--snapshot", f, "--yes", "--force", "--timeout", "3s"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("etcd is still running"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("member/snap/db is locked"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    assert_stderr_has(&out, "etcd is still running");
+    assert_stderr_has(&out, "member/snap/db is locked");
+    assert_stderr_has(&out, "rolled back");
     assert_eq!(
         tree(&node.path("etc/kubernetes/manifests")),
         manifests_before
@@ -345,10 +324,9 @@ fn guards_refuse_with_a_clear_message_and_nothing_changed() {
     std::fs::write(&manifest, &tricky).unwrap();
     let out = node.restore(&["--snapshot", f, "--yes", "--force"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no volume mount of the etcd container contains --data-dir"),
-        "{}",
-        stderr(&out)
+    assert_stderr_has(
+        &out,
+        "no volume mount of the etcd container contains --data-dir",
     );
     assert_eq!(std::fs::read_to_string(&manifest).unwrap(), tricky);
     std::fs::write(&manifest, &good).unwrap();
@@ -504,15 +482,10 @@ fn three_nodes_restored_with_one_plan_form_a_healthy_cluster() {
     three_nodes_restored("3.5");
 }
 
-#[test]
-fn three_nodes_on_kubeadm_1_36_with_etcd_3_6_restored() {
-    three_nodes_restored("3.6");
-}
-
-#[test]
-fn three_nodes_on_kubeadm_1_37_with_etcd_3_7_restored() {
-    three_nodes_restored("3.7");
-}
+per_version!(three_nodes_restored =>
+    three_nodes_on_kubeadm_1_36_with_etcd_3_6_restored: "3.6",
+    three_nodes_on_kubeadm_1_37_with_etcd_3_7_restored: "3.7",
+);
 
 fn three_nodes_restored(etcd_version: &str) {
     let pki = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! Integration tests: one test binary, modules per concern, shared support in `util`.
 //! They run the real etcdguard binary against real etcd servers (3.5, 3.6 and 3.7) over TLS.
 
+#[macro_use]
 mod util;
 
 mod backup;

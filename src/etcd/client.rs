@@ -13,15 +13,12 @@ use super::tls::TlsMaterial;
 pub struct MemberInfo {
     pub id: u64,
     pub cluster_id: u64,
-    /// The raft leader this member knows of (0: none).
-    pub leader: u64,
     /// Empty when the member list could not be read; the caller falls back to the manifest.
     pub name: String,
     pub version: String,
     /// The member's storage version (etcd ≥ 3.6; empty before).
     pub storage_version: String,
     pub revision: i64,
-    pub db_size: i64,
 }
 
 /// Dials `endpoint` eagerly (TCP + TLS) so that a refused connection or a bad certificate is
@@ -74,12 +71,10 @@ pub async fn member_info(
     Ok(MemberInfo {
         id,
         cluster_id,
-        leader: status.leader(),
         name,
         version: status.version().to_string(),
         storage_version: status.storage_version().to_string(),
         revision,
-        db_size: status.db_size(),
     })
 }
 

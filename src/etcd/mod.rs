@@ -9,11 +9,7 @@ mod snapshot;
 mod tls;
 
 pub use client::{
-    connect, explain_connect_error, has_quorum, member_info, member_list, ListedMember, MemberInfo,
-    Phase,
+    connect, explain_connect_error, has_quorum, member_info, member_list, MemberInfo, Phase,
 };
-pub use snapshot::{
-    stream_snapshot, SnapshotError, SnapshotSink, StreamLimits, StreamedSnapshot, TrailerCheck,
-    WriterSink,
-};
+pub use snapshot::{stream_snapshot, SnapshotSink, StreamLimits, StreamedSnapshot};
 pub use tls::{TlsError, TlsMaterial};

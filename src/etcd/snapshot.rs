@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 pub const TRAILER_LEN: usize = 32;
@@ -144,7 +143,6 @@ pub struct StreamLimits {
 pub struct StreamedSnapshot {
     /// Length of the written file, trailer included.
     pub file_len: u64,
-    pub db_sha256: [u8; 32],
     pub file_sha256: [u8; 32],
     /// `SnapshotResponse.version` (etcd ≥ 3.6): the storage version of the snapshot's data,
     /// empty until the cluster version is set, and from etcd 3.5, which does not send it.
@@ -157,18 +155,6 @@ pub trait SnapshotSink {
     fn write(&mut self, bytes: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Called once after the last bytes.
     fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
-}
-
-/// Any async writer is a sink (tests, simple callers).
-pub struct WriterSink<'a, W>(pub &'a mut W);
-
-impl<W: AsyncWrite + Unpin + Send> SnapshotSink for WriterSink<'_, W> {
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(bytes).await
-    }
-    async fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush().await
-    }
 }
 
 /// Streams a snapshot from `client` into `out`, verifying the trailer. `out` is flushed but not
@@ -218,13 +204,12 @@ pub async fn stream_snapshot<S: SnapshotSink>(
             .await
             .map_err(|e| SnapshotError::Write(e.to_string()))?;
     }
-    let (db_sha256, file_sha256, file_len) = check.finish()?;
+    let (_db_sha256, file_sha256, file_len) = check.finish()?;
     out.flush()
         .await
         .map_err(|e| SnapshotError::Write(e.to_string()))?;
     Ok(StreamedSnapshot {
         file_len,
-        db_sha256,
         file_sha256,
         version,
     })

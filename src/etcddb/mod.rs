@@ -9,12 +9,12 @@
 //!
 //! This module verifies snapshot files for `verify` and for every backup.
 
-pub mod db;
-pub mod meta;
-pub mod page;
-pub mod schema;
-pub mod status;
-pub mod writer;
+pub(crate) mod db;
+pub(crate) mod meta;
+pub(crate) mod page;
+pub(crate) mod schema;
+pub(crate) mod status;
+pub(crate) mod writer;
 
 use std::fs::File;
 use std::io::Read;
@@ -24,7 +24,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use crate::etcdversion::Minor;
-pub use db::{read_active_meta, Db};
+pub use db::{check_and_walk, read_active_meta, Db};
 pub use status::{status, DbStatus, StatusError};
 
 /// etcdutl's rule for "this file carries a sha256 trailer" (restore-spec A.2).
@@ -110,6 +110,41 @@ fn etcdutl_version_field(storage_version: Option<&str>) -> String {
     }
 }
 
+/// The sha256 trailer of a snapshot file, as `verify` found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Trailer {
+    /// Present, and the database hashes to it.
+    #[serde(rename = "ok")]
+    Ok,
+    /// Present, not checked (`--skip-hash-check`).
+    #[serde(rename = "not checked")]
+    NotChecked,
+    /// None: a data dir's `member/snap/db` (only accepted with `--skip-hash-check`).
+    #[serde(rename = "absent")]
+    Absent,
+}
+
+impl Trailer {
+    /// How the file's integrity is proven, for a human.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Trailer::Ok => "ok (sha256 of the database matches)",
+            Trailer::NotChecked => "present, not checked (--skip-hash-check)",
+            Trailer::Absent => "absent (--skip-hash-check)",
+        }
+    }
+}
+
+impl std::fmt::Display for Trailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trailer::Ok => "ok",
+            Trailer::NotChecked => "not checked",
+            Trailer::Absent => "absent",
+        })
+    }
+}
+
 /// What [`verify_snapshot_file`] established about a good file. The first fields carry
 /// etcdutl's names and values (`etcdutl snapshot status -w json`) as the etcdutl named in
 /// `statusAs` prints them; `totalKeyAllBuckets` and `liveKeys` give both generations' counts
@@ -140,7 +175,7 @@ pub struct SnapshotFileReport {
     pub sha256: Option<String>,
     /// `ok`; `not checked` for a snapshot verified with the hash check skipped; `absent` for a
     /// data-dir db (no trailer), which can only be checked with the hash check skipped.
-    pub trailer: &'static str,
+    pub trailer: Trailer,
     pub page_size: u32,
     pub txid: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,26 +263,9 @@ pub fn verify_snapshot_file(
             });
         }
     }
-    let mut trailer = [0u8; TRAILER_LEN as usize];
-    if has_trailer {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(&mut trailer, db_len).map_err(io)?;
-    }
     let sha256 = match hashed {
         None => None,
-        Some((db_sha, mut whole)) => {
-            if has_trailer {
-                if db_sha != trailer {
-                    return Err(VerifyError::Mismatch {
-                        path: path.to_owned(),
-                        expected: hex::encode(trailer),
-                        computed: hex::encode(db_sha),
-                    });
-                }
-                whole.update(trailer);
-            }
-            Some(hex::encode(whole.finalize()))
-        }
+        Some(h) => Some(check_trailer(path, &file, db_len, has_trailer, h)?),
     };
     let (meta, st) = opened.map_err(|reason| VerifyError::NotBbolt {
         path: path.to_owned(),
@@ -287,9 +305,9 @@ pub fn verify_snapshot_file(
         size_bytes: size,
         sha256,
         trailer: match (has_trailer, skip_hash_check) {
-            (true, false) => "ok",
-            (true, true) => "not checked",
-            (false, _) => "absent",
+            (true, false) => Trailer::Ok,
+            (true, true) => Trailer::NotChecked,
+            (false, _) => Trailer::Absent,
         },
         page_size: meta.page_size,
         txid: meta.txid,
@@ -300,6 +318,36 @@ pub fn verify_snapshot_file(
         alarms: st.alarms,
         status: st,
     })
+}
+
+/// The sha256 of the database against the file's trailer; the whole file's sha256 (as
+/// `sha256sum` prints it) when they agree.
+fn check_trailer(
+    path: &Path,
+    file: &File,
+    db_len: u64,
+    has_trailer: bool,
+    hashed: ([u8; 32], Sha256),
+) -> Result<String, VerifyError> {
+    let (db_sha, mut whole) = hashed;
+    if has_trailer {
+        use std::os::unix::fs::FileExt;
+        let mut trailer = [0u8; TRAILER_LEN as usize];
+        file.read_exact_at(&mut trailer, db_len)
+            .map_err(|source| VerifyError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        if db_sha != trailer {
+            return Err(VerifyError::Mismatch {
+                path: path.to_owned(),
+                expected: hex::encode(trailer),
+                computed: hex::encode(db_sha),
+            });
+        }
+        whole.update(trailer);
+    }
+    Ok(hex::encode(whole.finalize()))
 }
 
 #[cfg(test)]
@@ -384,7 +432,7 @@ pub(crate) mod tests {
             Err(VerifyError::NoTrailer { .. })
         ));
         let r2 = verify_snapshot_file(&raw, true, None).unwrap();
-        assert_eq!((r2.hash, r2.trailer), (r.hash, "absent"));
+        assert_eq!((r2.hash, r2.trailer), (r.hash, Trailer::Absent));
     }
 
     #[test]

@@ -115,15 +115,23 @@ fn slice_at<'a>(
     }
 }
 
-/// The elements of a leaf page image (a whole page with its overflow, or an inline bucket's
-/// page). `page` starts at the page header.
-pub fn leaf_elements(page: &[u8]) -> Result<Vec<LeafElem<'_>>, String> {
+/// The elements of a page image, each read by `elem` from its index and offset.
+fn elements<T>(
+    page: &[u8],
+    elem: impl Fn(usize, usize) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
     let h = Header::parse(page).ok_or("page shorter than its header")?;
     let count = usize::from(h.count);
     elements_fit(page, count)?;
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let off = HEADER_LEN + i * ELEMENT_LEN;
+    (0..count)
+        .map(|i| elem(i, HEADER_LEN + i * ELEMENT_LEN))
+        .collect()
+}
+
+/// The elements of a leaf page image (a whole page with its overflow, or an inline bucket's
+/// page). `page` starts at the page header.
+pub fn leaf_elements(page: &[u8]) -> Result<Vec<LeafElem<'_>>, String> {
+    elements(page, |i, off| {
         let flags = u32_at(page, off).unwrap_or_default();
         let pos = u32_at(page, off + 4).unwrap_or_default();
         let ksize = u32_at(page, off + 8).unwrap_or_default();
@@ -131,26 +139,19 @@ pub fn leaf_elements(page: &[u8]) -> Result<Vec<LeafElem<'_>>, String> {
         let key = slice_at(page, off, pos, ksize, &format!("key {i}"))?;
         let value_pos = pos.checked_add(ksize).ok_or("element offset overflows")?;
         let value = slice_at(page, off, value_pos, vsize, &format!("value {i}"))?;
-        out.push(LeafElem { flags, key, value });
-    }
-    Ok(out)
+        Ok(LeafElem { flags, key, value })
+    })
 }
 
 /// The elements of a branch page image.
 pub fn branch_elements(page: &[u8]) -> Result<Vec<BranchElem<'_>>, String> {
-    let h = Header::parse(page).ok_or("page shorter than its header")?;
-    let count = usize::from(h.count);
-    elements_fit(page, count)?;
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let off = HEADER_LEN + i * ELEMENT_LEN;
+    elements(page, |i, off| {
         let pos = u32_at(page, off).unwrap_or_default();
         let ksize = u32_at(page, off + 4).unwrap_or_default();
         let child = u64_at(page, off + 8).unwrap_or_default();
         let key = slice_at(page, off, pos, ksize, &format!("key {i}"))?;
-        out.push(BranchElem { key, child });
-    }
-    Ok(out)
+        Ok(BranchElem { key, child })
+    })
 }
 
 /// Where a bucket's content lives.

@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn member_json_matches_etcd() {
-        // restore-spec B.6 example.
+        // The Member JSON etcd itself stores for this member (restore-spec B.6 example).
         assert_eq!(
             member_json(
                 3432417422258189070,

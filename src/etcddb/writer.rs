@@ -425,8 +425,9 @@ pub fn commit(db: &Db, changes: &[(&[u8], Change)]) -> WriteResult<Meta> {
 }
 
 /// A complete new db image with these top-level buckets (names sorted, items sorted), as a
-/// snapshot's db part looks: meta 0 with txid 2, meta 1 with txid 1, no freelist. For tests,
-/// fuzz seeds and benchmarks; the restore never builds a db from scratch.
+/// snapshot's db part looks: meta 0 with txid 2, meta 1 with txid 1, no freelist. For the unit
+/// tests; the restore never builds a db from scratch.
+#[cfg(test)]
 pub fn new_db(page_size: u32, buckets: &[(&[u8], Vec<Item>)]) -> WriteResult<Vec<u8>> {
     let mut alloc = Alloc {
         page_size: page_size as usize,

@@ -169,6 +169,20 @@ impl Journal {
         Ok(())
     }
 
+    /// Runs one journaled step: marked started, `work` awaited, marked done. The one way a
+    /// restore or its rollback takes a step, so the journal always says how far it got.
+    pub async fn step<T>(
+        &mut self,
+        step: Step,
+        work: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        let journal = |e: std::io::Error| format!("journal: {e}");
+        self.mark(step, StepState::Started).map_err(journal)?;
+        let out = work.await?;
+        self.mark(step, StepState::Done).map_err(journal)?;
+        Ok(out)
+    }
+
     pub fn done(&self, step: Step) -> bool {
         self.steps
             .iter()

@@ -1,9 +1,9 @@
 //! Restoring etcd from a snapshot. `datadir` builds a data directory the way
-//! `etcdutl snapshot restore` does, byte for byte where it matters; `kubeadm` is the guarded
+//! `etcdutl snapshot restore` does, byte for byte where it matters; `guarded` is the guarded
 //! restore of a kubeadm node built on it (guards, `journal`, manifest swap, rollback), with
 //! `probe` telling whether etcd really stopped.
 
 pub mod datadir;
-pub mod journal;
-pub mod kubeadm;
-pub mod probe;
+pub(crate) mod guarded;
+pub(crate) mod journal;
+pub(crate) mod probe;

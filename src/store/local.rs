@@ -3,9 +3,9 @@
 //!
 //! Only files whose names match our pattern are ever touched here.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -91,9 +91,6 @@ impl TempSnapshot {
     pub fn path(&self) -> &Path {
         &self.path
     }
-    pub fn final_path(&self) -> &Path {
-        &self.final_path
-    }
 }
 
 impl Drop for TempSnapshot {
@@ -143,13 +140,7 @@ impl LocalStore {
             file_name.strip_prefix(PREFIX).unwrap_or(file_name)
         ));
         // Read access too: the written file is checked (meta pages) before it is published.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(fsutil::PRIVATE_FILE_MODE)
-            .open(&path)?;
-        file.set_permissions(fs::Permissions::from_mode(fsutil::PRIVATE_FILE_MODE))?;
+        let file = fsutil::create_private_file(&path)?;
         Ok((
             TempSnapshot {
                 final_path: self.dir.join(file_name),

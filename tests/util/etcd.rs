@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 
-use super::{etcd_binary, free_port, rt};
+use super::{etcd_binary, etcdctl_tls, free_port, rt};
 
 pub struct EtcdServer {
     pub version: String,
@@ -295,19 +295,7 @@ impl EtcdServer {
 
     /// Runs this version's etcdctl against this server with TLS flags.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        let p = |f: &str| self.pki_dir.join(f).display().to_string();
-        Command::new(etcd_binary(&self.version, "etcdctl"))
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &self.client_url,
-                "--cacert",
-                &p("ca.crt"),
-                "--cert",
-                &p("healthcheck-client.crt"),
-                "--key",
-                &p("healthcheck-client.key"),
-            ])
+        etcdctl_tls(&self.version, &self.client_url, &self.pki_dir)
             .args(args)
             .output()
             .unwrap()

@@ -25,7 +25,6 @@ struct State {
     apiserver: Option<(TcpListener, String)>,
     /// The manifest texts the runner has acted on (None: no pod).
     seen: (Option<String>, Option<String>),
-    starts: usize,
 }
 
 pub struct Kubelet {
@@ -142,7 +141,6 @@ impl Kubelet {
                             .spawn()
                             .expect("runner: spawn etcd");
                         s.etcd = Some((child, text.clone()));
-                        s.starts += 1;
                         restart_at = None;
                     }
                 }
@@ -202,11 +200,6 @@ impl Kubelet {
     /// True while the runner has an etcd process running.
     pub fn etcd_running(&self) -> bool {
         self.state.lock().unwrap().etcd.is_some()
-    }
-
-    /// How many times etcd was started.
-    pub fn etcd_starts(&self) -> usize {
-        self.state.lock().unwrap().starts
     }
 }
 

@@ -4,146 +4,23 @@
 //! and a kube-apiserver manifest. Restores run against it with `--root`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use super::kubelet::Kubelet;
+use super::manifest::EtcdPod;
 use super::pki::Pki;
-use super::{etcd_binary, etcdguard, free_port};
+use super::{etcdctl_tls, etcdguard, free_port};
 
 pub struct KubeNode {
     pub root: tempfile::TempDir,
     pub name: String,
     pub client_port: u16,
-    pub peer_port: u16,
-    pub metrics_port: u16,
-    pub apiserver_port: u16,
     /// etcdguard's config for backups (absolute paths into the root).
     pub config: PathBuf,
     pub kubelet: Option<Kubelet>,
     /// The etcd minor of the manifest's image ("3.5", "3.6", "3.7").
     pub etcd_version: String,
-}
-
-/// The image tag and the generation-specific flags kubeadm writes for an etcd minor: kubeadm
-/// ≤ 1.33 ships etcd 3.5 with `--experimental-*` flags; 1.34–1.36 ship 3.6 and 1.37 ships 3.7
-/// with their replacements (etcd 3.7 exits on any `--experimental-*` flag).
-fn generation(etcd_version: &str) -> (&'static str, [&'static str; 2]) {
-    match etcd_version {
-        "3.5" => (
-            "3.5.30-0",
-            [
-                "--experimental-initial-corrupt-check=true",
-                "--experimental-watch-progress-notify-interval=5s",
-            ],
-        ),
-        "3.6" => (
-            "3.6.8-0",
-            [
-                "--feature-gates=InitialCorruptCheck=true",
-                "--watch-progress-notify-interval=5s",
-            ],
-        ),
-        "3.7" => (
-            "3.7.0-0",
-            [
-                "--feature-gates=InitialCorruptCheck=true",
-                "--watch-progress-notify-interval=5s",
-            ],
-        ),
-        v => panic!("no kubeadm generation for etcd {v}"),
-    }
-}
-
-/// The etcd static pod, as kubeadm writes it for an etcd `etcd_version` image.
-pub fn etcd_manifest(
-    etcd_version: &str,
-    name: &str,
-    client: u16,
-    peer: u16,
-    metrics: u16,
-    initial_cluster: &str,
-    state: Option<&str>,
-) -> String {
-    let state = state
-        .map(|s| format!("    - --initial-cluster-state={s}\n"))
-        .unwrap_or_default();
-    let (tag, [corrupt_check, progress_notify]) = generation(etcd_version);
-    // kubeadm sorts the flags: the experimental ones come after --data-dir, the feature gate
-    // before --initial-*, --watch-progress-notify-interval last.
-    let (before_initial, last) = if etcd_version == "3.5" {
-        (
-            format!("    - {corrupt_check}\n    - {progress_notify}\n"),
-            String::new(),
-        )
-    } else {
-        (
-            format!("    - {corrupt_check}\n"),
-            format!("    - {progress_notify}\n"),
-        )
-    };
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  annotations:
-    kubeadm.kubernetes.io/etcd.advertise-client-urls: https://127.0.0.1:{client}
-  creationTimestamp: null
-  labels:
-    component: etcd
-    tier: control-plane
-  name: etcd
-  namespace: kube-system
-spec:
-  containers:
-  - command:
-    - etcd
-    - --advertise-client-urls=https://127.0.0.1:{client}
-    - --cert-file=/etc/kubernetes/pki/etcd/server.crt
-    - --client-cert-auth=true
-    - --data-dir=/var/lib/etcd
-{before_initial}    - --initial-advertise-peer-urls=https://127.0.0.1:{peer}
-    - --initial-cluster={initial_cluster}
-{state}    - --key-file=/etc/kubernetes/pki/etcd/server.key
-    - --listen-client-urls=https://127.0.0.1:{client}
-    - --listen-metrics-urls=http://127.0.0.1:{metrics}
-    - --listen-peer-urls=https://127.0.0.1:{peer}
-    - --name={name}
-    - --peer-cert-file=/etc/kubernetes/pki/etcd/peer.crt
-    - --peer-client-cert-auth=true
-    - --peer-key-file=/etc/kubernetes/pki/etcd/peer.key
-    - --peer-trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
-    - --snapshot-count=10000
-    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
-{last}    image: registry.k8s.io/etcd:{tag}
-    imagePullPolicy: IfNotPresent
-    name: etcd
-    resources:
-      requests:
-        cpu: 100m
-        memory: 100Mi
-    volumeMounts:
-    - mountPath: /var/lib/etcd
-      name: etcd-data
-    - mountPath: /etc/kubernetes/pki/etcd
-      name: etcd-certs
-  hostNetwork: true
-  priorityClassName: system-node-critical
-  securityContext:
-    seccompProfile:
-      type: RuntimeDefault
-  volumes:
-  - hostPath:
-      path: /etc/kubernetes/pki/etcd
-      type: DirectoryOrCreate
-    name: etcd-certs
-  - hostPath:
-      path: /var/lib/etcd
-      type: DirectoryOrCreate
-    name: etcd-data
-status: {{}}
-"#
-    )
 }
 
 fn apiserver_manifest(port: u16) -> String {
@@ -197,15 +74,16 @@ impl KubeNode {
         let manifests = r.join("etc/kubernetes/manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         std::fs::create_dir_all(r.join("var/lib")).unwrap();
-        let m = etcd_manifest(
-            etcd_version,
+        let m = EtcdPod {
+            version: etcd_version,
             name,
             client_port,
             peer_port,
             metrics_port,
-            cluster,
-            None,
-        );
+            initial_cluster: cluster,
+            state: None,
+        }
+        .render();
         write_0600(&manifests.join("etcd.yaml"), &m);
         write_0600(
             &manifests.join("kube-apiserver.yaml"),
@@ -229,9 +107,6 @@ impl KubeNode {
             root,
             name: name.to_string(),
             client_port,
-            peer_port,
-            metrics_port,
-            apiserver_port,
             config,
             kubelet: None,
             etcd_version: etcd_version.to_string(),
@@ -250,32 +125,16 @@ impl KubeNode {
         self.root.path().join(rel)
     }
 
-    pub fn peer_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.peer_port)
-    }
-
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        let p = |f: &str| {
-            self.path(&format!("etc/kubernetes/pki/etcd/{f}"))
-                .display()
-                .to_string()
-        };
-        Command::new(etcd_binary(&self.etcd_version, "etcdctl"))
-            .args([
-                "--endpoints",
-                &format!("https://127.0.0.1:{}", self.client_port),
-                "--cacert",
-                &p("ca.crt"),
-                "--cert",
-                &p("healthcheck-client.crt"),
-                "--key",
-                &p("healthcheck-client.key"),
-                "--command-timeout",
-                "5s",
-            ])
-            .args(args)
-            .output()
-            .unwrap()
+        etcdctl_tls(
+            &self.etcd_version,
+            &format!("https://127.0.0.1:{}", self.client_port),
+            &self.path("etc/kubernetes/pki/etcd"),
+        )
+        .args(["--command-timeout", "5s"])
+        .args(args)
+        .output()
+        .unwrap()
     }
 
     pub fn ctl(&self, args: &[&str]) -> String {

@@ -5,11 +5,23 @@
 //! filled by `scripts/install-test-deps`. A missing binary fails the test with that pointer;
 //! nothing is ever skipped.
 
-#![allow(dead_code)]
+/// One `#[test]` per etcd version, each calling `$f` with it:
+/// `per_version!(f => test_for_3_5: "3.5", test_for_3_6: "3.6");`.
+macro_rules! per_version {
+    ($f:ident => $($name:ident: $v:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $f($v);
+            }
+        )+
+    };
+}
 
 pub mod etcd;
 pub mod kubelet;
 pub mod kubenode;
+pub mod manifest;
 pub mod node;
 pub mod pki;
 pub mod proxy;
@@ -18,6 +30,30 @@ pub mod s3;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// Asserts that the command's stderr contains `needle`, showing stderr when it does not.
+pub fn assert_stderr_has(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(err.contains(needle), "wanted {needle:?} in stderr:\n{err}");
+}
+
+/// `etcdctl` of etcd `version` against `endpoint`, as the kubeadm healthcheck client of the
+/// PKI in `pki_dir`; the caller adds flags and the command.
+pub fn etcdctl_tls(version: &str, endpoint: &str, pki_dir: &Path) -> Command {
+    let p = |f: &str| pki_dir.join(f).display().to_string();
+    let mut c = Command::new(etcd_binary(version, "etcdctl"));
+    c.env("ETCDCTL_API", "3").args([
+        "--endpoints",
+        endpoint,
+        "--cacert",
+        &p("ca.crt"),
+        "--cert",
+        &p("healthcheck-client.crt"),
+        "--key",
+        &p("healthcheck-client.key"),
+    ]);
+    c
+}
 
 /// Where the etcd binaries live.
 pub fn etcd_cache_dir() -> PathBuf {
@@ -137,7 +173,7 @@ pub fn db_buckets(path: &Path) -> Buckets {
     let db = etcdguard::etcddb::Db::open(f, len).unwrap();
     let mut out = Buckets::default();
     let mut top = String::new();
-    let report = etcdguard::etcddb::db::check_and_walk(
+    let report = etcdguard::etcddb::check_and_walk(
         &db,
         &mut |depth: usize, k: &[u8], v: &[u8], is_bucket: bool| match depth {
             0 => {

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use super::etcd::EtcdServer;
+use super::manifest::EtcdPod;
 use super::pki::Pki;
-use super::{etcdguard, list_dir};
+use super::{etcdguard, free_port, list_dir};
 
 pub struct Node {
     pub root: tempfile::TempDir,
@@ -82,6 +83,11 @@ impl Node {
         self.write_config();
     }
 
+    /// Sets `key` in `section` to a path.
+    pub fn set_path(&mut self, section: &str, key: &str, path: &std::path::Path) {
+        self.set(section, key, &q(path));
+    }
+
     pub fn unset(&mut self, section: &str, key: &str) {
         if let Some(s) = self.settings.get_mut(section) {
             s.remove(key);
@@ -145,62 +151,17 @@ impl Node {
     }
 }
 
-/// The etcd static pod as kubeadm writes it, pointing at `etcd`.
+/// The etcd static pod as kubeadm writes it, pointing at `etcd` (its client and peer ports).
 pub fn kubeadm_manifest(etcd: &EtcdServer) -> String {
-    let pki = etcd.pki_dir.display();
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  annotations:
-    kubeadm.kubernetes.io/etcd.advertise-client-urls: {client}
-  labels:
-    component: etcd
-    tier: control-plane
-  name: etcd
-  namespace: kube-system
-spec:
-  containers:
-  - command:
-    - etcd
-    - --advertise-client-urls={client}
-    - --cert-file={pki}/server.crt
-    - --client-cert-auth=true
-    - --data-dir=/var/lib/etcd
-    - --initial-advertise-peer-urls={peer}
-    - --initial-cluster={name}={peer}
-    - --key-file={pki}/server.key
-    - --listen-client-urls={client}
-    - --listen-metrics-urls=http://127.0.0.1:2381
-    - --listen-peer-urls={peer}
-    - --name={name}
-    - --peer-cert-file={pki}/peer.crt
-    - --peer-client-cert-auth=true
-    - --peer-key-file={pki}/peer.key
-    - --peer-trusted-ca-file={pki}/ca.crt
-    - --snapshot-count=10000
-    - --trusted-ca-file={pki}/ca.crt
-    image: registry.k8s.io/etcd:{version}-0
-    name: etcd
-    volumeMounts:
-    - mountPath: /var/lib/etcd
-      name: etcd-data
-    - mountPath: /etc/kubernetes/pki/etcd
-      name: etcd-certs
-  hostNetwork: true
-  volumes:
-  - hostPath:
-      path: /etc/kubernetes/pki/etcd
-      type: DirectoryOrCreate
-    name: etcd-certs
-  - hostPath:
-      path: /var/lib/etcd
-      type: DirectoryOrCreate
-    name: etcd-data
-"#,
-        client = etcd.client_url,
-        peer = etcd.peer_url,
-        name = etcd.name,
-        version = etcd.version,
-    )
+    let port = |url: &str| url.rsplit(':').next().unwrap().parse().unwrap();
+    EtcdPod {
+        version: &etcd.version,
+        name: &etcd.name,
+        client_port: port(&etcd.client_url),
+        peer_port: port(&etcd.peer_url),
+        metrics_port: free_port(),
+        initial_cluster: &format!("{}={}", etcd.name, etcd.peer_url),
+        state: None,
+    }
+    .render()
 }

@@ -16,6 +16,25 @@ pub struct Faults {
     pub slow_delay: Duration,
 }
 
+impl Faults {
+    /// Slow: `delay` per chunk once `after` server→client bytes have passed.
+    pub fn slow(after: u64, delay: Duration) -> Faults {
+        Faults {
+            slow_after: Some(after),
+            slow_delay: delay,
+            ..Faults::default()
+        }
+    }
+
+    /// Cut: both directions closed once `after` server→client bytes have passed.
+    pub fn cut(after: u64) -> Faults {
+        Faults {
+            cut_after: Some(after),
+            ..Faults::default()
+        }
+    }
+}
+
 pub struct Proxy {
     pub port: u16,
     pub downstream_bytes: Arc<AtomicU64>,

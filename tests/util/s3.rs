@@ -138,8 +138,7 @@ impl S3Server {
     }
 
     fn unsigned_bytes(&self, method: &str, path: &str) -> (u16, Vec<u8>) {
-        let client =
-            etcdguard::store::remote::http::client(None, true, Duration::from_secs(5)).unwrap();
+        let client = etcdguard::store::http::client(None, true, Duration::from_secs(5)).unwrap();
         let url = format!("{}{path}", self.endpoint);
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         super::rt().block_on(async {

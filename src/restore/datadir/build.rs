@@ -1,5 +1,6 @@
 //! Building a restored data directory from a snapshot: the I/O around the pure plan, WAL and
-//! `.snap` encoders and the bbolt append-only commit (restore-spec C.3, C.10, F).
+//! `.snap` encoders and the bbolt append-only commit (restore-spec C.3: restore step by step;
+//! C.10: improvements that keep the bytes; F: implementation notes).
 //!
 //! Everything is built in a hidden staging directory next to the target and published with
 //! one `rename`; any failure removes the staging directory and leaves the target as it was
@@ -7,9 +8,9 @@
 //! consistency, etcd buckets) before anything is published. Memory stays flat in the database
 //! size: the copy streams through a bounded buffer, the db is read with `pread`.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -148,13 +149,7 @@ fn private_dir(path: &Path) -> Result<(), BuildError> {
 use std::os::unix::fs::DirBuilderExt;
 
 fn create_private_file(path: &Path) -> Result<File, BuildError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(fsutil::PRIVATE_FILE_MODE)
-        .open(path)
-        .map_err(write_err(path))
+    fsutil::create_private_file(path).map_err(write_err(path))
 }
 
 /// The target must not exist, or be an empty directory (as etcdutl requires).
@@ -322,27 +317,7 @@ pub fn build_data_dir(
 ) -> Result<BuildReport, BuildError> {
     let cluster = resolve(plan)?;
     check_target(target)?;
-    let src_err = |source| BuildError::Source {
-        path: snapshot.to_owned(),
-        source,
-    };
-    let mut src = File::open(snapshot).map_err(src_err)?;
-    let size = src.metadata().map_err(src_err)?.len();
-    let has_hash = size % etcddb::SECTOR == etcddb::TRAILER_LEN;
-    if !has_hash && !opts.skip_hash_check {
-        return Err(BuildError::NoTrailer {
-            path: snapshot.to_owned(),
-        });
-    }
-    let db_len = if has_hash {
-        size - etcddb::TRAILER_LEN
-    } else {
-        size
-    };
-    let mut trailer = [0u8; 32];
-    if has_hash {
-        src.read_exact_at(&mut trailer, db_len).map_err(src_err)?;
-    }
+    let (mut src, db_len, trailer) = open_source(snapshot, &opts)?;
 
     let name = target
         .file_name()
@@ -377,14 +352,108 @@ pub fn build_data_dir(
     // walks the source on a second thread while the copy runs; without one (a raw db), it
     // walks the copy afterwards.
     let db_path = snap_dir.join("db");
-    let mut db_file = create_private_file(&db_path)?;
+    let (db, status) = copy_and_check(snapshot, &mut src, db_len, trailer, &db_path, &opts)?;
     let bad = |reason: String| BuildError::Snapshot {
         path: snapshot.to_owned(),
         reason,
     };
-    let check_source = has_hash && !opts.skip_hash_check;
+    let (target_version, version_warning) = version_decision(&status, &opts)?;
+    let enc = Encoding::for_target(target_version);
+    let (changes, revision) = changes(&cluster, &status).map_err(bad)?;
+    writer::commit(&db, &changes).map_err(BuildError::Commit)?;
+    let db = Db::open(
+        db.file().try_clone().map_err(write_err(&db_path))?,
+        db.file().metadata().map_err(write_err(&db_path))?.len(),
+    )
+    .map_err(BuildError::Commit)?;
+    verify_commit(&db, &cluster, &status).map_err(BuildError::Commit)?;
+    drop(db);
+
+    // The WAL: preallocated like etcd's segments, records at the start.
+    private_dir(&wal_dir)?;
+    write_wal(&wal_dir, &cluster, enc)?;
+
+    let snap_path = snap_dir.join(snap::file_name(&cluster));
+    let mut snap_file = create_private_file(&snap_path)?;
+    snap_file
+        .write_all(&snap::contents(&cluster, target_version))
+        .and_then(|()| snap_file.sync_all())
+        .map_err(write_err(&snap_path))?;
+
+    for d in [&snap_dir, &wal_dir, &member, &staging.path] {
+        fsutil::fsync_dir(d).map_err(write_err(d))?;
+    }
+    fs::rename(&staging.path, target).map_err(|e| BuildError::Target {
+        path: target.to_owned(),
+        reason: format!("cannot move the built directory into place: {e}"),
+    })?;
+    staging.published = true;
+    fsutil::fsync_dir(&parent).map_err(write_err(&parent))?;
+
+    let warnings = warnings(&status, version_warning);
+    Ok(BuildReport {
+        target: target.to_owned(),
+        cluster,
+        source: status,
+        revision,
+        target_version,
+        warnings,
+    })
+}
+
+/// Opens the snapshot: its file, the database's length, and the sha256 trailer when it has
+/// one (required unless `skip_hash_check`).
+fn open_source(
+    snapshot: &Path,
+    opts: &BuildOptions,
+) -> Result<(File, u64, Option<[u8; 32]>), BuildError> {
+    let src_err = |source| BuildError::Source {
+        path: snapshot.to_owned(),
+        source,
+    };
+    let src = File::open(snapshot).map_err(src_err)?;
+    let size = src.metadata().map_err(src_err)?.len();
+    let has_hash = size % etcddb::SECTOR == etcddb::TRAILER_LEN;
+    if !has_hash && !opts.skip_hash_check {
+        return Err(BuildError::NoTrailer {
+            path: snapshot.to_owned(),
+        });
+    }
+    let db_len = if has_hash {
+        size - etcddb::TRAILER_LEN
+    } else {
+        size
+    };
+    let mut trailer = [0u8; 32];
+    if has_hash {
+        src.read_exact_at(&mut trailer, db_len).map_err(src_err)?;
+    }
+    Ok((src, db_len, has_hash.then_some(trailer)))
+}
+
+/// The database: copied and hashed in one pass, and checked (bbolt consistency, status)
+/// before it is changed. With a trailer to prove the copy equals the source, the check walks
+/// the source on a second thread while the copy runs; without one (a raw db), it walks the
+/// copy afterwards.
+fn copy_and_check(
+    snapshot: &Path,
+    src: &mut File,
+    db_len: u64,
+    trailer: Option<[u8; 32]>,
+    db_path: &Path,
+    opts: &BuildOptions,
+) -> Result<(Db, DbStatus), BuildError> {
+    let mut db_file = create_private_file(db_path)?;
+    let bad = |reason: String| BuildError::Snapshot {
+        path: snapshot.to_owned(),
+        reason,
+    };
+    let check_source = trailer.is_some() && !opts.skip_hash_check;
     let walker = if check_source {
-        Some(File::open(snapshot).map_err(src_err)?)
+        Some(File::open(snapshot).map_err(|source| BuildError::Source {
+            path: snapshot.to_owned(),
+            source,
+        })?)
     } else {
         None
     };
@@ -395,7 +464,7 @@ pub fn build_data_dir(
                 etcddb::status(&db).map_err(|e| e.to_string())
             })
         });
-        let copied = copy_db(&mut src, &mut db_file, db_len);
+        let copied = copy_db(src, &mut db_file, db_len);
         (copied, checking.map(|h| h.join().expect("check thread")))
     });
     let got = copied.map_err(|e| match e.kind() {
@@ -404,11 +473,11 @@ pub fn build_data_dir(
             reason: "it got shorter while being read".into(),
         },
         _ => BuildError::Write {
-            path: db_path.clone(),
+            path: db_path.to_owned(),
             source: e,
         },
     })?;
-    if has_hash && got != trailer && !opts.skip_hash_check {
+    if let Some(trailer) = trailer.filter(|t| *t != got && !opts.skip_hash_check) {
         return Err(BuildError::HashMismatch {
             path: snapshot.to_owned(),
             expected: hex::encode(trailer),
@@ -429,20 +498,11 @@ pub fn build_data_dir(
     if status.consistent_index.is_none() {
         return Err(bad("its meta bucket has no consistent_index".into()));
     }
-    let (target_version, version_warning) = version_decision(&status, &opts)?;
-    let enc = Encoding::for_target(target_version);
-    let (changes, revision) = changes(&cluster, &status).map_err(bad)?;
-    writer::commit(&db, &changes).map_err(BuildError::Commit)?;
-    let db = Db::open(
-        db.file().try_clone().map_err(write_err(&db_path))?,
-        db.file().metadata().map_err(write_err(&db_path))?.len(),
-    )
-    .map_err(BuildError::Commit)?;
-    verify_commit(&db, &cluster, &status).map_err(BuildError::Commit)?;
-    drop(db);
+    Ok((db, status))
+}
 
-    // The WAL: preallocated like etcd's segments, records at the start.
-    private_dir(&wal_dir)?;
+/// The WAL: preallocated like etcd's segments, records at the start.
+fn write_wal(wal_dir: &Path, cluster: &Cluster, enc: Encoding) -> Result<(), BuildError> {
     let wal_path = wal_dir.join(wal::FILE_NAME);
     let wal_file = create_private_file(&wal_path)?;
     let werr = write_err(&wal_path);
@@ -457,27 +517,14 @@ pub fn build_data_dir(
         wal_file.set_len(wal::SEGMENT_SIZE).map_err(&werr)?;
     }
     wal_file
-        .write_all_at(&wal::records(&cluster, enc), 0)
+        .write_all_at(&wal::records(cluster, enc), 0)
         .map_err(&werr)?;
     wal_file.sync_all().map_err(&werr)?;
+    Ok(())
+}
 
-    let snap_path = snap_dir.join(snap::file_name(&cluster));
-    let mut snap_file = create_private_file(&snap_path)?;
-    snap_file
-        .write_all(&snap::contents(&cluster, target_version))
-        .and_then(|()| snap_file.sync_all())
-        .map_err(write_err(&snap_path))?;
-
-    for d in [&snap_dir, &wal_dir, &member, &staging.path] {
-        fsutil::fsync_dir(d).map_err(write_err(d))?;
-    }
-    fs::rename(&staging.path, target).map_err(|e| BuildError::Target {
-        path: target.to_owned(),
-        reason: format!("cannot move the built directory into place: {e}"),
-    })?;
-    staging.published = true;
-    fsutil::fsync_dir(&parent).map_err(write_err(&parent))?;
-
+/// What the operator should know about the restored data.
+fn warnings(status: &DbStatus, version_warning: Option<String>) -> Vec<String> {
     let mut warnings: Vec<String> = version_warning.into_iter().collect();
     if status.alarms > 0 {
         warnings.push(format!(
@@ -493,12 +540,5 @@ pub fn build_data_dir(
     {
         warnings.push("the snapshot records a cluster downgrade in progress".into());
     }
-    Ok(BuildReport {
-        target: target.to_owned(),
-        cluster,
-        source: status,
-        revision,
-        target_version,
-        warnings,
-    })
+    warnings
 }

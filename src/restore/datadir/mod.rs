@@ -5,11 +5,11 @@
 //! raft messages' encoding (`proto::Encoding`) and which versions may meet
 //! (`crate::etcdversion`). `tests/engine.rs` compares every target with its own etcdutl.
 
-pub mod build;
-pub mod plan;
-pub mod proto;
-pub mod snap;
-pub mod wal;
+mod build;
+mod plan;
+mod proto;
+mod snap;
+mod wal;
 
 pub use build::{build_data_dir, BuildError, BuildOptions, BuildReport};
 pub use plan::{resolve, Cluster, PlanError, RestorePlan};

@@ -21,6 +21,17 @@ pub struct RestorePlan {
     pub mark_compacted: bool,
 }
 
+impl RestorePlan {
+    /// `--initial-cluster` when none is given: this member alone, with each of its advertised
+    /// peer URLs (`urls`, comma-separated), as etcd does.
+    pub fn single_member_cluster(name: &str, urls: &str) -> String {
+        urls.split(',')
+            .map(|u| format!("{name}={}", u.trim()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// One member of the restored cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedMember {
@@ -39,7 +50,38 @@ pub struct Cluster {
     pub bump_revision: u64,
 }
 
+/// The one-member cluster of the spec's worked examples (restore-spec C.5: member n1 at
+/// http://127.0.0.1:23802, token newtok), whose WAL and `.snap` bytes etcdutl produced.
+#[cfg(test)]
+pub fn worked_example() -> Cluster {
+    resolve(&RestorePlan {
+        name: "n1".into(),
+        initial_cluster: "n1=http://127.0.0.1:23802".into(),
+        advertise_peer_urls: "http://127.0.0.1:23802".into(),
+        token: "newtok".into(),
+        bump_revision: 0,
+        mark_compacted: false,
+    })
+    .unwrap()
+}
+
 impl Cluster {
+    /// One line per member: `<prefix><id hex> <name> <peer URLs>`, and `this` after this
+    /// member's.
+    pub fn member_lines(&self, prefix: &str, this: &str) -> String {
+        let mut out = String::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let mark = if i == self.self_index { this } else { "" };
+            out.push_str(&format!(
+                "{prefix}{:x}  {}  {}{mark}\n",
+                m.id,
+                m.name,
+                m.peer_urls.join(",")
+            ));
+        }
+        out
+    }
+
     pub fn this(&self) -> &PlannedMember {
         &self.members[self.self_index]
     }

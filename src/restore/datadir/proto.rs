@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn encodings_match_the_spec_dump() {
-        // restore-spec C.5 worked example.
+        // The bytes of a real etcdutl WAL for one member (restore-spec C.5 worked example).
         assert_eq!(wal_record(4, 0, None), [0x08, 0x04, 0x10, 0x00]);
         assert_eq!(
             wal_snapshot(0, 0, None, Encoding::Gogo),

@@ -111,20 +111,12 @@ pub fn contents(cluster: &Cluster, target: Minor) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::plan::{resolve, RestorePlan};
+    use super::super::plan::worked_example;
     use super::*;
 
     #[test]
     fn sizes_and_head_match_the_spec() {
-        let c = resolve(&RestorePlan {
-            name: "n1".into(),
-            initial_cluster: "n1=http://127.0.0.1:23802".into(),
-            advertise_peer_urls: "http://127.0.0.1:23802".into(),
-            token: "newtok".into(),
-            bump_revision: 0,
-            mark_compacted: false,
-        })
-        .unwrap();
+        let c = worked_example();
         assert_eq!(v2_store_json(&c, Minor::V3_5).len(), 6459);
         let f = contents(&c, Minor::V3_5);
         assert_eq!(f.len(), 6491);

@@ -76,21 +76,14 @@ pub fn records(cluster: &Cluster, enc: Encoding) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::plan::{resolve, RestorePlan};
+    use super::super::plan::worked_example;
     use super::*;
 
     #[test]
     fn matches_the_worked_example() {
-        // restore-spec C.5: 1 member n1, http://127.0.0.1:23802, token newtok.
-        let c = resolve(&RestorePlan {
-            name: "n1".into(),
-            initial_cluster: "n1=http://127.0.0.1:23802".into(),
-            advertise_peer_urls: "http://127.0.0.1:23802".into(),
-            token: "newtok".into(),
-            bump_revision: 0,
-            mark_compacted: false,
-        })
-        .unwrap();
+        // A WAL etcdutl wrote for 1 member n1, http://127.0.0.1:23802, token newtok (restore-spec
+        // C.5 worked example).
+        let c = worked_example();
         let w = records(&c, Encoding::Gogo);
         let hex = |r: std::ops::Range<usize>| hex::encode(&w[r]);
         assert_eq!(hex(0..16), "04000000000000840804100000000000");

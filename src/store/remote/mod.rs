@@ -13,7 +13,7 @@
 //! completion the object's size, and its ETag where the server's ETag is an MD5 form we can
 //! compute, are checked.
 
-pub mod credentials;
+pub(crate) mod credentials;
 pub mod http;
 
 use std::time::Duration;
@@ -200,10 +200,18 @@ pub fn etag_matches(server: &str, computed: &(String, Option<String>)) -> Option
 /// What a completed, verified upload produced.
 #[derive(Debug, Clone)]
 pub struct Uploaded {
-    pub key: String,
+    /// What the server reported (and what was compared, where the ETag is an MD5).
     pub etag: Option<String>,
-    /// Whether the ETag could be compared (and matched).
-    pub etag_checked: bool,
+}
+
+/// `s3://<bucket>/<key>`: how records and messages name an object.
+pub fn location(bucket: &str, key: &str) -> String {
+    format!("s3://{bucket}/{key}")
+}
+
+/// A node's prefix in the bucket, `<prefix><member>/`.
+pub fn node_prefix(prefix: &str, member: &str) -> String {
+    format!("{prefix}{}/", sanitize_member(member))
 }
 
 impl Remote {
@@ -270,7 +278,7 @@ impl Remote {
                     .with_max_times(2)
                     .with_jitter(),
             );
-        let node_prefix = format!("{}{}/", cfg.prefix, sanitize_member(member));
+        let node_prefix = node_prefix(&cfg.prefix, member);
         Ok(Remote {
             op,
             bucket: cfg.bucket.clone(),
@@ -297,17 +305,12 @@ impl Remote {
         &self.bucket
     }
 
-    /// This node's prefix, `<prefix><member>/`.
-    pub fn node_prefix(&self) -> &str {
-        &self.node_prefix
-    }
-
     pub fn key_for(&self, file_name: &str) -> String {
         format!("{}{file_name}", self.node_prefix)
     }
 
     pub fn location(&self, key: &str) -> String {
-        format!("s3://{}/{key}", self.bucket)
+        location(&self.bucket, key)
     }
 
     fn explain(&self, e: &opendal::Error) -> String {
@@ -408,11 +411,8 @@ impl Remote {
             },
             _ => false,
         };
-        Ok(Uploaded {
-            key: key.to_string(),
-            etag: server,
-            etag_checked: checked,
-        })
+        tracing::debug!(key, etag_compared = checked, "upload verified");
+        Ok(Uploaded { etag: server })
     }
 
     /// Writes the JSON sidecar of `file_name`.
@@ -512,11 +512,7 @@ impl Remote {
             .into_bytes_stream(..)
             .await
             .map_err(|e| self.explain(&e))?;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(crate::fsutil::PRIVATE_FILE_MODE)
-            .open(dest)
+        let file = crate::fsutil::create_private_file(dest)
             .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
         let mut file = tokio::fs::File::from_std(file);
         let mut n = 0u64;
@@ -555,8 +551,6 @@ impl Remote {
         self.op.delete(&key).await.map_err(|e| self.explain(&e))
     }
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// The sending side of an upload that runs next to a snapshot stream. Sending never fails
 /// the snapshot: a remote that errs or stalls only ends the upload (the reason is kept).

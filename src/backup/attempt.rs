@@ -1,0 +1,186 @@
+//! One attempt, from finding the member to a verified snapshot and its remote copy: resolve
+//! the local member, check the TLS material, ask etcd who it is (and refuse another member),
+//! pick the file name, then hand the bytes to `stream`.
+
+use chrono::Utc;
+
+use super::stream::{self, Destination, RemoteResult, Upload};
+use crate::config::Config;
+use crate::etcd::{self, MemberInfo, Phase, StreamLimits};
+use crate::preflight::{self, Target};
+use crate::records::{Member, Snapshot};
+use crate::store::local::{snapshot_file_name, LocalStore};
+
+/// What a successful attempt made.
+pub(super) struct Success {
+    pub snapshot: Snapshot,
+    /// `None` without `[remote_storage]`.
+    pub remote: Option<RemoteResult>,
+}
+
+/// Why an attempt failed, with what was known of the member by then.
+pub(super) struct Failure {
+    pub reason: String,
+    pub member: Option<Member>,
+    pub etcd_version: Option<String>,
+}
+
+impl Failure {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            member: None,
+            etcd_version: None,
+        }
+    }
+}
+
+/// Prepares the snapshot directory: created private, partial files of a dead run removed.
+fn prepare_store(store: &LocalStore, warnings: &mut Vec<String>) -> Result<(), String> {
+    match store.ensure() {
+        Ok(Some(w)) => warnings.push(w),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot create snapshot directory {}: {e}",
+                store.dir().display()
+            ))
+        }
+    }
+    match store.remove_stale_temps() {
+        Ok(removed) => {
+            for p in removed {
+                tracing::warn!(path = %p.display(), "removed a partial snapshot left by an interrupted run");
+            }
+        }
+        Err(e) => warnings.push(format!(
+            "cannot clean partial snapshots in {}: {e}",
+            store.dir().display()
+        )),
+    }
+    Ok(())
+}
+
+/// The member as etcd names itself (the manifest's name, or its ID, when it does not).
+fn member_of(target: &Target, info: &MemberInfo) -> Member {
+    let name = if !info.name.is_empty() {
+        info.name.clone()
+    } else {
+        target
+            .manifest_name
+            .clone()
+            .unwrap_or_else(|| format!("{:x}", info.id))
+    };
+    Member {
+        name,
+        id: Some(format!("{:x}", info.id)),
+        endpoint: target.endpoint.clone(),
+    }
+}
+
+pub(super) async fn attempt(
+    config: &Config,
+    store: &LocalStore,
+    warnings: &mut Vec<String>,
+) -> Result<Success, Failure> {
+    let target = preflight::resolve_target(config).map_err(Failure::new)?;
+    let ep = target.endpoint.clone();
+    // Until etcd answers, what the manifest says is all we know about the member.
+    let assumed = target.manifest_name.clone().map(|name| Member {
+        name,
+        id: None,
+        endpoint: ep.clone(),
+    });
+    let early = |reason: String| Failure {
+        reason,
+        member: assumed.clone(),
+        etcd_version: None,
+    };
+    prepare_store(store, warnings).map_err(early)?;
+
+    let e = &config.etcd;
+    let tls = preflight::etcd_tls(e).map_err(|err| early(err.to_string()))?;
+    warnings.extend(tls.warnings.iter().cloned());
+    let explain = |phase, err: &(dyn std::error::Error + 'static)| {
+        etcd::explain_connect_error(&ep, &e.ca_cert, &e.client_cert, phase, err)
+    };
+    let mut client = etcd::connect(&ep, &tls, e.dial_timeout)
+        .await
+        .map_err(|err| early(explain(Phase::Dial, err.as_ref())))?;
+    let info = etcd::member_info(&mut client, e.dial_timeout)
+        .await
+        .map_err(|err| early(explain(Phase::FirstRequest, err.as_ref())))?;
+    let member = member_of(&target, &info);
+    let fail = |reason: String| Failure {
+        reason,
+        member: Some(member.clone()),
+        etcd_version: Some(info.version.clone()),
+    };
+    if let Some(manifest_name) = &target.manifest_name {
+        if !info.name.is_empty() && manifest_name != &info.name {
+            return Err(fail(format!(
+                "etcd at {ep} is member {:?}, but the manifest {} names this node's member \
+                 {manifest_name:?}; refusing to back up another member",
+                info.name,
+                e.manifest.display()
+            )));
+        }
+    }
+
+    // One file name per second: wait out a name that is already taken (back-to-back runs).
+    let (at, file_name) = loop {
+        let at = Utc::now();
+        let name = snapshot_file_name(at, &member.name);
+        if !store.path_of(&name).exists() {
+            break (at, name);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let (temp, file) = store.create_temp(&file_name).map_err(|err| {
+        fail(format!(
+            "cannot create a snapshot file in {}: {err}",
+            store.dir().display()
+        ))
+    })?;
+
+    let rc = config.remote_storage.as_ref();
+    let mut upload = Upload::start(rc, &member.name, &file_name);
+    let to = Destination {
+        store,
+        temp,
+        file,
+        file_name: &file_name,
+        feed: upload.feed.as_mut(),
+    };
+    let limits = StreamLimits {
+        overall: e.timeout,
+        stall: e.stall_timeout,
+    };
+    let (streamed, status, path) =
+        match stream::stream_and_publish(&mut client, limits, to, &ep, &fail).await {
+            Ok(v) => v,
+            Err(f) => {
+                upload.abort(rc).await;
+                return Err(f);
+            }
+        };
+    let remote = upload
+        .finish(rc, &member.name, &file_name, streamed.file_len)
+        .await;
+    Ok(Success {
+        snapshot: Snapshot {
+            at,
+            file_name,
+            path,
+            member,
+            etcd_version: info.version,
+            storage_version: Some(info.storage_version).filter(|v| !v.is_empty()),
+            snapshot_version: Some(streamed.version).filter(|v| !v.is_empty()),
+            // The snapshot's own revision, as `etcdutl snapshot status` reports it.
+            revision: status.revision,
+            size_bytes: streamed.file_len,
+            sha256: hex::encode(streamed.file_sha256),
+        },
+        remote,
+    })
+}

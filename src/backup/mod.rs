@@ -1,0 +1,275 @@
+//! One backup run, the same for `etcdguard snapshot` and the daemon:
+//! lock → resolve the local member → TLS → stream into a hidden temp file (hashing as it goes)
+//! and, with `[remote_storage]`, into a multipart upload in the same pass → fsync → bbolt check
+//! and status → publish under the final name → complete and verify the upload (or abort it)
+//! → sidecar → record → local retention → remote maintenance (`remote_sync`).
+//!
+//! Every attempt that gets past the lock leaves exactly one record, successful or failed, and
+//! never a partial file or object: the temp file is removed on every failure path, including
+//! cancellation (the future is dropped) and, for a process that died, at the next run; an
+//! upload is completed only after the snapshot verified and is aborted otherwise. A remote
+//! that is down never fails the backup: the record says `pending` and the upload is retried.
+
+mod attempt;
+mod stream;
+
+use std::future::Future;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
+use crate::preflight::{self, RemoteCheck};
+use crate::records::{
+    MovedAside, Outcome, Record, RecordStore, RecordsError, RemoteCopy, RemoteState, Trigger,
+};
+use crate::remote_sync;
+use crate::retention::{self, Rule};
+use crate::state::{LockError, StateDir};
+use crate::store::local::LocalStore;
+
+use attempt::{attempt, Failure};
+
+/// Why a run could not even be attempted (nothing recorded).
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// Another backup holds the lock, or the state dir is unusable.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+}
+
+/// What one attempt produced.
+#[derive(Debug)]
+pub struct BackupReport {
+    pub record: Record,
+    /// Non-fatal problems worth a human's attention (expiring certificate, loose permissions).
+    pub warnings: Vec<String>,
+    /// Local snapshots deleted by retention after this backup.
+    pub deleted: Vec<String>,
+    /// Records dropped from the history (beyond `[records]` limits, snapshot gone).
+    pub records_dropped: usize,
+    /// Set when the records file did not parse and was moved aside.
+    pub records_moved: Option<MovedAside>,
+    /// Remote retention and retries done after the backup.
+    pub remote: Option<remote_sync::Maintenance>,
+}
+
+/// The one structured log line per backup attempt (journald fields when logging there).
+pub fn log_record(r: &Record) {
+    let member = r.member.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    let remote = match r.remote.as_ref().map(|c| c.state) {
+        None => "none",
+        Some(RemoteState::Uploaded) => "uploaded",
+        Some(RemoteState::Pending) => "pending",
+        Some(RemoteState::Failed) => "failed",
+        Some(RemoteState::Deleted) => "deleted",
+    };
+    match r.result {
+        Outcome::Success => tracing::info!(
+            id = %r.id,
+            result = "Success",
+            trigger = r.trigger.as_str(),
+            member,
+            file = r.file_name.as_deref().unwrap_or(""),
+            bytes = r.size_bytes.unwrap_or(0),
+            revision = r.revision.unwrap_or(0),
+            duration_seconds = r.duration_seconds,
+            remote,
+            "backup finished"
+        ),
+        Outcome::Failed | Outcome::Skipped => tracing::error!(
+            id = %r.id,
+            result = if r.result == Outcome::Failed { "Failed" } else { "Skipped" },
+            trigger = r.trigger.as_str(),
+            member,
+            reason = r.reason.as_deref().unwrap_or(""),
+            duration_seconds = r.duration_seconds,
+            "backup {}",
+            if r.result == Outcome::Failed { "failed" } else { "skipped" }
+        ),
+    }
+}
+
+/// Runs one backup. `cancel` resolving aborts it cleanly (temp file removed, `Failed` record
+/// with reason `interrupted by <what cancel returns>`).
+pub async fn run_backup(
+    config: &Config,
+    trigger: Trigger,
+    cancel: impl Future<Output = String>,
+) -> Result<BackupReport, BackupError> {
+    let started = Instant::now();
+    let _lock = StateDir::new(&config.state_dir).lock_backup()?;
+    let mut warnings = Vec::new();
+    let store = LocalStore::new(&config.local_storage.path);
+    let attempt_started = Utc::now();
+    let mut cancel = std::pin::pin!(cancel);
+    let mut cancelled = false;
+    let outcome = tokio::select! {
+        r = attempt(config, &store, &mut warnings) => r,
+        what = &mut cancel => {
+            cancelled = true;
+            Err(Failure::new(format!("interrupted by {what}")))
+        }
+    };
+    let duration = started.elapsed().as_secs_f64();
+
+    let record = match outcome {
+        Ok(s) => {
+            let mut record = Record::backup_succeeded(s.snapshot, trigger, duration);
+            if let Some(r) = s.remote {
+                let now = Utc::now();
+                record.remote = Some(match r.result {
+                    Ok(up) => RemoteCopy::uploaded(r.location, now, up.etag),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "remote copy not made now; it will be retried from the local file");
+                        RemoteCopy::pending(r.location, now, e)
+                    }
+                });
+                // The sidecar carries the record, so the bucket alone tells what each object
+                // is.
+                if let (Some(remote), true) = (
+                    &r.remote,
+                    record.remote.as_ref().is_some_and(RemoteCopy::may_exist),
+                ) {
+                    if let Err(e) = remote_sync::write_sidecar(remote, &record).await {
+                        if let Some(c) = record.remote.as_mut() {
+                            c.retry_later(
+                                Utc::now(),
+                                format!("the sidecar could not be written: {e}"),
+                            );
+                        }
+                    }
+                }
+            }
+            record
+        }
+        Err(f) => Record::backup_failed(
+            attempt_started,
+            trigger,
+            f.reason,
+            f.member,
+            f.etcd_version,
+            duration,
+        ),
+    };
+
+    let rule = config.local_storage.retention;
+    let succeeded = record.result == Outcome::Success;
+    let rec_for_file = record.clone();
+    let now = Utc::now();
+    let ((deleted, records_dropped), moved) =
+        RecordStore::new(&config.state_dir).update(now, |file| {
+            file.push(rec_for_file);
+            // Deleting only after a success: failing backups never shrink what exists.
+            let deleted = if succeeded {
+                apply_local_retention(&mut file.records, &store, now, rule, &mut warnings)
+            } else {
+                Vec::new()
+            };
+            // After the deletions, so a snapshot whose deletion failed keeps its record.
+            let dropped = retention::trim_history(file, config.history);
+            (deleted, dropped)
+        })?;
+    let mut report = BackupReport {
+        record,
+        warnings,
+        deleted,
+        records_dropped,
+        records_moved: moved,
+        remote: None,
+    };
+    // Remote retention and due retries, still under the backup lock; an interrupt stops them.
+    // Not after a failed upload: the remote is unwell, the daemon retries later.
+    let uploaded = report
+        .record
+        .remote
+        .as_ref()
+        .is_some_and(|c| c.state == RemoteState::Uploaded);
+    if uploaded && !cancelled {
+        let member = report.record.member.as_ref().map(|m| m.name.clone());
+        tokio::select! {
+            m = remote_sync::maintain(config, member.as_deref(), false) => report.remote = Some(m),
+            _ = &mut cancel => {}
+        }
+    }
+    Ok(report)
+}
+
+/// Retries due pending uploads and applies remote retention, under the backup lock (so never
+/// at the same time as a backup). `probe` first checks that the bucket exists and is writable
+/// (the daemon's start-up pre-flight). Busy lock: nothing done.
+pub async fn run_remote_maintenance(
+    config: &Config,
+    probe: bool,
+) -> Result<remote_sync::Maintenance, BackupError> {
+    let _lock = StateDir::new(&config.state_dir).lock_backup()?;
+    let mut m = remote_sync::Maintenance::default();
+    if probe {
+        match preflight::remote(config, true).await {
+            Ok(RemoteCheck::Probed(found)) => {
+                tracing::info!("remote storage pre-flight: {found}")
+            }
+            Ok(RemoteCheck::NotConfigured | RemoteCheck::Opened) => {}
+            Err(e) => {
+                let e = format!("remote storage pre-flight failed: {e}");
+                tracing::error!("{e}");
+                m.errors.push(e);
+            }
+        }
+    }
+    // At start-up (probe) every pending upload is tried, whatever its backoff.
+    let more = remote_sync::maintain(config, None, probe).await;
+    m.uploaded = more.uploaded;
+    m.retry_failed = more.retry_failed;
+    m.deleted = more.deleted;
+    m.errors.extend(more.errors);
+    Ok(m)
+}
+
+/// Deletes what the retention policy selects and marks those records. Runs under the records
+/// lock; only files with our name pattern that a record points at are touched.
+fn apply_local_retention(
+    records: &mut [Record],
+    store: &LocalStore,
+    now: DateTime<Utc>,
+    rule: Rule,
+    warnings: &mut Vec<String>,
+) -> Vec<String> {
+    let mut deleted = Vec::new();
+    for d in retention::local_deletions(records, now, rule) {
+        let rec = &mut records[d.index];
+        let (Some(name), Some(local)) = (rec.file_name.clone(), rec.local.as_mut()) else {
+            continue;
+        };
+        if local.path != store.path_of(&name) {
+            // Recorded in another directory (local_storage.path changed): not ours to touch.
+            continue;
+        }
+        match store.delete(&name) {
+            Ok(existed) => {
+                let reason = if existed {
+                    d.reason
+                } else {
+                    format!("{} (the file was already gone)", d.reason)
+                };
+                tracing::info!(file = %name, reason = %reason, "retention deleted local snapshot");
+                local.deleted(now, reason);
+                if let Some(r) = rec
+                    .remote
+                    .as_mut()
+                    .filter(|r| r.state == RemoteState::Pending)
+                {
+                    r.give_up("the local copy was deleted by retention before an upload succeeded");
+                }
+                deleted.push(name);
+            }
+            Err(e) => warnings.push(format!(
+                "retention could not delete {}: {e}",
+                store.path_of(&name).display()
+            )),
+        }
+    }
+    deleted
+}

@@ -1,0 +1,86 @@
+//! The CLI face: one file per command. Each parses what clap gave it into the library's
+//! options, calls one flow (`backup`, `restore`, `preflight`, …), and prints the outcome for a
+//! human or as JSON through `output`. No domain logic lives here. Logs go to stderr, results to
+//! stdout; errors are `exit::CommandError`, which carries the exit code.
+
+mod config_check;
+mod docs;
+mod output;
+mod records;
+mod restore;
+mod restore_datadir;
+mod snapshot;
+mod verify;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::exit::CommandError;
+
+type CmdResult = Result<ExitCode, CommandError>;
+
+pub fn dispatch(cli: Cli) -> CmdResult {
+    let config_path = cli.config.as_deref();
+    match cli.command {
+        Command::Run => {
+            runtime()?
+                .block_on(crate::daemon::run(cli.config.clone()))
+                .map_err(|e| match e {
+                    crate::daemon::DaemonError::Config(c) => CommandError::Config(c),
+                    crate::daemon::DaemonError::Fatal(m) => CommandError::Failed(m),
+                })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot => snapshot::run(config_path),
+        Command::Records {
+            output,
+            limit,
+            remote: false,
+        } => records::local(config_path, output, limit),
+        Command::Records {
+            output,
+            limit,
+            remote: true,
+        } => records::remote(config_path, output, limit),
+        Command::Verify {
+            file,
+            output,
+            skip_hash_check,
+            as_etcdutl,
+        } => verify::run(&file, output, skip_hash_check, as_etcdutl.map(Into::into)),
+        Command::RestoreDatadir(args) => restore_datadir::run(&args),
+        Command::Restore(args) => restore::run(config_path, &args),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { dir } => docs::man_pages(&dir),
+        Command::Config {
+            command: ConfigCommand::Check { remote },
+        } => config_check::run(config_path, remote),
+    }
+}
+
+/// Two worker threads: the etcd stream (TLS, file, sha256) and the upload (TLS, MD5 of the
+/// parts) run side by side on a control-plane node's spare core; idle workers park and do not
+/// wake up.
+fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::Failed(format!("cannot start the async runtime: {e}")))
+}
+
+/// Resolves when SIGINT or SIGTERM arrives, with the signal's name.
+async fn interrupted() -> String {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "signal SIGTERM".to_string(),
+        _ = int.recv() => "signal SIGINT".to_string(),
+    }
+}

@@ -1,0 +1,229 @@
+//! `etcdguard records` (this node's records file) and `etcdguard records --remote` (what the
+//! bucket holds, from the sidecars).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::Utc;
+
+use super::output::{human_size, print, print_json, table};
+use super::{runtime, CmdResult};
+use crate::cli::RecordsFormat;
+use crate::config;
+use crate::exit::CommandError;
+use crate::records::{self, CopyState, Outcome, Record, RecordStore};
+use crate::retention;
+
+pub(super) fn local(
+    config_path: Option<&Path>,
+    format: RecordsFormat,
+    limit: Option<usize>,
+) -> CmdResult {
+    let config = config::load(config_path)?;
+    let file = RecordStore::new(&config.state_dir)
+        .load()
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    let status = retention::local_status(&file.records, Utc::now(), config.local_storage.retention);
+    let mut shown: Vec<(&Record, Option<&str>)> = file
+        .records
+        .iter()
+        .zip(status.iter().map(Option::as_deref))
+        .rev()
+        .collect();
+    if let Some(n) = limit {
+        shown.truncate(n);
+    }
+    match format {
+        RecordsFormat::Json => {
+            // Each record as stored, plus `retention`: why its snapshot is kept or when it goes.
+            let values: Vec<serde_json::Value> = shown
+                .iter()
+                .map(|(r, status)| {
+                    let mut v = serde_json::to_value(r).expect("record serializes");
+                    if let (Some(obj), Some(s)) = (v.as_object_mut(), status) {
+                        obj.insert("retention".into(), (*s).into());
+                    }
+                    v
+                })
+                .collect();
+            print_json(&values)?;
+        }
+        RecordsFormat::Table => print(&records_table(&shown))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remote_cell(r: &Record) -> String {
+    use crate::records::RemoteState;
+    match r.remote.as_ref() {
+        None => "-".into(),
+        Some(c) => match c.state {
+            RemoteState::Uploaded => "uploaded".into(),
+            RemoteState::Pending => format!("pending ({} tries)", c.attempts),
+            RemoteState::Failed => "FAILED".into(),
+            RemoteState::Deleted => "deleted".into(),
+        },
+    }
+}
+
+/// The member's etcd version and, in brackets, the snapshot's storage version (what a restore
+/// must run; etcd ≥ 3.6 sends it). Pure.
+fn etcd_cell(r: &Record) -> String {
+    match (&r.etcd_version, &r.snapshot_version) {
+        (None, _) => "-".into(),
+        (Some(v), Some(s)) => format!("{v} ({s})"),
+        (Some(v), None) => v.clone(),
+    }
+}
+
+/// A plain-text table, newest first. Pure.
+pub(crate) fn records_table(records: &[(&Record, Option<&str>)]) -> String {
+    if records.is_empty() {
+        return "no backup records yet\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|(r, status)| {
+            let local = match &r.local {
+                Some(l) if l.state == CopyState::Present => "present".to_string(),
+                Some(_) => "deleted".to_string(),
+                None => "-".to_string(),
+            };
+            let detail = match r.result {
+                Outcome::Success => r.file_name.clone().unwrap_or_default(),
+                Outcome::Failed | Outcome::Skipped => r.reason.clone().unwrap_or_default(),
+            };
+            vec![
+                r.id.clone(),
+                records::rfc3339(r.backup_timestamp),
+                format!("{:?}", r.result),
+                r.trigger.as_str().to_string(),
+                r.member
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_else(|| "-".into()),
+                etcd_cell(r),
+                r.revision
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.size_bytes.map(human_size).unwrap_or_else(|| "-".into()),
+                local,
+                remote_cell(r),
+                detail,
+                status.unwrap_or("-").to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "TIME (UTC)",
+            "RESULT",
+            "TRIGGER",
+            "MEMBER",
+            "ETCD (DATA)",
+            "REVISION",
+            "SIZE",
+            "LOCAL",
+            "REMOTE",
+            "FILE / REASON",
+            "RETENTION",
+        ],
+        &rows,
+    )
+}
+
+pub(super) fn remote(
+    config_path: Option<&Path>,
+    format: RecordsFormat,
+    limit: Option<usize>,
+) -> CmdResult {
+    let config = config::load(config_path)?;
+    let Some(rc) = &config.remote_storage else {
+        return Err(CommandError::Failed(
+            "no [remote_storage] in the configuration: nothing to list".into(),
+        ));
+    };
+    let mut entries = runtime()?
+        .block_on(crate::remote_sync::list_remote(rc))
+        .map_err(CommandError::Failed)?;
+    if let Some(n) = limit {
+        entries.truncate(n);
+    }
+    let local = RecordStore::new(&config.state_dir)
+        .load()
+        .map(|f| f.records)
+        .unwrap_or_default();
+    let known = |e: &crate::remote_sync::RemoteEntry| {
+        local.iter().any(|r| {
+            r.file_name == e.record.file_name
+                && r.member.as_ref().map(|m| &m.name) == e.record.member.as_ref().map(|m| &m.name)
+        })
+    };
+    match format {
+        RecordsFormat::Json => {
+            let values: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "node": e.node,
+                        "key": e.key,
+                        "knownLocally": known(e),
+                        "record": e.record,
+                    })
+                })
+                .collect();
+            print_json(&values)?;
+        }
+        RecordsFormat::Table => {
+            if entries.is_empty() {
+                print(&format!(
+                    "no snapshots under s3://{}/{}\n",
+                    rc.bucket, rc.prefix
+                ))?;
+            } else {
+                let rows: Vec<Vec<String>> = entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.node.clone(),
+                            records::rfc3339(e.record.backup_timestamp),
+                            e.record
+                                .revision
+                                .map(|x| x.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            e.record
+                                .size_bytes
+                                .map(human_size)
+                                .unwrap_or_else(|| "-".into()),
+                            if known(e) { "yes" } else { "no" }.to_string(),
+                            format!("s3://{}/{}", rc.bucket, e.key),
+                        ]
+                    })
+                    .collect();
+                print(&table(
+                    &[
+                        "NODE",
+                        "TIME (UTC)",
+                        "REVISION",
+                        "SIZE",
+                        "IN LOCAL RECORDS",
+                        "OBJECT",
+                    ],
+                    &rows,
+                ))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_table() {
+        assert_eq!(records_table(&[]), "no backup records yet\n");
+    }
+}

@@ -1,0 +1,91 @@
+//! `etcdguard snapshot`: one backup now, through the same run as the daemon's.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::Utc;
+
+use super::output::print;
+use super::{interrupted, runtime, CmdResult};
+use crate::backup::{self, BackupError};
+use crate::config;
+use crate::exit::CommandError;
+use crate::records::{Outcome, Trigger};
+use crate::state::LockError;
+
+pub(super) fn run(config_path: Option<&Path>) -> CmdResult {
+    let config = config::load(config_path)?;
+    if config.paused {
+        tracing::info!(
+            "configuration is paused: scheduled backups are off; this manual backup runs anyway"
+        );
+    }
+    let report = runtime()?
+        .block_on(backup::run_backup(&config, Trigger::Manual, interrupted()))
+        .map_err(|e| match e {
+            BackupError::Lock(LockError::Busy { .. }) => CommandError::Failed(e.to_string()),
+            other => CommandError::Failed(format!("backup not attempted: {other}")),
+        })?;
+    if let Some(moved) = &report.records_moved {
+        tracing::error!("{moved}");
+    }
+    let next = config
+        .schedule
+        .next_after(Utc::now(), &config.timezone)
+        .filter(|_| !config.paused);
+    if let Err(e) = crate::metrics::refresh(&config, next) {
+        tracing::error!("{e}");
+    }
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    let r = &report.record;
+    backup::log_record(r);
+    match r.result {
+        Outcome::Success => {
+            let path = r.local.as_ref().map(|l| l.path.display().to_string());
+            print(&format!(
+                "backup {} succeeded: {} ({} bytes, revision {}, sha256 {})\n",
+                r.id,
+                path.unwrap_or_default(),
+                r.size_bytes.unwrap_or(0),
+                r.revision.unwrap_or(0),
+                r.sha256.as_deref().unwrap_or("")
+            ))?;
+            if let Some(c) = &r.remote {
+                use crate::records::RemoteState;
+                match c.state {
+                    RemoteState::Uploaded => print(&format!("remote copy {}\n", c.location))?,
+                    _ => print(&format!(
+                        "remote copy NOT made yet ({}); it will be retried: {}\n",
+                        c.location,
+                        c.last_error.as_deref().unwrap_or("unknown error")
+                    ))?,
+                }
+            }
+            for d in &report.deleted {
+                print(&format!("retention deleted {d}\n"))?;
+            }
+            if let Some(m) = &report.remote {
+                for f in &m.uploaded {
+                    print(&format!("pending remote copy uploaded: {f}\n"))?;
+                }
+                for f in &m.deleted {
+                    print(&format!("remote retention deleted {f}\n"))?;
+                }
+            }
+            if report.records_dropped > 0 {
+                tracing::info!(
+                    dropped = report.records_dropped,
+                    "dropped old records beyond the [records] history limits"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Failed | Outcome::Skipped => Err(CommandError::Failed(format!(
+            "backup {} failed: {}",
+            r.id,
+            r.reason.as_deref().unwrap_or("unknown reason")
+        ))),
+    }
+}

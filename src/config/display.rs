@@ -1,0 +1,143 @@
+//! The effective configuration printed back as TOML, every default filled in and secrets
+//! redacted (`config check`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn write_rule(w: &mut String, rule: &Rule) {
+    use std::fmt::Write;
+    let ttl = rule.ttl.map_or_else(|| "forever".to_string(), human);
+    let _ = writeln!(w, "ttl = {}", toml_string(&ttl));
+    if let Some(k) = rule.keep {
+        let _ = writeln!(w, "keep = {k}");
+    }
+    let _ = writeln!(w, "min_keep = {}", rule.min_keep);
+    if rule.keeps_forever() {
+        let _ = writeln!(
+            w,
+            "# neither ttl nor keep: snapshots here are never deleted"
+        );
+    }
+}
+
+fn quoted(p: &Path) -> String {
+    toml_string(&p.display().to_string())
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+impl Config {
+    /// The effective configuration as TOML, every default filled in. Secrets (remote
+    /// credentials, once they exist) are replaced by `"<redacted>"`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        use std::fmt::Write;
+        let _ = writeln!(w, "schedule = {}", toml_string(self.schedule.expression()));
+        let _ = writeln!(w, "timezone = {}", toml_string(&self.timezone.to_string()));
+        let _ = writeln!(w, "paused = {}", self.paused);
+        let _ = writeln!(w, "catch_up = {}", self.catch_up);
+        let _ = writeln!(w, "state_dir = {}", quoted(&self.state_dir));
+        match &self.metrics_file {
+            Some(m) => {
+                let _ = writeln!(w, "metrics_file = {}", quoted(m));
+            }
+            None => {
+                let _ = writeln!(w, "# metrics_file unset: no Prometheus textfile");
+            }
+        }
+        let e = &self.etcd;
+        let _ = writeln!(w, "\n[etcd]");
+        let _ = writeln!(w, "manifest = {}", quoted(&e.manifest));
+        match &e.endpoint {
+            Some(ep) => {
+                let _ = writeln!(w, "endpoint = {}", toml_string(ep));
+            }
+            None => {
+                let _ = writeln!(w, "# endpoint: the loopback client URL in the manifest");
+            }
+        }
+        let _ = writeln!(w, "ca_cert = {}", quoted(&e.ca_cert));
+        let _ = writeln!(w, "client_cert = {}", quoted(&e.client_cert));
+        let _ = writeln!(w, "client_key = {}", quoted(&e.client_key));
+        let _ = writeln!(w, "timeout = {}", toml_string(&human(e.timeout)));
+        let _ = writeln!(
+            w,
+            "stall_timeout = {}",
+            toml_string(&human(e.stall_timeout))
+        );
+        let _ = writeln!(w, "dial_timeout = {}", toml_string(&human(e.dial_timeout)));
+        let l = &self.local_storage;
+        let _ = writeln!(w, "\n[local_storage]");
+        let _ = writeln!(w, "path = {}", quoted(&l.path));
+        write_rule(w, &l.retention);
+        match &self.remote_storage {
+            None => {
+                let _ = writeln!(w, "\n# [remote_storage] absent: local copies only");
+            }
+            Some(r) => {
+                let _ = writeln!(w, "\n[remote_storage]");
+                let _ = writeln!(w, "type = {}", toml_string(&r.kind));
+                let _ = writeln!(w, "bucket = {}", toml_string(&r.bucket));
+                if let Some(ep) = &r.endpoint {
+                    let _ = writeln!(w, "endpoint = {}", toml_string(ep));
+                }
+                let _ = writeln!(w, "region = {}", toml_string(&r.region));
+                let _ = writeln!(w, "prefix = {}", toml_string(&r.prefix));
+                let _ = writeln!(w, "force_path_style = {}", r.force_path_style);
+                if let Some(ca) = &r.ca_bundle {
+                    let _ = writeln!(w, "ca_bundle = {}", quoted(ca));
+                }
+                if r.insecure_skip_tls_verify {
+                    let _ = writeln!(w, "insecure_skip_tls_verify = true  # TLS NOT VERIFIED");
+                }
+                match &r.sse {
+                    None => {}
+                    Some(Sse::S3Managed) => {
+                        let _ = writeln!(w, "sse = \"AES256\"");
+                    }
+                    Some(Sse::Kms(key)) => {
+                        let _ = writeln!(w, "sse = \"aws:kms\"");
+                        if let Some(k) = key {
+                            let _ = writeln!(w, "sse_kms_key_id = {}", toml_string(k));
+                        }
+                    }
+                }
+                match &r.credentials {
+                    Credentials::File(p) => {
+                        let _ = writeln!(w, "credentials_file = {}", quoted(p));
+                    }
+                    Credentials::SystemdOrDefault(name) => {
+                        let _ = writeln!(
+                            w,
+                            "# credentials: $CREDENTIALS_DIRECTORY/{name} (systemd \
+                             LoadCredential=), else the AWS chain (environment, profile, \
+                             instance role)"
+                        );
+                    }
+                }
+                let _ = writeln!(w, "part_size = {}", r.part_size);
+                let _ = writeln!(w, "concurrency = {}", r.concurrency);
+                let _ = writeln!(w, "timeout = {}", toml_string(&human(r.timeout)));
+                let _ = writeln!(
+                    w,
+                    "stall_timeout = {}",
+                    toml_string(&human(r.stall_timeout))
+                );
+                write_rule(w, &r.retention);
+            }
+        }
+        let _ = writeln!(w, "\n[records]");
+        let _ = writeln!(w, "successful_history_limit = {}", self.history.successful);
+        let _ = writeln!(w, "failed_history_limit = {}", self.history.failed);
+        out
+    }
+}

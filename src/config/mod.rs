@@ -1,0 +1,297 @@
+//! The configuration: TOML model, kubeadm defaults, validation and the redacted display.
+//!
+//! Parsing happens in two layers. `Raw*` structs mirror the file exactly (every field optional,
+//! unknown keys rejected, positions kept with `Spanned`), and [`validate`] turns them into the
+//! effective [`Config`], collecting *every* problem with its file, line, column and field name
+//! instead of stopping at the first. Nothing here touches the network; file checks that go
+//! beyond parsing (certificates, the manifest, the bucket) live in `preflight`.
+//!
+//! `raw` is the file's model, `validate` turns it into a `Config`, `display` prints it back
+//! with secrets redacted.
+
+mod display;
+mod raw;
+mod validate;
+
+use raw::RawConfig;
+use validate::{validate, Validator};
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::retention::{HistoryLimits, Rule};
+use crate::schedule::{Schedule, Zone};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcdguard/etcdguard.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/etcdguard";
+pub const DEFAULT_MANIFEST: &str = "/etc/kubernetes/manifests/etcd.yaml";
+pub const DEFAULT_CA_CERT: &str = "/etc/kubernetes/pki/etcd/ca.crt";
+pub const DEFAULT_CLIENT_CERT: &str = "/etc/kubernetes/pki/etcd/healthcheck-client.crt";
+pub const DEFAULT_CLIENT_KEY: &str = "/etc/kubernetes/pki/etcd/healthcheck-client.key";
+pub const DEFAULT_SCHEDULE: &str = "0 */6 * * *";
+
+/// The effective configuration after defaults and validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; `None` when the default path does not exist and defaults apply.
+    pub source: Option<PathBuf>,
+    pub schedule: Schedule,
+    pub timezone: Zone,
+    pub paused: bool,
+    /// Take one backup when the daemon finds a slot was missed (down, suspended).
+    pub catch_up: bool,
+    pub state_dir: PathBuf,
+    /// Prometheus textfile to keep up to date; `None`: no metrics file.
+    pub metrics_file: Option<PathBuf>,
+    pub etcd: EtcdConfig,
+    pub local_storage: LocalStorageConfig,
+    pub remote_storage: Option<RemoteStorageConfig>,
+    /// How many records `records.json` keeps (`[records]`).
+    pub history: HistoryLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    pub manifest: PathBuf,
+    /// Explicit endpoint; `None` means "the loopback client URL from the manifest".
+    pub endpoint: Option<String>,
+    pub ca_cert: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Bound on one whole snapshot stream.
+    pub timeout: Duration,
+    /// Bound on the wait for any single message of the stream (a stalled server).
+    pub stall_timeout: Duration,
+    /// Bound on establishing the TCP + TLS connection.
+    pub dial_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalStorageConfig {
+    pub path: PathBuf,
+    pub retention: Rule,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteStorageConfig {
+    pub kind: String,
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Key prefix shared by all nodes; each node writes under `<prefix><member>/`.
+    pub prefix: String,
+    pub force_path_style: bool,
+    /// Extra CA certificates (PEM) to trust for the endpoint, besides the system's.
+    pub ca_bundle: Option<PathBuf>,
+    /// Accept any server certificate. Explicit, and logged loudly on every use.
+    pub insecure_skip_tls_verify: bool,
+    /// Server-side encryption header.
+    pub sse: Option<Sse>,
+    /// Where the access key comes from (see [`Credentials`]).
+    pub credentials: Credentials,
+    /// Multipart upload part size in bytes.
+    pub part_size: usize,
+    /// Parts uploaded at the same time.
+    pub concurrency: usize,
+    /// Bound on one upload (or one retry of it).
+    pub timeout: Duration,
+    /// The longest the object store may take to answer one request or accept one part; also
+    /// how long the snapshot stream waits for a remote that takes no data before the same-pass
+    /// upload is given up (the local backup goes on; the upload is retried later).
+    pub stall_timeout: Duration,
+    pub retention: Rule,
+}
+
+/// Server-side encryption requested for uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// `x-amz-server-side-encryption: AES256`
+    S3Managed,
+    /// `aws:kms`, with the key id (or the bucket's default key).
+    Kms(Option<String>),
+}
+
+/// Where remote credentials come from. They are read again for every upload, so rotated keys
+/// and renewed role tokens work without a restart; they are never kept in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// An AWS-style credentials file (mode 0600/0400), named by `credentials_file`.
+    File(PathBuf),
+    /// `$CREDENTIALS_DIRECTORY/<name>` from systemd's `LoadCredential=` (the default when that
+    /// credential exists), else the standard AWS chain.
+    SystemdOrDefault(String),
+}
+
+/// The systemd credential name the unit's `LoadCredential=` uses.
+pub const SYSTEMD_CREDENTIAL: &str = "etcdguard-s3";
+pub const DEFAULT_PART_SIZE: usize = 5 << 20;
+const MIN_PART_SIZE: usize = 5 << 20;
+
+/// One thing wrong with the configuration, located as precisely as the input allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: Option<PathBuf>,
+    /// 1-based line and column.
+    pub position: Option<(usize, usize)>,
+    /// Dotted field name, e.g. `local_storage.ttl`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.position) {
+            (Some(file), Some((l, c))) => write!(f, "{}:{l}:{c}: ", file.display())?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            (None, _) => write!(f, "(defaults): ")?,
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one configuration. Maps to exit code 78 (EX_CONFIG).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problems.len() {
+            1 => write!(f, "configuration error: {}", self.problems[0]),
+            n => {
+                write!(f, "{n} configuration errors:")?;
+                for p in &self.problems {
+                    write!(f, "\n  {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn single(file: Option<&Path>, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![Problem {
+                file: file.map(Path::to_owned),
+                position: None,
+                field: None,
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Loads the configuration. `explicit` is the path named by `--config` or `ETCDGUARD_CONFIG`:
+/// it must exist. Without it, the default path is read if it exists, and defaults apply if not.
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    match explicit {
+        Some(p) => load_from(p, true),
+        None => load_from(Path::new(DEFAULT_CONFIG_PATH), false),
+    }
+}
+
+/// Loads `path` when it exists; the defaults when it does not (the default file's rule, for
+/// another location such as a rescue root).
+pub fn load_optional(path: &Path) -> Result<Config, ConfigError> {
+    load_from(path, false)
+}
+
+fn load_from(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
+    let path = path.to_owned();
+    // Test-only: lets the daemon tests use a 6-field (seconds) schedule.
+    let allow_seconds = std::env::var_os(TEST_SECONDS_ENV).is_some_and(|v| v == "1");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_with(&text, Some(&path), allow_seconds),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+            parse_with("", None, allow_seconds)
+        }
+        Err(e) => Err(ConfigError::single(
+            Some(&path),
+            match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "the configuration file does not exist (check --config / ETCDGUARD_CONFIG)"
+                        .to_string()
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "the configuration file cannot be read: permission denied (run as root, \
+                     or fix the file's owner and mode; the package installs it 0640 root)"
+                        .to_string()
+                }
+                _ => format!("the configuration file cannot be read: {e}"),
+            },
+        )),
+    }
+}
+
+/// Set to `1` to accept 6-field cron expressions with seconds. For tests only.
+pub const TEST_SECONDS_ENV: &str = "ETCDGUARD_TEST_SECONDS_SCHEDULE";
+
+/// Parses and validates configuration text. `file` names it in error messages; `None` means
+/// built-in defaults.
+#[cfg(test)]
+pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+    parse_with(text, file, false)
+}
+
+fn parse_with(text: &str, file: Option<&Path>, allow_seconds: bool) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        problems: vec![Problem {
+            file: file.map(Path::to_owned),
+            position: e.span().map(|s| line_col(text, s.start)),
+            field: None,
+            message: e.message().trim_end().to_string(),
+        }],
+    })?;
+    let mut v = Validator {
+        text,
+        file,
+        allow_seconds,
+        problems: Vec::new(),
+    };
+    let config = validate(raw, &mut v);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError {
+            problems: v.problems,
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// The same configuration for a node whose disk is mounted at `root` (`restore --root`):
+    /// the state dir, the etcd manifest and TLS files, the snapshot dir and the metrics file
+    /// under `root`. The remote storage's credential files stay this machine's.
+    pub fn under_root(mut self, root: &Path) -> Config {
+        let at = |p: &mut PathBuf| *p = crate::fsutil::under_root(root, p);
+        at(&mut self.state_dir);
+        at(&mut self.etcd.manifest);
+        at(&mut self.etcd.ca_cert);
+        at(&mut self.etcd.client_cert);
+        at(&mut self.etcd.client_key);
+        at(&mut self.local_storage.path);
+        if let Some(m) = self.metrics_file.as_mut() {
+            at(m);
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,127 @@
+//! The configuration file exactly as written: every field optional, unknown keys rejected,
+//! positions kept (`Spanned`) for the messages.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) schedule: Option<Spanned<String>>,
+    pub(super) timezone: Option<Spanned<String>>,
+    pub(super) paused: Option<bool>,
+    pub(super) catch_up: Option<bool>,
+    pub(super) state_dir: Option<Spanned<PathBuf>>,
+    pub(super) metrics_file: Option<Spanned<PathBuf>>,
+    pub(super) etcd: Option<RawEtcd>,
+    pub(super) local_storage: Option<RawLocal>,
+    pub(super) remote_storage: Option<Spanned<RawRemote>>,
+    pub(super) records: Option<RawRecords>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRecords {
+    pub(super) successful_history_limit: Option<Spanned<i64>>,
+    pub(super) failed_history_limit: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEtcd {
+    pub(super) manifest: Option<Spanned<PathBuf>>,
+    pub(super) endpoint: Option<Spanned<String>>,
+    pub(super) ca_cert: Option<Spanned<PathBuf>>,
+    pub(super) client_cert: Option<Spanned<PathBuf>>,
+    pub(super) client_key: Option<Spanned<PathBuf>>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
+    pub(super) stall_timeout: Option<Spanned<RawDuration>>,
+    pub(super) dial_timeout: Option<Spanned<RawDuration>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLocal {
+    pub(super) path: Option<Spanned<PathBuf>>,
+    pub(super) ttl: Option<Spanned<RawDuration>>,
+    pub(super) keep: Option<Spanned<i64>>,
+    pub(super) min_keep: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRemote {
+    #[serde(rename = "type")]
+    pub(super) kind: Option<Spanned<String>>,
+    pub(super) bucket: Option<Spanned<String>>,
+    pub(super) endpoint: Option<Spanned<String>>,
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) prefix: Option<Spanned<String>>,
+    pub(super) force_path_style: Option<bool>,
+    pub(super) ca_bundle: Option<Spanned<PathBuf>>,
+    pub(super) insecure_skip_tls_verify: Option<bool>,
+    pub(super) sse: Option<Spanned<String>>,
+    pub(super) sse_kms_key_id: Option<Spanned<String>>,
+    pub(super) credentials_file: Option<Spanned<PathBuf>>,
+    pub(super) part_size: Option<Spanned<RawSize>>,
+    pub(super) concurrency: Option<Spanned<i64>>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
+    pub(super) stall_timeout: Option<Spanned<RawDuration>>,
+    pub(super) ttl: Option<Spanned<RawDuration>>,
+    pub(super) keep: Option<Spanned<i64>>,
+    pub(super) min_keep: Option<Spanned<i64>>,
+}
+
+/// A byte size: an integer, or a string such as "8MiB", "16MB".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+pub(super) fn parse_size(raw: &RawSize) -> Result<usize, String> {
+    let (num, unit) = match raw {
+        RawSize::Bytes(b) => (*b as f64, 1u64),
+        RawSize::Text(t) => {
+            let t = t.trim();
+            let split = t
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(t.len());
+            let (n, u) = t.split_at(split);
+            let unit = match u.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "k" | "kb" => 1000,
+                "kib" => 1 << 10,
+                "m" | "mb" => 1000 * 1000,
+                "mib" => 1 << 20,
+                "g" | "gb" => 1000 * 1000 * 1000,
+                "gib" => 1 << 30,
+                other => {
+                    return Err(format!(
+                    "{t:?} has an unknown unit {other:?}; use bytes or a string such as \"8MiB\""
+                ))
+                }
+            };
+            let n: f64 = n
+                .parse()
+                .map_err(|_| format!("{t:?} is not a size such as \"8MiB\""))?;
+            (n, unit)
+        }
+    };
+    let bytes = num * unit as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < usize::MAX as f64) {
+        return Err("must be a positive size".into());
+    }
+    Ok(bytes as usize)
+}
+
+/// A duration as `EtcdBackupConfiguration` accepts it: integer seconds or a humantime string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawDuration {
+    Seconds(i64),
+    Text(String),
+}

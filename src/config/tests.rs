@@ -1,0 +1,269 @@
+use super::*;
+
+fn errs(text: &str) -> Vec<String> {
+    parse(text, Some(Path::new("/etc/x.toml")))
+        .unwrap_err()
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
+}
+
+#[test]
+fn empty_file_gives_kubeadm_defaults() {
+    let c = parse("", None).unwrap();
+    assert_eq!(c.etcd.ca_cert, Path::new(DEFAULT_CA_CERT));
+    assert_eq!(
+        c.local_storage.path,
+        Path::new("/var/lib/etcdguard/snapshots")
+    );
+    assert_eq!(c.local_storage.retention.min_keep, 3);
+    assert_eq!(
+        c.local_storage.retention.ttl,
+        Some(Duration::from_secs(7 * 86400))
+    );
+    assert_eq!(c.local_storage.retention.keep, None);
+    assert_eq!(c.history.successful, 1000);
+    assert_eq!(c.history.failed, 100);
+    assert!(c.remote_storage.is_none());
+    assert!(!c.paused);
+}
+
+#[test]
+fn durations_accept_seconds_and_text() {
+    let c = parse(
+        "[local_storage]\nttl = 7776000\n[etcd]\ntimeout = \"90s\"",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.local_storage.retention.ttl,
+        Some(Duration::from_secs(7776000))
+    );
+    assert_eq!(c.etcd.timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn unknown_key_is_an_error_with_position() {
+    let e = errs("schedule = \"@daily\"\n[local_storage]\nttll = \"1d\"\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("/etc/x.toml:3:1: "), "{}", e[0]);
+    assert!(e[0].contains("unknown field `ttll`"), "{}", e[0]);
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let e = errs(
+        "schedule = \"61 * * * *\"\ntimezone = \"Mars/Olympus\"\n\
+         [local_storage]\nttl = -5\nmin_keep = 0\n",
+    );
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(e[0].starts_with("/etc/x.toml:1:12: schedule: "), "{}", e[0]);
+    assert!(e[1].contains("timezone: "), "{}", e[1]);
+    assert!(
+        e[2].contains(":4:7: local_storage.ttl: must be a positive"),
+        "{}",
+        e[2]
+    );
+    assert!(
+        e[3].contains("local_storage.min_keep: must be at least 1"),
+        "{}",
+        e[3]
+    );
+}
+
+#[test]
+fn keep_ttl_and_min_keep() {
+    // keep alone: no age limit, min_keep follows keep when smaller.
+    let c = parse("[local_storage]\nkeep = 2\n", None).unwrap();
+    let r = c.local_storage.retention;
+    assert_eq!((r.ttl, r.keep, r.min_keep), (None, Some(2), 2));
+    let c = parse("[local_storage]\nkeep = 40\nttl = \"30d\"\n", None).unwrap();
+    let r = c.local_storage.retention;
+    assert_eq!(r.ttl, Some(Duration::from_secs(30 * 86400)));
+    assert_eq!((r.keep, r.min_keep), (Some(40), 3));
+    let c = parse("[local_storage]\nttl = \"forever\"\n", None).unwrap();
+    assert!(c.local_storage.retention.keeps_forever());
+    assert!(c.to_redacted_toml().contains("never deleted"));
+
+    let e = errs("[local_storage]\nkeep = 2\nmin_keep = 3\n");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains(":2:8: local_storage.keep: keep (2) must be at least min_keep (3)"),
+        "{}",
+        e[0]
+    );
+    let e = errs("[local_storage]\nkeep = 0\n[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nkeep = 1\nmin_keep = 2\n");
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].contains("local_storage.keep: must be at least 1"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].contains("remote_storage.keep: keep (1) must be at least min_keep (2)"),
+        "{}",
+        e[1]
+    );
+}
+
+#[test]
+fn daemon_settings() {
+    let c = parse("", None).unwrap();
+    assert!(c.catch_up);
+    assert_eq!(c.metrics_file, None);
+    let c = parse(
+        "catch_up = false\nmetrics_file = \"/var/lib/node/etcdguard.prom\"\n",
+        None,
+    )
+    .unwrap();
+    assert!(!c.catch_up);
+    assert_eq!(
+        c.metrics_file.as_deref(),
+        Some(Path::new("/var/lib/node/etcdguard.prom"))
+    );
+    let e = errs("metrics_file = \"/var/lib/node/etcdguard.txt\"\n");
+    assert!(e[0].contains("metrics_file: "), "{}", e[0]);
+    assert!(e[0].contains(".prom"), "{}", e[0]);
+    // 6-field schedules only for tests.
+    assert!(parse("schedule = \"*/5 * * * * *\"\n", None).is_err());
+    assert!(parse_with("schedule = \"*/5 * * * * *\"\n", None, true).is_ok());
+}
+
+#[test]
+fn records_history_limits() {
+    let c = parse(
+        "[records]\nsuccessful_history_limit = 10\nfailed_history_limit = 5\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!((c.history.successful, c.history.failed), (10, 5));
+    let e = errs("[records]\nfailed_history_limit = 0\n");
+    assert!(
+        e[0].contains("records.failed_history_limit: must be at least 1"),
+        "{}",
+        e[0]
+    );
+    let e = errs("[records]\nlimit = 3\n");
+    assert!(e[0].contains("unknown field `limit`"), "{}", e[0]);
+}
+
+#[test]
+fn bad_duration_text() {
+    let e = errs("[local_storage]\nttl = \"7 dayz\"\n");
+    assert!(e[0].contains("is not a duration"), "{}", e[0]);
+    let e = errs("[local_storage]\nttl = \"-7d\"\n");
+    assert!(e[0].contains("positive"), "{}", e[0]);
+}
+
+#[test]
+fn endpoint_must_be_one_https_url() {
+    assert!(errs("[etcd]\nendpoint = \"http://127.0.0.1:2379\"")[0].contains("https://"));
+    assert!(errs("[etcd]\nendpoint = \"https://a:1,https://b:2\"")[0].contains("one URL"));
+    let c = parse("[etcd]\nendpoint = \"https://[::1]:2379\"", None).unwrap();
+    assert_eq!(c.etcd.endpoint.as_deref(), Some("https://[::1]:2379"));
+}
+
+#[test]
+fn relative_paths_are_rejected() {
+    let e = errs("state_dir = \"var/lib\"");
+    assert!(
+        e[0].contains("state_dir: must be an absolute path"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn remote_storage_fields() {
+    let c = parse(
+        "[remote_storage]\nbucket = \"b1\"\nregion = \"eu-west-1\"\nprefix = \"prod\"\n\
+         sse = \"aws:kms\"\nsse_kms_key_id = \"k-1\"\npart_size = \"16MiB\"\n\
+         concurrency = 4\ncredentials_file = \"/etc/etcdguard/s3\"\nca_bundle = \"/etc/ca.pem\"\n",
+        None,
+    )
+    .unwrap();
+    let r = c.remote_storage.unwrap();
+    assert_eq!(r.prefix, "prod/");
+    assert_eq!(r.sse, Some(Sse::Kms(Some("k-1".into()))));
+    assert_eq!((r.part_size, r.concurrency), (16 << 20, 4));
+    assert_eq!(r.credentials, Credentials::File("/etc/etcdguard/s3".into()));
+    assert!(!r.insecure_skip_tls_verify);
+    let d = parse("[remote_storage]\nbucket = \"b1\"\nregion = \"r\"\n", None).unwrap();
+    let d = d.remote_storage.unwrap();
+    assert_eq!(
+        d.credentials,
+        Credentials::SystemdOrDefault(SYSTEMD_CREDENTIAL.into())
+    );
+    assert_eq!(d.part_size, DEFAULT_PART_SIZE);
+
+    let e = errs(
+        "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nsse = \"DES\"\n\
+         part_size = \"1MiB\"\nconcurrency = 0\ncredentials_file = \"rel/path\"\n\
+         access_key = \"AKIA\"\n",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].contains("unknown field `access_key`"), "{}", e[0]);
+    let e = errs(
+        "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nsse = \"DES\"\n\
+         part_size = \"1MiB\"\nconcurrency = 0\ncredentials_file = \"rel/path\"\n",
+    );
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(
+        e[0].contains("remote_storage.sse: \"DES\" is not supported"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].contains("remote_storage.credentials_file: must be an absolute"),
+        "{}",
+        e[1]
+    );
+    assert!(
+        e[2].contains("remote_storage.part_size: 1048576 bytes is outside"),
+        "{}",
+        e[2]
+    );
+    assert!(
+        e[3].contains("remote_storage.concurrency: must be between 1 and 16"),
+        "{}",
+        e[3]
+    );
+}
+
+#[test]
+fn remote_requires_bucket_and_region() {
+    let e = errs("[remote_storage]\ntype = \"s3\"\n");
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].contains("remote_storage.bucket: is required"));
+    assert!(e[1].contains("remote_storage.region: is required"));
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let e = errs("schedule = \n");
+    assert!(e[0].starts_with("/etc/x.toml:1:"), "{}", e[0]);
+}
+
+#[test]
+fn shipped_example_config_is_valid_and_equals_the_defaults() {
+    let example = parse(
+        include_str!("../../config/etcdguard.toml"),
+        Some(Path::new("config/etcdguard.toml")),
+    )
+    .unwrap();
+    let defaults = parse("", None).unwrap();
+    assert_eq!(example.to_redacted_toml(), defaults.to_redacted_toml());
+}
+
+#[test]
+fn redacted_display_round_trips() {
+    let c = parse(
+        "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nendpoint = \"https://s3\"\n",
+        None,
+    )
+    .unwrap();
+    let shown = c.to_redacted_toml();
+    let again = parse(&shown, None).unwrap();
+    assert_eq!(again.to_redacted_toml(), shown);
+}

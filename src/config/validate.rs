@@ -1,0 +1,497 @@
+//! From the file's model to the effective `Config`: defaults filled in, every problem
+//! collected with its position and field instead of stopping at the first.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::*;
+use super::*;
+
+pub(super) struct Validator<'a> {
+    pub(super) text: &'a str,
+    pub(super) file: Option<&'a Path>,
+    pub(super) allow_seconds: bool,
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, span: Option<Range<usize>>, field: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.map(Path::to_owned),
+            position: span.map(|s| line_col(self.text, s.start)),
+            field: Some(field.to_string()),
+            message: message.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        raw: Option<Spanned<RawDuration>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(raw) = raw else { return default };
+        let span = raw.span();
+        match parse_duration(raw.get_ref()) {
+            Ok(d) => d,
+            Err(msg) => {
+                self.problem(Some(span), field, msg);
+                default
+            }
+        }
+    }
+
+    /// A whole number of at least 1.
+    fn count(&mut self, raw: &Spanned<i64>, field: &str, what: &str) -> Option<usize> {
+        match usize::try_from(*raw.get_ref()) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                self.problem(
+                    Some(raw.span()),
+                    field,
+                    format!("must be at least 1 (got {}): {what}", raw.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    /// `ttl`, `keep` and `min_keep` of one destination. With neither `ttl` nor `keep`, the
+    /// default ttl applies; `ttl = "forever"` turns the age limit off. `min_keep` defaults to
+    /// 3, or to `keep` when that is smaller.
+    fn retention(
+        &mut self,
+        section: &str,
+        ttl: Option<Spanned<RawDuration>>,
+        keep: Option<Spanned<i64>>,
+        min_keep: Option<Spanned<i64>>,
+        default_ttl: Duration,
+    ) -> Rule {
+        let keep_field = format!("{section}.keep");
+        let keep_span = keep.as_ref().map(Spanned::span);
+        let keep = keep
+            .and_then(|k| self.count(&k, &keep_field, "the number of newest good snapshots kept"));
+        let ttl = match ttl {
+            None if keep_span.is_some() => None,
+            None => Some(default_ttl),
+            Some(raw) => match raw.get_ref() {
+                RawDuration::Text(t) if t.trim() == "forever" => None,
+                _ => Some(self.duration(Some(raw), &format!("{section}.ttl"), default_ttl)),
+            },
+        };
+        let min_keep = match min_keep {
+            None => keep.map_or(3, |k| k.min(3)),
+            Some(raw) => {
+                let n = self
+                    .count(
+                        &raw,
+                        &format!("{section}.min_keep"),
+                        "the number of newest good snapshots that are never deleted",
+                    )
+                    .unwrap_or(1);
+                if keep.is_some_and(|k| k < n) {
+                    self.problem(
+                        keep_span.clone(),
+                        &keep_field,
+                        format!(
+                            "keep ({}) must be at least min_keep ({n}): min_keep snapshots \
+                             are never deleted",
+                            keep.unwrap_or(0)
+                        ),
+                    );
+                }
+                n
+            }
+        };
+        Rule {
+            ttl,
+            keep,
+            min_keep,
+        }
+    }
+
+    fn path(&mut self, raw: Option<Spanned<PathBuf>>, field: &str, default: &Path) -> PathBuf {
+        let Some(raw) = raw else {
+            return default.to_owned();
+        };
+        let span = raw.span();
+        let p = raw.into_inner();
+        if !p.is_absolute() {
+            self.problem(
+                Some(span),
+                field,
+                format!(
+                    "must be an absolute path (got {:?}); the daemon's working directory is /",
+                    p.display().to_string()
+                ),
+            );
+        }
+        p
+    }
+}
+
+fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
+    let d = match raw {
+        RawDuration::Seconds(s) if *s <= 0 => {
+            return Err(format!(
+                "must be a positive duration (got {s}); write seconds as a positive integer \
+                 or a string such as \"7d\" or \"12h\""
+            ))
+        }
+        RawDuration::Seconds(s) => Duration::from_secs(*s as u64),
+        RawDuration::Text(t) => {
+            let trimmed = t.trim();
+            if trimmed.starts_with('-') {
+                return Err(format!("must be a positive duration (got {t:?})"));
+            }
+            humantime::parse_duration(trimmed).map_err(|e| {
+                format!(
+                    "{t:?} is not a duration ({e}); use a string such as \"90d\", \"12h\", \
+                     \"30m\" or integer seconds"
+                )
+            })?
+        }
+    };
+    if d.is_zero() {
+        return Err("must be a positive duration (got 0)".to_string());
+    }
+    Ok(d)
+}
+
+pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
+    let schedule = match raw.schedule {
+        None => Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses"),
+        Some(s) => match Schedule::parse_with(s.get_ref(), v.allow_seconds) {
+            Ok(sch) => sch,
+            Err(e) => {
+                v.problem(Some(s.span()), "schedule", e);
+                Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses")
+            }
+        },
+    };
+    let timezone = match raw.timezone {
+        None => Zone::Utc,
+        Some(s) => match Zone::parse(s.get_ref()) {
+            Ok(z) => z,
+            Err(e) => {
+                v.problem(Some(s.span()), "timezone", e);
+                Zone::Utc
+            }
+        },
+    };
+    let state_dir = v.path(raw.state_dir, "state_dir", Path::new(DEFAULT_STATE_DIR));
+    let metrics_file = raw.metrics_file.map(|m| {
+        let span = m.span();
+        let p = v.path(Some(m), "metrics_file", Path::new(""));
+        if p.extension().is_none_or(|e| e != "prom") {
+            v.problem(
+                Some(span),
+                "metrics_file",
+                format!(
+                    "{:?} must end in .prom: node_exporter's textfile collector reads only \
+                     *.prom files",
+                    p.display().to_string()
+                ),
+            );
+        }
+        p
+    });
+
+    let e = raw.etcd.unwrap_or_default();
+    let endpoint = e.endpoint.and_then(|ep| {
+        let span = ep.span();
+        match validate_endpoint(ep.get_ref()) {
+            Ok(()) => Some(ep.into_inner()),
+            Err(msg) => {
+                v.problem(Some(span), "etcd.endpoint", msg);
+                None
+            }
+        }
+    });
+    let etcd = EtcdConfig {
+        manifest: v.path(e.manifest, "etcd.manifest", Path::new(DEFAULT_MANIFEST)),
+        endpoint,
+        ca_cert: v.path(e.ca_cert, "etcd.ca_cert", Path::new(DEFAULT_CA_CERT)),
+        client_cert: v.path(
+            e.client_cert,
+            "etcd.client_cert",
+            Path::new(DEFAULT_CLIENT_CERT),
+        ),
+        client_key: v.path(
+            e.client_key,
+            "etcd.client_key",
+            Path::new(DEFAULT_CLIENT_KEY),
+        ),
+        timeout: v.duration(e.timeout, "etcd.timeout", Duration::from_secs(600)),
+        stall_timeout: v.duration(
+            e.stall_timeout,
+            "etcd.stall_timeout",
+            Duration::from_secs(60),
+        ),
+        dial_timeout: v.duration(e.dial_timeout, "etcd.dial_timeout", Duration::from_secs(10)),
+    };
+
+    let l = raw.local_storage.unwrap_or_default();
+    let local_storage = LocalStorageConfig {
+        path: v.path(l.path, "local_storage.path", &state_dir.join("snapshots")),
+        retention: v.retention(
+            "local_storage",
+            l.ttl,
+            l.keep,
+            l.min_keep,
+            Duration::from_secs(7 * 24 * 3600),
+        ),
+    };
+
+    let remote_storage = raw.remote_storage.map(|r| validate_remote(r, v));
+
+    let rec = raw.records.unwrap_or_default();
+    let mut limit = |raw: Option<Spanned<i64>>, field: &str, default: usize| {
+        raw.and_then(|r| v.count(&r, field, "how many such records the history keeps"))
+            .unwrap_or(default)
+    };
+    let history = HistoryLimits {
+        successful: limit(
+            rec.successful_history_limit,
+            "records.successful_history_limit",
+            1000,
+        ),
+        failed: limit(
+            rec.failed_history_limit,
+            "records.failed_history_limit",
+            100,
+        ),
+    };
+
+    Config {
+        source: v.file.map(Path::to_owned),
+        schedule,
+        timezone,
+        paused: raw.paused.unwrap_or(false),
+        catch_up: raw.catch_up.unwrap_or(true),
+        state_dir,
+        metrics_file,
+        etcd,
+        local_storage,
+        remote_storage,
+        history,
+    }
+}
+
+fn validate_endpoint(ep: &str) -> Result<(), String> {
+    let rest = ep.strip_prefix("https://").ok_or_else(|| {
+        format!(
+            "{ep:?} must be an https:// URL: etcdguard always talks TLS with the host PKI \
+             (kubeadm's etcd serves clients over TLS only)"
+        )
+    })?;
+    let hostport = rest.trim_end_matches('/');
+    if hostport.is_empty() || hostport.contains('/') || hostport.contains(',') {
+        return Err(format!(
+            "{ep:?} must be one URL of the form https://HOST:PORT (the local member only)"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_remote(r: Spanned<RawRemote>, v: &mut Validator<'_>) -> RemoteStorageConfig {
+    let table_span = r.span();
+    let r = r.into_inner();
+    let required = |field: Option<Spanned<String>>, name: &str, v: &mut Validator<'_>| match field {
+        Some(s) if !s.get_ref().trim().is_empty() => s.into_inner(),
+        Some(s) => {
+            v.problem(Some(s.span()), name, "must not be empty");
+            String::new()
+        }
+        None => {
+            v.problem(
+                Some(table_span.clone()),
+                name,
+                "is required when [remote_storage] is present",
+            );
+            String::new()
+        }
+    };
+    let kind = remote_kind(r.kind, v);
+    let bucket = required(r.bucket, "remote_storage.bucket", v);
+    let region = required(r.region, "remote_storage.region", v);
+    let endpoint = r.endpoint.map(|e| {
+        if !(e.get_ref().starts_with("https://") || e.get_ref().starts_with("http://")) {
+            v.problem(
+                Some(e.span()),
+                "remote_storage.endpoint",
+                format!("{:?} must be an http:// or https:// URL", e.get_ref()),
+            );
+        }
+        e.into_inner()
+    });
+    let prefix = remote_prefix(r.prefix, v);
+    let ca_bundle = r
+        .ca_bundle
+        .map(|c| v.path(Some(c), "remote_storage.ca_bundle", Path::new("")));
+    let sse = remote_sse(r.sse, r.sse_kms_key_id, v);
+    let credentials = match r.credentials_file {
+        Some(c) => {
+            Credentials::File(v.path(Some(c), "remote_storage.credentials_file", Path::new("")))
+        }
+        None => Credentials::SystemdOrDefault(SYSTEMD_CREDENTIAL.to_string()),
+    };
+    let part_size = remote_part_size(r.part_size, v);
+    let concurrency = remote_concurrency(r.concurrency, v);
+    RemoteStorageConfig {
+        kind,
+        bucket,
+        endpoint,
+        region,
+        prefix,
+        force_path_style: r.force_path_style.unwrap_or(false),
+        ca_bundle,
+        insecure_skip_tls_verify: r.insecure_skip_tls_verify.unwrap_or(false),
+        sse,
+        credentials,
+        part_size,
+        concurrency,
+        timeout: v.duration(
+            r.timeout,
+            "remote_storage.timeout",
+            Duration::from_secs(1800),
+        ),
+        stall_timeout: v.duration(
+            r.stall_timeout,
+            "remote_storage.stall_timeout",
+            Duration::from_secs(60),
+        ),
+        retention: v.retention(
+            "remote_storage",
+            r.ttl,
+            r.keep,
+            r.min_keep,
+            Duration::from_secs(30 * 24 * 3600),
+        ),
+    }
+}
+
+/// `remote_storage.type`: only "s3" for now.
+fn remote_kind(k: Option<Spanned<String>>, v: &mut Validator<'_>) -> String {
+    match k {
+        None => "s3".to_string(),
+        Some(k) if k.get_ref() == "s3" => k.into_inner(),
+        Some(k) => {
+            v.problem(
+                Some(k.span()),
+                "remote_storage.type",
+                format!(
+                    "unsupported storage type {:?}; supported: \"s3\"",
+                    k.get_ref()
+                ),
+            );
+            k.into_inner()
+        }
+    }
+}
+
+/// `remote_storage.prefix`: a folder, so it ends in `/`; no `//` or `..`.
+fn remote_prefix(p: Option<Spanned<String>>, v: &mut Validator<'_>) -> String {
+    match p {
+        None => String::new(),
+        Some(p) => {
+            let text = p.get_ref().trim_start_matches('/').to_string();
+            if text.contains("//") || text.contains("..") {
+                v.problem(
+                    Some(p.span()),
+                    "remote_storage.prefix",
+                    format!("{:?} must not contain \"//\" or \"..\"", p.get_ref()),
+                );
+            }
+            // A prefix names a folder: each node writes under <prefix><member>/.
+            if text.is_empty() || text.ends_with('/') {
+                text
+            } else {
+                format!("{text}/")
+            }
+        }
+    }
+}
+
+/// `remote_storage.sse` and `sse_kms_key_id`.
+fn remote_sse(
+    sse: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    v: &mut Validator<'_>,
+) -> Option<Sse> {
+    match (sse, key) {
+        (None, None) => None,
+        (None, Some(k)) => {
+            v.problem(
+                Some(k.span()),
+                "remote_storage.sse_kms_key_id",
+                "needs sse = \"aws:kms\"",
+            );
+            None
+        }
+        (Some(s), key) => match s.get_ref().as_str() {
+            "AES256" => {
+                if let Some(k) = key {
+                    v.problem(
+                        Some(k.span()),
+                        "remote_storage.sse_kms_key_id",
+                        "only applies to sse = \"aws:kms\"",
+                    );
+                }
+                Some(Sse::S3Managed)
+            }
+            "aws:kms" => Some(Sse::Kms(key.map(Spanned::into_inner))),
+            other => {
+                v.problem(
+                    Some(s.span()),
+                    "remote_storage.sse",
+                    format!("{other:?} is not supported; use \"AES256\" or \"aws:kms\""),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// `remote_storage.part_size`: within S3's part size limits.
+fn remote_part_size(p: Option<Spanned<RawSize>>, v: &mut Validator<'_>) -> usize {
+    match p {
+        None => DEFAULT_PART_SIZE,
+        Some(p) => match parse_size(p.get_ref()) {
+            Ok(n) if (MIN_PART_SIZE..=(5 << 30)).contains(&n) => n,
+            Ok(n) => {
+                v.problem(
+                    Some(p.span()),
+                    "remote_storage.part_size",
+                    format!("{n} bytes is outside S3's part size limits (5MiB to 5GiB)"),
+                );
+                DEFAULT_PART_SIZE
+            }
+            Err(e) => {
+                v.problem(Some(p.span()), "remote_storage.part_size", e);
+                DEFAULT_PART_SIZE
+            }
+        },
+    }
+}
+
+/// `remote_storage.concurrency`: 1 to 16 parts in flight.
+fn remote_concurrency(c: Option<Spanned<i64>>, v: &mut Validator<'_>) -> usize {
+    match c {
+        None => 2,
+        Some(c) => match usize::try_from(*c.get_ref()) {
+            Ok(n) if (1..=16).contains(&n) => n,
+            _ => {
+                v.problem(
+                    Some(c.span()),
+                    "remote_storage.concurrency",
+                    format!("must be between 1 and 16 (got {})", c.get_ref()),
+                );
+                2
+            }
+        },
+    }
+}

@@ -1,0 +1,136 @@
+//! The checks that touch files or the network before anything is attempted: where the local
+//! etcd member is, whether the TLS material is usable, whether the bucket exists and takes
+//! writes. `config check`, every backup and the daemon's start-up ask them here, so they ask
+//! the same questions and give the same answers. `config.rs` stays pure parsing.
+
+use chrono::Utc;
+
+use crate::config::{Config, EtcdConfig};
+use crate::etcd::{TlsError, TlsMaterial};
+use crate::kubeadm::EtcdManifest;
+use crate::store::remote::Remote;
+
+/// Where and who the local member is, before talking to it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub endpoint: String,
+    /// `--name` from the manifest, if it was read.
+    pub manifest_name: Option<String>,
+}
+
+impl Target {
+    /// The config field to fix when the endpoint cannot be found.
+    pub fn config_field(config: &Config) -> &'static str {
+        if config.etcd.endpoint.is_some() {
+            "etcd.endpoint"
+        } else {
+            "etcd.manifest"
+        }
+    }
+}
+
+/// The endpoint to snapshot: `etcd.endpoint` when set, otherwise the loopback client URL of
+/// the local member from the static pod manifest.
+pub fn resolve_target(config: &Config) -> Result<Target, String> {
+    let manifest = EtcdManifest::load(&config.etcd.manifest);
+    match (&config.etcd.endpoint, manifest) {
+        (Some(ep), m) => Ok(Target {
+            endpoint: ep.clone(),
+            manifest_name: m.ok().and_then(|m| m.member_name().map(str::to_string)),
+        }),
+        (None, Ok(m)) => Ok(Target {
+            endpoint: m.local_client_url().map_err(|e| e.to_string())?,
+            manifest_name: m.member_name().map(str::to_string),
+        }),
+        (None, Err(e)) => Err(format!(
+            "cannot find the local etcd endpoint: {e}; set etcd.endpoint in the config, or \
+             etcd.manifest to the etcd static pod manifest"
+        )),
+    }
+}
+
+/// The CA, client certificate and key of `[etcd]`, read and checked now.
+pub fn etcd_tls(e: &EtcdConfig) -> Result<TlsMaterial, TlsError> {
+    TlsMaterial::load(&e.ca_cert, &e.client_cert, &e.client_key, Utc::now())
+}
+
+/// What the local checks found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// The etcd endpoint a backup would use, when it can be found.
+    pub endpoint: Option<String>,
+    /// What makes a backup fail: the config field to fix and the sentence.
+    pub problems: Vec<(&'static str, String)>,
+    /// What works but deserves attention (a certificate close to expiry, nothing ever deleted,
+    /// TLS verification off).
+    pub warnings: Vec<String>,
+}
+
+/// The checks that need no network: the TLS material, the local member's endpoint, and the
+/// settings that deserve a warning.
+pub fn local(config: &Config) -> Findings {
+    let mut f = Findings::default();
+    match etcd_tls(&config.etcd) {
+        Ok(tls) => f.warnings.extend(tls.warnings),
+        Err(err) => f.problems.push((err.config_field(), err.to_string())),
+    }
+    match resolve_target(config) {
+        Ok(t) => f.endpoint = Some(t.endpoint),
+        Err(msg) => f.problems.push((Target::config_field(config), msg)),
+    }
+    if config.local_storage.retention.keeps_forever() {
+        f.warnings.push(format!(
+            "local snapshots in {} are never deleted: neither local_storage.ttl nor \
+             local_storage.keep limits them; watch the disk",
+            config.local_storage.path.display()
+        ));
+    }
+    if let Some(rc) = &config.remote_storage {
+        if rc.insecure_skip_tls_verify {
+            f.warnings.push(format!(
+                "remote_storage.insecure_skip_tls_verify is set: the TLS certificate of {} is \
+                 NOT verified",
+                rc.endpoint.as_deref().unwrap_or("the endpoint")
+            ));
+        }
+        if rc.retention.keeps_forever() {
+            f.warnings.push(
+                "remote snapshots are never deleted: neither remote_storage.ttl nor \
+                 remote_storage.keep limits them"
+                    .to_string(),
+            );
+        }
+    }
+    f
+}
+
+/// What the remote storage check found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RemoteCheck {
+    /// No `[remote_storage]`.
+    NotConfigured,
+    /// Credentials and TLS files read; the bucket was not asked.
+    Opened,
+    /// The bucket exists and is writable: the sentence says which, where and as whom.
+    Probed(String),
+}
+
+/// Opens the remote storage (credentials, CA bundle) and, with `probe`, checks that the bucket
+/// exists and is writable. The error is one sentence for `remote_storage`.
+pub async fn remote(config: &Config, probe: bool) -> Result<RemoteCheck, String> {
+    let Some(rc) = &config.remote_storage else {
+        return Ok(RemoteCheck::NotConfigured);
+    };
+    let member = resolve_target(config).ok().and_then(|t| t.manifest_name);
+    let r = Remote::open(rc, member.as_deref().unwrap_or("-"))?;
+    if !probe {
+        return Ok(RemoteCheck::Opened);
+    }
+    r.probe().await?;
+    Ok(RemoteCheck::Probed(format!(
+        "bucket {} at {} exists and is writable ({})",
+        r.bucket(),
+        r.endpoint(),
+        r.credentials().describe()
+    )))
+}

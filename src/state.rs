@@ -1,0 +1,111 @@
+//! The state directory (`state_dir`, default `/var/lib/etcdguard`): the one place that names
+//! what lives there and takes the backup lock.
+//!
+//! - `records.json`: the records file, replaced atomically under `records.lock` (`records.rs`);
+//! - `backup.lock`: held for a whole backup, remote maintenance or restore, so that only one
+//!   of them touches snapshots, the bucket or etcd's data dir at a time. It holds the holder's
+//!   pid, which the `Busy` error names;
+//! - `restore-downloads/`: snapshots a restore fetched from the bucket.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::fsutil::{self, LockGuard};
+
+pub const RECORDS_FILE: &str = "records.json";
+const RECORDS_LOCK: &str = "records.lock";
+const BACKUP_LOCK: &str = "backup.lock";
+const DOWNLOADS_DIR: &str = "restore-downloads";
+
+/// How often a waiting restore looks at the lock again.
+const LOCK_POLL: Duration = Duration::from_secs(2);
+
+/// Why the backup lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another backup is running{} (lock {lock}); not starting a second one", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Busy { holder: Option<u32>, lock: PathBuf },
+    #[error("cannot use state directory {dir}: {source}")]
+    StateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(dir: &Path) -> StateDir {
+        StateDir {
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn records_file(&self) -> PathBuf {
+        self.dir.join(RECORDS_FILE)
+    }
+
+    pub fn records_lock(&self) -> PathBuf {
+        self.dir.join(RECORDS_LOCK)
+    }
+
+    /// Where a restore downloads a remote snapshot to.
+    pub fn downloads(&self) -> PathBuf {
+        self.dir.join(DOWNLOADS_DIR)
+    }
+
+    /// Takes the backup lock now (creating the directory 0700), or says who holds it.
+    pub fn lock_backup(&self) -> Result<LockGuard, LockError> {
+        let state_err = |source| LockError::StateDir {
+            dir: self.dir.clone(),
+            source,
+        };
+        fsutil::create_private_dir_all(&self.dir).map_err(state_err)?;
+        let lock = self.dir.join(BACKUP_LOCK);
+        fsutil::try_lock(&lock)
+            .map_err(state_err)?
+            .map_err(|held| LockError::Busy {
+                holder: held.holder_pid,
+                lock,
+            })
+    }
+
+    /// Like [`lock_backup`](Self::lock_backup), waiting up to `bound` for a running backup to
+    /// finish (a restore waits; a second backup does not).
+    pub fn lock_backup_waiting(&self, bound: Duration) -> Result<LockGuard, LockError> {
+        let deadline = Instant::now() + bound;
+        loop {
+            match self.lock_backup() {
+                Err(LockError::Busy { holder, .. }) if Instant::now() < deadline => {
+                    tracing::info!(holder = ?holder, "waiting for the backup that is running to finish");
+                    std::thread::sleep(LOCK_POLL);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_is_busy_and_names_the_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(&d.path().join("state"));
+        let _held = s.lock_backup().unwrap();
+        // flock is per open file: a second open in this process conflicts too.
+        match s.lock_backup_waiting(Duration::ZERO) {
+            Err(LockError::Busy { holder, lock }) => {
+                assert_eq!(holder, Some(std::process::id()));
+                assert_eq!(lock, d.path().join("state").join(BACKUP_LOCK));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
