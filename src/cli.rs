@@ -18,6 +18,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "ETCDGUARD_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// No progress bars (they are drawn only when stderr is a terminal)
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

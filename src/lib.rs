@@ -21,6 +21,7 @@ mod etcdversion;
 mod fsutil;
 mod metrics;
 mod preflight;
+mod progress;
 mod records;
 mod remote_sync;
 mod retention;

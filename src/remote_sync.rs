@@ -44,6 +44,8 @@ pub async fn upload_from_file(
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
+    let total = file.metadata().await.ok().map(|m| m.len());
+    let progress = crate::progress::Progress::bytes("upload", total);
     let read = loop {
         match file.read(&mut buf).await {
             Ok(0) => break Ok(()),
@@ -51,6 +53,7 @@ pub async fn upload_from_file(
                 hasher.update(&buf[..n]);
                 feed.send(&buf[..n]).await;
                 size += n as u64;
+                progress.inc(n as u64);
             }
             Err(e) => {
                 break Err(format!(
@@ -60,6 +63,7 @@ pub async fn upload_from_file(
             }
         }
     };
+    progress.finish();
     let sha = hex::encode(hasher.finalize());
     let good = match read {
         Err(e) => Err(e),

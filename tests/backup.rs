@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::util::etcd::EtcdServer;
 use crate::util::node::Node;
 use crate::util::proxy::{Faults, Proxy};
+use crate::util::schema;
 use crate::util::{
     assert_stderr_has, db_buckets, etcd_binary, etcdguard_cmd, free_port, list_dir, stderr, stdout,
 };
@@ -210,16 +211,8 @@ fn tls_and_connection_failures_are_recorded_clearly() {
     node.set_path("etcd", "client_cert", &node.path("nope/client.crt"));
     let reason = assert_failed(&node, &node.snapshot(), "no such file");
     assert!(reason.contains("nope/client.crt"), "{reason}");
-    node.set_path(
-        "etcd",
-        "client_cert",
-        &node.pki.path("healthcheck-client.crt"),
-    );
-    node.set_path(
-        "etcd",
-        "client_key",
-        &node.pki.path("healthcheck-client.key"),
-    );
+    let own = node.pki.dir.clone();
+    node.use_pki(&own);
 
     // A good backup in between proves the config is right again.
     let out = node.snapshot();
@@ -260,6 +253,10 @@ fn tls_and_connection_failures_are_recorded_clearly() {
     assert_eq!(
         results,
         ["Failed", "Failed", "Failed", "Failed", "Success", "Failed"]
+    );
+    schema::assert_valid(
+        "records.v1",
+        &stdout(&node.run(&["records", "--output", "json"])),
     );
 }
 
@@ -366,17 +363,7 @@ fn endpoint_of_another_member_is_refused() {
     let mut node = Node::start("3.5", "cp1");
     let other = Node::start("3.5", "cp9");
     node.set("etcd", "endpoint", &format!("{:?}", other.etcd.client_url));
-    node.set_path("etcd", "ca_cert", &other.pki.path("ca.crt"));
-    node.set_path(
-        "etcd",
-        "client_cert",
-        &other.pki.path("healthcheck-client.crt"),
-    );
-    node.set_path(
-        "etcd",
-        "client_key",
-        &other.pki.path("healthcheck-client.key"),
-    );
+    node.use_pki(&other.pki.dir);
     assert_failed(
         &node,
         &node.snapshot(),

@@ -4,6 +4,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use crate::util::node::Node;
+use crate::util::schema;
 use crate::util::{assert_stderr_has, etcdguard, etcdguard_cmd, etcdguard_cmd_of, stderr, stdout};
 
 fn with_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -159,6 +160,7 @@ fn config_check_prints_effective_config_and_records_lists_backups() {
     );
 
     let out = node.run(&["records", "--output", "json", "--limit", "1"]);
+    schema::assert_valid("records.v1", &stdout(&out));
     let mut v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.len(), 1);
     // The stored record plus the computed retention explanation.
@@ -221,4 +223,34 @@ fn completions_and_man_pages_come_from_the_binary() {
     assert!(man.join("etcdguard.1").is_file());
     // Hidden from the help, like any packaging helper.
     assert!(!stdout(&etcdguard(&["--help"])).contains("\n  man "));
+}
+
+#[test]
+fn one_exit_code_table_for_help_man_page_and_readme() {
+    let table = etcdguard::exit::EXIT_CODES_HELP;
+    let help = stdout(&etcdguard(&["--help"]));
+    assert!(help.contains(table), "--help lacks {table:?}:\n{help}");
+    let d = tempfile::tempdir().unwrap();
+    let out = etcdguard(&["man", d.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // roff escapes hyphens; the words are the same.
+    let page = std::fs::read_to_string(d.path().join("etcdguard.1")).unwrap();
+    assert!(
+        page.replace("\\-", "-").contains(table),
+        "the man page lacks {table:?}"
+    );
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    assert!(readme.contains(table), "README.md lacks {table:?}");
+    // And the codes the binary really uses.
+    assert_eq!(
+        [
+            etcdguard::exit::EXIT_FAILED,
+            etcdguard::exit::EXIT_USAGE,
+            etcdguard::exit::EXIT_CONFIG
+        ],
+        [1, 2, 78]
+    );
+    let usage = etcdguard(&["no-such-command"]);
+    assert_eq!(usage.status.code(), Some(2));
 }

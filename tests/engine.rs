@@ -15,8 +15,10 @@ use etcdguard::restore::datadir::{resolve, RestorePlan};
 
 use crate::util::etcd::{EtcdServer, MemberSpec};
 use crate::util::pki::Pki;
+use crate::util::schema;
 use crate::util::{
-    assert_stderr_has, db_buckets, etcd_binary, etcdguard, free_port, list_dir, stderr, stdout,
+    assert_stderr_has, db_buckets, etcd_binary, etcdguard, free_port, list_dir, restore_datadir,
+    stderr, stdout,
 };
 
 const WAL: &str = "member/wal/0000000000000000-0000000000000000.wal";
@@ -44,7 +46,9 @@ fn statuses(version: &str, path: &Path, skip_hash: bool) -> (Value, Value) {
     if skip_hash {
         args.push("--skip-hash-check");
     }
-    let ours = json(&etcdguard(&args));
+    let out = etcdguard(&args);
+    schema::assert_valid("verify.v1", &stdout(&out));
+    let ours = json(&out);
     (theirs, ours)
 }
 
@@ -445,31 +449,13 @@ fn plan(name: &str, cluster: &str, peer: &str, bump: u64) -> RestorePlan {
 }
 
 fn restore_ours(version: &str, snap: &Path, p: &RestorePlan, dir: &Path) {
-    let mut args = vec![
-        "restore-datadir".to_string(),
-        snap.display().to_string(),
-        "--data-dir".into(),
-        dir.display().to_string(),
-        "--name".into(),
-        p.name.clone(),
-        "--initial-cluster".into(),
-        p.initial_cluster.clone(),
-        "--initial-advertise-peer-urls".into(),
-        p.advertise_peer_urls.clone(),
-        "--initial-cluster-token".into(),
-        p.token.clone(),
-        "--target-version".into(),
-        version.into(),
-    ];
-    if p.bump_revision > 0 {
-        args.extend([
-            "--bump-revision".into(),
-            p.bump_revision.to_string(),
-            "--mark-compacted".into(),
-        ]);
-    }
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = etcdguard(&a);
+    let bump = p.bump_revision.to_string();
+    let extra: &[&str] = if p.bump_revision > 0 {
+        &["--bump-revision", &bump, "--mark-compacted"]
+    } else {
+        &[]
+    };
+    let out = restore_datadir(snap, dir, p, version, extra);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::util::node::Node;
 use crate::util::proxy::{Faults, Proxy};
 use crate::util::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
+use crate::util::schema;
 use crate::util::{
     assert_stderr_has, etcd_binary, etcdguard_cmd, list_dir, stderr, stdout, NEWEST,
 };
@@ -150,10 +151,14 @@ fn backup_with_remote_copy_is_identical_and_restorable_by_etcdutl() {
     // records --remote lists it from the sidecar, known locally.
     let out = node.run(&["records", "--remote", "--output", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    schema::assert_valid("records-remote.v1", &stdout(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["node"], "cp1");
     assert_eq!(v[0]["knownLocally"], true);
     assert_eq!(v[0]["record"]["fileName"], file);
+    // The local records with their remote copies fit their schema too.
+    let local = node.run(&["records", "--output", "json"]);
+    schema::assert_valid("records.v1", &stdout(&local));
 }
 
 #[test]

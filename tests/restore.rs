@@ -9,6 +9,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::util::kubenode::KubeNode;
+use crate::util::schema;
 use crate::util::{assert_stderr_has, list_dir, stderr, stdout};
 
 fn put(node: &KubeNode, prefix: &str, n: usize) {
@@ -215,8 +216,9 @@ fn single_node_restore(etcd_version: &str) {
     let j: serde_json::Value =
         serde_json::from_slice(&std::fs::read(backup_dir.join("journal.json")).unwrap()).unwrap();
     assert_eq!(j["state"], "done");
-    let recs: serde_json::Value =
-        serde_json::from_slice(&node.etcdguard(&["records", "--output", "json"]).stdout).unwrap();
+    let out = node.etcdguard(&["records", "--output", "json"]);
+    schema::assert_valid("records.v1", &stdout(&out));
+    let recs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(recs[0]["trigger"], "restore");
     assert_eq!(recs[0]["result"], "Success");
 }

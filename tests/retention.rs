@@ -1,7 +1,8 @@
 //! Local retention against real backups.
 
 use crate::util::node::Node;
-use crate::util::stderr;
+use crate::util::schema;
+use crate::util::{stderr, stdout};
 
 #[test]
 fn expired_snapshots_beyond_min_keep_are_deleted_and_nothing_else() {
@@ -48,6 +49,10 @@ fn expired_snapshots_beyond_min_keep_are_deleted_and_nothing_else() {
         .collect();
     expected.sort();
     assert_eq!(node.snapshot_files(), expected);
+    schema::assert_valid(
+        "records.v1",
+        &stdout(&node.run(&["records", "--output", "json"])),
+    );
 }
 
 #[test]

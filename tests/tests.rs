@@ -11,5 +11,6 @@ mod engine;
 mod remote;
 mod restore;
 mod retention;
+mod schemas;
 mod verify;
 mod versions;

@@ -8,9 +8,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use etcdguard::restore::datadir::RestorePlan;
+
 use crate::util::etcd::{EtcdServer, MemberSpec};
 use crate::util::pki::Pki;
-use crate::util::{etcd_binary, etcdguard, free_port, stderr};
+use crate::util::{etcd_binary, free_port, restore_datadir, stderr};
 
 const VERSIONS: [&str; 3] = ["3.5", "3.6", "3.7"];
 
@@ -106,27 +108,18 @@ fn cross_version_matrix_against_real_servers() {
             let cell = work.path().join(format!("{from}-{to}"));
             let peer_port = free_port();
             let peer = format!("https://127.0.0.1:{peer_port}");
+            let plan = RestorePlan {
+                name: "m".into(),
+                initial_cluster: format!("m={peer}"),
+                advertise_peer_urls: peer.clone(),
+                token: "matrix".into(),
+                bump_revision: 0,
+                mark_compacted: false,
+            };
             let build = |force: bool| {
                 let dir = cell.join(if force { "forced" } else { "plain" });
-                let mut args = vec![
-                    "restore-datadir".to_string(),
-                    snap.display().to_string(),
-                    "--data-dir".into(),
-                    dir.display().to_string(),
-                    "--name".into(),
-                    "m".into(),
-                    "--initial-advertise-peer-urls".into(),
-                    peer.clone(),
-                    "--initial-cluster-token".into(),
-                    "matrix".into(),
-                    "--target-version".into(),
-                    to.into(),
-                ];
-                if force {
-                    args.push("--force".into());
-                }
-                let a: Vec<&str> = args.iter().map(String::as_str).collect();
-                (etcdguard(&a), dir)
+                let extra: &[&str] = if force { &["--force"] } else { &[] };
+                (restore_datadir(snap, &dir, &plan, to, extra), dir)
             };
             let (plain, plain_dir) = build(false);
             let expect = rule(from, to);

@@ -151,6 +151,7 @@ pub(super) async fn attempt(
         file,
         file_name: &file_name,
         feed: upload.feed.as_mut(),
+        expected: u64::try_from(info.db_size).ok().filter(|&n| n > 0),
     };
     let limits = StreamLimits {
         overall: e.timeout,

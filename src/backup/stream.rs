@@ -11,6 +11,7 @@ use crate::config::RemoteStorageConfig;
 use crate::etcd::{self, StreamLimits, StreamedSnapshot};
 use crate::etcddb::{self, DbStatus};
 use crate::fsutil;
+use crate::progress::Progress;
 use crate::store::local::{LocalStore, TempSnapshot};
 use crate::store::remote::{self, Remote, UploadFeed, Uploaded};
 
@@ -28,6 +29,7 @@ struct Sinks<'a> {
     written: u64,
     writeback: fsutil::Writeback,
     pending: Option<tokio::task::JoinHandle<()>>,
+    progress: Progress,
 }
 
 impl Sinks<'_> {
@@ -47,6 +49,7 @@ impl etcd::SnapshotSink for Sinks<'_> {
         use tokio::io::AsyncWriteExt;
         self.file.write_all(bytes).await?;
         self.written += bytes.len() as u64;
+        self.progress.inc(bytes.len() as u64);
         if let Some((offset, len)) = self.writeback.due(self.written, Self::BUFFERED) {
             self.writeback_done().await;
             let raw = self.raw.clone();
@@ -73,6 +76,8 @@ pub(super) struct Destination<'a> {
     pub file: std::fs::File,
     pub file_name: &'a str,
     pub feed: Option<&'a mut UploadFeed>,
+    /// The size etcd reports for its database: what the stream will about be.
+    pub expected: Option<u64>,
 }
 
 /// Streams the snapshot into `to`, fsyncs it, checks the database and publishes the file.
@@ -90,6 +95,7 @@ pub(super) async fn stream_and_publish<E>(
         file,
         file_name,
         feed,
+        expected,
     } = to;
     let raw = std::sync::Arc::new(
         file.try_clone()
@@ -102,11 +108,13 @@ pub(super) async fn stream_and_publish<E>(
         written: 0,
         writeback: fsutil::Writeback::default(),
         pending: None,
+        progress: Progress::bytes("snapshot", expected),
     };
     let streamed = etcd::stream_snapshot(client, &mut sinks, limits)
         .await
         .map_err(|err| fail(format!("snapshot from etcd at {ep} failed: {err}")))?;
     sinks.writeback_done().await;
+    sinks.progress.finish();
     let file = sinks.file.into_inner();
     file.sync_all()
         .await

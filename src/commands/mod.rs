@@ -21,6 +21,9 @@ type CmdResult = Result<ExitCode, CommandError>;
 
 pub fn dispatch(cli: Cli) -> CmdResult {
     let config_path = cli.config.as_deref();
+    if !matches!(cli.command, Command::Run) {
+        crate::progress::enable(cli.quiet);
+    }
     match cli.command {
         Command::Run => {
             runtime()?

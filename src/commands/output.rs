@@ -68,9 +68,70 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A table for stdout: on a terminal narrower than the table, cut to its width (`fit`); in a
+/// pipe or a file, whole (scripts read every column).
+pub(crate) fn table_for_stdout(header: &[&str], rows: &[Vec<String>], drop: &[&str]) -> String {
+    match console::Term::stdout().size_checked() {
+        Some((_, width)) => fit(header, rows, usize::from(width), drop),
+        None => table(header, rows),
+    }
+}
+
+/// The table within `width` columns: the columns named in `drop` left out, in that order,
+/// until it fits; then any line still too long cut with "…". Pure.
+pub(crate) fn fit(header: &[&str], rows: &[Vec<String>], width: usize, drop: &[&str]) -> String {
+    let render = |keep: &[usize]| {
+        let h: Vec<&str> = keep.iter().map(|&i| header[i]).collect();
+        let r: Vec<Vec<String>> = rows
+            .iter()
+            .map(|row| keep.iter().map(|&i| row[i].clone()).collect())
+            .collect();
+        table(&h, &r)
+    };
+    let fits = |text: &str| text.lines().all(|l| l.chars().count() <= width);
+    let mut keep: Vec<usize> = (0..header.len()).collect();
+    let mut text = render(&keep);
+    for name in drop {
+        if fits(&text) {
+            break;
+        }
+        if let Some(i) = header.iter().position(|h| h == name) {
+            keep.retain(|&k| k != i);
+            text = render(&keep);
+        }
+    }
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.chars().count() > width {
+            out.extend(line.chars().take(width.saturating_sub(1)));
+            out.push('…');
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_fit_the_terminal() {
+        let header = ["ID", "NAME", "NOTE"];
+        let rows = vec![vec!["1".to_string(), "alpha".into(), "a long note".into()]];
+        // Wide enough: unchanged.
+        assert_eq!(fit(&header, &rows, 80, &["NAME"]), table(&header, &rows));
+        // Columns go in the order given, then lines are cut.
+        assert_eq!(
+            fit(&header, &rows, 16, &["NAME"]),
+            "ID  NOTE\n1   a long note\n"
+        );
+        let cut = fit(&header, &rows, 10, &["NAME"]);
+        assert_eq!(cut, "ID  NOTE\n1   a lon…\n");
+        assert!(cut.lines().all(|l| l.chars().count() <= 10));
+    }
 
     #[test]
     fn human_sizes() {

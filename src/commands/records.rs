@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 
-use super::output::{human_size, print, print_json, table};
+use super::output::{human_size, print, print_json, table_for_stdout};
 use super::{runtime, CmdResult};
 use crate::cli::RecordsFormat;
 use crate::config;
@@ -48,7 +48,7 @@ pub(super) fn local(
                 .collect();
             print_json(&values)?;
         }
-        RecordsFormat::Table => print(&records_table(&shown))?,
+        RecordsFormat::Table => print(&records_table(&shown, table_for_stdout))?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -76,8 +76,24 @@ fn etcd_cell(r: &Record) -> String {
     }
 }
 
-/// A plain-text table, newest first. Pure.
-pub(crate) fn records_table(records: &[(&Record, Option<&str>)]) -> String {
+/// Columns left out first when the table is too wide for the terminal, in this order.
+const NARROW_DROPS: [&str; 8] = [
+    "RETENTION",
+    "ETCD (DATA)",
+    "TRIGGER",
+    "MEMBER",
+    "LOCAL",
+    "REVISION",
+    "TIME (UTC)",
+    "REMOTE",
+];
+
+/// The records as a table, newest first, laid out by `layout` (`table_for_stdout`, or
+/// `table`). Pure given a pure layout.
+pub(crate) fn records_table(
+    records: &[(&Record, Option<&str>)],
+    layout: impl Fn(&[&str], &[Vec<String>], &[&str]) -> String,
+) -> String {
     if records.is_empty() {
         return "no backup records yet\n".to_string();
     }
@@ -114,7 +130,7 @@ pub(crate) fn records_table(records: &[(&Record, Option<&str>)]) -> String {
             ]
         })
         .collect();
-    table(
+    layout(
         &[
             "ID",
             "TIME (UTC)",
@@ -130,6 +146,7 @@ pub(crate) fn records_table(records: &[(&Record, Option<&str>)]) -> String {
             "RETENTION",
         ],
         &rows,
+        &NARROW_DROPS,
     )
 }
 
@@ -201,7 +218,7 @@ pub(super) fn remote(
                         ]
                     })
                     .collect();
-                print(&table(
+                print(&table_for_stdout(
                     &[
                         "NODE",
                         "TIME (UTC)",
@@ -211,6 +228,7 @@ pub(super) fn remote(
                         "OBJECT",
                     ],
                     &rows,
+                    &["IN LOCAL RECORDS", "REVISION", "SIZE"],
                 ))?;
             }
         }
@@ -224,6 +242,9 @@ mod tests {
 
     #[test]
     fn empty_table() {
-        assert_eq!(records_table(&[]), "no backup records yet\n");
+        assert_eq!(
+            records_table(&[], |h, r, _| super::super::output::table(h, r)),
+            "no backup records yet\n"
+        );
     }
 }

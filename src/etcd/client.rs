@@ -19,6 +19,8 @@ pub struct MemberInfo {
     /// The member's storage version (etcd ≥ 3.6; empty before).
     pub storage_version: String,
     pub revision: i64,
+    /// The size of the member's database file: about what a snapshot of it streams.
+    pub db_size: i64,
 }
 
 /// Dials `endpoint` eagerly (TCP + TLS) so that a refused connection or a bad certificate is
@@ -75,6 +77,7 @@ pub async fn member_info(
         version: status.version().to_string(),
         storage_version: status.storage_version().to_string(),
         revision,
+        db_size: status.db_size(),
     })
 }
 

@@ -21,6 +21,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use crate::progress::Progress;
 use sha2::{Digest, Sha256};
 
 pub use crate::etcdversion::Minor;
@@ -196,12 +198,15 @@ fn hash_prefix(mut file: &File, len: u64) -> std::io::Result<([u8; 32], Sha256)>
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; READ_BUF];
     let mut left = len;
+    let progress = Progress::bytes("verify", Some(len));
     while left > 0 {
         let n = (left.min(READ_BUF as u64)) as usize;
         file.read_exact(&mut buf[..n])?;
         hasher.update(&buf[..n]);
         left -= n as u64;
+        progress.inc(n as u64);
     }
+    progress.finish();
     Ok((hasher.clone().finalize().into(), hasher))
 }
 

@@ -156,7 +156,7 @@ impl Journal {
 
     /// Records the state of `step` and saves; a step is written as started before it is
     /// taken and as done after.
-    pub fn mark(&mut self, step: Step, state: StepState) -> std::io::Result<()> {
+    fn mark(&mut self, step: Step, state: StepState) -> std::io::Result<()> {
         self.steps.push(StepEntry {
             step,
             state,

@@ -26,10 +26,41 @@ pub mod node;
 pub mod pki;
 pub mod proxy;
 pub mod s3;
+pub mod schema;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// `etcdguard restore-datadir` of `snap` into `dir`, for etcd `version`, as the member `plan`
+/// describes (its bump flags are the caller's, in `extra`).
+pub fn restore_datadir(
+    snap: &Path,
+    dir: &Path,
+    plan: &etcdguard::restore::datadir::RestorePlan,
+    version: &str,
+    extra: &[&str],
+) -> Output {
+    let (snap, dir) = (snap.display().to_string(), dir.display().to_string());
+    let mut args = vec![
+        "restore-datadir",
+        &snap,
+        "--data-dir",
+        &dir,
+        "--name",
+        &plan.name,
+        "--initial-cluster",
+        &plan.initial_cluster,
+        "--initial-advertise-peer-urls",
+        &plan.advertise_peer_urls,
+        "--initial-cluster-token",
+        &plan.token,
+        "--target-version",
+        version,
+    ];
+    args.extend_from_slice(extra);
+    etcdguard(&args)
+}
 
 /// Asserts that the command's stderr contains `needle`, showing stderr when it does not.
 pub fn assert_stderr_has(out: &Output, needle: &str) {
@@ -53,6 +84,20 @@ pub fn etcdctl_tls(version: &str, endpoint: &str, pki_dir: &Path) -> Command {
         &p("healthcheck-client.key"),
     ]);
     c
+}
+
+/// A program installed into the test cache (`.cache/<rel>`) by `scripts/install-test-deps`;
+/// a missing one fails the test with that pointer.
+pub fn cache_bin(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache")
+        .join(rel);
+    assert!(
+        p.is_file(),
+        "{} not found: run scripts/install-test-deps",
+        p.display()
+    );
+    p
 }
 
 /// Where the etcd binaries live.

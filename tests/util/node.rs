@@ -44,17 +44,8 @@ impl Node {
         node.set("", "schedule", "\"@hourly\"");
         node.set("", "state_dir", &q(&node.state_dir()));
         node.set("etcd", "manifest", &q(&manifests.join("etcd.yaml")));
-        node.set("etcd", "ca_cert", &q(&node.pki.path("ca.crt")));
-        node.set(
-            "etcd",
-            "client_cert",
-            &q(&node.pki.path("healthcheck-client.crt")),
-        );
-        node.set(
-            "etcd",
-            "client_key",
-            &q(&node.pki.path("healthcheck-client.key")),
-        );
+        let pki = node.pki.dir.clone();
+        node.use_pki(&pki);
         node.set("etcd", "timeout", "\"60s\"");
         node.set("etcd", "stall_timeout", "\"10s\"");
         node.set("etcd", "dial_timeout", "\"5s\"");
@@ -86,6 +77,13 @@ impl Node {
     /// Sets `key` in `section` to a path.
     pub fn set_path(&mut self, section: &str, key: &str, path: &std::path::Path) {
         self.set(section, key, &q(path));
+    }
+
+    /// Points `[etcd]` at the CA and healthcheck client of the kubeadm PKI in `dir`.
+    pub fn use_pki(&mut self, dir: &std::path::Path) {
+        self.set_path("etcd", "ca_cert", &dir.join("ca.crt"));
+        self.set_path("etcd", "client_cert", &dir.join("healthcheck-client.crt"));
+        self.set_path("etcd", "client_key", &dir.join("healthcheck-client.key"));
     }
 
     pub fn unset(&mut self, section: &str, key: &str) {

@@ -7,22 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::{cache_bin, free_port};
 
 pub const ACCESS_KEY: &str = "AKIAETCDGUARDTEST01";
 pub const SECRET_KEY: &str = "etcdguard-test-secret-key-0123456789";
-
-fn cache_bin(rel: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".cache")
-        .join(rel);
-    assert!(
-        p.is_file(),
-        "{} not found: run scripts/install-test-deps",
-        p.display()
-    );
-    p
-}
 
 pub struct S3Server {
     pub kind: &'static str,

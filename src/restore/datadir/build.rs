@@ -23,6 +23,7 @@ use crate::etcddb::writer::{self, Change, Item};
 use crate::etcddb::{self, Db, DbStatus};
 use crate::etcdversion::{self, Compat, Minor};
 use crate::fsutil;
+use crate::progress::Progress;
 
 const COPY_BUF: usize = 1 << 20;
 
@@ -193,6 +194,7 @@ fn copy_db(src: &mut File, dest: &mut File, len: u64) -> std::io::Result<[u8; 32
         let mut spare: Vec<Vec<u8>> = (0..BUFFERS).map(|_| vec![0u8; COPY_BUF]).collect();
         let mut left = len;
         let mut writeback = fsutil::Writeback::default();
+        let progress = Progress::bytes("copy db", Some(len));
         let copied = (|| {
             while left > 0 {
                 let mut buf = match spare.pop() {
@@ -203,6 +205,7 @@ fn copy_db(src: &mut File, dest: &mut File, len: u64) -> std::io::Result<[u8; 32
                 src.read_exact(&mut buf[..n])?;
                 dest.write_all(&buf[..n])?;
                 left -= n as u64;
+                progress.inc(n as u64);
                 filled_tx.send((buf, n)).expect("hash thread alive");
                 if let Some((offset, n)) = writeback.due(len - left, 0) {
                     fsutil::start_writeback(dest, offset, n);
@@ -211,6 +214,7 @@ fn copy_db(src: &mut File, dest: &mut File, len: u64) -> std::io::Result<[u8; 32
             Ok(())
         })();
         drop(filled_tx);
+        progress.finish();
         let hash = hashing.join().expect("hash thread");
         copied.map(|()| hash)
     })

@@ -516,14 +516,17 @@ impl Remote {
             .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
         let mut file = tokio::fs::File::from_std(file);
         let mut n = 0u64;
+        let progress = crate::progress::Progress::bytes("download", None);
         use futures_util::StreamExt;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| format!("download of {key} broke: {e}"))?;
             n += chunk.len() as u64;
+            progress.inc(chunk.len() as u64);
             file.write_all(&chunk)
                 .await
                 .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
         }
+        progress.finish();
         file.sync_all()
             .await
             .map_err(|e| format!("cannot fsync {}: {e}", dest.display()))?;
