@@ -1,6 +1,7 @@
-//! The one place for durable filesystem primitives: private directories, atomic replace,
-//! directory fsync, durable moves, `--root` path mapping and advisory locks. Everything that must survive a crash goes through here,
-//! so there is exactly one atomic-write helper and one lock helper in the codebase.
+//! The one place for durable filesystem primitives: private directories and files, atomic
+//! replace, directory fsync, durable moves, `--root` path mapping and advisory locks.
+//! Everything that must survive a crash goes through here, so there is exactly one
+//! atomic-write helper and one lock helper in the codebase.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

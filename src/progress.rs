@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -35,9 +35,12 @@ impl Progress {
         let style = ProgressStyle::with_template(template)
             .expect("progress template")
             .progress_chars("=> ");
+        // A bar dropped unfinished (the work failed) is cleared, so the error that follows
+        // starts on a clean line.
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
             .with_style(style)
-            .with_message(what.to_string());
+            .with_message(what.to_string())
+            .with_finish(ProgressFinish::AndClear);
         Progress(Some(bar))
     }
 

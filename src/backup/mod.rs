@@ -128,11 +128,9 @@ pub async fn run_backup(
                     }
                 });
                 // The sidecar carries the record, so the bucket alone tells what each object
-                // is.
-                if let (Some(remote), true) = (
-                    &r.remote,
-                    record.remote.as_ref().is_some_and(RemoteCopy::may_exist),
-                ) {
+                // is; only an uploaded copy gets one.
+                let uploaded = record.remote.as_ref().is_some_and(RemoteCopy::may_exist);
+                if let Some(remote) = r.remote.as_ref().filter(|_| uploaded) {
                     if let Err(e) = remote_sync::write_sidecar(remote, &record).await {
                         if let Some(c) = record.remote.as_mut() {
                             c.retry_later(

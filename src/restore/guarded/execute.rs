@@ -19,21 +19,14 @@ use crate::config::Config;
 use crate::fsutil;
 use crate::restore::datadir::{build_data_dir, BuildOptions};
 
-/// Why a restore ended without success.
-#[derive(Debug)]
-pub struct Failure {
-    pub message: String,
-}
-
 /// Runs the restore stamped `stamp` (guards already passed and confirmed).
 pub async fn execute(
     config: &Config,
     p: &Prepared,
     opts: &Options,
     stamp: &str,
-) -> Result<Journal, Failure> {
+) -> Result<Journal, String> {
     let paths = p.node.paths(stamp);
-    let fail = |message: String| Failure { message };
     // Exclusive: a second restore never writes into another one's backup dir and journal.
     let made = paths
         .backup_dir
@@ -45,10 +38,10 @@ pub async fn execute(
                 .mode(fsutil::PRIVATE_DIR_MODE)
                 .create(&paths.backup_dir)
         });
-    made.map_err(|e| fail(format!("cannot create {}: {e}", paths.backup_dir.display())))?;
+    made.map_err(|e| format!("cannot create {}: {e}", paths.backup_dir.display()))?;
     let mut j = new_journal(p, paths, stamp);
     j.save()
-        .map_err(|e| fail(format!("cannot write the journal: {e}")))?;
+        .map_err(|e| format!("cannot write the journal: {e}"))?;
     let journal_path = j.path();
     let Err(message) = steps(p, opts, &mut j).await else {
         j.state = JournalState::Done;
@@ -64,13 +57,13 @@ pub async fn execute(
         j.state = JournalState::Failed;
         j.outcome = Some(message.clone());
         let _ = j.save();
-        return Err(fail(format!(
+        return Err(format!(
             "{message}. This is one member of a {members}-member restore: do not roll back one \
              node alone; check all nodes, then run `etcdguard restore --rollback` on every node \
              if the cluster does not form"
-        )));
+        ));
     }
-    Err(fail(match rollback_journal(config, &mut j, opts).await {
+    Err(match rollback_journal(config, &mut j, opts).await {
         Ok(()) => {
             format!("{message}; rolled back: the old data dir and manifests are in place again")
         }
@@ -78,7 +71,7 @@ pub async fn execute(
             "{message}; the rollback failed too: {e}; journal {}",
             journal_path.display()
         ),
-    }))
+    })
 }
 
 fn new_journal(p: &Prepared, paths: Paths, stamp: &str) -> Journal {

@@ -29,7 +29,7 @@ use super::journal::{self, Journal, JournalState};
 use crate::config::Config;
 use crate::fsutil::{under_root, LockGuard};
 use crate::records::{Member, Record, RecordStore, Trigger};
-use crate::state::StateDir;
+use crate::state::{LockError, StateDir};
 
 pub use prepare::{PrepareError, Prepared};
 
@@ -77,9 +77,7 @@ pub struct Session<'a> {
 /// evaluates the guards. Nothing is changed.
 pub async fn begin<'a>(config: &'a Config, opts: &'a Options) -> Result<Session<'a>, PrepareError> {
     let started = Instant::now();
-    let lock = StateDir::new(&config.state_dir)
-        .lock_backup_waiting(LOCK_WAIT)
-        .map_err(|e| PrepareError::Failed(e.to_string()))?;
+    let lock = wait_for_lock(config).map_err(|e| PrepareError::Failed(e.to_string()))?;
     let prepared = prepare::prepare(config, opts).await?;
     Ok(Session {
         config,
@@ -106,7 +104,7 @@ impl Session<'_> {
         let result = execute::execute(self.config, &self.prepared, self.opts, &self.stamp).await;
         let (journal, outcome) = match &result {
             Ok(j) => (Some(j), Ok(())),
-            Err(f) => (None, Err(f.message.as_str())),
+            Err(e) => (None, Err(e.as_str())),
         };
         record(
             self.config,
@@ -116,7 +114,7 @@ impl Session<'_> {
             outcome,
             self.started,
         );
-        result.map_err(|f| f.message)
+        result
     }
 }
 
@@ -149,9 +147,7 @@ pub async fn rollback(
     if j.state == JournalState::RolledBack {
         return Ok(RolledBack::Already(path));
     }
-    let _lock = StateDir::new(&config.state_dir)
-        .lock_backup_waiting(LOCK_WAIT)
-        .map_err(|e| e.to_string())?;
+    let _lock = wait_for_lock(config).map_err(|e| e.to_string())?;
     let res = rollback::rollback_journal(config, &mut j, opts).await;
     let snapshot = j.snapshot.clone();
     let outcome = res.as_ref().map(|_| ()).map_err(String::as_str);
@@ -167,6 +163,12 @@ pub async fn rollback(
         Ok(()) => Ok(RolledBack::Now(Box::new(j))),
         Err(e) => Err(format!("rollback failed: {e}; journal {}", path.display())),
     }
+}
+
+/// The backup lock, waiting up to `LOCK_WAIT` for a running backup. The wait sleeps on the
+/// calling thread: the CLI drives a restore with `block_on`, so no runtime worker is held.
+fn wait_for_lock(config: &Config) -> Result<LockGuard, LockError> {
+    StateDir::new(&config.state_dir).lock_backup_waiting(LOCK_WAIT)
 }
 
 /// Appends the record of a restore or a rollback; a record that cannot be written is logged.
