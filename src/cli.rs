@@ -62,6 +62,24 @@ pub enum Command {
         /// version [default: the snapshot's own storage version; 3.5 when it has none]
         #[arg(long, value_enum, value_name = "MINOR")]
         as_etcdutl: Option<EtcdMinor>,
+        /// Identity that opens an encrypted snapshot: an age identity file (`age-keygen`
+        /// output) or an unencrypted OpenSSH private key. Plain snapshots need none
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Open an encrypted (and compressed) copy made with `[encryption]` and write the plain
+    /// snapshot, which `etcdutl snapshot restore` accepts. SOURCE is a file, a record id or a
+    /// remote key (downloaded). The standard tools do the same: `age -d -i KEY FILE | zstd -d`
+    Decrypt {
+        /// A file, a record id, or a key in the configured bucket
+        #[arg(value_name = "FILE|RECORD|KEY")]
+        source: String,
+        /// An age identity file or an unencrypted OpenSSH private key
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+        /// Where to write the snapshot (created 0600; never overwritten)
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
     },
     /// Guarded offline restore of this kubeadm node's etcd from a snapshot: checks everything,
     /// stops kube-apiserver and etcd by moving their manifests out, swaps in a data dir built
@@ -138,6 +156,10 @@ pub struct RestoreArgs {
     /// Accept a snapshot without sha256 trailer (a data dir's member/snap/db)
     #[arg(long)]
     pub skip_hash_check: bool,
+    /// Identity that opens an encrypted snapshot: an age identity file (`age-keygen`
+    /// output) or an unencrypted OpenSSH private key. Plain snapshots need none
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
     /// How long to wait for the restored (or rolled-back) member to be healthy
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
@@ -180,6 +202,10 @@ pub struct RestoreDatadirArgs {
     /// Accept a snapshot without sha256 trailer (a data dir's member/snap/db)
     #[arg(long)]
     pub skip_hash_check: bool,
+    /// Identity that opens an encrypted snapshot: an age identity file (`age-keygen`
+    /// output) or an unencrypted OpenSSH private key. Plain snapshots need none
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
     /// The etcd minor that will run on the data dir; the dir is built as that version's
     /// etcdutl builds it, and refused when the snapshot's data is newer [default: the
     /// snapshot's own version, from its storage version, else its cluster version; 3.5 when it

@@ -16,6 +16,7 @@ pub mod store;
 mod backup;
 mod config;
 mod daemon;
+mod encryption;
 mod etcd;
 mod etcdversion;
 mod fsutil;

@@ -257,7 +257,7 @@ mod tests {
         let copy = |state, at: Option<&str>| RemoteCopy {
             state,
             uploaded_at: at.map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)),
-            ..RemoteCopy::uploaded("s3://b/k".into(), Utc::now(), None)
+            ..RemoteCopy::uploaded("s3://b/k".into(), Utc::now(), None, None)
         };
         let mut a = rec(Outcome::Success, "2026-05-01T10:00:00Z");
         a.remote = Some(copy(RemoteState::Uploaded, Some("2026-05-01T10:00:05Z")));

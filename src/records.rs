@@ -116,10 +116,24 @@ pub struct RemoteCopy {
     /// What the server reported after the upload (ETag), for the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// Set when the object is the snapshot compressed and encrypted (`[encryption]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedCopy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_reason: Option<String>,
+}
+
+/// A sealed object: how it was made from the snapshot (public facts only) and its own
+/// checksum and size (the record's `sha256` and `sizeBytes` stay the plain snapshot's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedCopy {
+    #[serde(flatten)]
+    pub sealing: crate::encryption::Sealing,
+    pub object_sha256: String,
+    pub object_size_bytes: u64,
 }
 
 /// Delay before retry number `attempts + 1`: 1 min, doubling, at most an hour.
@@ -145,17 +159,29 @@ impl RemoteCopy {
             next_attempt_at: None,
             uploaded_at: None,
             etag: None,
+            sealed: None,
             deleted_at: None,
             deleted_reason: None,
         }
     }
 
     /// Uploaded and verified with the backup, on the first attempt.
-    pub fn uploaded(location: String, now: DateTime<Utc>, etag: Option<String>) -> RemoteCopy {
+    pub fn uploaded(
+        location: String,
+        now: DateTime<Utc>,
+        etag: Option<String>,
+        sealed: Option<SealedCopy>,
+    ) -> RemoteCopy {
         let mut c = RemoteCopy::first(location, RemoteState::Uploaded, now);
         c.uploaded_at = Some(now);
         c.etag = etag;
+        c.sealed = sealed;
         c
+    }
+
+    /// The object's name (the last part of its key).
+    pub fn object_name(&self) -> &str {
+        self.location.rsplit('/').next().unwrap_or("")
     }
 
     /// The first attempt failed: retried from the local file after the backoff.
@@ -173,8 +199,17 @@ impl RemoteCopy {
         self.next_attempt_at = Some(now + backoff(self.attempts));
     }
 
-    /// One more attempt at `now`, uploaded.
-    pub fn retried_uploaded(&mut self, now: DateTime<Utc>, etag: Option<String>) {
+    /// One more attempt at `now`, uploaded to `location` (the sealing in force now may
+    /// differ from the backup's).
+    pub fn retried_uploaded(
+        &mut self,
+        now: DateTime<Utc>,
+        location: String,
+        etag: Option<String>,
+        sealed: Option<SealedCopy>,
+    ) {
+        self.location = location;
+        self.sealed = sealed;
         self.attempts += 1;
         self.last_attempt_at = Some(now);
         self.state = RemoteState::Uploaded;

@@ -12,38 +12,45 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::config::{Config, RemoteStorageConfig};
-use crate::records::{CopyState, Outcome, Record, RecordStore, RemoteState};
+use crate::records::{CopyState, Outcome, Record, RecordStore, RemoteCopy, RemoteState};
 use crate::retention;
 use crate::store::local::snapshot_time;
 use crate::store::remote::{Remote, Uploaded};
 
-/// Writes the record as the snapshot's JSON sidecar.
+/// Writes the record as its object's JSON sidecar (plain JSON, nothing secret: readable
+/// without any key, so `records --remote` needs none).
 pub async fn write_sidecar(remote: &Remote, record: &Record) -> Result<(), String> {
     let name = record
-        .file_name
-        .as_deref()
-        .ok_or("a record without a file has no sidecar")?;
+        .remote
+        .as_ref()
+        .map(|c| c.object_name())
+        .filter(|n| !n.is_empty())
+        .ok_or("a record without a remote copy has no sidecar")?;
     let mut json = serde_json::to_vec_pretty(record).expect("record serializes");
     json.push(b'\n');
     remote.put_sidecar(name, json).await
 }
 
-/// Uploads a local snapshot file, checking on the way that it still has the sha256 recorded
-/// for it (the upload completes only then), and verifies the object.
+/// Uploads a local snapshot file (sealed as `[encryption]` says now), checking on the way
+/// that it still has the sha256 recorded for it (the upload completes only then), and
+/// verifies the object.
 pub async fn upload_from_file(
     remote: &Remote,
-    rc: &RemoteStorageConfig,
+    config: &Config,
     path: &Path,
     file_name: &str,
     expected_sha256: &str,
 ) -> Result<Uploaded, String> {
+    let rc = config
+        .remote_storage
+        .as_ref()
+        .ok_or("no [remote_storage] configured")?;
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| format!("cannot read the local copy {}: {e}", path.display()))?;
-    let mut feed = remote.start_upload(file_name);
+    let mut feed = remote.start_upload(file_name, config.encryption.as_ref())?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
     let total = file.metadata().await.ok().map(|m| m.len());
     let progress = crate::progress::Progress::bytes("upload", total);
     let read = loop {
@@ -52,7 +59,6 @@ pub async fn upload_from_file(
             Ok(n) => {
                 hasher.update(&buf[..n]);
                 feed.send(&buf[..n]).await;
-                size += n as u64;
                 progress.inc(n as u64);
             }
             Err(e) => {
@@ -75,18 +81,20 @@ pub async fn upload_from_file(
         Ok(()) => Ok(()),
     };
     if let Err(e) = good {
-        let _ = feed.finish(false, rc.timeout).await;
+        feed.abort(rc.timeout).await;
         return Err(e);
     }
-    let key = feed.key().to_string();
-    let (_meta, etag) = feed.finish(true, rc.timeout).await?;
-    match remote.verify_object(&key, size, etag).await {
-        Ok(up) => Ok(up),
-        Err(e) => {
-            let _ = remote.delete_snapshot(file_name).await;
-            Err(e)
-        }
-    }
+    feed.complete(remote, rc.timeout).await
+}
+
+/// Marks a pending copy uploaded by a retry (its key follows the sealing in force now).
+fn retried(c: &mut RemoteCopy, remote: &Remote, up: &Uploaded, now: DateTime<Utc>) {
+    c.retried_uploaded(
+        now,
+        remote.location(&up.key),
+        up.etag.clone(),
+        up.sealed.clone(),
+    );
 }
 
 /// What a maintenance pass did.
@@ -158,15 +166,15 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
         };
         let who = rec.member.as_ref().map_or("", |m| m.name.as_str());
         let result = match Remote::open(rc, who) {
-            Ok(remote) => match upload_from_file(&remote, rc, &local.path, name, sha).await {
+            Ok(remote) => match upload_from_file(&remote, config, &local.path, name, sha).await {
                 Ok(up) => {
                     let mut done = rec.clone();
                     if let Some(c) = done.remote.as_mut() {
-                        c.retried_uploaded(Utc::now(), up.etag.clone());
+                        retried(c, &remote, &up, Utc::now());
                     }
                     write_sidecar(&remote, &done)
                         .await
-                        .map(|()| up)
+                        .map(|()| (remote, up))
                         .map_err(|e| format!("the sidecar could not be written: {e}"))
                 }
                 Err(e) => Err(e),
@@ -182,7 +190,7 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
                 return;
             };
             match &result {
-                Ok(up) => c.retried_uploaded(now, up.etag.clone()),
+                Ok((remote, up)) => retried(c, remote, up, now),
                 Err(e) => {
                     c.retried_failed(now, e.clone());
                     if !local.path.exists() {
@@ -255,14 +263,10 @@ async fn apply_retention(
         RecordStore::new(&config.state_dir)
             .update(Utc::now(), |f| {
                 for r in f.records.iter_mut() {
-                    let Some(pos) = r
-                        .file_name
-                        .as_ref()
-                        .and_then(|n| deleted.iter().position(|d| d == n))
-                    else {
+                    let Some(c) = r.remote.as_mut() else {
                         continue;
                     };
-                    if let Some(c) = r.remote.as_mut() {
+                    if let Some(pos) = deleted.iter().position(|d| d == c.object_name()) {
                         c.deleted(now, reasons[pos].clone());
                     }
                 }

@@ -470,7 +470,7 @@ mod tests {
         // A gone record that still has a remote copy stays.
         let copy = |state| RemoteCopy {
             state,
-            ..RemoteCopy::uploaded("s3://b/k".into(), Utc::now(), None)
+            ..RemoteCopy::uploaded("s3://b/k".into(), Utc::now(), None, None)
         };
         r[0].remote = Some(copy(crate::records::RemoteState::Uploaded));
         assert_eq!(history(&r, limits), ["gone2"]);

@@ -14,9 +14,9 @@ use crate::util::{
     assert_stderr_has, etcd_binary, etcdguard_cmd, list_dir, stderr, stdout, NEWEST,
 };
 
-const BUCKET: &str = "etcd-backups";
+pub(crate) const BUCKET: &str = "etcd-backups";
 
-fn write_credentials(dir: &Path, secret: &str) -> PathBuf {
+pub(crate) fn write_credentials(dir: &Path, secret: &str) -> PathBuf {
     let p = dir.join("s3-credentials");
     std::fs::write(
         &p,
@@ -28,7 +28,7 @@ fn write_credentials(dir: &Path, secret: &str) -> PathBuf {
 }
 
 /// Points `node` at `server`'s `bucket` with the test credentials.
-fn use_remote(node: &mut Node, server: &S3Server, bucket: &str, secret: &str) {
+pub(crate) fn use_remote(node: &mut Node, server: &S3Server, bucket: &str, secret: &str) {
     let creds = write_credentials(node.root.path(), secret);
     node.set("remote_storage", "bucket", &format!("{bucket:?}"));
     node.set(
@@ -52,7 +52,7 @@ fn use_remote(node: &mut Node, server: &S3Server, bucket: &str, secret: &str) {
 /// Runs etcdguard for `node` with the most verbose logging: the secret key must never show
 /// (the request signer's credential providers print it in their debug lines; logging caps
 /// them).
-fn run_verbose(node: &Node, args: &[&str]) -> std::process::Output {
+pub(crate) fn run_verbose(node: &Node, args: &[&str]) -> std::process::Output {
     let mut all = vec!["--config", node.config.to_str().unwrap()];
     all.extend_from_slice(args);
     etcdguard_cmd(&all)
@@ -65,11 +65,11 @@ fn run_verbose(node: &Node, args: &[&str]) -> std::process::Output {
 }
 
 /// The object's path inside an s3s-fs root.
-fn s3s_object(server: &S3Server, key: &str) -> PathBuf {
+pub(crate) fn s3s_object(server: &S3Server, key: &str) -> PathBuf {
     server.root.as_ref().unwrap().join(BUCKET).join(key)
 }
 
-fn remote_state(rec: &serde_json::Value) -> String {
+pub(crate) fn remote_state(rec: &serde_json::Value) -> String {
     rec["remote"]["state"].as_str().unwrap_or("").to_string()
 }
 
@@ -272,7 +272,7 @@ fn wrong_key_and_unknown_bucket_give_one_clear_error_and_the_local_backup_succee
     assert_stderr_has(&check, "chmod 0600");
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");

@@ -7,6 +7,7 @@ mod util;
 mod backup;
 mod cli;
 mod daemon;
+mod encryption;
 mod engine;
 mod remote;
 mod restore;

@@ -144,7 +144,8 @@ pub(super) async fn attempt(
     })?;
 
     let rc = config.remote_storage.as_ref();
-    let mut upload = Upload::start(rc, &member.name, &file_name);
+    let sealing = config.encryption.as_ref();
+    let mut upload = Upload::start(rc, sealing, &member.name, &file_name);
     let to = Destination {
         store,
         temp,
@@ -165,9 +166,7 @@ pub(super) async fn attempt(
                 return Err(f);
             }
         };
-    let remote = upload
-        .finish(rc, &member.name, &file_name, streamed.file_len)
-        .await;
+    let remote = upload.finish(rc, sealing, &member.name, &file_name).await;
     Ok(Success {
         snapshot: Snapshot {
             at,

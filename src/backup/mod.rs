@@ -121,7 +121,7 @@ pub async fn run_backup(
             if let Some(r) = s.remote {
                 let now = Utc::now();
                 record.remote = Some(match r.result {
-                    Ok(up) => RemoteCopy::uploaded(r.location, now, up.etag),
+                    Ok(up) => RemoteCopy::uploaded(r.location, now, up.etag, up.sealed),
                     Err(e) => {
                         tracing::warn!(error = %e, "remote copy not made now; it will be retried from the local file");
                         RemoteCopy::pending(r.location, now, e)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use tokio::io::BufWriter;
 
-use crate::config::RemoteStorageConfig;
+use crate::config::{Encryption, RemoteStorageConfig};
 use crate::etcd::{self, StreamLimits, StreamedSnapshot};
 use crate::etcddb::{self, DbStatus};
 use crate::fsutil;
@@ -161,8 +161,13 @@ pub(super) struct Upload {
 
 impl Upload {
     /// Opens the remote (credentials are read now, for this upload) and starts the multipart
-    /// upload of `file_name` beside the stream.
-    pub fn start(rc: Option<&RemoteStorageConfig>, member: &str, file_name: &str) -> Upload {
+    /// upload of `file_name` beside the stream, sealed when `sealing` is set.
+    pub fn start(
+        rc: Option<&RemoteStorageConfig>,
+        sealing: Option<&Encryption>,
+        member: &str,
+        file_name: &str,
+    ) -> Upload {
         let mut up = Upload {
             remote: None,
             feed: None,
@@ -180,7 +185,10 @@ impl Upload {
                          TLS certificate is NOT verified; snapshots hold every cluster Secret"
                     );
                 }
-                up.feed = Some(r.start_upload(file_name));
+                match r.start_upload(file_name, sealing) {
+                    Ok(feed) => up.feed = Some(feed),
+                    Err(e) => up.setup_error = Some(e),
+                }
                 up.remote = Some(r);
             }
             Err(e) => up.setup_error = Some(e),
@@ -191,9 +199,7 @@ impl Upload {
     /// Nothing verified: the multipart upload is aborted, nothing becomes visible.
     pub async fn abort(self, rc: Option<&RemoteStorageConfig>) {
         if let (Some(feed), Some(rc)) = (self.feed, rc) {
-            if let Err(e) = feed.finish(false, rc.timeout).await {
-                tracing::debug!("upload aborted: {e}");
-            }
+            feed.abort(rc.timeout).await;
         }
     }
 
@@ -202,13 +208,17 @@ impl Upload {
     pub async fn finish(
         self,
         rc: Option<&RemoteStorageConfig>,
+        sealing: Option<&Encryption>,
         member: &str,
         file_name: &str,
-        file_len: u64,
     ) -> Option<RemoteResult> {
         let rc = rc?;
         let (Some(r), Some(feed)) = (self.remote, self.feed) else {
-            let key = format!("{}{file_name}", remote::node_prefix(&rc.prefix, member));
+            let key = format!(
+                "{}{}",
+                remote::node_prefix(&rc.prefix, member),
+                remote::object_name(file_name, sealing)
+            );
             return Some(RemoteResult {
                 remote: None,
                 location: remote::location(&rc.bucket, &key),
@@ -218,16 +228,7 @@ impl Upload {
             });
         };
         let key = feed.key().to_string();
-        let result = match feed.finish(true, rc.timeout).await {
-            Ok((_meta, etag)) => match r.verify_object(&key, file_len, etag).await {
-                Ok(up) => Ok(up),
-                Err(e) => {
-                    let _ = r.delete_snapshot(file_name).await;
-                    Err(e)
-                }
-            },
-            Err(e) => Err(e),
-        };
+        let result = feed.complete(&r, rc.timeout).await;
         Some(RemoteResult {
             location: r.location(&key),
             remote: Some(r),

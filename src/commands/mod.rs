@@ -4,6 +4,7 @@
 //! stdout; errors are `exit::CommandError`, which carries the exit code.
 
 mod config_check;
+mod decrypt;
 mod docs;
 mod output;
 mod records;
@@ -50,7 +51,19 @@ pub fn dispatch(cli: Cli) -> CmdResult {
             output,
             skip_hash_check,
             as_etcdutl,
-        } => verify::run(&file, output, skip_hash_check, as_etcdutl.map(Into::into)),
+            identity,
+        } => verify::run(
+            &file,
+            output,
+            skip_hash_check,
+            as_etcdutl.map(Into::into),
+            identity.as_deref(),
+        ),
+        Command::Decrypt {
+            source,
+            identity,
+            output,
+        } => decrypt::run(config_path, &source, &identity, &output),
         Command::RestoreDatadir(args) => restore_datadir::run(&args),
         Command::Restore(args) => restore::run(config_path, &args),
         Command::Completions { shell } => docs::completions(shell),
@@ -59,6 +72,24 @@ pub fn dispatch(cli: Cli) -> CmdResult {
             command: ConfigCommand::Check { remote },
         } => config_check::run(config_path, remote),
     }
+}
+
+/// A plain copy of `file` in a private dir under `parent` when it is sealed (age), opened with
+/// `identity`; `None` for a plain snapshot.
+fn open_sealed(
+    file: &std::path::Path,
+    identity: Option<&std::path::Path>,
+    parent: &std::path::Path,
+) -> Result<Option<crate::encryption::Unsealed>, CommandError> {
+    let sealed = crate::encryption::is_sealed(file)
+        .map_err(|e| CommandError::Failed(format!("cannot read {}: {e}", file.display())))?;
+    if !sealed {
+        return Ok(None);
+    }
+    let ids = crate::restore::source::identities(identity, file).map_err(CommandError::Usage)?;
+    crate::encryption::Unsealed::create(file, Some(&ids), parent)
+        .map(Some)
+        .map_err(CommandError::Failed)
 }
 
 /// Two worker threads: the etcd stream (TLS, file, sha256) and the upload (TLS, MD5 of the

@@ -39,6 +39,7 @@ pub(super) fn run(config_path: Option<&Path>, a: &RestoreArgs) -> CmdResult {
         bump_revision: a.bump_revision,
         force: a.force,
         skip_hash_check: a.skip_hash_check,
+        identity: a.identity.clone(),
         timeout: a.timeout,
         no_wait: a.no_wait,
     };

@@ -24,7 +24,15 @@ pub(super) fn run(a: &crate::cli::RestoreDatadirArgs) -> CmdResult {
         target: a.target_version.map(Into::into),
         force: a.force,
     };
-    let r = build_data_dir(&a.snapshot, &plan, &a.data_dir, opts).map_err(|e| match e {
+    // A sealed snapshot is opened beside the data dir (same disk, private, removed after).
+    let parent = a
+        .data_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let unsealed = super::open_sealed(&a.snapshot, a.identity.as_deref(), parent)?;
+    let snapshot = unsealed.as_ref().map_or(a.snapshot.as_path(), |u| u.path());
+    let r = build_data_dir(snapshot, &plan, &a.data_dir, opts).map_err(|e| match e {
         BuildError::Plan(p) => CommandError::Usage(p.to_string()),
         other => CommandError::Failed(other.to_string()),
     })?;

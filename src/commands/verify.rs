@@ -1,4 +1,5 @@
-//! `etcdguard verify FILE`: the checks `etcdutl snapshot status` makes, and more.
+//! `etcdguard verify FILE`: the checks `etcdutl snapshot status` makes, and more. An
+//! encrypted copy is opened with `--identity` into a private temp dir first.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,9 +15,13 @@ pub(super) fn run(
     format: VerifyFormat,
     skip_hash_check: bool,
     generation: Option<etcddb::Minor>,
+    identity: Option<&Path>,
 ) -> CmdResult {
-    let r = etcddb::verify_snapshot_file(file, skip_hash_check, generation)
+    let unsealed = super::open_sealed(file, identity, &std::env::temp_dir())?;
+    let plain = unsealed.as_ref().map_or(file, |u| u.path());
+    let mut r = etcddb::verify_snapshot_file(plain, skip_hash_check, generation)
         .map_err(|e| CommandError::Failed(e.to_string()))?;
+    r.path = file.to_owned();
     if r.trailer != Trailer::Ok {
         tracing::warn!(
             "{}: sha256 trailer {}: integrity not proven by a checksum (a data-dir db may \

@@ -135,6 +135,24 @@ impl Config {
                 write_rule(w, &r.retention);
             }
         }
+        match &self.encryption {
+            None => {
+                let _ = writeln!(w, "\n# [encryption] absent: copies are the plain snapshot");
+            }
+            Some(e) => {
+                let _ = writeln!(w, "\n[encryption]");
+                let _ = writeln!(w, "# copies are sealed as <snapshot>.db{}", e.suffix());
+                let _ = writeln!(w, "recipients = [");
+                for r in &e.recipients {
+                    let _ = writeln!(w, "  {},", toml_string(r.text()));
+                }
+                let _ = writeln!(w, "]");
+                let _ = writeln!(w, "compression = {}", toml_string(e.compression.name()));
+                if let Compression::Zstd(l) = e.compression {
+                    let _ = writeln!(w, "compression_level = {l}");
+                }
+            }
+        }
         let _ = writeln!(w, "\n[records]");
         let _ = writeln!(w, "successful_history_limit = {}", self.history.successful);
         let _ = writeln!(w, "failed_history_limit = {}", self.history.failed);

@@ -20,6 +20,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::encryption::{Compression, Encryption};
 use crate::retention::{HistoryLimits, Rule};
 use crate::schedule::{Schedule, Zone};
 
@@ -49,6 +50,9 @@ pub struct Config {
     pub remote_storage: Option<RemoteStorageConfig>,
     /// How many records `records.json` keeps (`[records]`).
     pub history: HistoryLimits,
+    /// `[encryption]`: every copy that leaves the node is compressed and encrypted to these
+    /// public recipients; `None`: copies are the snapshot itself.
+    pub encryption: Option<Encryption>,
 }
 
 #[derive(Debug, Clone)]

@@ -19,6 +19,16 @@ pub(super) struct RawConfig {
     pub(super) local_storage: Option<RawLocal>,
     pub(super) remote_storage: Option<Spanned<RawRemote>>,
     pub(super) records: Option<RawRecords>,
+    pub(super) encryption: Option<Spanned<RawEncryption>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEncryption {
+    pub(super) recipients: Option<Vec<Spanned<String>>>,
+    pub(super) recipients_file: Option<Spanned<PathBuf>>,
+    pub(super) compression: Option<Spanned<String>>,
+    pub(super) compression_level: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -248,6 +248,8 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
 
     let remote_storage = raw.remote_storage.map(|r| validate_remote(r, v));
 
+    let encryption = raw.encryption.map(|e| validate_encryption(e, v));
+
     let rec = raw.records.unwrap_or_default();
     let mut limit = |raw: Option<Spanned<i64>>, field: &str, default: usize| {
         raw.and_then(|r| v.count(&r, field, "how many such records the history keeps"))
@@ -278,6 +280,85 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         local_storage,
         remote_storage,
         history,
+        encryption,
+    }
+}
+
+/// `[encryption]`: recipients inline and from `recipients_file` (read now, so a bad one is a
+/// configuration error and nothing is ever sent unencrypted), and the compression.
+fn validate_encryption(e: Spanned<RawEncryption>, v: &mut Validator<'_>) -> Encryption {
+    use crate::encryption::{parse_recipients_file, Recipient, DEFAULT_ZSTD_LEVEL};
+    let section = e.span();
+    let e = e.into_inner();
+    let before = v.problems.len();
+    let mut recipients = Vec::new();
+    for r in e.recipients.unwrap_or_default() {
+        match Recipient::parse(r.get_ref()) {
+            Ok(p) => recipients.push(p),
+            Err(msg) => v.problem(Some(r.span()), "encryption.recipients", msg),
+        }
+    }
+    if let Some(f) = e.recipients_file {
+        let span = f.span();
+        let path = v.path(Some(f), "encryption.recipients_file", Path::new(""));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match parse_recipients_file(&text) {
+                Ok(mut more) => recipients.append(&mut more),
+                Err((line, msg)) => v.problem(
+                    Some(span),
+                    "encryption.recipients_file",
+                    format!("{}:{line}: {msg}", path.display()),
+                ),
+            },
+            Err(err) => v.problem(
+                Some(span),
+                "encryption.recipients_file",
+                format!(
+                    "cannot read {}: {err}; with [encryption] nothing leaves the node until its \
+                     recipients can be read",
+                    path.display()
+                ),
+            ),
+        }
+    }
+    if recipients.is_empty() && v.problems.len() == before {
+        v.problem(
+            Some(section.clone()),
+            "encryption.recipients",
+            "no recipients: give `recipients = [\"age1…\"]` or `recipients_file`, the public \
+             keys whose holders may decrypt the backups",
+        );
+    }
+    recipients.dedup();
+    let level = match e.compression_level {
+        None => DEFAULT_ZSTD_LEVEL,
+        Some(l) => match i32::try_from(*l.get_ref()) {
+            Ok(n @ 1..=19) => n,
+            _ => {
+                v.problem(
+                    Some(l.span()),
+                    "encryption.compression_level",
+                    format!("must be a zstd level from 1 to 19 (got {})", l.get_ref()),
+                );
+                DEFAULT_ZSTD_LEVEL
+            }
+        },
+    };
+    let compression = match e.compression.as_ref().map(|c| c.get_ref().as_str()) {
+        None | Some("zstd") => Compression::Zstd(level),
+        Some("none") => Compression::None,
+        Some(other) => {
+            v.problem(
+                e.compression.as_ref().map(Spanned::span),
+                "encryption.compression",
+                format!("{other:?} is not a compression: use \"zstd\" or \"none\""),
+            );
+            Compression::Zstd(level)
+        }
+    };
+    Encryption {
+        recipients,
+        compression,
     }
 }
 

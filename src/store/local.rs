@@ -45,8 +45,16 @@ pub fn sanitize_member(member: &str) -> String {
     }
 }
 
-/// True for names [`snapshot_file_name`] produces (with any member part).
+/// What sealed copies' names add after `.db` (`encryption::Encryption::suffix`).
+const SEALED_SUFFIXES: [&str; 2] = [".zst.age", ".age"];
+
+/// True for names [`snapshot_file_name`] produces (with any member part), and those names
+/// with a sealed copy's suffix.
 pub fn is_snapshot_file_name(name: &str) -> bool {
+    let name = SEALED_SUFFIXES
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name);
     let Some(rest) = name
         .strip_prefix(PREFIX)
         .and_then(|r| r.strip_suffix(SUFFIX))
@@ -208,12 +216,16 @@ mod tests {
         assert_eq!(n, "snapshot-etcd-20261121-140309-cp1.db");
         assert!(is_snapshot_file_name(&n));
         assert!(is_snapshot_file_name(&snapshot_file_name(t, "a/b c")));
+        assert!(is_snapshot_file_name(&format!("{n}.zst.age")));
+        assert!(is_snapshot_file_name(&format!("{n}.age")));
         assert_eq!(snapshot_time(&n), Some(t));
         assert_eq!(snapshot_time("records.json"), None);
         for bad in [
             "snapshot-etcd-20261121-140309-.db",
             "snapshot-etcd-2026112-140309-cp1.db",
             "snapshot-etcd-20261121-140309-cp1.db.bak",
+            "snapshot-etcd-20261121-140309-cp1.db.zst",
+            "snapshot-etcd-20261121-140309-cp1.db.age.age",
             "records.json",
             "snapshot-etcd-20261121-140309-../x.db",
         ] {

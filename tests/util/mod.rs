@@ -100,6 +100,18 @@ pub fn cache_bin(rel: &str) -> PathBuf {
     p
 }
 
+/// A program from a Debian package (`/usr/bin/<name>`), which `scripts/install-test-deps`
+/// installs; a missing one fails the test with that pointer.
+pub fn system_bin(name: &str, package: &str) -> PathBuf {
+    let p = Path::new("/usr/bin").join(name);
+    assert!(
+        p.is_file(),
+        "{} not found: run scripts/install-test-deps (it installs Debian's {package})",
+        p.display()
+    );
+    p
+}
+
 /// Where the etcd binaries live.
 pub fn etcd_cache_dir() -> PathBuf {
     match std::env::var_os("ETCDGUARD_ETCD_DIR") {

@@ -7,8 +7,7 @@
 //! `--rollback` undoes a restore from its journal at any point.
 //!
 //! Nothing here deletes an old data dir, and nothing is changed before every guard passed.
-//! The files, in the order a restore runs: `node` (the node and its paths), `source` (the
-//! snapshot), `guards`, `prepare`, `render`, `execute`, `rollback`, `wait`. This module holds
+//! The files, in the order a restore runs: `node` (the node and its paths), `guards`, `prepare`, `render`, `execute`, `rollback`, `wait`. This module holds
 //! the backup lock for the whole of it and records the outcome.
 
 mod execute;
@@ -17,7 +16,6 @@ mod node;
 mod prepare;
 mod render;
 mod rollback;
-mod source;
 mod wait;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +45,8 @@ pub struct Options {
     pub bump_revision: u64,
     pub force: bool,
     pub skip_hash_check: bool,
+    /// `--identity`: opens a sealed (age) snapshot.
+    pub identity: Option<PathBuf>,
     /// How long to wait for the restored member to be healthy.
     pub timeout: Duration,
     /// Change the files but do not wait for etcd (no kubelet, e.g. a disk mounted for rescue).

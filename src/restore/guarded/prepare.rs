@@ -8,7 +8,6 @@ use chrono::Utc;
 
 use super::guards::{self, Guard, Live, Verdict};
 use super::node::{load_node, Node};
-use super::source::resolve_source;
 use super::wait::PROBE_TIMEOUT;
 use super::Options;
 use crate::config::Config;
@@ -18,6 +17,7 @@ use crate::etcdversion::Minor;
 use crate::kubeadm::{rewrite_etcd_flags, split_url, EtcdManifest, RewriteMode};
 use crate::preflight;
 use crate::restore::datadir::{resolve, Cluster, RestorePlan};
+use crate::restore::source::{resolve_source, Source};
 
 /// Why there is nothing to show the operator yet.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,8 @@ impl From<String> for PrepareError {
 pub struct Prepared {
     pub node: Node,
     pub snapshot: PathBuf,
+    /// Keeps a sealed snapshot's plain copy (at `snapshot`) until the restore is done.
+    pub _source: Source,
     pub report: SnapshotFileReport,
     pub plan: RestorePlan,
     pub cluster: Cluster,
@@ -85,7 +87,8 @@ pub async fn prepare(config: &Config, opts: &Options) -> Result<Prepared, Prepar
     ));
     guards.push(guards::data_dir(&node.data_dir));
 
-    let snapshot = resolve_source(config, &root, &opts.source).await?;
+    let source = resolve_source(config, &root, &opts.source, opts.identity.as_deref()).await?;
+    let snapshot = source.path.clone();
     let report = etcddb::verify_snapshot_file(&snapshot, opts.skip_hash_check, None)
         .map_err(|e| format!("snapshot integrity: {e}"))?;
     guards.push(guards::snapshot_integrity(&snapshot, &report));
@@ -168,6 +171,7 @@ pub async fn prepare(config: &Config, opts: &Options) -> Result<Prepared, Prepar
     Ok(Prepared {
         node,
         snapshot,
+        _source: source,
         report,
         plan,
         cluster,

@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::{RemoteStorageConfig, Sse};
+use crate::encryption::{Encryption, Sealer, Sealing};
+use crate::records::SealedCopy;
 use crate::store::local::{is_snapshot_file_name, sanitize_member};
 use credentials::Resolved;
 
@@ -200,8 +202,24 @@ pub fn etag_matches(server: &str, computed: &(String, Option<String>)) -> Option
 /// What a completed, verified upload produced.
 #[derive(Debug, Clone)]
 pub struct Uploaded {
+    pub key: String,
     /// What the server reported (and what was compared, where the ETag is an MD5).
     pub etag: Option<String>,
+    /// How the object was sealed, with its own sha256 and size (`[encryption]`).
+    pub sealed: Option<SealedCopy>,
+}
+
+/// What was sent, computed on the way.
+pub struct Sent {
+    etag: EtagCalc,
+    sha256: String,
+    size: u64,
+    sealing: Option<Sealing>,
+}
+
+/// The object name of snapshot `file_name`: itself, or with the sealed suffix.
+pub fn object_name(file_name: &str, sealing: Option<&Encryption>) -> String {
+    format!("{file_name}{}", sealing.map_or("", Encryption::suffix))
 }
 
 /// `s3://<bucket>/<key>`: how records and messages name an object.
@@ -322,22 +340,37 @@ impl Remote {
         )
     }
 
-    /// Starts a multipart upload of `file_name` fed by [`UploadFeed::send`].
-    pub fn start_upload(&self, file_name: &str) -> UploadFeed {
+    /// Starts a multipart upload of snapshot `file_name` fed by [`UploadFeed::send`] with the
+    /// snapshot's bytes. With `sealing`, what is sent is compressed and encrypted on the way
+    /// and the object is named with the sealed suffix; if sealing cannot start, nothing is
+    /// uploaded (fail closed).
+    pub fn start_upload(
+        &self,
+        file_name: &str,
+        sealing: Option<&Encryption>,
+    ) -> Result<UploadFeed, String> {
+        let sealer = sealing
+            .map(|e| {
+                e.sealer()
+                    .map_err(|err| format!("encryption cannot start, nothing uploaded: {err}"))
+            })
+            .transpose()?;
         let (tx, rx) = mpsc::channel::<Bytes>(FEED_DEPTH);
         let (decide_tx, decide_rx) = oneshot::channel();
-        let key = self.key_for(file_name);
+        let key = self.key_for(&object_name(file_name, sealing));
         let this = self.clone();
         let k = key.clone();
         let handle = tokio::spawn(async move { this.run_upload(k, rx, decide_rx).await });
-        UploadFeed {
+        Ok(UploadFeed {
             tx: Some(tx),
             decide: Some(decide_tx),
             handle: Some(handle),
             failed: None,
             stall: self.stall,
             key,
-        }
+            sealer,
+            sealing: sealing.map(Encryption::describe),
+        })
     }
 
     async fn run_upload(
@@ -345,7 +378,7 @@ impl Remote {
         key: String,
         mut rx: mpsc::Receiver<Bytes>,
         decide: oneshot::Receiver<bool>,
-    ) -> Result<(opendal::Metadata, EtagCalc), String> {
+    ) -> Result<Sent, String> {
         let mut w = self
             .op
             .writer_with(&key)
@@ -354,8 +387,12 @@ impl Remote {
             .await
             .map_err(|e| self.explain(&e))?;
         let mut etag = EtagCalc::new(self.part_size);
+        let mut sha = sha2::Sha256::new();
+        let mut size = 0u64;
         while let Some(b) = rx.recv().await {
             etag.update(&b);
+            sha2::Digest::update(&mut sha, &b);
+            size += b.len() as u64;
             if let Err(e) = w.write(b).await {
                 let _ = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
                 return Err(self.explain(&e));
@@ -363,7 +400,12 @@ impl Remote {
         }
         match decide.await {
             Ok(true) => match w.close().await {
-                Ok(meta) => Ok((meta, etag)),
+                Ok(_meta) => Ok(Sent {
+                    etag,
+                    sha256: hex::encode(sha2::Digest::finalize(sha)),
+                    size,
+                    sealing: None,
+                }),
                 Err(e) => {
                     let _ = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
                     Err(self.explain(&e))
@@ -380,13 +422,31 @@ impl Remote {
         }
     }
 
-    /// Checks a completed object against the expected size and computed ETag.
-    pub async fn verify_object(
+    /// Checks a completed object against the size and ETag of what was sent. An object that
+    /// is not what was sent is deleted (the retry uploads from the local file).
+    async fn verify_object(&self, key: &str, sent: Sent) -> Result<Uploaded, String> {
+        let r = self.compare_object(key, sent.size, sent.etag).await;
+        if r.is_err() {
+            let _ = self.op.delete(key).await;
+        }
+        let etag = r?;
+        Ok(Uploaded {
+            key: key.to_string(),
+            etag,
+            sealed: sent.sealing.map(|sealing| SealedCopy {
+                sealing,
+                object_sha256: sent.sha256,
+                object_size_bytes: sent.size,
+            }),
+        })
+    }
+
+    async fn compare_object(
         &self,
         key: &str,
         size: u64,
         etag: EtagCalc,
-    ) -> Result<Uploaded, String> {
+    ) -> Result<Option<String>, String> {
         let meta = self.op.stat(key).await.map_err(|e| self.explain(&e))?;
         if meta.content_length() != size {
             return Err(format!(
@@ -412,12 +472,12 @@ impl Remote {
             _ => false,
         };
         tracing::debug!(key, etag_compared = checked, "upload verified");
-        Ok(Uploaded { etag: server })
+        Ok(server)
     }
 
-    /// Writes the JSON sidecar of `file_name`.
-    pub async fn put_sidecar(&self, file_name: &str, json: Vec<u8>) -> Result<(), String> {
-        let key = format!("{}{SIDECAR_SUFFIX}", self.key_for(file_name));
+    /// Writes the JSON sidecar of the object `object_name`.
+    pub async fn put_sidecar(&self, object_name: &str, json: Vec<u8>) -> Result<(), String> {
+        let key = format!("{}{SIDECAR_SUFFIX}", self.key_for(object_name));
         self.op
             .write(&key, json)
             .await
@@ -560,10 +620,12 @@ impl Remote {
 pub struct UploadFeed {
     tx: Option<mpsc::Sender<Bytes>>,
     decide: Option<oneshot::Sender<bool>>,
-    handle: Option<JoinHandle<Result<(opendal::Metadata, EtagCalc), String>>>,
+    handle: Option<JoinHandle<Result<Sent, String>>>,
     failed: Option<String>,
     stall: Duration,
     key: String,
+    sealer: Option<Sealer>,
+    sealing: Option<Sealing>,
 }
 
 impl UploadFeed {
@@ -571,10 +633,29 @@ impl UploadFeed {
         &self.key
     }
 
-    /// Feeds bytes; after a failure it does nothing.
+    /// Feeds the snapshot's bytes (sealed on the way when sealing); after a failure it does
+    /// nothing.
     pub async fn send(&mut self, b: &[u8]) {
+        if self.tx.is_none() {
+            return;
+        }
+        let bytes = match self.sealer.as_mut().map(|s| s.push(b)) {
+            None => Bytes::copy_from_slice(b),
+            Some(Ok(sealed)) if sealed.is_empty() => return,
+            Some(Ok(sealed)) => Bytes::from(sealed),
+            Some(Err(e)) => return self.fail(format!("encryption failed: {e}")),
+        };
+        self.send_raw(bytes).await
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.failed = Some(reason);
+        self.tx = None;
+    }
+
+    async fn send_raw(&mut self, bytes: Bytes) {
         let Some(tx) = &self.tx else { return };
-        match tokio::time::timeout(self.stall, tx.send(Bytes::copy_from_slice(b))).await {
+        match tokio::time::timeout(self.stall, tx.send(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 // The upload task ended early: its result says why.
@@ -590,13 +671,36 @@ impl UploadFeed {
         }
     }
 
-    /// Completes (`commit`) or aborts the upload and returns the server's metadata and the
-    /// computed ETag. Bounded by `timeout`.
-    pub async fn finish(
+    /// Completes the upload (the sealed stream's end sent first) and checks the object
+    /// against what was sent; an object that does not match is deleted. Bounded by `timeout`.
+    pub async fn complete(
         mut self,
-        commit: bool,
+        remote: &Remote,
         timeout: Duration,
-    ) -> Result<(opendal::Metadata, EtagCalc), String> {
+    ) -> Result<Uploaded, String> {
+        if let Some(sealer) = self.sealer.take() {
+            match sealer.finish() {
+                Ok(tail) => self.send_raw(Bytes::from(tail)).await,
+                Err(e) => self.fail(format!("encryption failed: {e}")),
+            }
+        }
+        let key = self.key.clone();
+        let sealing = self.sealing.take();
+        let mut sent = self.finish(true, timeout).await?;
+        sent.sealing = sealing;
+        remote.verify_object(&key, sent).await
+    }
+
+    /// Aborts the upload: nothing becomes visible.
+    pub async fn abort(self, timeout: Duration) {
+        if let Err(e) = self.finish(false, timeout).await {
+            tracing::debug!("upload aborted: {e}");
+        }
+    }
+
+    /// Completes (`commit`) or aborts the upload and returns what was sent. Bounded by
+    /// `timeout`.
+    async fn finish(mut self, commit: bool, timeout: Duration) -> Result<Sent, String> {
         let stalled = self.failed.take();
         let commit = commit && stalled.is_none();
         self.tx = None;

@@ -1,0 +1,197 @@
+//! Where a snapshot comes from: a file; a record id (its local file, or its remote copy
+//! downloaded); or a remote key (`s3://bucket/key` or a key in the configured bucket),
+//! downloaded into the state dir and checked against its record or sidecar. A sealed source
+//! (`[encryption]`: zstd + age) is opened with `--identity` into a private dir beside the
+//! downloads, and the snapshot inside is checked against the record's sha256.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::encryption::{self, Identities, Unsealed};
+use crate::fsutil::{self, under_root};
+use crate::records::{CopyState, Outcome, Record, RecordStore};
+use crate::state::StateDir;
+use crate::store::remote::Remote;
+
+/// A source found (and downloaded, for a remote one), not yet opened.
+#[derive(Debug)]
+pub struct Located {
+    pub path: PathBuf,
+    /// The plain snapshot's sha256, when a record or sidecar says it.
+    pub sha256: Option<String>,
+}
+
+/// A plain snapshot ready to read; a sealed source's plain copy lives as long as this.
+#[derive(Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    _unsealed: Option<Unsealed>,
+}
+
+/// Finds the snapshot `source` names and returns it plain: a sealed one is opened with the
+/// identity file `identity`. `config` is already under `root`.
+pub async fn resolve_source(
+    config: &Config,
+    root: &Path,
+    source: &str,
+    identity: Option<&Path>,
+) -> Result<Source, String> {
+    let found = locate(config, root, source).await?;
+    let sealed = encryption::is_sealed(&found.path)
+        .map_err(|e| format!("cannot read {}: {e}", found.path.display()))?;
+    if !sealed {
+        return Ok(Source {
+            path: found.path,
+            _unsealed: None,
+        });
+    }
+    let ids = identities(identity, &found.path)?;
+    let dir = StateDir::new(&config.state_dir).downloads();
+    fsutil::create_private_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let unsealed = Unsealed::create(&found.path, Some(&ids), &dir)?;
+    if let Some(want) = &found.sha256 {
+        let got = sha256_file(unsealed.path())?;
+        if &got != want {
+            return Err(format!(
+                "{} opens to a snapshot with sha256 {got}, but its record says {want}",
+                found.path.display()
+            ));
+        }
+    }
+    tracing::info!(source = %found.path.display(), "sealed snapshot opened");
+    Ok(Source {
+        path: unsealed.path().to_owned(),
+        _unsealed: Some(unsealed),
+    })
+}
+
+/// The identities of `--identity`, required for the sealed `what`.
+pub fn identities(identity: Option<&Path>, what: &Path) -> Result<Identities, String> {
+    let path = identity.ok_or_else(|| {
+        format!(
+            "{} is encrypted (age): give an identity that opens it with --identity FILE",
+            what.display()
+        )
+    })?;
+    Identities::load(path)
+}
+
+/// Finds the file or object `source` names; a remote one is downloaded and checked against
+/// the checksum its record or sidecar gives for the object.
+pub async fn locate(config: &Config, root: &Path, source: &str) -> Result<Located, String> {
+    let as_file = PathBuf::from(source);
+    if as_file.is_file() {
+        return Ok(Located {
+            path: as_file,
+            sha256: None,
+        });
+    }
+    let records = RecordStore::new(&config.state_dir)
+        .load()
+        .map(|f| f.records)
+        .unwrap_or_default();
+    if let Some(r) = records.iter().find(|r| r.id == source) {
+        if r.result != Outcome::Success {
+            return Err(format!("record {source} is not a successful backup"));
+        }
+        if let Some(l) = r.local.as_ref().filter(|l| l.state == CopyState::Present) {
+            for p in [l.path.clone(), under_root(root, &l.path)] {
+                if p.is_file() {
+                    return Ok(Located {
+                        path: p,
+                        sha256: r.sha256.clone(),
+                    });
+                }
+            }
+        }
+        if let (Some(c), Some(rc)) = (&r.remote, &config.remote_storage) {
+            if c.may_exist() {
+                let key = c
+                    .location
+                    .strip_prefix(&format!("s3://{}/", rc.bucket))
+                    .unwrap_or(&c.location)
+                    .to_string();
+                return download(config, &key, Some(r.clone())).await;
+            }
+        }
+        return Err(format!(
+            "record {source}: neither its local file nor a remote copy is available"
+        ));
+    }
+    if let Some(rc) = &config.remote_storage {
+        let key = source
+            .strip_prefix(&format!("s3://{}/", rc.bucket))
+            .unwrap_or(source);
+        let name = key.rsplit('/').next().unwrap_or("");
+        if crate::store::local::is_snapshot_file_name(name) {
+            return download(config, key, None).await;
+        }
+    }
+    Err(format!(
+        "--snapshot {source}: not a file, not a record id in {}, and not a remote key",
+        StateDir::new(&config.state_dir).records_file().display()
+    ))
+}
+
+async fn download(config: &Config, key: &str, record: Option<Record>) -> Result<Located, String> {
+    let rc = config
+        .remote_storage
+        .as_ref()
+        .ok_or("no [remote_storage] configured to download from")?;
+    let remote = Remote::open(rc, "-")?;
+    let dir = StateDir::new(&config.state_dir).downloads();
+    fsutil::create_private_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let name = key.rsplit('/').next().unwrap_or("snapshot.db");
+    let dest = dir.join(format!("{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&dest);
+    let n = remote.download(key, &dest).await?;
+    if n == 0 {
+        let _ = std::fs::remove_file(&dest);
+        return Err(format!("{} is empty", remote.location(key)));
+    }
+    let record = match record {
+        Some(r) => Some(r),
+        None => remote.read_sidecar(key).await.ok(),
+    };
+    // The object's own checksum: the sealed object's, or the snapshot's for a plain one.
+    let object_sha =
+        record.as_ref().and_then(
+            |r| match r.remote.as_ref().and_then(|c| c.sealed.as_ref()) {
+                Some(s) => Some(s.object_sha256.clone()),
+                None => r.sha256.clone(),
+            },
+        );
+    if let Some(want) = object_sha {
+        let got = sha256_file(&dest)?;
+        if got != want {
+            let _ = std::fs::remove_file(&dest);
+            return Err(format!(
+                "{} downloaded with sha256 {got}, but its record says {want}",
+                remote.location(key)
+            ));
+        }
+    }
+    tracing::info!(key, bytes = n, path = %dest.display(), "snapshot downloaded");
+    Ok(Located {
+        path: dest,
+        sha256: record.and_then(|r| r.sha256),
+    })
+}
+
+pub fn sha256_file(p: &Path) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
