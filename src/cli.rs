@@ -86,6 +86,12 @@ pub enum Command {
     /// from the snapshot (the old one is kept), rewrites etcd.yaml, waits for the restored
     /// member, rolls back on failure. Every step is journaled
     Restore(RestoreArgs),
+    /// Rebuild a control-plane node whose disk was lost, from the bucket: the newest good
+    /// backup of the node with a recovery bundle ([bundle]); its files (PKI, manifests, kubelet
+    /// and kubeadm configuration, the API server's encryption config) put back, then the
+    /// guarded restore of the snapshot. The kubelet must be stopped until it is done. Every
+    /// step is journaled; `--rollback` undoes it
+    Recover(RecoverArgs),
     /// Build an etcd data directory from a snapshot, as `etcdutl snapshot restore` does (same
     /// flags, same WAL and .snap bytes), checked first and published atomically. Touches no
     /// running etcd and no manifest; reads no configuration
@@ -170,6 +176,35 @@ pub struct RestoreArgs {
     /// Undo a restore from its journal [default: the newest under /etc/kubernetes/tmp]
     #[arg(long, value_name = "JOURNAL", num_args = 0..=1, conflicts_with_all = ["snapshot", "dry_run"])]
     pub rollback: Option<Option<PathBuf>>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RecoverArgs {
+    /// The member to recover [default: this machine's host name]
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Use this backup record (from `records --remote`) instead of the newest good one
+    #[arg(long, value_name = "ID")]
+    pub record: Option<String>,
+    /// The identity that opens the bundle and the snapshot (age identity file or unencrypted
+    /// OpenSSH private key)
+    #[arg(long, value_name = "FILE", required_unless_present = "rollback")]
+    pub identity: Option<PathBuf>,
+    /// The node's root file system is mounted here (a rescue system, a test)
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Replace files that exist and differ from the bundle (kept for --rollback)
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Show the plan and the restore's guards; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Undo the newest recover from its journal, from any point it reached
+    #[arg(long, conflicts_with_all = ["dry_run", "record", "overwrite"])]
+    pub rollback: bool,
 }
 
 #[derive(Debug, clap::Args)]

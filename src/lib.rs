@@ -14,6 +14,7 @@ pub mod restore;
 pub mod store;
 
 mod backup;
+mod bundle;
 mod config;
 mod daemon;
 mod encryption;

@@ -300,6 +300,30 @@ pub struct Record {
     /// The remote copy; absent when no remote storage is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteCopy>,
+    /// The node recovery bundle made with the remote copy (`[bundle]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleCopy>,
+}
+
+/// A node recovery bundle beside a remote copy: where it is and what it holds (paths, never
+/// contents).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleCopy {
+    /// `s3://<bucket>/<key>`.
+    pub location: String,
+    /// `uploaded`, `failed` (with `lastError`) or `deleted` (with its snapshot).
+    pub state: RemoteState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_size_bytes: Option<u64>,
+    /// Files in the bundle.
+    pub files: usize,
+    /// Its trees (with file counts) and single files.
+    pub holds: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// What a successful backup found, for its record.
@@ -360,6 +384,7 @@ impl Record {
             duration_seconds: duration,
             local: None,
             remote: None,
+            bundle: None,
         }
     }
 

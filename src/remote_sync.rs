@@ -12,9 +12,11 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::config::{Config, RemoteStorageConfig};
-use crate::records::{CopyState, Outcome, Record, RecordStore, RemoteCopy, RemoteState};
+use crate::records::{
+    BundleCopy, CopyState, Outcome, Record, RecordStore, RemoteCopy, RemoteState,
+};
 use crate::retention;
-use crate::store::local::snapshot_time;
+use crate::store::local::{bundle_name, snapshot_time};
 use crate::store::remote::{Remote, Uploaded};
 
 /// Writes the record as its object's JSON sidecar (plain JSON, nothing secret: readable
@@ -29,6 +31,66 @@ pub async fn write_sidecar(remote: &Remote, record: &Record) -> Result<(), Strin
     let mut json = serde_json::to_vec_pretty(record).expect("record serializes");
     json.push(b'\n');
     remote.put_sidecar(name, json).await
+}
+
+/// Makes this node's recovery bundle for `record` and uploads it beside its remote copy
+/// (`[bundle]`); the outcome goes into the record. A failed bundle never fails the backup: it
+/// is said in the record and the log.
+pub async fn attach_bundle(config: &Config, remote: &Remote, record: &mut Record) {
+    let (Some(b), Some(enc), Some(name)) = (
+        config.bundle.clone(),
+        config.encryption.clone(),
+        record.file_name.clone(),
+    ) else {
+        return;
+    };
+    let member = record
+        .member
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let object = bundle_name(&name, enc.suffix());
+    let location = remote.location(&remote.key_for(&object));
+    let built = tokio::task::spawn_blocking(move || {
+        crate::bundle::build(&b.root, &b.extra_paths, &member, &enc)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the bundle task failed: {e}")));
+    let mut copy = BundleCopy {
+        location,
+        state: RemoteState::Failed,
+        object_sha256: None,
+        object_size_bytes: None,
+        files: 0,
+        holds: Vec::new(),
+        last_error: None,
+    };
+    let result = match built {
+        Ok(built) => {
+            copy.files = built
+                .contents
+                .entries
+                .iter()
+                .filter(|e| e.kind == crate::bundle::Kind::File)
+                .count();
+            copy.holds = built.contents.summary();
+            copy.object_sha256 = Some(hex::encode(Sha256::digest(&built.sealed)));
+            copy.object_size_bytes = Some(built.sealed.len() as u64);
+            remote.put_small(&object, built.sealed).await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => {
+            copy.state = RemoteState::Uploaded;
+            tracing::info!(location = %copy.location, files = copy.files, "recovery bundle uploaded");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no recovery bundle with this backup");
+            copy.last_error = Some(e);
+        }
+    }
+    record.bundle = Some(copy);
 }
 
 /// Uploads a local snapshot file (sealed as `[encryption]` says now), checking on the way
@@ -172,9 +234,10 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
                     if let Some(c) = done.remote.as_mut() {
                         retried(c, &remote, &up, Utc::now());
                     }
+                    attach_bundle(config, &remote, &mut done).await;
                     write_sidecar(&remote, &done)
                         .await
-                        .map(|()| (remote, up))
+                        .map(|()| (remote, up, done.bundle))
                         .map_err(|e| format!("the sidecar could not be written: {e}"))
                 }
                 Err(e) => Err(e),
@@ -190,7 +253,10 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
                 return;
             };
             match &result {
-                Ok((remote, up)) => retried(c, remote, up, now),
+                Ok((remote, up, bundle)) => {
+                    retried(c, remote, up, now);
+                    r.bundle = bundle.clone();
+                }
                 Err(e) => {
                     c.retried_failed(now, e.clone());
                     if !local.path.exists() {
@@ -268,6 +334,9 @@ async fn apply_retention(
                     };
                     if let Some(pos) = deleted.iter().position(|d| d == c.object_name()) {
                         c.deleted(now, reasons[pos].clone());
+                        if let Some(b) = r.bundle.as_mut() {
+                            b.state = RemoteState::Deleted;
+                        }
                     }
                 }
                 retention::trim_history(f, config.history);

@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod encryption;
 mod engine;
+mod recover;
 mod remote;
 mod restore;
 mod retention;

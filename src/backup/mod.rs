@@ -131,6 +131,7 @@ pub async fn run_backup(
                 // is; only an uploaded copy gets one.
                 let uploaded = record.remote.as_ref().is_some_and(RemoteCopy::may_exist);
                 if let Some(remote) = r.remote.as_ref().filter(|_| uploaded) {
+                    remote_sync::attach_bundle(config, remote, &mut record).await;
                     if let Err(e) = remote_sync::write_sidecar(remote, &record).await {
                         if let Some(c) = record.remote.as_mut() {
                             c.retry_later(

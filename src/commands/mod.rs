@@ -8,6 +8,7 @@ mod decrypt;
 mod docs;
 mod output;
 mod records;
+mod recover;
 mod restore;
 mod restore_datadir;
 mod snapshot;
@@ -66,6 +67,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         } => decrypt::run(config_path, &source, &identity, &output),
         Command::RestoreDatadir(args) => restore_datadir::run(&args),
         Command::Restore(args) => restore::run(config_path, &args),
+        Command::Recover(args) => recover::run(config_path, &args),
         Command::Completions { shell } => docs::completions(shell),
         Command::Man { dir } => docs::man_pages(&dir),
         Command::Config {

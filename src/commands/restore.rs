@@ -15,22 +15,34 @@ use crate::restore::guarded::{self, Options, PrepareError, RolledBack};
 
 /// The node's configuration: `--config`, else its default path under `--root`, else the
 /// default; then every path of it under `--root`.
-fn node_config(config_path: Option<&Path>, a: &RestoreArgs) -> Result<Config, CommandError> {
-    let Some(root) = &a.root else {
-        return Ok(config::load(config_path)?);
-    };
-    let config = match config_path {
-        Some(p) => config::load(Some(p))?,
-        None => config::load_optional(&crate::fsutil::under_root(
+pub(super) fn node_config(
+    config_path: Option<&Path>,
+    root: Option<&Path>,
+) -> Result<Config, CommandError> {
+    let config = node_config_file(config_path, root)?;
+    Ok(match root {
+        Some(root) => config.under_root(root),
+        None => config,
+    })
+}
+
+/// The node's configuration as written (its paths not yet under `--root`).
+pub(super) fn node_config_file(
+    config_path: Option<&Path>,
+    root: Option<&Path>,
+) -> Result<Config, CommandError> {
+    Ok(match (config_path, root) {
+        (Some(p), _) => config::load(Some(p))?,
+        (None, None) => config::load(None)?,
+        (None, Some(root)) => config::load_optional(&crate::fsutil::under_root(
             root,
             Path::new(config::DEFAULT_CONFIG_PATH),
         ))?,
-    };
-    Ok(config.under_root(root))
+    })
 }
 
 pub(super) fn run(config_path: Option<&Path>, a: &RestoreArgs) -> CmdResult {
-    let config = node_config(config_path, a)?;
+    let config = node_config(config_path, a.root.as_deref())?;
     let opts = Options {
         source: a.snapshot.clone().unwrap_or_default(),
         root: a.root.clone(),
@@ -75,7 +87,12 @@ pub(super) fn run(config_path: Option<&Path>, a: &RestoreArgs) -> CmdResult {
     if a.yes {
         eprint!("{text}");
     } else {
-        confirm(&text).map_err(CommandError::Failed)?;
+        confirm(
+            &text,
+            "restore",
+            "This stops etcd and kube-apiserver on this node.",
+        )
+        .map_err(CommandError::Failed)?;
     }
     let snapshot = session.prepared().snapshot.clone();
     let j = rt
@@ -118,26 +135,21 @@ fn rollback(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Asks on the terminal; refuses without one.
-fn confirm(plan_text: &str) -> Result<(), String> {
+/// Asks on the terminal for `word`; refuses without one.
+pub(super) fn confirm(plan_text: &str, word: &str, warning: &str) -> Result<(), String> {
     if !std::io::stdin().is_terminal() {
-        return Err(
-            "no terminal to confirm the restore on: review it with --dry-run, then pass --yes"
-                .into(),
-        );
+        return Err(format!(
+            "no terminal to confirm the {word} on: review it with --dry-run, then pass --yes"
+        ));
     }
     let mut out = std::io::stderr();
-    let _ = write!(
-        out,
-        "{plan_text}\nThis stops etcd and kube-apiserver on this node. Type 'restore' to go \
-         ahead: "
-    );
+    let _ = write!(out, "{plan_text}\n{warning} Type '{word}' to go ahead: ");
     let _ = out.flush();
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
-    if line.trim() == "restore" {
+    if line.trim() == word {
         Ok(())
     } else {
         Err("not confirmed; nothing was changed".into())

@@ -55,11 +55,32 @@ pub(super) fn run(config_path: Option<&Path>) -> CmdResult {
             if let Some(c) = &r.remote {
                 use crate::records::RemoteState;
                 match c.state {
-                    RemoteState::Uploaded => print(&format!("remote copy {}\n", c.location))?,
+                    RemoteState::Uploaded => print(&format!(
+                        "remote copy {}{}\n",
+                        c.location,
+                        if c.sealed.is_some() {
+                            " (compressed and encrypted)"
+                        } else {
+                            ""
+                        }
+                    ))?,
                     _ => print(&format!(
                         "remote copy NOT made yet ({}); it will be retried: {}\n",
                         c.location,
                         c.last_error.as_deref().unwrap_or("unknown error")
+                    ))?,
+                }
+            }
+            if let Some(b) = &r.bundle {
+                use crate::records::RemoteState;
+                match b.state {
+                    RemoteState::Uploaded => print(&format!(
+                        "recovery bundle {} ({} files)\n",
+                        b.location, b.files
+                    ))?,
+                    _ => print(&format!(
+                        "recovery bundle NOT made: {}\n",
+                        b.last_error.as_deref().unwrap_or("unknown error")
                     ))?,
                 }
             }

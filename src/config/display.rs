@@ -153,6 +153,12 @@ impl Config {
                 }
             }
         }
+        if let Some(b) = &self.bundle {
+            let _ = writeln!(w, "\n[bundle]");
+            let _ = writeln!(w, "root = {}", quoted(&b.root));
+            let list: Vec<String> = b.extra_paths.iter().map(|p| quoted(p)).collect();
+            let _ = writeln!(w, "extra_paths = [{}]", list.join(", "));
+        }
         let _ = writeln!(w, "\n[records]");
         let _ = writeln!(w, "successful_history_limit = {}", self.history.successful);
         let _ = writeln!(w, "failed_history_limit = {}", self.history.failed);

@@ -53,6 +53,16 @@ pub struct Config {
     /// `[encryption]`: every copy that leaves the node is compressed and encrypted to these
     /// public recipients; `None`: copies are the snapshot itself.
     pub encryption: Option<Encryption>,
+    /// `[bundle]`: a node recovery bundle beside each remote copy (requires `[encryption]`).
+    pub bundle: Option<BundleConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BundleConfig {
+    /// Where the node's files are (`/`; another root for a chroot or a test node).
+    pub root: PathBuf,
+    /// More files or directories to take, besides kubeadm's.
+    pub extra_paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -20,6 +20,14 @@ pub(super) struct RawConfig {
     pub(super) remote_storage: Option<Spanned<RawRemote>>,
     pub(super) records: Option<RawRecords>,
     pub(super) encryption: Option<Spanned<RawEncryption>>,
+    pub(super) bundle: Option<Spanned<RawBundle>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBundle {
+    pub(super) root: Option<Spanned<PathBuf>>,
+    pub(super) extra_paths: Option<Vec<Spanned<PathBuf>>>,
 }
 
 #[derive(Debug, Deserialize)]

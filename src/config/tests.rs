@@ -267,3 +267,40 @@ fn redacted_display_round_trips() {
     let again = parse(&shown, None).unwrap();
     assert_eq!(again.to_redacted_toml(), shown);
 }
+
+#[test]
+fn encryption_and_bundle_settings() {
+    let r = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    let remote = "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\n";
+    // A bundle holds CA keys: never without encryption.
+    let e = errs(&format!("{remote}[bundle]\n"));
+    assert!(
+        e[0].contains("bundle: a recovery bundle holds the cluster's CA keys"),
+        "{e:?}"
+    );
+    let c = parse(
+        &format!("{remote}[encryption]\nrecipients = [{r:?}]\n[bundle]\n"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.encryption.as_ref().unwrap().compression,
+        Compression::Zstd(3)
+    );
+    assert_eq!(c.bundle.as_ref().unwrap().root, Path::new("/"));
+    assert!(c.to_redacted_toml().contains(r));
+    let e = errs(&format!(
+        "[encryption]\nrecipients = [{r:?}]\ncompression = \"lz4\"\ncompression_level = 40\n"
+    ));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e
+        .iter()
+        .any(|m| m.contains("/etc/x.toml:4:") && m.contains("1 to 19")));
+    assert!(e.iter().any(|m| m.contains("\"lz4\" is not a compression")));
+    let c = parse(
+        &format!("[encryption]\nrecipients = [{r:?}]\ncompression = \"none\"\n"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.encryption.unwrap().suffix(), ".age");
+}

@@ -249,6 +249,27 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
     let remote_storage = raw.remote_storage.map(|r| validate_remote(r, v));
 
     let encryption = raw.encryption.map(|e| validate_encryption(e, v));
+    let bundle = raw.bundle.map(|b| {
+        let span = b.span();
+        let b = b.into_inner();
+        if encryption.is_none() || remote_storage.is_none() {
+            v.problem(
+                Some(span),
+                "bundle",
+                "a recovery bundle holds the cluster's CA keys: it needs [encryption] (it is \
+                 never written unencrypted) and [remote_storage] (where it is kept)",
+            );
+        }
+        BundleConfig {
+            root: v.path(b.root, "bundle.root", Path::new("/")),
+            extra_paths: b
+                .extra_paths
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| v.path(Some(p), "bundle.extra_paths", Path::new("")))
+                .collect(),
+        }
+    });
 
     let rec = raw.records.unwrap_or_default();
     let mut limit = |raw: Option<Spanned<i64>>, field: &str, default: usize| {
@@ -281,6 +302,7 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         remote_storage,
         history,
         encryption,
+        bundle,
     }
 }
 

@@ -55,6 +55,16 @@ impl EtcdManifest {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<EtcdManifest, ManifestError> {
+        EtcdManifest::parse_container(text, path, "etcd")
+    }
+
+    /// The container of a static pod manifest that is named `program` or runs it (kubeadm's
+    /// other control-plane pods read the same way: flags, hostPath volumes, mounts).
+    pub fn parse_container(
+        text: &str,
+        path: &Path,
+        program: &str,
+    ) -> Result<EtcdManifest, ManifestError> {
         let content = |message: String| ManifestError::Content {
             path: path.to_owned(),
             message,
@@ -77,16 +87,16 @@ impl EtcdManifest {
                 })
                 .unwrap_or_default()
         };
-        let is_etcd = |c: &Value| {
-            c.get("name").and_then(Value::as_str) == Some("etcd")
+        let runs = |c: &Value| {
+            c.get("name").and_then(Value::as_str) == Some(program)
                 || strings(c.get("command"))
                     .first()
-                    .is_some_and(|cmd| cmd == "etcd" || cmd.ends_with("/etcd"))
+                    .is_some_and(|cmd| cmd == program || cmd.ends_with(&format!("/{program}")))
         };
         let container = containers
             .iter()
-            .find(|c| is_etcd(c))
-            .ok_or_else(|| content("no container named \"etcd\"".into()))?;
+            .find(|c| runs(c))
+            .ok_or_else(|| content(format!("no container named {program:?}")))?;
         let mut words = strings(container.get("command"));
         if !words.is_empty() {
             words.remove(0); // the program itself
@@ -142,6 +152,27 @@ impl EtcdManifest {
             path: self.path.clone(),
             message,
         }
+    }
+
+    /// The host path of what the container sees at `container_path`, through its hostPath
+    /// mounts (the longest matching mount wins); the path itself when no mount covers it.
+    pub fn host_path(&self, container_path: &str) -> String {
+        let mut best: Option<(&str, &str)> = None;
+        for (vol, mount) in &self.mounts {
+            let mt = mount.trim_end_matches('/');
+            if (container_path == mt || container_path.starts_with(&format!("{mt}/")))
+                && best.is_none_or(|(_, b)| mt.len() > b.len())
+            {
+                best = Some((vol, mt));
+            }
+        }
+        best.and_then(|(vol, mt)| {
+            self.host_paths
+                .iter()
+                .find(|(n, _)| n == vol)
+                .map(|(_, p)| format!("{}{}", p.trim_end_matches('/'), &container_path[mt.len()..]))
+        })
+        .unwrap_or_else(|| container_path.to_string())
     }
 
     /// A flag that must be there.

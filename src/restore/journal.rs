@@ -197,7 +197,12 @@ impl Journal {
 /// Test hook: `ETCDGUARD_TEST_CRASH_AFTER=<step>` kills the process (SIGKILL, no cleanup) right
 /// after that step is journaled as done, so tests can prove a rollback from every point.
 fn crash_point(step: Step) {
-    if std::env::var("ETCDGUARD_TEST_CRASH_AFTER").is_ok_and(|s| s == step.name()) {
+    crash_at(step.name());
+}
+
+/// The same hook for a step named `name` (the steps of `recover`).
+pub(crate) fn crash_at(name: &str) {
+    if std::env::var("ETCDGUARD_TEST_CRASH_AFTER").is_ok_and(|s| s == name) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }

@@ -26,6 +26,13 @@ pub fn snapshot_file_name(at: DateTime<Utc>, member: &str) -> String {
     )
 }
 
+/// The recovery bundle made with snapshot `file_name` (`….db`), sealed with `sealed_suffix`:
+/// `snapshot-etcd-<stamp>-<member>.bundle.tar<suffix>`.
+pub fn bundle_name(file_name: &str, sealed_suffix: &str) -> String {
+    let stem = file_name.strip_suffix(SUFFIX).unwrap_or(file_name);
+    format!("{stem}.bundle.tar{sealed_suffix}")
+}
+
 /// Member names become part of a file name: keep `[A-Za-z0-9._-]`, replace the rest.
 pub fn sanitize_member(member: &str) -> String {
     let s: String = member

@@ -28,25 +28,9 @@ pub struct Node {
 impl Node {
     /// The host path of a file the etcd container sees at `container_path` (through its mounts).
     pub fn host_file(&self, container_path: &str) -> PathBuf {
-        let m = &self.manifest;
-        let mut best: Option<(&str, &str)> = None;
-        for (vol, mount) in &m.mounts {
-            let mt = mount.trim_end_matches('/');
-            if container_path.starts_with(&format!("{mt}/"))
-                && best.is_none_or(|(_, b)| mt.len() > b.len())
-            {
-                best = Some((vol, mt));
-            }
-        }
-        let host = best.and_then(|(vol, mt)| {
-            m.host_paths
-                .iter()
-                .find(|(n, _)| n == vol)
-                .map(|(_, p)| format!("{}{}", p.trim_end_matches('/'), &container_path[mt.len()..]))
-        });
         under_root(
             &self.root,
-            Path::new(host.as_deref().unwrap_or(container_path)),
+            Path::new(&self.manifest.host_path(container_path)),
         )
     }
 

@@ -551,17 +551,46 @@ impl Remote {
             .map_err(|e| format!("sidecar of {} does not parse: {e}", self.location(key)))
     }
 
-    /// Deletes this node's snapshot `name` and its sidecar. Refuses anything else.
+    /// Deletes this node's snapshot `name`, its sidecar and its recovery bundle, if any.
+    /// Refuses anything else.
     pub async fn delete_snapshot(&self, name: &str) -> Result<(), String> {
         if !is_snapshot_file_name(name) {
             return Err(format!("refusing to delete {name:?}: not a snapshot name"));
         }
         let key = self.key_for(name);
         self.op.delete(&key).await.map_err(|e| self.explain(&e))?;
+        let plain = crate::encryption::plain_name(name);
+        for suffix in [".zst.age", ".age"] {
+            let bundle = self.key_for(&crate::store::local::bundle_name(&plain, suffix));
+            self.op
+                .delete(&bundle)
+                .await
+                .map_err(|e| self.explain(&e))?;
+        }
         self.op
             .delete(&format!("{key}{SIDECAR_SUFFIX}"))
             .await
             .map_err(|e| self.explain(&e))
+    }
+
+    /// Writes a small object `name` (a recovery bundle) in one PUT and checks its size.
+    pub async fn put_small(&self, name: &str, bytes: Vec<u8>) -> Result<String, String> {
+        let key = self.key_for(name);
+        let len = bytes.len() as u64;
+        self.op
+            .write(&key, bytes)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        let meta = self.op.stat(&key).await.map_err(|e| self.explain(&e))?;
+        if meta.content_length() != len {
+            let _ = self.op.delete(&key).await;
+            return Err(format!(
+                "{} has {} bytes after the upload, expected {len}",
+                self.location(&key),
+                meta.content_length()
+            ));
+        }
+        Ok(key)
     }
 
     /// Downloads `key` to `dest` (created 0600, fsynced), streaming.

@@ -1,0 +1,544 @@
+//! `etcdguard recover`: a control-plane node whose disk was lost, rebuilt from the bucket. On a
+//! freshly installed machine with only the etcdguard configuration and an identity: the newest
+//! good backup of the node that has a recovery bundle is found from the sidecars, the bundle
+//! downloaded, opened and checked, its files put back (PKI, manifests, kubelet and kubeadm
+//! configuration, the API server's EncryptionConfiguration) with their modes and owners, and
+//! then the guarded restore of the snapshot runs.
+//!
+//! The kubelet must not run meanwhile: the data dir has to be in place before it starts etcd
+//! from the manifests put back (a kubelet that found them first would start an empty etcd).
+//! Every change is journaled (`<state_dir>/recover/<stamp>/journal.json`); `--rollback` undoes
+//! it from any point: the restore's own rollback, the data dir it built moved aside, the
+//! files put back removed and replaced ones restored. Bundle contents are never printed or
+//! logged, only paths.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{self, Contents, Entry, Kind};
+use crate::config::Config;
+use crate::encryption::Identities;
+use crate::fsutil::{self, under_root};
+use crate::remote_sync::{list_remote, RemoteEntry};
+use crate::restore::guarded::{self, Options};
+use crate::store::local::sanitize_member;
+use crate::store::remote::Remote;
+
+const JOURNAL: &str = "journal.json";
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct RecoverOptions {
+    /// The member to recover; default: this machine's host name.
+    pub node: Option<String>,
+    /// A record id of that node to use instead of the newest good one with a bundle.
+    pub record: Option<String>,
+    pub identity: PathBuf,
+    pub root: Option<PathBuf>,
+    /// Replace files that exist and differ from the bundle (kept for the rollback).
+    pub overwrite: bool,
+}
+
+impl RecoverOptions {
+    fn root(&self) -> PathBuf {
+        self.root.clone().unwrap_or_else(|| PathBuf::from("/"))
+    }
+}
+
+/// What happens to one path of the bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Create,
+    /// Already there, identical (content, mode, owner).
+    Same,
+    /// There and different: replaced with `--overwrite` (the old one kept), refused without.
+    Replace,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    pub entry: Entry,
+    pub action: Action,
+}
+
+/// Everything `recover` will do, read before anything changes.
+pub struct Plan {
+    pub source: RemoteEntry,
+    pub contents: Contents,
+    pub placements: Vec<Placement>,
+    pub data_dir: PathBuf,
+    /// `<state_dir>/recover/<stamp>`: the bundle, its files, replaced files, the journal.
+    pub work: PathBuf,
+    pub stamp: String,
+    pub refusals: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoverState {
+    InProgress,
+    Done,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecoverJournal {
+    version: u32,
+    id: String,
+    started_at: DateTime<Utc>,
+    state: RecoverState,
+    record_id: String,
+    snapshot_key: String,
+    root: PathBuf,
+    data_dir: PathBuf,
+    placements: Vec<Placement>,
+    /// Step names with `started` / `done`.
+    steps: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<String>,
+}
+
+impl RecoverJournal {
+    fn save(&self, work: &Path) -> Result<(), String> {
+        let mut json = serde_json::to_vec_pretty(self).expect("journal serializes");
+        json.push(b'\n');
+        fsutil::write_atomic(&work.join(JOURNAL), &json, fsutil::PRIVATE_FILE_MODE)
+            .map_err(|e| format!("journal: {e}"))
+    }
+
+    fn mark(&mut self, work: &Path, step: &str, state: &str) -> Result<(), String> {
+        self.steps.push((step.to_string(), state.to_string()));
+        self.save(work)?;
+        if state == "done" {
+            super::journal::crash_at(step);
+        }
+        Ok(())
+    }
+
+    fn started(&self, step: &str) -> bool {
+        self.steps.iter().any(|(s, _)| s == step)
+    }
+}
+
+fn this_host() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// Finds the backup, downloads and opens its bundle, and compares it with the node. Changes
+/// nothing on the node (the work dir under the state dir holds the download).
+pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, String> {
+    let rc = config.remote_storage.as_ref().ok_or(
+        "no [remote_storage] in the configuration: recover finds the node's backups in the bucket",
+    )?;
+    let ids = Identities::load(&opts.identity)?;
+    let node = opts
+        .node
+        .clone()
+        .or_else(this_host)
+        .ok_or("cannot tell this node's member name from the host name: give --node NAME")?;
+    let source = choose(list_remote(rc).await?, &node, opts.record.as_deref())?;
+    let bundle_copy = source.record.bundle.clone().expect("chosen with a bundle");
+    let root = opts.root();
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let work = config.state_dir.join("recover").join(&stamp);
+    fsutil::create_private_dir_all(&work.join("files"))
+        .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let key = bundle_copy
+        .location
+        .strip_prefix(&format!("s3://{}/", rc.bucket))
+        .unwrap_or(&bundle_copy.location)
+        .to_string();
+    let sealed = work.join("bundle.tar.age");
+    Remote::open(rc, "-")?.download(&key, &sealed).await?;
+    if let Some(want) = &bundle_copy.object_sha256 {
+        let got = super::source::sha256_file(&sealed)?;
+        if &got != want {
+            return Err(format!(
+                "{} downloaded with sha256 {got}, but its record says {want}",
+                bundle_copy.location
+            ));
+        }
+    }
+    let contents = bundle::unpack(&sealed, &ids, &work.join("files"))?;
+    let mut placements = Vec::new();
+    let mut conflicts = Vec::new();
+    for e in &contents.entries {
+        let action = compare(
+            e,
+            &under_root(&root, Path::new(&e.path)),
+            &work.join("files"),
+        );
+        if action == Action::Replace {
+            conflicts.push(e.path.clone());
+        }
+        placements.push(Placement {
+            entry: e.clone(),
+            action,
+        });
+    }
+    let manifest = work.join("files/etc/kubernetes/manifests/etcd.yaml");
+    let data_dir = crate::kubeadm::EtcdManifest::load(&manifest)
+        .and_then(|m| m.host_data_dir())
+        .map(|d| under_root(&root, Path::new(&d.host_path)))
+        .map_err(|e| format!("the bundle's etcd manifest: {e}"))?;
+    let mut refusals = Vec::new();
+    if std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some()) {
+        refusals.push(format!(
+            "{} exists and is not empty: this node still has its etcd data; use `etcdguard \
+             restore` (recover is for a node whose disk was lost)",
+            data_dir.display()
+        ));
+    }
+    if !conflicts.is_empty() && !opts.overwrite {
+        refusals.push(format!(
+            "{} file(s) on the node differ from the bundle ({}); pass --overwrite to replace \
+             them (the current ones are kept for --rollback)",
+            conflicts.len(),
+            conflicts.join(", ")
+        ));
+    }
+    if root == Path::new("/") && kubelet_running() {
+        refusals.push(
+            "the kubelet is running: stop it first (`systemctl stop kubelet`); the data dir must \
+             be in place before it starts etcd from the manifests put back"
+                .into(),
+        );
+    }
+    Ok(Plan {
+        source,
+        contents,
+        placements,
+        data_dir,
+        work,
+        stamp,
+        refusals,
+    })
+}
+
+/// The newest successful backup of `node` with an uploaded bundle (or the record `id`).
+fn choose(all: Vec<RemoteEntry>, node: &str, id: Option<&str>) -> Result<RemoteEntry, String> {
+    let dir = sanitize_member(node);
+    let usable = |e: &RemoteEntry| {
+        e.record.result == crate::records::Outcome::Success
+            && e.record
+                .bundle
+                .as_ref()
+                .is_some_and(|b| b.state == crate::records::RemoteState::Uploaded)
+    };
+    let mine: Vec<RemoteEntry> = all
+        .into_iter()
+        .filter(|e| e.node.rsplit('/').next() == Some(dir.as_str()))
+        .collect();
+    let found = match id {
+        Some(id) => mine.into_iter().find(|e| e.record.id == id),
+        None => mine.into_iter().find(usable),
+    };
+    match found {
+        Some(e) if usable(&e) => Ok(e),
+        Some(e) => Err(format!(
+            "record {} of node {node} has no recovery bundle in the bucket",
+            e.record.id
+        )),
+        None => Err(format!(
+            "no successful backup with a recovery bundle for node {node} in the bucket (give \
+             --node NAME; `etcdguard records --remote` lists the nodes)"
+        )),
+    }
+}
+
+/// How `e` compares with what is at `target` (`staged` holds the bundle's files).
+fn compare(e: &Entry, target: &Path, staged: &Path) -> Action {
+    let Ok(meta) = std::fs::symlink_metadata(target) else {
+        return Action::Create;
+    };
+    let owner_mode =
+        meta.uid() == e.uid && meta.gid() == e.gid && meta.permissions().mode() & 0o7777 == e.mode;
+    let same = match e.kind {
+        Kind::Dir => meta.is_dir(),
+        Kind::Symlink => {
+            meta.file_type().is_symlink()
+                && std::fs::read_link(target)
+                    .ok()
+                    .map(|t| t.display().to_string())
+                    == e.target
+        }
+        Kind::File => {
+            meta.is_file()
+                && std::fs::read(target).ok()
+                    == std::fs::read(under_root(staged, Path::new(&e.path))).ok()
+        }
+    };
+    match (same, e.kind) {
+        // A directory that exists is used as it is.
+        (true, Kind::Dir) => Action::Same,
+        (true, _) if owner_mode => Action::Same,
+        _ => Action::Replace,
+    }
+}
+
+fn kubelet_running() -> bool {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(Result::ok).any(|p| {
+                std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim() == "kubelet")
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The plan for the operator: the backup, then each path and what happens to it. No content.
+pub fn plan_text(p: &Plan) -> String {
+    let r = &p.source.record;
+    let mut out = format!(
+        "recover node {} from the bucket\n  backup    {} taken {} (revision {}, {} bytes)\n  \
+         snapshot  {}\n  bundle    {} ({} entries)\n  data dir  {}\n\nfiles put back:\n",
+        p.contents.member,
+        r.id,
+        r.backup_timestamp.to_rfc3339(),
+        r.revision.unwrap_or(0),
+        r.size_bytes.unwrap_or(0),
+        p.source.key,
+        r.bundle.as_ref().map_or("", |b| b.location.as_str()),
+        p.contents.entries.len(),
+        p.data_dir.display(),
+    );
+    for pl in &p.placements {
+        let e = &pl.entry;
+        let what = match pl.action {
+            Action::Create => "create ",
+            Action::Same => "same   ",
+            Action::Replace => "REPLACE",
+        };
+        out.push_str(&format!(
+            "  {what} {:<7} {:04o} {}:{}  {}\n",
+            format!("{:?}", e.kind).to_lowercase(),
+            e.mode,
+            e.uid,
+            e.gid,
+            e.path
+        ));
+    }
+    out.push_str(
+        "\nthen: the guarded restore of the snapshot (its plan and guards follow), without \
+         waiting for etcd; start the kubelet afterwards.\n",
+    );
+    for r in &p.refusals {
+        out.push_str(&format!("REFUSED: {r}\n"));
+    }
+    out
+}
+
+/// Puts the files back and runs the guarded restore. `restore_opts` carries the restore's
+/// flags (its source and identity are set here).
+pub async fn execute(config: &Config, p: &Plan, restore_opts: &Options) -> Result<String, String> {
+    if let Some(r) = p.refusals.first() {
+        return Err(format!("{r}; nothing was changed"));
+    }
+    let mut j = RecoverJournal {
+        version: 1,
+        id: p.stamp.clone(),
+        started_at: Utc::now(),
+        state: RecoverState::InProgress,
+        record_id: p.source.record.id.clone(),
+        snapshot_key: p.source.key.clone(),
+        root: restore_opts.root(),
+        data_dir: p.data_dir.clone(),
+        placements: p.placements.clone(),
+        steps: Vec::new(),
+        outcome: None,
+    };
+    j.save(&p.work)?;
+    let result = steps(config, p, restore_opts, &mut j).await;
+    match &result {
+        Ok(_) => {
+            j.state = RecoverState::Done;
+            j.outcome = Some("recovered".into());
+        }
+        Err(e) => j.outcome = Some(e.clone()),
+    }
+    j.save(&p.work)?;
+    result
+}
+
+async fn steps(
+    config: &Config,
+    p: &Plan,
+    restore_opts: &Options,
+    j: &mut RecoverJournal,
+) -> Result<String, String> {
+    let root = restore_opts.root();
+    j.mark(&p.work, "files-placed", "started")?;
+    place_files(&root, &p.placements, &p.work)?;
+    j.mark(&p.work, "files-placed", "done")?;
+
+    j.mark(&p.work, "restored", "started")?;
+    let mut opts = restore_opts.clone();
+    opts.source = p.source.key.clone();
+    opts.no_wait = true;
+    let session = guarded::begin(config, &opts)
+        .await
+        .map_err(|e| format!("the restore did not start: {e}"))?;
+    let plan = session.plan_text();
+    if !session.prepared().ok() {
+        return Err(format!("the restore's guards refused:\n{plan}"));
+    }
+    let restored = session.execute().await;
+    restored.map_err(|e| format!("the restore failed: {e}"))?;
+    j.mark(&p.work, "restored", "done")?;
+    Ok(plan)
+}
+
+/// Places the bundle's entries under `root` in order (directories before their contents):
+/// replaced files are first copied to `<work>/replaced/`.
+fn place_files(root: &Path, placements: &[Placement], work: &Path) -> Result<(), String> {
+    for pl in placements.iter().filter(|p| p.action == Action::Replace) {
+        let target = under_root(root, Path::new(&pl.entry.path));
+        if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
+            let keep = under_root(&work.join("replaced"), Path::new(&pl.entry.path));
+            copy_keeping(&target, &keep)?;
+        }
+    }
+    for pl in placements.iter().filter(|p| p.action != Action::Same) {
+        let e = &pl.entry;
+        let target = under_root(root, Path::new(&e.path));
+        let io = |what: &str, err: std::io::Error| format!("{what} {}: {err}", target.display());
+        match e.kind {
+            Kind::Dir => {
+                std::fs::create_dir_all(&target).map_err(|err| io("cannot create", err))?;
+            }
+            Kind::File => {
+                let bytes = std::fs::read(under_root(&work.join("files"), Path::new(&e.path)))
+                    .map_err(|err| io("cannot read the bundle's copy of", err))?;
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|err| io("cannot create", err))?;
+                }
+                fsutil::write_atomic(&target, &bytes, e.mode)
+                    .map_err(|err| io("cannot write", err))?;
+            }
+            Kind::Symlink => {
+                let _ = std::fs::remove_file(&target);
+                std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), &target)
+                    .map_err(|err| io("cannot link", err))?;
+            }
+        }
+        set_owner_mode(&target, e).map_err(|err| io("cannot set owner and mode of", err))?;
+    }
+    Ok(())
+}
+
+fn set_owner_mode(target: &Path, e: &Entry) -> std::io::Result<()> {
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        target,
+        Some(nix::unistd::Uid::from_raw(e.uid)),
+        Some(nix::unistd::Gid::from_raw(e.gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(std::io::Error::from)?;
+    if e.kind != Kind::Symlink {
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(e.mode))?;
+    }
+    Ok(())
+}
+
+fn copy_keeping(from: &Path, to: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let mode = fsutil::mode_of(from).unwrap_or(0o600);
+    if let Some(parent) = to.parent() {
+        fsutil::create_private_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    fsutil::write_atomic(to, &bytes, mode).map_err(|e| format!("{}: {e}", to.display()))
+}
+
+/// How a rollback went.
+pub enum RecoverRolledBack {
+    Now(PathBuf),
+    Already(PathBuf),
+}
+
+/// Undoes the newest recover (its journal under the state dir), from whatever point it
+/// reached: the restore rolled back, the data dir it built moved aside, files put back
+/// removed, replaced ones restored. Running it twice is harmless.
+pub async fn rollback(
+    config: &Config,
+    restore_opts: &Options,
+) -> Result<RecoverRolledBack, String> {
+    let dir = config.state_dir.join("recover");
+    let mut stamps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("no recover journal under {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join(JOURNAL).is_file())
+        .collect();
+    stamps.sort();
+    let work = stamps
+        .pop()
+        .ok_or_else(|| format!("no recover journal under {}", dir.display()))?;
+    let bytes = std::fs::read(work.join(JOURNAL)).map_err(|e| e.to_string())?;
+    let mut j: RecoverJournal = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("recover journal {} does not parse: {e}", work.display()))?;
+    if j.state == RecoverState::RolledBack {
+        return Ok(RecoverRolledBack::Already(work));
+    }
+    if j.started("restored") {
+        let mut opts = restore_opts.clone();
+        opts.no_wait = true;
+        match guarded::rollback(config, &opts, None).await {
+            Ok(_) => {}
+            Err(e) if e.contains("no restore journal found") => {}
+            Err(e) => return Err(e),
+        }
+        if j.data_dir.exists() {
+            let aside = PathBuf::from(format!(
+                "{}.recover-rolled-back-{}",
+                j.data_dir.display(),
+                j.id
+            ));
+            fsutil::rename_durable(&j.data_dir, &aside)
+                .map_err(|e| format!("moving the restored data dir aside: {e}"))?;
+        }
+    }
+    undo_files(&j.root, &j.placements, &work)?;
+    j.state = RecoverState::RolledBack;
+    j.outcome = Some("rolled back".into());
+    j.save(&work)?;
+    Ok(RecoverRolledBack::Now(work))
+}
+
+/// Files created are removed, replaced ones restored, created directories removed when empty
+/// (deepest first).
+fn undo_files(root: &Path, placements: &[Placement], work: &Path) -> Result<(), String> {
+    for pl in placements.iter().rev() {
+        let target = under_root(root, Path::new(&pl.entry.path));
+        match (pl.action, pl.entry.kind) {
+            (Action::Same, _) => {}
+            (Action::Create, Kind::Dir) => {
+                let _ = std::fs::remove_dir(&target);
+            }
+            (Action::Create, _) => match std::fs::remove_file(&target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot remove {}: {e}", target.display())),
+            },
+            (Action::Replace, _) => {
+                let keep = under_root(&work.join("replaced"), Path::new(&pl.entry.path));
+                if keep.is_file() {
+                    let meta = std::fs::metadata(&keep).map_err(|e| e.to_string())?;
+                    let bytes = std::fs::read(&keep).map_err(|e| e.to_string())?;
+                    fsutil::write_atomic(&target, &bytes, meta.permissions().mode() & 0o7777)
+                        .map_err(|e| format!("cannot restore {}: {e}", target.display()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
