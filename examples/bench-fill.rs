@@ -3,7 +3,11 @@
 //! incompressible bytes (as protobuf-encoded objects and Secrets are, to a compressor), some
 //! keys overwritten (old revisions stay until compaction, as in a live cluster).
 //!
-//!   cargo run --release --example bench-fill -- <client URL> <pki dir> <target MiB>
+//!   cargo run --release --example bench-fill -- <client URL> <pki dir> <target MiB> [k8s]
+//!
+//! With `k8s`, values are shaped like Kubernetes objects instead (for the compression
+//! benchmark): kind, metadata, labels and managedFields as text with the repetition real
+//! objects have, random uids and resource versions, and for Secrets an opaque random payload.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +24,10 @@ const RESOURCES: [&str; 8] = [
     "replicasets",
 ];
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// xorshift64*: cheap deterministic bytes.
 struct Rng(u64);
 impl Rng {
@@ -29,6 +37,43 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+    /// A value shaped like a Kubernetes object of resource `r`, about `len` bytes.
+    fn object(&mut self, r: &str, ns: u64, name: &str, len: usize) -> Vec<u8> {
+        use std::fmt::Write;
+        let mut v = String::with_capacity(len + 512);
+        let uid = hex(&self.bytes(16));
+        let _ = write!(
+            v,
+            "k8s\0{{\"kind\":\"{r}\",\"apiVersion\":\"v1\",\"metadata\":{{\"name\":\"{name}\",\
+             \"namespace\":\"ns-{ns}\",\"uid\":\"{uid}\",\"resourceVersion\":\"{}\",\
+             \"labels\":{{\"app.kubernetes.io/name\":\"web-{}\",\"app.kubernetes.io/part-of\":\
+             \"shop\",\"pod-template-hash\":\"{}\"}},\"managedFields\":[",
+            self.next() % 100_000_000,
+            self.next() % 50,
+            &hex(&self.bytes(5))[..10]
+        );
+        let payload = if r == "secrets" { len / 2 } else { 0 };
+        while v.len() + payload < len {
+            let _ = write!(
+                v,
+                "{{\"manager\":\"kube-controller-manager\",\"operation\":\"Update\",\
+                 \"apiVersion\":\"apps/v1\",\"time\":\"2026-11-{:02}T{:02}:{:02}:{:02}Z\",\
+                 \"fieldsType\":\"FieldsV1\",\"fieldsV1\":{{\"f:status\":{{\"f:conditions\":\
+                 {{\"k:{{\\\"type\\\":\\\"Ready\\\"}}\":{{\"f:lastTransitionTime\":{{}},\
+                 \"f:status\":{{}}}}}},\"f:replicas\":{{}},\"f:observedGeneration\":{}}}}}}},",
+                1 + self.next() % 28,
+                self.next() % 24,
+                self.next() % 60,
+                self.next() % 60,
+                self.next() % 1000
+            );
+        }
+        v.push_str("]}}");
+        let mut out = v.into_bytes();
+        out.extend(self.bytes(payload));
+        out
+    }
+
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = Vec::with_capacity(n + 8);
         while v.len() < n {
@@ -64,6 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     let target = target_mib << 20;
+    let shaped = args.get(4).is_some_and(|a| a == "k8s");
     let start = Instant::now();
     let mut handles = Vec::new();
     for worker in 0..16u64 {
@@ -93,7 +139,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             continue; // one key at most once per transaction
                         }
                         let len = 1024 + (rng.next() % (23 * 1024)) as usize;
-                        ops.push(TxnOp::put(key, rng.bytes(len), None));
+                        let value = if shaped {
+                            rng.object(r, name % 40, &format!("obj-{worker}-{name:08}"), len)
+                        } else {
+                            rng.bytes(len)
+                        };
+                        ops.push(TxnOp::put(key, value, None));
                         n += 1;
                     }
                     c.txn(Txn::new().and_then(ops)).await?;
