@@ -155,6 +155,9 @@ pub fn parse_recipients_file(text: &str) -> Result<Vec<Recipient>, (usize, Strin
 pub struct Encryption {
     pub recipients: Vec<Recipient>,
     pub compression: Compression,
+    /// Local copies are sealed too (the plain snapshot exists only as the hidden temp file
+    /// while it is checked).
+    pub encrypt_local: bool,
 }
 
 impl Encryption {
@@ -204,6 +207,45 @@ impl Encryption {
             chain: Some(chain),
             out,
         })
+    }
+}
+
+/// Seals the plain file `src` into `out` (fsynced); returns the sealed bytes' sha256 and size.
+pub fn seal_file(src: &Path, out: &std::fs::File, enc: &Encryption) -> io::Result<(String, u64)> {
+    let mut input = std::fs::File::open(src)?;
+    let mut sealer = enc.sealer()?;
+    let mut w = Counted {
+        w: io::BufWriter::with_capacity(BUF, out),
+        h: Sha256::new(),
+        n: 0,
+    };
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let k = input.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        w.put(&sealer.push(&buf[..k])?)?;
+    }
+    w.put(&sealer.finish()?)?;
+    w.w.flush()?;
+    let (h, n) = (w.h, w.n);
+    out.sync_all()?;
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// A writer that hashes and counts what it writes.
+struct Counted<W: Write> {
+    w: W,
+    h: Sha256,
+    n: u64,
+}
+
+impl<W: Write> Counted<W> {
+    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+        self.h.update(b);
+        self.n += b.len() as u64;
+        self.w.write_all(b)
     }
 }
 
@@ -585,6 +627,7 @@ mod tests {
             let enc = Encryption {
                 recipients: vec![Recipient::parse(&r).unwrap()],
                 compression,
+                encrypt_local: false,
             };
             let sealed = seal(&enc, &data, 70_001);
             assert_eq!(sniff(&sealed), Kind::Age);
@@ -604,6 +647,7 @@ mod tests {
         let enc = Encryption {
             recipients: vec![Recipient::parse(&r).unwrap()],
             compression: Compression::Zstd(1),
+            encrypt_local: false,
         };
         let sealed = seal(&enc, &vec![5u8; 200_000], 4096);
         let e = open(&sealed[..], None, "obj").err().unwrap();
@@ -618,6 +662,7 @@ mod tests {
         let enc = Encryption {
             recipients: vec![Recipient::parse(&r).unwrap()],
             compression: Compression::None,
+            encrypt_local: false,
         };
         let data = vec![9u8; 200_000];
         let sealed = seal(&enc, &data, 4096);

@@ -74,6 +74,9 @@ pub enum CopyState {
 pub struct LocalCopy {
     pub path: PathBuf,
     pub state: CopyState,
+    /// Set when the local file is sealed (`encrypt_local`): its own sha256 and size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedCopy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<DateTime<Utc>>,
     /// Why it was deleted (retention rule, or "file was already gone").
@@ -246,11 +249,12 @@ impl RemoteCopy {
 }
 
 impl LocalCopy {
-    /// A snapshot just published at `path`.
-    pub fn present(path: PathBuf) -> LocalCopy {
+    /// A snapshot just published at `path` (sealed when `sealed` says how).
+    pub fn present(path: PathBuf, sealed: Option<SealedCopy>) -> LocalCopy {
         LocalCopy {
             path,
             state: CopyState::Present,
+            sealed,
             deleted_at: None,
             deleted_reason: None,
         }
@@ -339,6 +343,8 @@ pub struct Snapshot {
     pub revision: i64,
     pub size_bytes: u64,
     pub sha256: String,
+    /// The local file is sealed (`encrypt_local`).
+    pub local_sealed: Option<SealedCopy>,
 }
 
 #[cfg(test)]
@@ -360,6 +366,7 @@ impl Snapshot {
             revision: 42,
             size_bytes: 1000,
             sha256: "0".repeat(64),
+            local_sealed: None,
         }
     }
 }
@@ -399,7 +406,7 @@ impl Record {
             revision: Some(s.revision),
             size_bytes: Some(s.size_bytes),
             sha256: Some(s.sha256),
-            local: Some(LocalCopy::present(s.path)),
+            local: Some(LocalCopy::present(s.path, s.local_sealed)),
             ..Record::empty(s.at, Outcome::Success, trigger, duration)
         }
     }

@@ -5,15 +5,13 @@
 //! Network work happens outside the records lock; each result is then written to the record
 //! it belongs to (by id) under the lock, so a slow bucket never blocks other writers.
 
-use std::path::Path;
-
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::config::{Config, RemoteStorageConfig};
 use crate::records::{
-    BundleCopy, CopyState, Outcome, Record, RecordStore, RemoteCopy, RemoteState,
+    BundleCopy, CopyState, LocalCopy, Outcome, Record, RecordStore, RemoteCopy, RemoteState,
 };
 use crate::retention;
 use crate::store::local::{bundle_name, snapshot_time};
@@ -93,24 +91,40 @@ pub async fn attach_bundle(config: &Config, remote: &Remote, record: &mut Record
     record.bundle = Some(copy);
 }
 
-/// Uploads a local snapshot file (sealed as `[encryption]` says now), checking on the way
-/// that it still has the sha256 recorded for it (the upload completes only then), and
-/// verifies the object.
+/// Uploads a backup's local file, checking on the way that it still has the sha256 recorded
+/// for it (the upload completes only then), and verifies the object. A plain file is sealed
+/// as `[encryption]` says now; a sealed one (`encrypt_local`) goes as it is.
 pub async fn upload_from_file(
     remote: &Remote,
     config: &Config,
-    path: &Path,
+    local: &LocalCopy,
     file_name: &str,
-    expected_sha256: &str,
+    plain_sha256: &str,
 ) -> Result<Uploaded, String> {
     let rc = config
         .remote_storage
         .as_ref()
         .ok_or("no [remote_storage] configured")?;
+    let path = local.path.as_path();
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| format!("cannot read the local copy {}: {e}", path.display()))?;
-    let mut feed = remote.start_upload(file_name, config.encryption.as_ref())?;
+    let (mut feed, expected_sha256) = match &local.sealed {
+        Some(s) => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(file_name);
+            (
+                remote.start_upload_sealed(name, s.sealing.clone()),
+                s.object_sha256.as_str(),
+            )
+        }
+        None => (
+            remote.start_upload(file_name, config.encryption.as_ref())?,
+            plain_sha256,
+        ),
+    };
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let total = file.metadata().await.ok().map(|m| m.len());
@@ -228,7 +242,7 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
         };
         let who = rec.member.as_ref().map_or("", |m| m.name.as_str());
         let result = match Remote::open(rc, who) {
-            Ok(remote) => match upload_from_file(&remote, config, &local.path, name, sha).await {
+            Ok(remote) => match upload_from_file(&remote, config, local, name, sha).await {
                 Ok(up) => {
                     let mut done = rec.clone();
                     if let Some(c) = done.remote.as_mut() {

@@ -440,3 +440,82 @@ fn a_bad_recipient_is_a_configuration_error_and_nothing_is_uploaded() {
         s3.keys(BUCKET)
     );
 }
+
+#[test]
+fn encrypt_local_publishes_no_plain_copy_and_retention_and_retries_use_the_sealed_file() {
+    let mut node = Node::start(NEWEST, "cp1");
+    node.etcd.put_keys("pods", 300);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+    let (key, r) = age_key(dir.path(), "key.txt");
+    node.set("encryption", "recipients", &format!("[{r:?}]"));
+    node.set("encryption", "encrypt_local", "true");
+    node.set("local_storage", "keep", "1");
+    node.set("local_storage", "min_keep", "1");
+    s3.stop();
+    for _ in 0..2 {
+        let out = node.snapshot();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // Only the newest backup is kept, sealed; no plain file and no temp file anywhere.
+    let files = node.snapshot_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with(".db.zst.age"), "{files:?}");
+    let rec = node.last_record();
+    let local_path = PathBuf::from(rec["local"]["path"].as_str().unwrap());
+    assert_eq!(local_path, node.snapshot_dir().join(&files[0]));
+    let sealed_local = std::fs::read(&local_path).unwrap();
+    assert!(sealed_local.starts_with(b"age-encryption.org/v1\n"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&local_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(
+        rec["local"]["sealed"]["objectSha256"],
+        sha256(&sealed_local).as_str()
+    );
+    assert_eq!(
+        node.records()[0]["local"]["state"],
+        "deleted",
+        "retention deleted the first"
+    );
+    schema::assert_valid("records.v1", &stdout(&node.run(&["records", "-o", "json"])));
+
+    // The record id opens with the identity, to the snapshot its record describes.
+    let out_db = dir.path().join("opened.db");
+    let id = rec["id"].as_str().unwrap();
+    let d = node.run(&[
+        "decrypt",
+        id,
+        "--identity",
+        key.to_str().unwrap(),
+        "-o",
+        out_db.to_str().unwrap(),
+    ]);
+    assert!(d.status.success(), "{}", stderr(&d));
+    assert_eq!(
+        rec["sha256"],
+        sha256(&std::fs::read(&out_db).unwrap()).as_str()
+    );
+    let up = etcdutl_restore(&out_db, &dir.path().join("restored"));
+    assert!(up.status.success(), "{}", stderr(&up));
+
+    // The pending copy is retried from the sealed local file, uploaded as it is.
+    s3.restart();
+    let mut daemon = etcdguard_cmd(&["--config", node.config.to_str().unwrap(), "run"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the retried upload", Duration::from_secs(60), || {
+        remote_state(&node.last_record()) == "uploaded"
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let rec = node.last_record();
+    let object = std::fs::read(s3s_object(&s3, &format!("prod/cp1/{}", files[0]))).unwrap();
+    assert!(
+        object == sealed_local,
+        "the object is the sealed local file"
+    );
+    assert_eq!(rec["remote"]["sealed"], rec["local"]["sealed"], "{rec:#}");
+}

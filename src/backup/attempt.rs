@@ -153,20 +153,26 @@ pub(super) async fn attempt(
         file_name: &file_name,
         feed: upload.feed.as_mut(),
         expected: u64::try_from(info.db_size).ok().filter(|&n| n > 0),
+        seal_local: sealing.filter(|e| e.encrypt_local),
     };
     let limits = StreamLimits {
         overall: e.timeout,
         stall: e.stall_timeout,
     };
-    let (streamed, status, path) =
-        match stream::stream_and_publish(&mut client, limits, to, &ep, &fail).await {
-            Ok(v) => v,
-            Err(f) => {
-                upload.abort(rc).await;
-                return Err(f);
-            }
-        };
+    let published = match stream::stream_and_publish(&mut client, limits, to, &ep, &fail).await {
+        Ok(v) => v,
+        Err(f) => {
+            upload.abort(rc).await;
+            return Err(f);
+        }
+    };
     let remote = upload.finish(rc, sealing, &member.name, &file_name).await;
+    let stream::Published {
+        streamed,
+        status,
+        path,
+        sealed,
+    } = published;
     Ok(Success {
         snapshot: Snapshot {
             at,
@@ -180,6 +186,7 @@ pub(super) async fn attempt(
             revision: status.revision,
             size_bytes: streamed.file_len,
             sha256: hex::encode(streamed.file_sha256),
+            local_sealed: sealed,
         },
         remote,
     })

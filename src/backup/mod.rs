@@ -239,7 +239,16 @@ fn apply_local_retention(
     let mut deleted = Vec::new();
     for d in retention::local_deletions(records, now, rule) {
         let rec = &mut records[d.index];
-        let (Some(name), Some(local)) = (rec.file_name.clone(), rec.local.as_mut()) else {
+        // The local file's own name (a sealed copy's ends with `.zst.age`).
+        let Some(local) = rec.local.as_mut() else {
+            continue;
+        };
+        let Some(name) = local
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
             continue;
         };
         if local.path != store.path_of(&name) {

@@ -12,6 +12,7 @@ use crate::etcd::{self, StreamLimits, StreamedSnapshot};
 use crate::etcddb::{self, DbStatus};
 use crate::fsutil;
 use crate::progress::Progress;
+use crate::records::SealedCopy;
 use crate::store::local::{LocalStore, TempSnapshot};
 use crate::store::remote::{self, Remote, UploadFeed, Uploaded};
 
@@ -78,17 +79,29 @@ pub(super) struct Destination<'a> {
     pub feed: Option<&'a mut UploadFeed>,
     /// The size etcd reports for its database: what the stream will about be.
     pub expected: Option<u64>,
+    /// `encrypt_local`: the checked snapshot is published sealed, never plain.
+    pub seal_local: Option<&'a Encryption>,
 }
 
-/// Streams the snapshot into `to`, fsyncs it, checks the database and publishes the file.
-/// `fail` turns a reason into the caller's error; `ep` names etcd in messages.
+/// What `stream_and_publish` made.
+pub(super) struct Published {
+    pub streamed: StreamedSnapshot,
+    pub status: DbStatus,
+    pub path: PathBuf,
+    /// Set when the local copy was published sealed.
+    pub sealed: Option<SealedCopy>,
+}
+
+/// Streams the snapshot into `to`, fsyncs it, checks the database and publishes the file
+/// (sealed first with `encrypt_local`). `fail` turns a reason into the caller's error; `ep`
+/// names etcd in messages.
 pub(super) async fn stream_and_publish<E>(
     client: &mut etcd_client::Client,
     limits: StreamLimits,
     to: Destination<'_>,
     ep: &str,
     fail: impl Fn(String) -> E,
-) -> Result<(StreamedSnapshot, DbStatus, PathBuf), E> {
+) -> Result<Published, E> {
     let Destination {
         store,
         temp,
@@ -96,6 +109,7 @@ pub(super) async fn stream_and_publish<E>(
         file_name,
         feed,
         expected,
+        seal_local,
     } = to;
     let raw = std::sync::Arc::new(
         file.try_clone()
@@ -135,13 +149,50 @@ pub(super) async fn stream_and_publish<E>(
              consistent: {reason}"
         ))
     })?;
-    let path = store.publish(temp).map_err(|err| {
+    let published = match seal_local {
+        None => store.publish(temp).map(|p| (p, None)),
+        Some(enc) => {
+            let (store, enc, name) = (store.clone(), enc.clone(), file_name.to_string());
+            tokio::task::spawn_blocking(move || seal_and_publish(&store, temp, &name, &enc))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+        }
+    };
+    let (path, sealed) = published.map_err(|err| {
         fail(format!(
             "cannot publish snapshot {file_name} in {}: {err}",
             store.dir().display()
         ))
     })?;
-    Ok((streamed, status, path))
+    Ok(Published {
+        streamed,
+        status,
+        path,
+        sealed,
+    })
+}
+
+/// Seals the checked plain temp file into a second temp file, publishes that under the sealed
+/// name and drops the plain one (removed): no plain copy is ever published.
+fn seal_and_publish(
+    store: &LocalStore,
+    plain: TempSnapshot,
+    file_name: &str,
+    enc: &Encryption,
+) -> std::io::Result<(PathBuf, Option<SealedCopy>)> {
+    let name = remote::object_name(file_name, Some(enc));
+    let (temp, file) = store.create_temp(&name)?;
+    let (sha, size) = crate::encryption::seal_file(plain.path(), &file, enc)?;
+    let path = store.publish(temp)?;
+    drop(plain);
+    Ok((
+        path,
+        Some(SealedCopy {
+            sealing: enc.describe(),
+            object_sha256: sha,
+            object_size_bytes: size,
+        }),
+    ))
 }
 
 /// How the same-pass upload went.

@@ -151,6 +151,7 @@ impl Config {
                 if let Compression::Zstd(l) = e.compression {
                     let _ = writeln!(w, "compression_level = {l}");
                 }
+                let _ = writeln!(w, "encrypt_local = {}", e.encrypt_local);
             }
         }
         if let Some(b) = &self.bundle {

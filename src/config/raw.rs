@@ -37,6 +37,7 @@ pub(super) struct RawEncryption {
     pub(super) recipients_file: Option<Spanned<PathBuf>>,
     pub(super) compression: Option<Spanned<String>>,
     pub(super) compression_level: Option<Spanned<i64>>,
+    pub(super) encrypt_local: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

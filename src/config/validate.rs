@@ -381,6 +381,7 @@ fn validate_encryption(e: Spanned<RawEncryption>, v: &mut Validator<'_>) -> Encr
     Encryption {
         recipients,
         compression,
+        encrypt_local: e.encrypt_local.unwrap_or(false),
     }
 }
 

@@ -355,13 +355,32 @@ impl Remote {
                     .map_err(|err| format!("encryption cannot start, nothing uploaded: {err}"))
             })
             .transpose()?;
+        Ok(self.start_object(
+            &object_name(file_name, sealing),
+            sealer,
+            sealing.map(Encryption::describe),
+        ))
+    }
+
+    /// Starts the upload of a file that is sealed already (an `encrypt_local` copy), as it
+    /// is, under its own name: the node cannot open it, and need not.
+    pub fn start_upload_sealed(&self, object_name: &str, sealing: Sealing) -> UploadFeed {
+        self.start_object(object_name, None, Some(sealing))
+    }
+
+    fn start_object(
+        &self,
+        object_name: &str,
+        sealer: Option<Sealer>,
+        sealing: Option<Sealing>,
+    ) -> UploadFeed {
         let (tx, rx) = mpsc::channel::<Bytes>(FEED_DEPTH);
         let (decide_tx, decide_rx) = oneshot::channel();
-        let key = self.key_for(&object_name(file_name, sealing));
+        let key = self.key_for(object_name);
         let this = self.clone();
         let k = key.clone();
         let handle = tokio::spawn(async move { this.run_upload(k, rx, decide_rx).await });
-        Ok(UploadFeed {
+        UploadFeed {
             tx: Some(tx),
             decide: Some(decide_tx),
             handle: Some(handle),
@@ -369,8 +388,8 @@ impl Remote {
             stall: self.stall,
             key,
             sealer,
-            sealing: sealing.map(Encryption::describe),
-        })
+            sealing,
+        }
     }
 
     async fn run_upload(
