@@ -18,7 +18,7 @@ use crate::util::{
 };
 
 /// An age key pair made by `age-keygen`: (identity file, recipient).
-fn age_key(dir: &Path, name: &str) -> (PathBuf, String) {
+pub(crate) fn age_key(dir: &Path, name: &str) -> (PathBuf, String) {
     let key = dir.join(name);
     let out = Command::new(system_bin("age-keygen", "age"))
         .arg("-o")
@@ -79,6 +79,38 @@ fn etcdutl_restore(snapshot: &Path, data_dir: &Path) -> Output {
         .arg(data_dir)
         .output()
         .unwrap()
+}
+
+/// Runs the daemon until it has retried the newest backup's pending upload (it retries every
+/// pending one at start-up).
+fn retry_with_daemon(node: &Node) {
+    let mut daemon = etcdguard_cmd(&["--config", node.config.to_str().unwrap(), "run"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the retried upload", Duration::from_secs(60), || {
+        remote_state(&node.last_record()) == "uploaded"
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// `restore-datadir` of the sealed `snapshot`, opened with `identity`, into `data_dir`.
+fn restore_datadir_with(snapshot: &Path, identity: &Path, data_dir: &Path) -> Output {
+    etcdguard(&[
+        "restore-datadir",
+        snapshot.to_str().unwrap(),
+        "--identity",
+        identity.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--name",
+        "cp1",
+        "--initial-advertise-peer-urls",
+        "https://127.0.0.1:2380",
+        "--initial-cluster-token",
+        "t",
+    ])
 }
 
 /// No key material of `files` appears in `out` (stdout and stderr).
@@ -255,15 +287,7 @@ fn wrong_or_missing_identity_and_tampered_objects_fail_before_anything_is_writte
     let file = node.last_record()["fileName"].as_str().unwrap().to_string();
     assert_eq!(remote_state(&node.last_record()), "pending");
     s3.restart();
-    let mut daemon = etcdguard_cmd(&["--config", node.config.to_str().unwrap(), "run"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the retried upload", Duration::from_secs(60), || {
-        remote_state(&node.last_record()) == "uploaded"
-    });
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    retry_with_daemon(&node);
     let rec = node.last_record();
     let key_name = format!("prod/cp1/{file}.age");
     assert_eq!(
@@ -329,20 +353,7 @@ fn wrong_or_missing_identity_and_tampered_objects_fail_before_anything_is_writte
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
         assert_stderr_has(&o, "truncated or was altered");
         let data_dir = work.join("restored");
-        let o = etcdguard(&[
-            "restore-datadir",
-            bad.to_str().unwrap(),
-            "--identity",
-            key.to_str().unwrap(),
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--name",
-            "cp1",
-            "--initial-advertise-peer-urls",
-            "https://127.0.0.1:2380",
-            "--initial-cluster-token",
-            "t",
-        ]);
+        let o = restore_datadir_with(bad, &key, &data_dir);
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
         assert!(!data_dir.exists());
     }
@@ -351,20 +362,7 @@ fn wrong_or_missing_identity_and_tampered_objects_fail_before_anything_is_writte
     assert_eq!(after, before, "no partial file left behind");
     // A good one into a data dir a real etcd version accepts (the engine tests start those).
     let data_dir = work.join("restored");
-    let o = etcdguard(&[
-        "restore-datadir",
-        obj.to_str().unwrap(),
-        "--identity",
-        key.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--name",
-        "cp1",
-        "--initial-advertise-peer-urls",
-        "https://127.0.0.1:2380",
-        "--initial-cluster-token",
-        "t",
-    ]);
+    let o = restore_datadir_with(&obj, &key, &data_dir);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(data_dir.join("member/snap/db").is_file());
 }
@@ -502,15 +500,7 @@ fn encrypt_local_publishes_no_plain_copy_and_retention_and_retries_use_the_seale
 
     // The pending copy is retried from the sealed local file, uploaded as it is.
     s3.restart();
-    let mut daemon = etcdguard_cmd(&["--config", node.config.to_str().unwrap(), "run"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the retried upload", Duration::from_secs(60), || {
-        remote_state(&node.last_record()) == "uploaded"
-    });
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    retry_with_daemon(&node);
     let rec = node.last_record();
     let object = std::fs::read(s3s_object(&s3, &format!("prod/cp1/{}", files[0]))).unwrap();
     assert!(

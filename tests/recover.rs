@@ -6,13 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::encryption::age_key;
 use crate::remote::{s3s_object, write_credentials, BUCKET};
+use crate::restore::STEPS;
 use crate::util::kubenode::KubeNode;
 use crate::util::s3::{S3Server, SECRET_KEY};
 use crate::util::{etcdguard_cmd, stderr, stdout, system_bin};
@@ -158,23 +160,6 @@ fn assert_no_secrets(out: &std::process::Output) {
     }
 }
 
-fn age_identity(dir: &Path) -> (PathBuf, String) {
-    let key = dir.join("key.txt");
-    let out = Command::new(system_bin("age-keygen", "age"))
-        .arg("-o")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = std::fs::read_to_string(&key).unwrap();
-    let r = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .unwrap()
-        .to_string();
-    (key, r)
-}
-
 /// Removes everything under `dir` but the names in `keep`.
 fn remove_all_but(dir: &Path, keep: &[&str]) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -230,7 +215,7 @@ fn recover_rebuilds_a_wiped_node_from_the_bucket_and_rolls_back_from_every_step(
     let keep = tempfile::tempdir().unwrap();
     let s3 = S3Server::s3s_fs(&keep.path().join("s3"), BUCKET);
     let creds = write_credentials(keep.path(), SECRET_KEY);
-    let (identity, recipient) = age_identity(keep.path());
+    let (identity, recipient) = age_key(keep.path(), "key.txt");
     let root = node.root.path().to_path_buf();
     let mut config = std::fs::read_to_string(&node.config).unwrap();
     config.push_str(&format!(
@@ -376,19 +361,11 @@ fn recover_rebuilds_a_wiped_node_from_the_bucket_and_rolls_back_from_every_step(
     assert_no_secrets(&dry);
     assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
 
-    for step in [
-        "files-placed",
-        "apiserver-stopped",
-        "etcd-manifest-moved",
-        "etcd-stopped",
-        "data-dir-built",
-        "old-data-dir-moved",
-        "new-data-dir-in-place",
-        "manifest-written",
-        "etcd-healthy",
-        "apiserver-restored",
-        "restored",
-    ] {
+    let steps = ["files-placed"]
+        .into_iter()
+        .chain(STEPS)
+        .chain(["apiserver-restored", "restored"]);
+    for step in steps {
         let out = recover(&["--yes"], Some(step));
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(

@@ -378,7 +378,7 @@ fn too_little_disk_is_refused() {
 }
 
 /// The journaled steps a crash can follow.
-const STEPS: [&str; 8] = [
+pub(crate) const STEPS: [&str; 8] = [
     "apiserver-stopped",
     "etcd-manifest-moved",
     "etcd-stopped",
