@@ -22,6 +22,11 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub quiet: bool,
 
+    /// Keep the normal CPU and I/O priority for `snapshot` (by default a backup runs at nice
+    /// 10 and the lowest best-effort I/O level, so etcd on the same node comes first)
+    #[arg(long, global = true)]
+    pub normal_priority: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

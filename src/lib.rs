@@ -23,6 +23,7 @@ mod etcdversion;
 mod fsutil;
 mod metrics;
 mod preflight;
+mod priority;
 mod progress;
 mod records;
 mod remote_sync;

@@ -154,6 +154,7 @@ pub(super) async fn attempt(
         feed: upload.feed.as_mut(),
         expected: u64::try_from(info.db_size).ok().filter(|&n| n > 0),
         seal_local: sealing.filter(|e| e.encrypt_local),
+        rate_limit: e.rate_limit,
     };
     let limits = StreamLimits {
         overall: e.timeout,

@@ -31,6 +31,8 @@ struct Sinks<'a> {
     writeback: fsutil::Writeback,
     pending: Option<tokio::task::JoinHandle<()>>,
     progress: Progress,
+    /// `[etcd] rate_limit`: bytes per second, and when the stream started.
+    rate: Option<(u64, std::time::Instant)>,
 }
 
 impl Sinks<'_> {
@@ -61,6 +63,14 @@ impl etcd::SnapshotSink for Sinks<'_> {
         if let Some(feed) = self.feed.as_deref_mut() {
             feed.send(bytes).await;
         }
+        // Reading slower makes etcd send slower (gRPC flow control): the disk, the CPU and
+        // etcd itself see the rate, not only our file.
+        if let Some((limit, started)) = self.rate {
+            let due = std::time::Duration::from_secs_f64(self.written as f64 / limit as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
         Ok(())
     }
 
@@ -81,6 +91,8 @@ pub(super) struct Destination<'a> {
     pub expected: Option<u64>,
     /// `encrypt_local`: the checked snapshot is published sealed, never plain.
     pub seal_local: Option<&'a Encryption>,
+    /// `[etcd] rate_limit`, bytes per second.
+    pub rate_limit: Option<u64>,
 }
 
 /// What `stream_and_publish` made.
@@ -110,6 +122,7 @@ pub(super) async fn stream_and_publish<E>(
         feed,
         expected,
         seal_local,
+        rate_limit,
     } = to;
     let raw = std::sync::Arc::new(
         file.try_clone()
@@ -123,6 +136,7 @@ pub(super) async fn stream_and_publish<E>(
         writeback: fsutil::Writeback::default(),
         pending: None,
         progress: Progress::bytes("snapshot", expected),
+        rate: rate_limit.map(|r| (r, std::time::Instant::now())),
     };
     let streamed = etcd::stream_snapshot(client, &mut sinks, limits)
         .await

@@ -26,6 +26,12 @@ pub fn dispatch(cli: Cli) -> CmdResult {
     if !matches!(cli.command, Command::Run) {
         crate::progress::enable(cli.quiet);
     }
+    // Before any thread exists: the runtime's workers inherit the lowered priorities.
+    if matches!(cli.command, Command::Snapshot) && !cli.normal_priority {
+        for p in crate::priority::lower() {
+            tracing::warn!("{p}");
+        }
+    }
     match cli.command {
         Command::Run => {
             runtime()?

@@ -75,6 +75,17 @@ impl Config {
             toml_string(&human(e.stall_timeout))
         );
         let _ = writeln!(w, "dial_timeout = {}", toml_string(&human(e.dial_timeout)));
+        match e.rate_limit {
+            Some(r) => {
+                let _ = writeln!(w, "rate_limit = \"{}B/s\"", r);
+            }
+            None => {
+                let _ = writeln!(
+                    w,
+                    "# rate_limit unset: the snapshot is read as fast as etcd sends"
+                );
+            }
+        }
         let l = &self.local_storage;
         let _ = writeln!(w, "\n[local_storage]");
         let _ = writeln!(w, "path = {}", quoted(&l.path));

@@ -79,6 +79,9 @@ pub struct EtcdConfig {
     pub stall_timeout: Duration,
     /// Bound on establishing the TCP + TLS connection.
     pub dial_timeout: Duration,
+    /// Bytes per second the snapshot stream is read at, at most (`rate_limit = "50MiB/s"`);
+    /// `None`: as fast as etcd sends.
+    pub rate_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

@@ -58,6 +58,7 @@ pub(super) struct RawEtcd {
     pub(super) timeout: Option<Spanned<RawDuration>>,
     pub(super) stall_timeout: Option<Spanned<RawDuration>>,
     pub(super) dial_timeout: Option<Spanned<RawDuration>>,
+    pub(super) rate_limit: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

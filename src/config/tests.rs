@@ -304,3 +304,15 @@ fn encryption_and_bundle_settings() {
     .unwrap();
     assert_eq!(c.encryption.unwrap().suffix(), ".age");
 }
+
+#[test]
+fn rate_limit_is_a_rate() {
+    let c = parse("[etcd]\nrate_limit = \"50MiB/s\"\n", None).unwrap();
+    assert_eq!(c.etcd.rate_limit, Some(50 << 20));
+    assert_eq!(parse("", None).unwrap().etcd.rate_limit, None);
+    let e = errs("[etcd]\nrate_limit = \"50MiB\"\n");
+    assert!(
+        e[0].contains("/etc/x.toml:2:") && e[0].contains("\"50MiB/s\""),
+        "{e:?}"
+    );
+}

@@ -232,6 +232,21 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
             Duration::from_secs(60),
         ),
         dial_timeout: v.duration(e.dial_timeout, "etcd.dial_timeout", Duration::from_secs(10)),
+        rate_limit: e.rate_limit.and_then(|r| {
+            let parsed = r
+                .get_ref()
+                .trim()
+                .strip_suffix("/s")
+                .ok_or_else(|| "must be a rate such as \"50MiB/s\"".to_string())
+                .and_then(|n| parse_size(&RawSize::Text(n.to_string())));
+            match parsed {
+                Ok(b) => Some(b as u64),
+                Err(msg) => {
+                    v.problem(Some(r.span()), "etcd.rate_limit", msg);
+                    None
+                }
+            }
+        }),
     };
 
     let l = raw.local_storage.unwrap_or_default();

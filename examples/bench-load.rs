@@ -1,0 +1,102 @@
+//! A steady client load on an etcd for `bench/run --load`: puts of Kubernetes-sized values at
+//! a fixed rate (open loop: a put is sent on its tick whether or not the previous ones have
+//! answered, so a slow etcd shows as latency, not as fewer requests), a range read after every
+//! tenth put, and one watch on the written prefix. Every put's start time and latency go to a
+//! TSV file for the phases' windows.
+//!
+//!   cargo run --release --example bench-load -- <client URL> <pki dir> <seconds> <puts/s> <out.tsv>
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions, WatchOptions,
+};
+use tokio::io::AsyncWriteExt;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (url, pki) = (&args[1], std::path::Path::new(&args[2]));
+    let seconds: u64 = args[3].parse()?;
+    let rate: u64 = args[4].parse()?;
+    let out_path = args[5].clone();
+    let read = |f: &str| std::fs::read(pki.join(f)).expect("pki file");
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")))
+        .identity(Identity::from_pem(
+            read("healthcheck-client.crt"),
+            read("healthcheck-client.key"),
+        ));
+    let client = Client::connect(
+        [url.as_str()],
+        Some(
+            ConnectOptions::new()
+                .with_tls(tls)
+                .with_timeout(Duration::from_secs(30)),
+        ),
+    )
+    .await?;
+
+    // One watch on what the load writes, drained as the API server's watch cache would.
+    let mut w = client.clone();
+    let mut stream = w
+        .watch("/registry/load/", Some(WatchOptions::new().with_prefix()))
+        .await?;
+    tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f64, f64, bool)>();
+    let writer = tokio::spawn(async move {
+        let mut f = tokio::fs::File::create(out_path).await.expect("out file");
+        let mut buf = String::new();
+        while let Some((at, ms, ok)) = rx.recv().await {
+            buf.push_str(&format!("{at:.6}\t{ms:.3}\t{}\n", u8::from(ok)));
+            if buf.len() > 1 << 16 {
+                f.write_all(buf.as_bytes()).await.expect("write");
+                buf.clear();
+            }
+        }
+        f.write_all(buf.as_bytes()).await.expect("write");
+        f.flush().await.expect("flush");
+    });
+
+    let value = vec![b'v'; 4096];
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut n = 0u64;
+    let mut inflight = Vec::new();
+    while Instant::now() < end {
+        tick.tick().await;
+        n += 1;
+        let mut c = client.clone();
+        let (tx, value) = (tx.clone(), value.clone());
+        inflight.push(tokio::spawn(async move {
+            let at = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            let t0 = Instant::now();
+            let key = format!("/registry/load/ns-{}/obj-{:06}", n % 20, n % 5000);
+            let ok = c.put(key, value, None).await.is_ok();
+            let _ = tx.send((at, t0.elapsed().as_secs_f64() * 1000.0, ok));
+            if n % 10 == 0 {
+                let _ = c
+                    .get(
+                        format!("/registry/load/ns-{}/", n % 20),
+                        Some(GetOptions::new().with_prefix().with_limit(50)),
+                    )
+                    .await;
+            }
+        }));
+        if inflight.len() > 10_000 {
+            inflight.retain(|h: &tokio::task::JoinHandle<()>| !h.is_finished());
+        }
+    }
+    for h in inflight {
+        let _ = h.await;
+    }
+    drop(tx);
+    writer.await?;
+    println!("load: {n} puts in {seconds}s");
+    Ok(())
+}
