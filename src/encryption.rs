@@ -502,13 +502,16 @@ pub fn unseal_file(
 
 fn copy_hashing(
     reader: &mut dyn Read,
-    mut out: &std::fs::File,
+    out: &std::fs::File,
     what: &str,
     dest: &Path,
 ) -> Result<(u64, String), String> {
-    let mut h = Sha256::new();
+    let mut w = Counted {
+        w: out,
+        h: Sha256::new(),
+        n: 0,
+    };
     let mut buf = vec![0u8; BUF];
-    let mut n = 0u64;
     loop {
         let k = reader
             .read(&mut buf)
@@ -516,12 +519,10 @@ fn copy_hashing(
         if k == 0 {
             break;
         }
-        h.update(&buf[..k]);
-        out.write_all(&buf[..k])
+        w.put(&buf[..k])
             .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
-        n += k as u64;
     }
-    Ok((n, hex::encode(h.finalize())))
+    Ok((w.n, hex::encode(w.h.finalize())))
 }
 
 /// True when the file at `path` is sealed (age or zstd), by its first bytes.
@@ -544,6 +545,8 @@ pub fn is_sealed(path: &Path) -> io::Result<bool> {
 pub struct Unsealed {
     dir: PathBuf,
     file: PathBuf,
+    /// The plain snapshot's sha256, computed while it was written.
+    sha256: String,
 }
 
 impl Unsealed {
@@ -559,16 +562,21 @@ impl Unsealed {
             .and_then(|n| n.to_str())
             .map(plain_name)
             .unwrap_or_else(|| "snapshot.db".into());
-        let u = Unsealed {
+        let mut u = Unsealed {
             file: dir.join(name),
             dir,
+            sha256: String::new(),
         };
-        unseal_file(src, ids, &u.file)?;
+        u.sha256 = unseal_file(src, ids, &u.file)?.1;
         Ok(u)
     }
 
     pub fn path(&self) -> &Path {
         &self.file
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 }
 

@@ -150,25 +150,11 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, Str
     let root = opts.root();
     let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
     let work = config.state_dir.join("recover").join(&stamp);
-    fsutil::create_private_dir_all(&work.join("files"))
-        .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-    let key = bundle_copy
-        .location
-        .strip_prefix(&format!("s3://{}/", rc.bucket))
-        .unwrap_or(&bundle_copy.location)
-        .to_string();
-    let sealed = work.join("bundle.tar.age");
-    Remote::open(rc, "-")?.download(&key, &sealed).await?;
-    if let Some(want) = &bundle_copy.object_sha256 {
-        let got = super::source::sha256_file(&sealed)?;
-        if &got != want {
-            return Err(format!(
-                "{} downloaded with sha256 {got}, but its record says {want}",
-                bundle_copy.location
-            ));
-        }
-    }
-    let contents = bundle::unpack(&sealed, &ids, &work.join("files"))?;
+    // The work dir holds the opened bundle (key material): a failure removes it.
+    let opened = open_bundle(rc, &bundle_copy, &ids, &work).await;
+    let contents = opened.inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&work);
+    })?;
     let mut placements = Vec::new();
     let mut conflicts = Vec::new();
     for e in &contents.entries {
@@ -189,7 +175,10 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, Str
     let data_dir = crate::kubeadm::EtcdManifest::load(&manifest)
         .and_then(|m| m.host_data_dir())
         .map(|d| under_root(&root, Path::new(&d.host_path)))
-        .map_err(|e| format!("the bundle's etcd manifest: {e}"))?;
+        .map_err(|e| {
+            let _ = std::fs::remove_dir_all(&work);
+            format!("the bundle's etcd manifest: {e}")
+        })?;
     let mut refusals = Vec::new();
     if std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some()) {
         refusals.push(format!(
@@ -222,6 +211,33 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, Str
         stamp,
         refusals,
     })
+}
+
+/// Downloads the bundle into `work`, checks it against its record and opens it into
+/// `work/files`.
+async fn open_bundle(
+    rc: &crate::config::RemoteStorageConfig,
+    copy: &crate::records::BundleCopy,
+    ids: &Identities,
+    work: &Path,
+) -> Result<Contents, String> {
+    fsutil::create_private_dir_all(&work.join("files"))
+        .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let key = copy
+        .location
+        .strip_prefix(&format!("s3://{}/", rc.bucket))
+        .unwrap_or(&copy.location);
+    let sealed = work.join("bundle.tar.age");
+    let (_, got) = Remote::open(rc, "-")?.download(key, &sealed).await?;
+    if let Some(want) = &copy.object_sha256 {
+        if &got != want {
+            return Err(format!(
+                "{} downloaded with sha256 {got}, but its record says {want}",
+                copy.location
+            ));
+        }
+    }
+    bundle::unpack(&sealed, ids, &work.join("files"))
 }
 
 /// The newest successful backup of `node` with an uploaded bundle (or the record `id`).

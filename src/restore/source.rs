@@ -50,8 +50,8 @@ pub async fn resolve_source(
     fsutil::create_private_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let unsealed = Unsealed::create(&found.path, Some(&ids), &dir)?;
     if let Some(want) = &found.sha256 {
-        let got = sha256_file(unsealed.path())?;
-        if &got != want {
+        let got = unsealed.sha256();
+        if got != want {
             return Err(format!(
                 "{} opens to a snapshot with sha256 {got}, but its record says {want}",
                 found.path.display()
@@ -144,7 +144,7 @@ async fn download(config: &Config, key: &str, record: Option<Record>) -> Result<
     let name = key.rsplit('/').next().unwrap_or("snapshot.db");
     let dest = dir.join(format!("{}-{name}", std::process::id()));
     let _ = std::fs::remove_file(&dest);
-    let n = remote.download(key, &dest).await?;
+    let (n, got) = remote.download(key, &dest).await?;
     if n == 0 {
         let _ = std::fs::remove_file(&dest);
         return Err(format!("{} is empty", remote.location(key)));
@@ -162,7 +162,6 @@ async fn download(config: &Config, key: &str, record: Option<Record>) -> Result<
             },
         );
     if let Some(want) = object_sha {
-        let got = sha256_file(&dest)?;
         if got != want {
             let _ = std::fs::remove_file(&dest);
             return Err(format!(
@@ -176,22 +175,4 @@ async fn download(config: &Config, key: &str, record: Option<Record>) -> Result<
         path: dest,
         sha256: record.and_then(|r| r.sha256),
     })
-}
-
-pub fn sha256_file(p: &Path) -> Result<String, String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }

@@ -612,8 +612,26 @@ impl Remote {
         Ok(key)
     }
 
-    /// Downloads `key` to `dest` (created 0600, fsynced), streaming.
-    pub async fn download(&self, key: &str, dest: &std::path::Path) -> Result<u64, String> {
+    /// Downloads `key` to `dest` (created 0600, fsynced), streaming; returns its size and
+    /// sha256, computed on the way. On any failure `dest` is removed.
+    pub async fn download(
+        &self,
+        key: &str,
+        dest: &std::path::Path,
+    ) -> Result<(u64, String), String> {
+        let result = self.download_into(key, dest).await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(dest);
+        }
+        result
+    }
+
+    async fn download_into(
+        &self,
+        key: &str,
+        dest: &std::path::Path,
+    ) -> Result<(u64, String), String> {
+        use futures_util::StreamExt;
         use tokio::io::AsyncWriteExt;
         let reader = self.op.reader(key).await.map_err(|e| self.explain(&e))?;
         let mut stream = reader
@@ -624,11 +642,12 @@ impl Remote {
             .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
         let mut file = tokio::fs::File::from_std(file);
         let mut n = 0u64;
+        let mut sha = sha2::Sha256::new();
         let progress = crate::progress::Progress::bytes("download", None);
-        use futures_util::StreamExt;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| format!("download of {key} broke: {e}"))?;
             n += chunk.len() as u64;
+            sha2::Digest::update(&mut sha, &chunk);
             progress.inc(chunk.len() as u64);
             file.write_all(&chunk)
                 .await
@@ -638,7 +657,7 @@ impl Remote {
         file.sync_all()
             .await
             .map_err(|e| format!("cannot fsync {}: {e}", dest.display()))?;
-        Ok(n)
+        Ok((n, hex::encode(sha2::Digest::finalize(sha))))
     }
 
     /// Pre-flight: the bucket exists and is writable (a tiny probe object is written and
