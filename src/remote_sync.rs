@@ -15,7 +15,7 @@ use crate::records::{
 };
 use crate::retention;
 use crate::store::local::{bundle_name, snapshot_time};
-use crate::store::remote::{Remote, Uploaded};
+use crate::store::remote::{ListError, Remote, Uploaded};
 
 /// Writes the record as its object's JSON sidecar (plain JSON, nothing secret: readable
 /// without any key, so `records --remote` needs none).
@@ -182,6 +182,8 @@ pub struct Maintenance {
     pub retry_failed: Vec<(String, String)>,
     /// Remote snapshots deleted by retention.
     pub deleted: Vec<String>,
+    /// Multipart uploads left open by a backup that died mid-upload, aborted now.
+    pub aborted_uploads: Vec<String>,
     /// Problems that stopped part of the pass.
     pub errors: Vec<String>,
 }
@@ -294,6 +296,9 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
         }
     }
 
+    if let Some(member) = &member {
+        abort_stale_uploads(rc, member, &mut m).await;
+    }
     if let Some(member) = member {
         match apply_retention(config, rc, &member).await {
             Ok(deleted) => m.deleted = deleted,
@@ -304,6 +309,52 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
         tracing::error!("{e}");
     }
     m
+}
+
+/// Aborts the multipart uploads of this node that a backup killed mid-upload left open (their
+/// parts stay stored, and billed, until aborted). This runs under the backup lock, so none of
+/// this node's own uploads is in flight: every open upload under its prefix with a snapshot's
+/// name is stale. Servers that cannot list open uploads are said so in the log.
+async fn abort_stale_uploads(rc: &RemoteStorageConfig, member: &str, m: &mut Maintenance) {
+    let remote = match Remote::open(rc, member) {
+        Ok(r) => r,
+        Err(e) => return m.errors.push(format!("open multipart uploads: {e}")),
+    };
+    let open = match remote.open_uploads().await {
+        Ok(open) => open,
+        Err(ListError::Unsupported(why)) => {
+            tracing::warn!(
+                endpoint = remote.endpoint(),
+                "this object store cannot list open multipart uploads ({why}): uploads left \
+                 open by a backup killed mid-upload cannot be found and aborted by etcdguard; \
+                 a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes them"
+            );
+            return;
+        }
+        Err(ListError::Failed(e)) => {
+            return m.errors.push(format!(
+                "cannot list open multipart uploads in {}: {e}",
+                remote.location(&remote.key_for(""))
+            ))
+        }
+    };
+    for u in open {
+        let started = u.initiated.map_or_else(
+            || "at an unknown time".into(),
+            |t| format!("at {}", t.to_rfc3339()),
+        );
+        match remote.abort_open_upload(&u).await {
+            Ok(()) => {
+                tracing::info!(object = %u.key, "aborted a multipart upload left open by an interrupted backup (started {started})");
+                m.aborted_uploads
+                    .push(format!("{} (started {started})", u.key));
+            }
+            Err(e) => m.errors.push(format!(
+                "cannot abort the stale multipart upload of {}: {e}",
+                remote.location(&u.key)
+            )),
+        }
+    }
 }
 
 /// Deletes this node's remote snapshots that the rule selects (only names of our pattern

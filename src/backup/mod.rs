@@ -223,6 +223,7 @@ pub async fn run_remote_maintenance(
     m.uploaded = more.uploaded;
     m.retry_failed = more.retry_failed;
     m.deleted = more.deleted;
+    m.aborted_uploads = more.aborted_uploads;
     m.errors.extend(more.errors);
     Ok(m)
 }

@@ -94,6 +94,11 @@ pub(super) fn run(config_path: Option<&Path>) -> CmdResult {
                 for f in &m.deleted {
                     print(&format!("remote retention deleted {f}\n"))?;
                 }
+                for u in &m.aborted_uploads {
+                    print(&format!(
+                        "aborted a multipart upload left open by an interrupted backup: {u}\n"
+                    ))?;
+                }
             }
             if report.records_dropped > 0 {
                 tracing::info!(

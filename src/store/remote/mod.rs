@@ -15,6 +15,7 @@
 
 pub(crate) mod credentials;
 pub mod http;
+mod uploads;
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use crate::encryption::{Encryption, Sealer, Sealing};
 use crate::records::SealedCopy;
 use crate::store::local::{is_snapshot_file_name, sanitize_member};
 use credentials::Resolved;
+pub use uploads::{ListError, OpenUpload};
 
 /// Bytes in flight between the etcd stream and the upload: small, so memory stays flat; a
 /// remote that cannot keep up makes the upload fall back to a retry from the local file.
@@ -60,6 +62,8 @@ pub struct Remote {
     stall: Duration,
     kms: bool,
     creds: Resolved,
+    /// The calls opendal does not make (open multipart uploads).
+    raw: uploads::RawS3,
 }
 
 impl std::fmt::Debug for Remote {
@@ -212,7 +216,9 @@ pub struct Uploaded {
 /// What was sent, computed on the way.
 pub struct Sent {
     etag: EtagCalc,
-    sha256: String,
+    /// The sealed object's own sha256, for its record; a plain object's is the snapshot's,
+    /// known already, so it is not computed twice.
+    sha256: Option<String>,
     size: u64,
     sealing: Option<Sealing>,
 }
@@ -277,6 +283,15 @@ impl Remote {
             cfg.insecure_skip_tls_verify,
             Duration::from_secs(10),
         )?;
+        let raw = uploads::RawS3::new(
+            client.clone(),
+            &creds,
+            &endpoint,
+            &cfg.bucket,
+            &cfg.region,
+            cfg.force_path_style,
+            cfg.stall_timeout,
+        )?;
         let transport = opendal::HttpTransporter::new(
             opendal_http_transport_reqwest::ReqwestTransport::new(client),
         );
@@ -308,7 +323,27 @@ impl Remote {
             stall: cfg.stall_timeout,
             kms: matches!(cfg.sse, Some(Sse::Kms(_))),
             creds,
+            raw,
         })
+    }
+
+    /// This node's multipart uploads that the server still holds open, with a snapshot's name
+    /// (nothing else under the prefix is ours to touch).
+    pub async fn open_uploads(&self) -> Result<Vec<OpenUpload>, ListError> {
+        let all = self.raw.list_open(&self.node_prefix).await?;
+        Ok(all
+            .into_iter()
+            .filter(|u| {
+                u.key
+                    .strip_prefix(&self.node_prefix)
+                    .is_some_and(|name| !name.contains('/') && is_snapshot_file_name(name))
+            })
+            .collect())
+    }
+
+    /// Aborts an open upload found by [`Remote::open_uploads`]: its parts are freed.
+    pub async fn abort_open_upload(&self, u: &OpenUpload) -> Result<(), String> {
+        self.raw.abort(u).await
     }
 
     pub fn credentials(&self) -> &Resolved {
@@ -379,7 +414,8 @@ impl Remote {
         let key = self.key_for(object_name);
         let this = self.clone();
         let k = key.clone();
-        let handle = tokio::spawn(async move { this.run_upload(k, rx, decide_rx).await });
+        let hash = sealing.is_some();
+        let handle = tokio::spawn(async move { this.run_upload(k, rx, decide_rx, hash).await });
         UploadFeed {
             tx: Some(tx),
             decide: Some(decide_tx),
@@ -397,6 +433,7 @@ impl Remote {
         key: String,
         mut rx: mpsc::Receiver<Bytes>,
         decide: oneshot::Receiver<bool>,
+        hash: bool,
     ) -> Result<Sent, String> {
         let mut w = self
             .op
@@ -406,11 +443,13 @@ impl Remote {
             .await
             .map_err(|e| self.explain(&e))?;
         let mut etag = EtagCalc::new(self.part_size);
-        let mut sha = sha2::Sha256::new();
+        let mut sha = hash.then(sha2::Sha256::new);
         let mut size = 0u64;
         while let Some(b) = rx.recv().await {
             etag.update(&b);
-            sha2::Digest::update(&mut sha, &b);
+            if let Some(sha) = sha.as_mut() {
+                sha2::Digest::update(sha, &b);
+            }
             size += b.len() as u64;
             if let Err(e) = w.write(b).await {
                 let _ = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
@@ -421,7 +460,7 @@ impl Remote {
             Ok(true) => match w.close().await {
                 Ok(_meta) => Ok(Sent {
                     etag,
-                    sha256: hex::encode(sha2::Digest::finalize(sha)),
+                    sha256: sha.map(|s| hex::encode(sha2::Digest::finalize(s))),
                     size,
                     sealing: None,
                 }),
@@ -454,7 +493,7 @@ impl Remote {
             etag,
             sealed: sent.sealing.map(|sealing| SealedCopy {
                 sealing,
-                object_sha256: sent.sha256,
+                object_sha256: sent.sha256.unwrap_or_default(),
                 object_size_bytes: sent.size,
             }),
         })
