@@ -104,7 +104,10 @@ pub(super) async fn attempt(
     let explain = |phase, err: &(dyn std::error::Error + 'static)| {
         etcd::explain_connect_error(&ep, &e.ca_cert, &e.client_cert, phase, err)
     };
-    let mut client = etcd::connect(&ep, &tls, e.dial_timeout)
+    let channel = etcd::dial(&ep, &tls, e.dial_timeout)
+        .await
+        .map_err(|err| early(explain(Phase::Dial, err.as_ref())))?;
+    let mut client = etcd::client_on(channel.clone())
         .await
         .map_err(|err| early(explain(Phase::Dial, err.as_ref())))?;
     let info = etcd::member_info(&mut client, e.dial_timeout)
@@ -160,7 +163,7 @@ pub(super) async fn attempt(
         overall: e.timeout,
         stall: e.stall_timeout,
     };
-    let published = match stream::stream_and_publish(&mut client, limits, to, &ep, &fail).await {
+    let published = match stream::stream_and_publish(&channel, limits, to, &ep, &fail).await {
         Ok(v) => v,
         Err(f) => {
             upload.abort(rc).await;

@@ -3,9 +3,12 @@
 //! check and status over the written file, and publication under the final name. The upload is
 //! completed and verified only after that (`finish_upload`), or aborted.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use tokio::io::BufWriter;
+use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use crate::config::{Encryption, RemoteStorageConfig};
 use crate::etcd::{self, StreamLimits, StreamedSnapshot};
@@ -16,53 +19,71 @@ use crate::records::SealedCopy;
 use crate::store::local::{LocalStore, TempSnapshot};
 use crate::store::remote::{self, Remote, UploadFeed, Uploaded};
 
-/// Buffer between the gRPC stream and the file: bounded, so memory is flat in the DB size.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Chunks in flight between the stream and the file writer. etcd sends 32 KiB chunks, so
+/// about 1 MiB: memory stays flat in the database size.
+const WRITE_DEPTH: usize = 32;
 
-/// The bytes of one snapshot go to the local file and, when configured, to the upload.
-/// Written bytes are handed to the kernel's writeback every 16 MiB on a blocking thread (one
-/// call in flight at most), so the final fsync does not find the whole snapshot dirty.
+/// The bytes of one snapshot go to the local file and, when configured, to the upload. Each
+/// chunk is the slice of tonic's receive buffer the message decoded to: the file writer and
+/// the upload share it, nothing is copied in user space on the way to the kernel.
 struct Sinks<'a> {
-    file: BufWriter<tokio::fs::File>,
+    /// To the file writer thread ([`write_file`]).
+    file: Option<mpsc::Sender<Bytes>>,
+    writer: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     feed: Option<&'a mut UploadFeed>,
-    /// The same open file, for `sync_file_range`.
-    raw: std::sync::Arc<std::fs::File>,
     written: u64,
-    writeback: fsutil::Writeback,
-    pending: Option<tokio::task::JoinHandle<()>>,
     progress: Progress,
     /// `[etcd] rate_limit`: bytes per second, and when the stream started.
     rate: Option<(u64, std::time::Instant)>,
 }
 
 impl Sinks<'_> {
-    /// Bytes possibly still in our buffer and tokio's file buffer, not yet in the page cache.
-    const BUFFERED: u64 = WRITE_BUFFER as u64 + (2 << 20);
-
-    /// Waits for the writeback call in flight, if any.
-    async fn writeback_done(&mut self) {
-        if let Some(h) = self.pending.take() {
-            let _ = h.await;
+    /// The file writer's result once it has written everything sent (or stopped on an error).
+    async fn writer_done(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        match self.writer.take() {
+            Some(h) => h
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+            None => Ok(()),
         }
     }
 }
 
+/// Writes the chunks to `file` front to back on a blocking thread, handing every 16 MiB
+/// written to the kernel's writeback (so the final fsync does not find the whole snapshot
+/// dirty). Stops at the first error.
+fn write_file(file: &std::fs::File, mut chunks: mpsc::Receiver<Bytes>) -> std::io::Result<()> {
+    let mut out = file;
+    let mut written = 0u64;
+    let mut writeback = fsutil::Writeback::default();
+    while let Some(b) = chunks.blocking_recv() {
+        out.write_all(&b)?;
+        written += b.len() as u64;
+        if let Some((offset, len)) = writeback.due(written, 0) {
+            fsutil::start_writeback(file, offset, len);
+        }
+    }
+    Ok(())
+}
+
 impl etcd::SnapshotSink for Sinks<'_> {
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        self.file.write_all(bytes).await?;
-        self.written += bytes.len() as u64;
-        self.progress.inc(bytes.len() as u64);
-        if let Some((offset, len)) = self.writeback.due(self.written, Self::BUFFERED) {
-            self.writeback_done().await;
-            let raw = self.raw.clone();
-            self.pending = Some(tokio::task::spawn_blocking(move || {
-                fsutil::start_writeback(&*raw, offset, len)
-            }));
-        }
+    async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        let len = bytes.len() as u64;
         if let Some(feed) = self.feed.as_deref_mut() {
-            feed.send(bytes).await;
+            feed.send_bytes(bytes.clone()).await;
         }
+        let sent = match &self.file {
+            Some(tx) => tx.send(bytes).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer stopped: its error says why.
+            self.writer_done().await?;
+            return Err(std::io::Error::other("the file writer stopped"));
+        }
+        self.written += len;
+        self.progress.inc(len);
         // Reading slower makes etcd send slower (gRPC flow control): the disk, the CPU and
         // etcd itself see the rate, not only our file.
         if let Some((limit, started)) = self.rate {
@@ -75,8 +96,7 @@ impl etcd::SnapshotSink for Sinks<'_> {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        self.file.flush().await
+        self.writer_done().await
     }
 }
 
@@ -108,7 +128,7 @@ pub(super) struct Published {
 /// (sealed first with `encrypt_local`). `fail` turns a reason into the caller's error; `ep`
 /// names etcd in messages.
 pub(super) async fn stream_and_publish<E>(
-    client: &mut etcd_client::Client,
+    channel: &tonic::transport::Channel,
     limits: StreamLimits,
     to: Destination<'_>,
     ep: &str,
@@ -124,30 +144,32 @@ pub(super) async fn stream_and_publish<E>(
         seal_local,
         rate_limit,
     } = to;
-    let raw = std::sync::Arc::new(
-        file.try_clone()
-            .map_err(|err| fail(format!("cannot use {}: {err}", temp.path().display())))?,
-    );
+    let file = Arc::new(file);
+    let (tx, rx) = mpsc::channel(WRITE_DEPTH);
+    let for_writer = file.clone();
     let mut sinks = Sinks {
-        file: BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file)),
+        file: Some(tx),
+        writer: Some(tokio::task::spawn_blocking(move || {
+            write_file(&for_writer, rx)
+        })),
         feed,
-        raw,
         written: 0,
-        writeback: fsutil::Writeback::default(),
-        pending: None,
         progress: Progress::bytes("snapshot", expected),
         rate: rate_limit.map(|r| (r, std::time::Instant::now())),
     };
-    let streamed = etcd::stream_snapshot(client, &mut sinks, limits)
-        .await
-        .map_err(|err| fail(format!("snapshot from etcd at {ep} failed: {err}")))?;
-    sinks.writeback_done().await;
+    let streamed = etcd::stream_snapshot(channel, &mut sinks, limits).await;
+    // Whatever happened, the writer is finished before the file is used or dropped.
+    let written = sinks.writer_done().await;
+    let streamed =
+        streamed.map_err(|err| fail(format!("snapshot from etcd at {ep} failed: {err}")))?;
+    written.map_err(|err| fail(format!("cannot write {}: {err}", temp.path().display())))?;
     sinks.progress.finish();
-    let file = sinks.file.into_inner();
-    file.sync_all()
+    let std_file =
+        Arc::try_unwrap(file).map_err(|_| fail("the snapshot file is still in use".into()))?;
+    let std_file = tokio::task::spawn_blocking(move || std_file.sync_all().map(|()| std_file))
         .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
         .map_err(|err| fail(format!("cannot fsync {}: {err}", temp.path().display())))?;
-    let std_file = file.into_std().await;
     // The bbolt check and etcdutl's status over the written file, before it counts: a
     // snapshot whose checksum matches can still be an inconsistent database.
     let db_len = streamed.file_len - etcddb::TRAILER_LEN;

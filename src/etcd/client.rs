@@ -4,7 +4,7 @@ use std::error::Error as StdError;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, Identity, TlsOptions};
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use super::tls::TlsMaterial;
 
@@ -32,6 +32,21 @@ pub async fn connect(
     tls: &TlsMaterial,
     dial_timeout: Duration,
 ) -> Result<Client, Box<dyn StdError + Send + Sync>> {
+    client_on(dial(endpoint, tls, dial_timeout).await?).await
+}
+
+/// The etcd client on a connection [`dial`] made.
+pub async fn client_on(channel: Channel) -> Result<Client, Box<dyn StdError + Send + Sync>> {
+    Ok(Client::from_channel(etcd_client::Channel::Tonic(channel), None).await?)
+}
+
+/// The connection [`connect`] makes, for calls made without etcd-client (the snapshot
+/// stream, see [`super::stream_snapshot`]).
+pub async fn dial(
+    endpoint: &str,
+    tls: &TlsMaterial,
+    dial_timeout: Duration,
+) -> Result<Channel, Box<dyn StdError + Send + Sync>> {
     let tls_options = TlsOptions::new()
         .ca_certificate(Certificate::from_pem(&tls.ca_pem))
         .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
@@ -43,7 +58,7 @@ pub async fn connect(
         .keep_alive_while_idle(false)
         .connect()
         .await?;
-    Ok(Client::from_channel(etcd_client::Channel::Tonic(channel), None).await?)
+    Ok(channel)
 }
 
 /// Status and membership of the member behind `client`. The member list is read serializably

@@ -9,9 +9,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::Client;
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 pub const TRAILER_LEN: usize = 32;
 
@@ -149,18 +150,39 @@ pub struct StreamedSnapshot {
     pub version: String,
 }
 
+/// `etcdserverpb.SnapshotRequest`: empty.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotRequest {}
+
+/// `etcdserverpb.SnapshotResponse` (rpc.proto: header = 1, remaining_bytes = 2, blob = 3,
+/// version = 4), decoded with its blob as [`Bytes`]: a slice of tonic's receive buffer, where
+/// etcd-client's generated type copies every chunk into a `Vec`. The header is skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotChunk {
+    #[prost(uint64, tag = "2")]
+    remaining_bytes: u64,
+    #[prost(bytes = "bytes", tag = "3")]
+    blob: Bytes,
+    #[prost(string, tag = "4")]
+    version: String,
+}
+
+const SNAPSHOT_METHOD: &str = "/etcdserverpb.Maintenance/Snapshot";
+
 /// Where the bytes of a snapshot go (the local file, and an upload next to it).
 pub trait SnapshotSink {
-    /// Takes the next bytes, in order.
-    fn write(&mut self, bytes: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Takes the next bytes, in order (shared, not copied: a sink that keeps them holds a
+    /// reference).
+    fn write(&mut self, bytes: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Called once after the last bytes.
     fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
 }
 
-/// Streams a snapshot from `client` into `out`, verifying the trailer. `out` is flushed but not
-/// synced; the caller owns durability. On error, what was written must be discarded.
+/// Streams a snapshot over `channel` (the connection [`super::dial`] made) into `out`,
+/// verifying the trailer. `out` is flushed but not synced; the caller owns durability. On
+/// error, what was written must be discarded.
 pub async fn stream_snapshot<S: SnapshotSink>(
-    client: &mut Client,
+    channel: &Channel,
     out: &mut S,
     limits: StreamLimits,
 ) -> Result<StreamedSnapshot, SnapshotError> {
@@ -182,7 +204,21 @@ pub async fn stream_snapshot<S: SnapshotSink>(
     };
 
     let wait = next_wait()?;
-    let mut stream = tokio::time::timeout(wait, client.snapshot())
+    let call = async {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(error_chain(&e)))?;
+        let codec = tonic_prost::ProstCodec::<SnapshotRequest, SnapshotChunk>::default();
+        grpc.server_streaming(
+            tonic::Request::new(SnapshotRequest {}),
+            http::uri::PathAndQuery::from_static(SNAPSHOT_METHOD),
+            codec,
+        )
+        .await
+        .map(tonic::Response::into_inner)
+    };
+    let mut stream = tokio::time::timeout(wait, call)
         .await
         .map_err(|_| wait_err(wait))?
         .map_err(|e| SnapshotError::Stream(error_chain(&e)))?;
@@ -196,11 +232,11 @@ pub async fn stream_snapshot<S: SnapshotSink>(
             .map_err(|_| wait_err(wait))?
             .map_err(|e| SnapshotError::Stream(error_chain(&e)))?;
         let Some(msg) = msg else { break };
-        check.accept(msg.blob(), msg.remaining_bytes())?;
-        if version.is_empty() && !msg.version().is_empty() {
-            version = msg.version().to_string();
+        check.accept(&msg.blob, msg.remaining_bytes)?;
+        if version.is_empty() && !msg.version.is_empty() {
+            version = msg.version;
         }
-        out.write(msg.blob())
+        out.write(msg.blob)
             .await
             .map_err(|e| SnapshotError::Write(e.to_string()))?;
     }

@@ -742,11 +742,17 @@ impl UploadFeed {
     /// Feeds the snapshot's bytes (sealed on the way when sealing); after a failure it does
     /// nothing.
     pub async fn send(&mut self, b: &[u8]) {
+        self.send_bytes(Bytes::copy_from_slice(b)).await
+    }
+
+    /// [`UploadFeed::send`] of bytes the caller shares: a plain upload keeps a reference
+    /// instead of a copy.
+    pub async fn send_bytes(&mut self, b: Bytes) {
         if self.tx.is_none() {
             return;
         }
-        let bytes = match self.sealer.as_mut().map(|s| s.push(b)) {
-            None => Bytes::copy_from_slice(b),
+        let bytes = match self.sealer.as_mut().map(|s| s.push(&b)) {
+            None => b,
             Some(Ok(sealed)) if sealed.is_empty() => return,
             Some(Ok(sealed)) => Bytes::from(sealed),
             Some(Err(e)) => return self.fail(format!("encryption failed: {e}")),
