@@ -36,7 +36,30 @@ pub enum Command {
     /// Run the daemon: scheduled backups, catch-up, sd_notify, metrics (systemd's ExecStart)
     Run,
     /// Take one backup now (same pipeline, lock and records as the daemon). Exit 0 on success, 1 on failure
-    Snapshot,
+    Snapshot {
+        /// Keep this snapshot through every retention, local and remote, until `etcdguard
+        /// unpin` (take one before `kubeadm upgrade`)
+        #[arg(long)]
+        pin: bool,
+        /// A note kept with the pin, shown by `records` (implies --pin)
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
+    },
+    /// Keep a snapshot through every retention, local and remote, until unpinned
+    Pin {
+        /// The record id or snapshot file name, as `etcdguard records` lists them
+        #[arg(value_name = "ID")]
+        id: String,
+        /// A note kept with the pin, shown by `records`
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
+    },
+    /// Let retention treat a pinned snapshot like any other again (it may go at the next run)
+    Unpin {
+        /// The record id or snapshot file name, as `etcdguard records` lists them
+        #[arg(value_name = "ID")]
+        id: String,
+    },
     /// List backup records, newest first
     Records {
         #[arg(long, short, value_enum, default_value_t = RecordsFormat::Table)]

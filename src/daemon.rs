@@ -302,7 +302,7 @@ impl Daemon {
             if let Some(m) = maintenance {
                 let _ = m.await;
             }
-            backup::run_backup(&config, trigger, async move {
+            backup::run_backup(&config, trigger, None, async move {
                 let _ = cancelled.await;
                 "shutdown".to_string()
             })

@@ -22,6 +22,7 @@ mod etcd;
 mod etcdversion;
 mod fsutil;
 mod metrics;
+mod pins;
 mod preflight;
 mod priority;
 mod progress;

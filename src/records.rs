@@ -307,6 +307,29 @@ pub struct Record {
     /// The node recovery bundle made with the remote copy (`[bundle]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<BundleCopy>,
+    /// A pinned snapshot is kept by every retention, local and remote, until unpinned
+    /// (`snapshot --pin`, `pin`, `unpin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Pin>,
+}
+
+/// Why and since when a snapshot is pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pin {
+    pub pinned_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl Pin {
+    /// `pinned 2026-12-02T10:00:00Z (before kubeadm upgrade)`.
+    pub fn describe(&self) -> String {
+        match &self.label {
+            Some(l) => format!("pinned {} ({l})", rfc3339(self.pinned_at)),
+            None => format!("pinned {}", rfc3339(self.pinned_at)),
+        }
+    }
 }
 
 /// A node recovery bundle beside a remote copy: where it is and what it holds (paths, never
@@ -392,6 +415,7 @@ impl Record {
             local: None,
             remote: None,
             bundle: None,
+            pin: None,
         }
     }
 

@@ -374,11 +374,25 @@ async fn apply_retention(
         .into_iter()
         .filter_map(|o| snapshot_time(&o.name).map(|t| (o.name, t)))
         .collect();
+    // Pinned copies are outside the rule: this node's records say which; a copy's sidecar is
+    // asked too before it goes (records lost with a rebuilt node still leave the pin there).
+    let pinned: std::collections::HashSet<String> = RecordStore::new(&config.state_dir)
+        .load()
+        .map_err(|e| e.to_string())?
+        .records
+        .iter()
+        .filter(|r| r.pin.is_some())
+        .filter_map(|r| r.remote.as_ref().map(|c| c.object_name().to_string()))
+        .collect();
     let now = Utc::now();
     let mut deleted = Vec::new();
     let mut reasons = Vec::new();
-    for d in retention::remote_deletions(&objects, now, rc.retention) {
+    for d in retention::remote_deletions(&objects, &pinned, now, rc.retention) {
         let name = &objects[d.index].0;
+        if let Ok(Record { pin: Some(p), .. }) = remote.read_sidecar(&remote.key_for(name)).await {
+            tracing::info!(file = %name, "retention keeps a remote snapshot: {} (its sidecar)", p.describe());
+            continue;
+        }
         match remote.delete_snapshot(name).await {
             Ok(()) => {
                 tracing::info!(file = %name, reason = %d.reason, "retention deleted remote snapshot");

@@ -6,7 +6,9 @@
 //! - a candidate is deleted when it is older than `ttl` **or** not among the newest `keep`
 //!   candidates, but **never** when it is among the newest `min_keep`;
 //! - "newest" is the order of the records file (append order), not timestamps, so a clock that
-//!   jumped cannot make an old snapshot look new; a timestamp in the future is age zero.
+//!   jumped cannot make an old snapshot look new; a timestamp in the future is age zero;
+//! - a pinned snapshot is outside the rule: never deleted, and not counted among the newest
+//!   (a pin adds to what is kept, never takes the place of a `min_keep` copy).
 //!
 //! History rule: a record whose snapshot still exists (locally or remotely) is never dropped.
 //! Beyond that, successful records are dropped oldest first while there are more than
@@ -54,12 +56,12 @@ fn ttl_text(ttl: Duration) -> String {
     humantime::format_duration(ttl).to_string()
 }
 
-/// Indices of present, successful local snapshots in append order (oldest first).
+/// Indices of present, successful, unpinned local snapshots in append order (oldest first).
 fn local_candidates(records: &[Record]) -> Vec<usize> {
     records
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.is_good_local())
+        .filter(|(_, r)| r.is_good_local() && r.pin.is_none())
         .map(|(i, _)| i)
         .collect()
 }
@@ -114,13 +116,17 @@ pub fn local_deletions(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Ve
 
 /// Decides which of this node's remote snapshots to delete. `objects` are the snapshot names
 /// under the node's prefix with the time in each name; ordered here by that time (names
-/// sort by it), since the bucket has no append order. Indices refer to `objects`.
+/// sort by it), since the bucket has no append order. Names in `pinned` are outside the rule.
+/// Indices refer to `objects`.
 pub fn remote_deletions(
     objects: &[(String, DateTime<Utc>)],
+    pinned: &std::collections::HashSet<String>,
     now: DateTime<Utc>,
     rule: Rule,
 ) -> Vec<Deletion> {
-    let mut order: Vec<usize> = (0..objects.len()).collect();
+    let mut order: Vec<usize> = (0..objects.len())
+        .filter(|&i| !pinned.contains(&objects[i].0))
+        .collect();
     order.sort_by(|&a, &b| {
         objects[a]
             .1
@@ -198,6 +204,9 @@ pub fn local_status(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Vec<O
     let n = candidates.len();
     let mut out = vec![None; records.len()];
     for (i, r) in records.iter().enumerate() {
+        if let Some(p) = r.pin.as_ref().filter(|_| r.is_good_local()) {
+            out[i] = Some(format!("kept: {} until unpinned", p.describe()));
+        }
         if let Some(l) = r.local.as_ref().filter(|l| l.state == CopyState::Deleted) {
             out[i] = Some(match (&l.deleted_at, &l.deleted_reason) {
                 (Some(at), Some(why)) => {
@@ -255,6 +264,8 @@ pub fn local_status(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Vec<O
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
     use crate::records::{CopyState, RemoteCopy, Snapshot, Trigger};
 
@@ -549,7 +560,7 @@ mod tests {
             .map(|d| (format!("d{d}"), now - chrono::Duration::days(*d)))
             .collect();
         let names = |rule: Rule| -> Vec<String> {
-            let mut v: Vec<String> = remote_deletions(&objs, now, rule)
+            let mut v: Vec<String> = remote_deletions(&objs, &HashSet::new(), now, rule)
                 .into_iter()
                 .map(|d| objs[d.index].0.clone())
                 .collect();
@@ -584,6 +595,7 @@ mod tests {
         .is_empty());
         assert!(remote_deletions(
             &[],
+            &HashSet::new(),
             now,
             Rule {
                 ttl: ttl(1),
@@ -594,6 +606,7 @@ mod tests {
         .is_empty());
         let r = remote_deletions(
             &objs,
+            &HashSet::new(),
             now,
             Rule {
                 ttl: None,
@@ -603,5 +616,64 @@ mod tests {
         );
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].reason, "not among the newest 4 (remote_storage.keep)");
+    }
+
+    #[test]
+    fn pinned_snapshots_are_outside_the_rule_locally_and_remotely() {
+        let now = Utc::now();
+        let keep1 = Rule {
+            ttl: Some(Duration::from_secs(3600)),
+            keep: Some(1),
+            min_keep: 1,
+        };
+        // Remote: d5 (the oldest) pinned; the newest unpinned one is still kept by min_keep.
+        let objs: Vec<(String, DateTime<Utc>)> = [5, 1, 4, 2, 3]
+            .iter()
+            .map(|d| (format!("d{d}"), now - chrono::Duration::days(*d)))
+            .collect();
+        let pinned: HashSet<String> = ["d5".to_string(), "d1".to_string()].into();
+        let mut gone: Vec<String> = remote_deletions(&objs, &pinned, now, keep1)
+            .into_iter()
+            .map(|d| objs[d.index].0.clone())
+            .collect();
+        gone.sort();
+        // d1 pinned does not count as the newest: d2 is kept as min_keep.
+        assert_eq!(gone, ["d3", "d4"]);
+
+        // Local: the pinned old record is neither deleted nor counted.
+        let mut records: Vec<Record> = (0..4)
+            .map(|i| {
+                Record::backup_succeeded(
+                    Snapshot::example(&format!("s{i}"), now - chrono::Duration::days(10 - i)),
+                    Trigger::Manual,
+                    1.0,
+                )
+            })
+            .collect();
+        records[0].pin = Some(crate::records::Pin {
+            pinned_at: now,
+            label: Some("before kubeadm upgrade".into()),
+        });
+        let d: Vec<usize> = local_deletions(&records, now, keep1)
+            .iter()
+            .map(|d| d.index)
+            .collect();
+        assert_eq!(d, [1, 2]);
+        let status = local_status(&records, now, keep1);
+        assert!(
+            status[0]
+                .as_deref()
+                .unwrap()
+                .contains("(before kubeadm upgrade) until unpinned"),
+            "{status:?}"
+        );
+        assert!(status[3].as_deref().unwrap().contains("min_keep"));
+        // Unpinned, it goes like any other.
+        records[0].pin = None;
+        let d: Vec<usize> = local_deletions(&records, now, keep1)
+            .iter()
+            .map(|d| d.index)
+            .collect();
+        assert_eq!(d, [0, 1, 2]);
     }
 }

@@ -1,6 +1,8 @@
 //! Local retention against real backups.
 
+use crate::remote::{remote_state, s3s_object, use_remote, BUCKET};
 use crate::util::node::Node;
+use crate::util::s3::{S3Server, SECRET_KEY};
 use crate::util::schema;
 use crate::util::{stderr, stdout};
 
@@ -148,4 +150,100 @@ fn keep_by_count_and_history_limits_bound_the_records_file() {
     let mut sorted = times.clone();
     sorted.sort();
     assert_eq!(times, sorted);
+}
+
+#[test]
+fn pinned_snapshots_survive_local_and_remote_retention_until_unpinned() {
+    let mut node = Node::start("3.5", "cp1");
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+    for section in ["local_storage", "remote_storage"] {
+        node.set(section, "keep", "1");
+        node.set(section, "min_keep", "1");
+    }
+    let label = "before kubeadm upgrade to 1.37";
+    let out = node.run(&["snapshot", "--pin", "--label", label]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("({label}): kept by every retention until")),
+        "{}",
+        stdout(&out)
+    );
+    let pinned = node.last_record();
+    let (id, file) = (
+        pinned["id"].as_str().unwrap().to_string(),
+        pinned["fileName"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(pinned["pin"]["label"], label);
+    let key = format!("prod/cp1/{file}");
+    let sidecar = |key: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(s3s_object(&s3, &format!("{key}.json"))).unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        sidecar(&key)["pin"]["label"],
+        label,
+        "the bucket says it too"
+    );
+
+    // keep = 1 would delete it at each of these backups.
+    for i in 0..3 {
+        let out = node.snapshot();
+        assert!(out.status.success(), "backup {i}: {}", stderr(&out));
+    }
+    let newest = node.last_record()["fileName"].as_str().unwrap().to_string();
+    let mut want = vec![file.clone(), newest.clone()];
+    want.sort();
+    assert_eq!(crate::util::list_dir(&node.snapshot_dir()), want);
+    assert!(
+        s3s_object(&s3, &key).exists(),
+        "remote retention deleted a pinned copy"
+    );
+    assert!(s3s_object(&s3, &format!("prod/cp1/{newest}")).exists());
+    let table = stdout(&node.run(&["records"]));
+    assert!(
+        table.contains(&format!("({label}) until unpinned")),
+        "{table}"
+    );
+    assert!(table.contains("uploaded (pinned)"), "{table}");
+
+    // Bad input changes nothing.
+    let before = std::fs::read(node.state_dir().join("records.json")).unwrap();
+    let out = node.run(&["unpin", "no-such-record"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no record \"no-such-record\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(node.state_dir().join("records.json")).unwrap(),
+        before
+    );
+
+    // Unpinned (by file name here), it goes at the next retention run, locally and remotely.
+    let out = node.run(&["unpin", &file]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sidecar(&key).get("pin").is_none());
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!node.snapshot_dir().join(&file).exists());
+    assert!(!s3s_object(&s3, &key).exists());
+    let rec = node
+        .records()
+        .into_iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(rec["local"]["state"], "deleted", "{rec:#}");
+    assert_eq!(remote_state(&rec), "deleted", "{rec:#}");
+    assert!(rec.get("pin").is_none());
+    // Pinning again what is gone says so.
+    let out = node.run(&["pin", &id]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no snapshot left to pin"),
+        "{}",
+        stderr(&out)
+    );
 }

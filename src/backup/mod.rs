@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use crate::config::Config;
 use crate::preflight::{self, RemoteCheck};
 use crate::records::{
-    MovedAside, Outcome, Record, RecordStore, RecordsError, RemoteCopy, RemoteState, Trigger,
+    MovedAside, Outcome, Pin, Record, RecordStore, RecordsError, RemoteCopy, RemoteState, Trigger,
 };
 use crate::remote_sync;
 use crate::retention::{self, Rule};
@@ -97,6 +97,7 @@ pub fn log_record(r: &Record) {
 pub async fn run_backup(
     config: &Config,
     trigger: Trigger,
+    pin: Option<Pin>,
     cancel: impl Future<Output = String>,
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
@@ -118,6 +119,7 @@ pub async fn run_backup(
     let record = match outcome {
         Ok(s) => {
             let mut record = Record::backup_succeeded(s.snapshot, trigger, duration);
+            record.pin = pin;
             if let Some(r) = s.remote {
                 let now = Utc::now();
                 record.remote = Some(match r.result {

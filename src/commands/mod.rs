@@ -7,6 +7,7 @@ mod config_check;
 mod decrypt;
 mod docs;
 mod output;
+mod pin;
 mod records;
 mod recover;
 mod restore;
@@ -27,7 +28,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         crate::progress::enable(cli.quiet);
     }
     // Before any thread exists: the runtime's workers inherit the lowered priorities.
-    if matches!(cli.command, Command::Snapshot) && !cli.normal_priority {
+    if matches!(cli.command, Command::Snapshot { .. }) && !cli.normal_priority {
         for p in crate::priority::lower() {
             tracing::warn!("{p}");
         }
@@ -42,7 +43,9 @@ pub fn dispatch(cli: Cli) -> CmdResult {
                 })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Snapshot => snapshot::run(config_path),
+        Command::Snapshot { pin, label } => snapshot::run(config_path, pin, label),
+        Command::Pin { id, label } => pin::pin(config_path, &id, label),
+        Command::Unpin { id } => pin::unpin(config_path, &id),
         Command::Records {
             output,
             limit,

@@ -58,6 +58,7 @@ fn remote_cell(r: &Record) -> String {
     match r.remote.as_ref() {
         None => "-".into(),
         Some(c) => match c.state {
+            RemoteState::Uploaded if r.pin.is_some() => "uploaded (pinned)".into(),
             RemoteState::Uploaded => "uploaded".into(),
             RemoteState::Pending => format!("pending ({} tries)", c.attempts),
             RemoteState::Failed => "FAILED".into(),

@@ -10,18 +10,27 @@ use super::{interrupted, runtime, CmdResult};
 use crate::backup::{self, BackupError};
 use crate::config;
 use crate::exit::CommandError;
-use crate::records::{Outcome, Trigger};
+use crate::records::{Outcome, Pin, Trigger};
 use crate::state::LockError;
 
-pub(super) fn run(config_path: Option<&Path>) -> CmdResult {
+pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) -> CmdResult {
     let config = config::load(config_path)?;
+    let pin = (pin || label.is_some()).then(|| Pin {
+        pinned_at: Utc::now(),
+        label,
+    });
     if config.paused {
         tracing::info!(
             "configuration is paused: scheduled backups are off; this manual backup runs anyway"
         );
     }
     let report = runtime()?
-        .block_on(backup::run_backup(&config, Trigger::Manual, interrupted()))
+        .block_on(backup::run_backup(
+            &config,
+            Trigger::Manual,
+            pin,
+            interrupted(),
+        ))
         .map_err(|e| match e {
             BackupError::Lock(LockError::Busy { .. }) => CommandError::Failed(e.to_string()),
             other => CommandError::Failed(format!("backup not attempted: {other}")),
@@ -52,6 +61,13 @@ pub(super) fn run(config_path: Option<&Path>) -> CmdResult {
                 r.revision.unwrap_or(0),
                 r.sha256.as_deref().unwrap_or("")
             ))?;
+            if let Some(p) = &r.pin {
+                print(&format!(
+                    "{}: kept by every retention until `etcdguard unpin {}`\n",
+                    p.describe(),
+                    r.id
+                ))?;
+            }
             if let Some(c) = &r.remote {
                 use crate::records::RemoteState;
                 match c.state {
