@@ -24,6 +24,40 @@ pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
         .create(dir)
 }
 
+/// Refuses a directory etcdguard keeps its state or snapshots in when someone else could
+/// change what is in it: owned by another user, or writable by group or others. The error
+/// says which, and the command that fixes it.
+pub fn check_trusted_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "it is owned by uid {}, not by the user etcdguard runs as (uid {me}): that user \
+                 could replace what etcdguard reads there; chown {me} {} (or use another \
+                 directory)",
+                meta.uid(),
+                dir.display()
+            ),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "it is writable by {} (mode {mode:04o}): they could replace records, locks or \
+                 snapshots; chmod 0700 {}",
+                if mode & 0o002 != 0 { "everyone" } else { "its group" },
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// True when neither group nor others have any access to `path`.
 pub fn is_private(path: &Path) -> io::Result<bool> {
     Ok(fs::metadata(path)?.permissions().mode() & 0o077 == 0)
@@ -237,6 +271,30 @@ impl Writeback {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_dirs_are_ours_and_not_writable_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("state");
+        create_private_dir_all(&d).unwrap();
+        check_trusted_dir(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        check_trusted_dir(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_trusted_dir(&d).unwrap_err().to_string();
+        assert!(e.contains("writable by everyone (mode 0777)"), "{e}");
+        assert!(e.contains(&format!("chmod 0700 {}", d.display())), "{e}");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o770)).unwrap();
+        let e = check_trusted_dir(&d).unwrap_err().to_string();
+        assert!(e.contains("writable by its group"), "{e}");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
+            let e = check_trusted_dir(&d).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+            assert!(e.contains("chown 0 "), "{e}");
+        }
+    }
 
     #[test]
     fn writeback_ranges_are_contiguous_and_lag_behind() {

@@ -65,6 +65,7 @@ impl StateDir {
             source,
         };
         fsutil::create_private_dir_all(&self.dir).map_err(state_err)?;
+        fsutil::check_trusted_dir(&self.dir).map_err(state_err)?;
         let lock = self.dir.join(BACKUP_LOCK);
         fsutil::try_lock(&lock)
             .map_err(state_err)?

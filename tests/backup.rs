@@ -370,3 +370,50 @@ fn endpoint_of_another_member_is_refused() {
         "refusing to back up another member",
     );
 }
+
+#[test]
+fn directories_others_could_change_are_refused_and_planted_symlinks_are_never_followed() {
+    use std::os::unix::fs::symlink;
+    let mut node = Node::start("3.5", "cp1");
+    let set_mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    // A state dir anyone may write: nothing is attempted, nothing written.
+    let state = node.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    set_mode(&state, 0o777);
+    let out = node.snapshot();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_stderr_has(&out, "it is writable by everyone (mode 0777)");
+    assert_stderr_has(&out, &format!("chmod 0700 {}", state.display()));
+    assert!(list_dir(&state).is_empty(), "{:?}", list_dir(&state));
+    set_mode(&state, 0o700);
+
+    // A snapshot dir owned by another user: a Failed record naming the owner and the fix.
+    std::fs::create_dir_all(node.snapshot_dir()).unwrap();
+    std::os::unix::fs::chown(node.snapshot_dir(), Some(65534), None).unwrap();
+    let out = node.snapshot();
+    let reason = assert_failed(&node, &out, "is owned by uid 65534");
+    assert!(reason.contains("chown 0 "), "{reason}");
+    std::os::unix::fs::chown(node.snapshot_dir(), Some(0), None).unwrap();
+
+    // A snapshot replaced by a symlink to a file outside the dir: retention removes the link,
+    // never what it points to.
+    node.set("local_storage", "keep", "1");
+    node.set("local_storage", "min_keep", "1");
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = node.last_record()["fileName"].as_str().unwrap().to_string();
+    let outside = node.root.path().join("precious.db");
+    std::fs::write(&outside, b"not a snapshot, not etcdguard's").unwrap();
+    let planted = node.snapshot_dir().join(&first);
+    std::fs::remove_file(&planted).unwrap();
+    symlink(&outside, &planted).unwrap();
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::symlink_metadata(&planted).is_err(), "the link is gone");
+    assert_eq!(
+        std::fs::read(&outside).unwrap(),
+        b"not a snapshot, not etcdguard's"
+    );
+}

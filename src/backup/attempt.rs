@@ -42,7 +42,7 @@ fn prepare_store(store: &LocalStore, warnings: &mut Vec<String>) -> Result<(), S
         Ok(None) => {}
         Err(e) => {
             return Err(format!(
-                "cannot create snapshot directory {}: {e}",
+                "cannot use snapshot directory {}: {e}",
                 store.dir().display()
             ))
         }

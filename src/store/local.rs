@@ -127,10 +127,12 @@ impl LocalStore {
         &self.dir
     }
 
-    /// Creates the directory (0700) if needed. Returns a warning when an existing directory is
-    /// open to group or others (the files themselves are always 0600).
+    /// Creates the directory (0700) if needed. Refuses one that another user owns or others
+    /// may write to; returns a warning when an existing directory is readable by group or
+    /// others (the files themselves are always 0600).
     pub fn ensure(&self) -> io::Result<Option<String>> {
         fsutil::create_private_dir_all(&self.dir)?;
+        fsutil::check_trusted_dir(&self.dir)?;
         Ok((!fsutil::is_private(&self.dir)?).then(|| {
             format!(
                 "snapshot directory {} is accessible to group or others (mode {:o}); \
