@@ -50,7 +50,11 @@ pub fn check_trusted_dir(dir: &Path) -> io::Result<()> {
             format!(
                 "it is writable by {} (mode {mode:04o}): they could replace records, locks or \
                  snapshots; chmod 0700 {}",
-                if mode & 0o002 != 0 { "everyone" } else { "its group" },
+                if mode & 0o002 != 0 {
+                    "everyone"
+                } else {
+                    "its group"
+                },
                 dir.display()
             ),
         ));

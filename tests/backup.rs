@@ -375,9 +375,8 @@ fn endpoint_of_another_member_is_refused() {
 fn directories_others_could_change_are_refused_and_planted_symlinks_are_never_followed() {
     use std::os::unix::fs::symlink;
     let mut node = Node::start("3.5", "cp1");
-    let set_mode = |p: &Path, m: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
-    };
+    let set_mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
     // A state dir anyone may write: nothing is attempted, nothing written.
     let state = node.state_dir();
     std::fs::create_dir_all(&state).unwrap();
@@ -411,7 +410,10 @@ fn directories_others_could_change_are_refused_and_planted_symlinks_are_never_fo
     symlink(&outside, &planted).unwrap();
     let out = node.snapshot();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(std::fs::symlink_metadata(&planted).is_err(), "the link is gone");
+    assert!(
+        std::fs::symlink_metadata(&planted).is_err(),
+        "the link is gone"
+    );
     assert_eq!(
         std::fs::read(&outside).unwrap(),
         b"not a snapshot, not etcdguard's"
