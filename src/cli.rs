@@ -45,6 +45,12 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         label: Option<String>,
     },
+    /// Ask the local etcd member how it is: alarms, database against its quota, raft
+    /// progress, learner (what every backup records). Exit 0 healthy, 1 warnings or no answer
+    Health {
+        #[arg(long, short, value_enum, default_value_t = HealthFormat::Text)]
+        output: HealthFormat,
+    },
     /// Keep a snapshot through every retention, local and remote, until unpinned
     Pin {
         /// The record id or snapshot file name, as `etcdguard records` lists them
@@ -318,6 +324,12 @@ impl From<EtcdMinor> for crate::etcdversion::Minor {
             EtcdMinor::V3_7 => crate::etcdversion::Minor::V3_7,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HealthFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

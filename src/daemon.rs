@@ -414,9 +414,16 @@ impl Daemon {
                 .find(|r| r.result != Outcome::Skipped && r.trigger.is_backup())
                 .map(|r| match r.result {
                     Outcome::Success => format!(
-                        "last backup OK at {} ({})",
+                        "last backup OK at {} ({}){}",
                         records::rfc3339(r.backup_timestamp),
-                        r.file_name.as_deref().unwrap_or("")
+                        r.file_name.as_deref().unwrap_or(""),
+                        match r.health.as_ref().map(|h| h.warnings.as_slice()) {
+                            Some([only]) => format!("; ETCD HEALTH: {only}"),
+                            Some([first, rest @ ..]) => {
+                                format!("; ETCD HEALTH: {first} (and {} more)", rest.len())
+                            }
+                            _ => String::new(),
+                        }
                     ),
                     _ => format!(
                         "last backup FAILED at {}: {}",

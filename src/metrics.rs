@@ -34,8 +34,53 @@ fn gauge(out: &mut String, name: &str, help: &str, samples: &[(&str, String)]) {
 pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>) -> String {
     let mut out = String::new();
     backups(&mut out, file);
+    health(&mut out, file);
     counters(&mut out, file, paused, next_run);
     out
+}
+
+/// etcd's health as the newest successful backup saw it.
+fn health(out: &mut String, file: &RecordsFile) {
+    let Some(h) = file
+        .records
+        .iter()
+        .rev()
+        .filter(|r| r.result == Outcome::Success)
+        .find_map(|r| r.health.as_ref())
+    else {
+        return;
+    };
+    let active = |kind: &str| {
+        let n = h.alarms.iter().filter(|a| a.starts_with(kind)).count();
+        (if n > 0 { "1" } else { "0" }).to_string()
+    };
+    gauge(
+        out,
+        "etcdguard_etcd_alarm_active",
+        "1 when the etcd alarm was active at the last successful backup.",
+        &[
+            ("{alarm=\"NOSPACE\"}", active("NOSPACE")),
+            ("{alarm=\"CORRUPT\"}", active("CORRUPT")),
+        ],
+    );
+    gauge(
+        out,
+        "etcdguard_etcd_db_size_bytes",
+        "etcd's database file size at the last successful backup.",
+        &[("", h.db_size_bytes.to_string())],
+    );
+    gauge(
+        out,
+        "etcdguard_etcd_db_quota_bytes",
+        "etcd's backend quota (reported by etcd 3.6+, else the manifest's, else the default).",
+        &[("", h.quota_bytes.to_string())],
+    );
+    gauge(
+        out,
+        "etcdguard_etcd_health_warnings",
+        "Health warnings at the last successful backup (alarms, quota, learner, apply lag).",
+        &[("", h.warnings.len().to_string())],
+    );
 }
 
 /// The last attempt, the last success per destination, and what is kept.
@@ -248,6 +293,41 @@ mod tests {
             let name = l.split(['{', ' ']).next().unwrap();
             assert!(text.contains(&format!("# TYPE {name} ")), "{l}");
         }
+    }
+
+    #[test]
+    fn health_of_the_newest_success() {
+        let mut f = RecordsFile::default();
+        let mut sick = rec(Outcome::Success, "2026-05-01T10:00:00Z");
+        sick.health = Some(crate::records::Health::assess(
+            &[(0x8e9e, "NOSPACE".into())],
+            None,
+            16 << 20,
+            16 << 20,
+            16 << 20,
+            None,
+            false,
+            1,
+            1,
+        ));
+        f.push(sick);
+        f.push(rec(Outcome::Failed, "2026-05-01T11:00:00Z"));
+        let text = render(&f, false, None);
+        for line in [
+            "etcdguard_etcd_alarm_active{alarm=\"NOSPACE\"} 1",
+            "etcdguard_etcd_alarm_active{alarm=\"CORRUPT\"} 0",
+            "etcdguard_etcd_db_size_bytes 16777216",
+            "etcdguard_etcd_db_quota_bytes 16777216",
+            "etcdguard_etcd_health_warnings 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // No health known: no health metrics.
+        let text = render(&RecordsFile::default(), false, None);
+        assert!(!text.contains("etcdguard_etcd_"), "{text}");
     }
 
     #[test]

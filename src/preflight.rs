@@ -6,8 +6,9 @@
 use chrono::Utc;
 
 use crate::config::{Config, EtcdConfig};
-use crate::etcd::{TlsError, TlsMaterial};
+use crate::etcd::{MemberInfo, Phase, TlsError, TlsMaterial};
 use crate::kubeadm::EtcdManifest;
+use crate::records::Health;
 use crate::store::remote::Remote;
 
 /// Where and who the local member is, before talking to it.
@@ -16,6 +17,8 @@ pub struct Target {
     pub endpoint: String,
     /// `--name` from the manifest, if it was read.
     pub manifest_name: Option<String>,
+    /// `--quota-backend-bytes` from the manifest, if it was read and set.
+    pub manifest_quota: Option<u64>,
 }
 
 impl Target {
@@ -33,14 +36,24 @@ impl Target {
 /// the local member from the static pod manifest.
 pub fn resolve_target(config: &Config) -> Result<Target, String> {
     let manifest = EtcdManifest::load(&config.etcd.manifest);
+    let quota = |m: &EtcdManifest| {
+        m.flag("quota-backend-bytes")
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&q| q > 0)
+    };
     match (&config.etcd.endpoint, manifest) {
         (Some(ep), m) => Ok(Target {
             endpoint: ep.clone(),
-            manifest_name: m.ok().and_then(|m| m.member_name().map(str::to_string)),
+            manifest_name: m
+                .as_ref()
+                .ok()
+                .and_then(|m| m.member_name().map(str::to_string)),
+            manifest_quota: m.as_ref().ok().and_then(quota),
         }),
         (None, Ok(m)) => Ok(Target {
             endpoint: m.local_client_url().map_err(|e| e.to_string())?,
             manifest_name: m.member_name().map(str::to_string),
+            manifest_quota: quota(&m),
         }),
         (None, Err(e)) => Err(format!(
             "cannot find the local etcd endpoint: {e}; set etcd.endpoint in the config, or \
@@ -113,6 +126,58 @@ pub enum RemoteCheck {
     Opened,
     /// The bucket exists and is writable: the sentence says which, where and as whom.
     Probed(String),
+}
+
+/// What `etcdguard health` reports: the local member and its health, as a backup records it.
+#[derive(Debug)]
+pub struct EtcdHealth {
+    pub endpoint: String,
+    pub member: MemberInfo,
+    pub health: Health,
+}
+
+/// Asks the local member how it is (status, alarms), as a backup does before it streams. The
+/// error is one sentence naming what to fix.
+pub async fn etcd_health(config: &Config) -> Result<EtcdHealth, String> {
+    let target = resolve_target(config)?;
+    let e = &config.etcd;
+    let ep = target.endpoint.clone();
+    let tls = etcd_tls(e).map_err(|err| err.to_string())?;
+    for w in &tls.warnings {
+        tracing::warn!("{w}");
+    }
+    let explain = |phase, err: &(dyn std::error::Error + 'static)| {
+        crate::etcd::explain_connect_error(&ep, &e.ca_cert, &e.client_cert, phase, err)
+    };
+    let mut client = crate::etcd::connect(&ep, &tls, e.dial_timeout)
+        .await
+        .map_err(|err| explain(Phase::Dial, err.as_ref()))?;
+    let member = crate::etcd::member_info(&mut client, e.dial_timeout)
+        .await
+        .map_err(|err| explain(Phase::FirstRequest, err.as_ref()))?;
+    let health = health_of(&target, &member);
+    Ok(EtcdHealth {
+        endpoint: ep,
+        member,
+        health,
+    })
+}
+
+/// The health a backup records for the member `info` describes (the manifest may give the
+/// quota etcd < 3.6 does not report).
+pub fn health_of(target: &Target, info: &MemberInfo) -> Health {
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Health::assess(
+        &info.alarms,
+        info.alarms_error.as_deref(),
+        n(info.db_size),
+        n(info.db_size_in_use),
+        n(info.db_size_quota),
+        target.manifest_quota,
+        info.is_learner,
+        info.raft_index,
+        info.raft_applied_index,
+    )
 }
 
 /// Opens the remote storage (credentials, CA bundle) and, with `probe`, checks that the bucket

@@ -311,6 +311,115 @@ pub struct Record {
     /// (`snapshot --pin`, `pin`, `unpin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<Pin>,
+    /// What etcd said of its own health when the backup was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// etcd's health when a backup was taken: alarms, the database against its quota, raft
+/// progress. Warnings never fail a backup (a sick cluster is the one most worth backing up);
+/// they are said in the record, the log and `records`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Active alarms: `NOSPACE on member 8e9e05c52164694d`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<String>,
+    pub db_size_bytes: u64,
+    pub db_size_in_use_bytes: u64,
+    pub quota_bytes: u64,
+    /// Where the quota comes from: `etcd` (3.6+ reports it), `manifest` (its
+    /// `--quota-backend-bytes`), or `default` (etcd's 2 GiB).
+    pub quota_source: String,
+    pub is_learner: bool,
+    pub raft_index: u64,
+    pub raft_applied_index: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// etcd's backend quota when none is set.
+pub const DEFAULT_QUOTA: u64 = 2 << 30;
+/// A database above this share of its quota is a warning.
+pub const QUOTA_WARN_PERCENT: u64 = 80;
+/// Committed but not yet applied entries above this are a warning.
+pub const APPLY_LAG_WARN: u64 = 1000;
+
+impl Health {
+    /// The facts etcd reported and the warnings they call for. Pure.
+    #[allow(clippy::too_many_arguments)]
+    pub fn assess(
+        alarms: &[(u64, String)],
+        alarms_error: Option<&str>,
+        db_size: u64,
+        db_size_in_use: u64,
+        reported_quota: u64,
+        manifest_quota: Option<u64>,
+        is_learner: bool,
+        raft_index: u64,
+        raft_applied_index: u64,
+    ) -> Health {
+        let (quota_bytes, quota_source) = match (reported_quota, manifest_quota) {
+            (q, _) if q > 0 => (q, "etcd"),
+            (_, Some(q)) => (q, "manifest"),
+            _ => (DEFAULT_QUOTA, "default"),
+        };
+        let alarms: Vec<String> = alarms
+            .iter()
+            .map(|(m, a)| format!("{a} on member {m:x}"))
+            .collect();
+        let mut warnings: Vec<String> = alarms
+            .iter()
+            .map(|a| {
+                let fix = if a.starts_with("NOSPACE") {
+                    "etcd takes no writes until the space is freed (compact, defragment) and the \
+                     alarm disarmed"
+                } else {
+                    "a member's data differs from the others'; restore it from a good snapshot"
+                };
+                format!("etcd alarm {a} is active: {fix}")
+            })
+            .collect();
+        if let Some(e) = alarms_error {
+            warnings.push(format!("etcd's alarm list could not be read: {e}"));
+        }
+        if db_size.saturating_mul(100) >= quota_bytes.saturating_mul(QUOTA_WARN_PERCENT) {
+            warnings.push(format!(
+                "the database is {} MiB, {}% of its {} MiB quota ({}): at the quota etcd \
+                 raises NOSPACE and takes no writes; compact and defragment, or raise \
+                 --quota-backend-bytes",
+                db_size >> 20,
+                db_size * 100 / quota_bytes.max(1),
+                quota_bytes >> 20,
+                quota_source
+            ));
+        }
+        if is_learner {
+            warnings.push(
+                "the member is a learner: its data may trail the cluster's; a voting member's \
+                 snapshot is the one to restore from"
+                    .into(),
+            );
+        }
+        let lag = raft_index.saturating_sub(raft_applied_index);
+        if lag > APPLY_LAG_WARN {
+            warnings.push(format!(
+                "the member has applied {lag} fewer raft entries than it has committed: the \
+                 snapshot may trail the cluster"
+            ));
+        }
+        Health {
+            alarms,
+            db_size_bytes: db_size,
+            db_size_in_use_bytes: db_size_in_use,
+            quota_bytes,
+            quota_source: quota_source.into(),
+            is_learner,
+            raft_index,
+            raft_applied_index,
+            warnings,
+        }
+    }
 }
 
 /// Why and since when a snapshot is pinned.
@@ -368,6 +477,7 @@ pub struct Snapshot {
     pub sha256: String,
     /// The local file is sealed (`encrypt_local`).
     pub local_sealed: Option<SealedCopy>,
+    pub health: Option<Health>,
 }
 
 #[cfg(test)]
@@ -390,6 +500,7 @@ impl Snapshot {
             size_bytes: 1000,
             sha256: "0".repeat(64),
             local_sealed: None,
+            health: None,
         }
     }
 }
@@ -416,6 +527,7 @@ impl Record {
             remote: None,
             bundle: None,
             pin: None,
+            health: None,
         }
     }
 
@@ -431,6 +543,7 @@ impl Record {
             size_bytes: Some(s.size_bytes),
             sha256: Some(s.sha256),
             local: Some(LocalCopy::present(s.path, s.local_sealed)),
+            health: s.health,
             ..Record::empty(s.at, Outcome::Success, trigger, duration)
         }
     }
@@ -719,6 +832,58 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_warns_of_alarms_quota_learners_and_apply_lag_and_nothing_else() {
+        let quiet = Health::assess(&[], None, 100 << 20, 90 << 20, 0, None, false, 10, 10);
+        assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
+        assert_eq!(
+            (quiet.quota_bytes, quiet.quota_source.as_str()),
+            (DEFAULT_QUOTA, "default")
+        );
+        let m = Health::assess(&[], None, 1, 1, 0, Some(8 << 30), false, 1, 1);
+        assert_eq!(
+            (m.quota_bytes, m.quota_source.as_str()),
+            (8 << 30, "manifest")
+        );
+        let e = Health::assess(&[], None, 1, 1, 4 << 30, Some(8 << 30), false, 1, 1);
+        assert_eq!((e.quota_bytes, e.quota_source.as_str()), (4 << 30, "etcd"));
+
+        let sick = Health::assess(
+            &[(0x8e9e, "NOSPACE".into()), (0x1, "CORRUPT".into())],
+            None,
+            15 << 20,
+            15 << 20,
+            16 << 20,
+            None,
+            true,
+            5000,
+            100,
+        );
+        assert_eq!(
+            sick.alarms,
+            ["NOSPACE on member 8e9e", "CORRUPT on member 1"]
+        );
+        let w = sick.warnings.join("\n");
+        assert!(
+            w.contains("etcd alarm NOSPACE on member 8e9e is active"),
+            "{w}"
+        );
+        assert!(
+            w.contains("etcd alarm CORRUPT on member 1 is active"),
+            "{w}"
+        );
+        assert!(w.contains("15 MiB, 93% of its 16 MiB quota (etcd)"), "{w}");
+        assert!(w.contains("learner"), "{w}");
+        assert!(w.contains("applied 4900 fewer raft entries"), "{w}");
+        // At 79 % no quota warning; at 80 % one.
+        let below = Health::assess(&[], None, 79, 79, 100, None, false, 1, 1);
+        assert!(below.warnings.is_empty());
+        let at = Health::assess(&[], None, 80, 80, 100, None, false, 1, 1);
+        assert_eq!(at.warnings.len(), 1);
+        let unread = Health::assess(&[], Some("timeout"), 1, 1, 0, None, false, 1, 1);
+        assert_eq!(unread.warnings.len(), 1);
+    }
 
     #[test]
     fn backoff_doubles_up_to_an_hour() {

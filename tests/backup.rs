@@ -419,3 +419,92 @@ fn directories_others_could_change_are_refused_and_planted_symlinks_are_never_fo
         b"not a snapshot, not etcdguard's"
     );
 }
+
+#[test]
+fn a_nospace_alarm_and_a_full_quota_are_recorded_and_the_backup_still_verifies() {
+    let mut node = Node::start(crate::util::NEWEST, "cp1");
+    node.etcd
+        .restart_with_env(&[("ETCD_QUOTA_BACKEND_BYTES", "16777216")]);
+    let metrics_file = node.root.path().join("etcdguard.prom");
+    node.set("", "metrics_file", &format!("{metrics_file:?}"));
+    let out = node.run(&["health"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("alarms: none"), "{}", stdout(&out));
+    assert!(stdout(&out).ends_with("healthy\n"), "{}", stdout(&out));
+    // Fill until etcd refuses: it raises NOSPACE at its quota.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused = rt.block_on(async {
+        let mut c = node.etcd.client().await.unwrap();
+        let value = vec![b'x'; 256 << 10];
+        for i in 0..400 {
+            if let Err(e) = c
+                .put(format!("/registry/blobs/{i}"), value.clone(), None)
+                .await
+            {
+                return e.to_string();
+            }
+        }
+        panic!("etcd took 100 MiB under a 16 MiB quota");
+    });
+    assert!(refused.contains("database space exceeded"), "{refused}");
+
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_stderr_has(&out, "etcd alarm NOSPACE on member");
+    schema::assert_valid(
+        "records.v1",
+        &stdout(&node.run(&["records", "--output", "json"])),
+    );
+    let rec = node.last_record();
+    let h = &rec["health"];
+    assert!(
+        h["alarms"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("NOSPACE on member "),
+        "{h:#}"
+    );
+    assert_eq!(h["quotaBytes"], 16 << 20, "{h:#}");
+    assert_eq!(h["quotaSource"], "etcd", "{h:#}");
+    let warnings: Vec<&str> = h["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("of its 16 MiB quota")),
+        "{warnings:?}"
+    );
+    assert!(
+        stdout(&out).contains("etcd health: etcd alarm NOSPACE"),
+        "{}",
+        stdout(&out)
+    );
+    let table = stdout(&node.run(&["records"]));
+    assert!(table.contains("alarm NOSPACE"), "{table}");
+    let out = node.run(&["health"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("WARNING: etcd alarm NOSPACE on member"),
+        "{}",
+        stdout(&out)
+    );
+    let out = node.run(&["health", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    schema::assert_valid("health.v1", &stdout(&out));
+    let metrics = std::fs::read_to_string(&metrics_file).unwrap();
+    assert!(
+        metrics.contains("etcdguard_etcd_alarm_active{alarm=\"NOSPACE\"} 1"),
+        "{metrics}"
+    );
+    // The snapshot itself is whole: verify passes.
+    let file = node.snapshot_dir().join(rec["fileName"].as_str().unwrap());
+    let v = etcdguard_cmd(&["verify", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", stderr(&v));
+}

@@ -114,6 +114,10 @@ pub(super) async fn attempt(
         .await
         .map_err(|err| early(explain(Phase::FirstRequest, err.as_ref())))?;
     let member = member_of(&target, &info);
+    let health = preflight::health_of(&target, &info);
+    for w in &health.warnings {
+        tracing::warn!("{w}");
+    }
     let fail = |reason: String| Failure {
         reason,
         member: Some(member.clone()),
@@ -191,6 +195,7 @@ pub(super) async fn attempt(
             size_bytes: streamed.file_len,
             sha256: hex::encode(streamed.file_sha256),
             local_sealed: sealed,
+            health: Some(health),
         },
         remote,
     })

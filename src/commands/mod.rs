@@ -6,6 +6,7 @@
 mod config_check;
 mod decrypt;
 mod docs;
+mod health;
 mod output;
 mod pin;
 mod records;
@@ -44,6 +45,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot { pin, label } => snapshot::run(config_path, pin, label),
+        Command::Health { output } => health::run(config_path, output),
         Command::Pin { id, label } => pin::pin(config_path, &id, label),
         Command::Unpin { id } => pin::unpin(config_path, &id),
         Command::Records {

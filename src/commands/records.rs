@@ -107,7 +107,13 @@ pub(crate) fn records_table(
                 None => "-".to_string(),
             };
             let detail = match r.result {
-                Outcome::Success => r.file_name.clone().unwrap_or_default(),
+                Outcome::Success => {
+                    let mut d = r.file_name.clone().unwrap_or_default();
+                    for a in r.health.iter().flat_map(|h| &h.alarms) {
+                        d.push_str(&format!(" [alarm {a}]"));
+                    }
+                    d
+                }
                 Outcome::Failed | Outcome::Skipped => r.reason.clone().unwrap_or_default(),
             };
             vec![

@@ -61,6 +61,9 @@ pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) 
                 r.revision.unwrap_or(0),
                 r.sha256.as_deref().unwrap_or("")
             ))?;
+            for w in r.health.iter().flat_map(|h| &h.warnings) {
+                print(&format!("etcd health: {w}\n"))?;
+            }
             if let Some(p) = &r.pin {
                 print(&format!(
                     "{}: kept by every retention until `etcdguard unpin {}`\n",

@@ -21,6 +21,17 @@ pub struct MemberInfo {
     pub revision: i64,
     /// The size of the member's database file: about what a snapshot of it streams.
     pub db_size: i64,
+    /// The bytes of it in use (`raftUsedDbSize`, 3.4+).
+    pub db_size_in_use: i64,
+    /// The backend quota etcd reports (3.6+; 0 before).
+    pub db_size_quota: i64,
+    pub is_learner: bool,
+    pub raft_index: u64,
+    pub raft_applied_index: u64,
+    /// The active alarms of the cluster: (member id, `NOSPACE` | `CORRUPT`). Empty when the
+    /// alarm list could not be read (that is said in `alarms_error`).
+    pub alarms: Vec<(u64, String)>,
+    pub alarms_error: Option<String>,
 }
 
 /// Dials `endpoint` eagerly (TCP + TLS) so that a refused connection or a bad certificate is
@@ -85,6 +96,30 @@ pub async fn member_info(
             .unwrap_or_default(),
         _ => String::new(),
     };
+    let alarm_list = tokio::time::timeout(
+        rpc_timeout,
+        client.alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        ),
+    )
+    .await;
+    let (alarms, alarms_error) = match alarm_list {
+        Ok(Ok(r)) => (
+            r.alarms()
+                .iter()
+                .filter(|a| a.alarm() != etcd_client::AlarmType::None)
+                .map(|a| (a.member_id(), alarm_name(a.alarm())))
+                .collect(),
+            None,
+        ),
+        Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
+        Err(_) => (
+            Vec::new(),
+            Some(format!("no answer within {rpc_timeout:?}")),
+        ),
+    };
     Ok(MemberInfo {
         id,
         cluster_id,
@@ -93,7 +128,22 @@ pub async fn member_info(
         storage_version: status.storage_version().to_string(),
         revision,
         db_size: status.db_size(),
+        db_size_in_use: status.raft_used_db_size(),
+        db_size_quota: status.db_size_quota(),
+        is_learner: status.is_learner(),
+        raft_index: status.raft_index(),
+        raft_applied_index: status.raft_applied_index(),
+        alarms,
+        alarms_error,
     })
+}
+
+fn alarm_name(a: etcd_client::AlarmType) -> String {
+    match a {
+        etcd_client::AlarmType::Nospace => "NOSPACE".into(),
+        etcd_client::AlarmType::Corrupt => "CORRUPT".into(),
+        etcd_client::AlarmType::None => "NONE".into(),
+    }
 }
 
 /// One member as the member list shows it.

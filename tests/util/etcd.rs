@@ -229,6 +229,23 @@ impl EtcdServer {
         }
     }
 
+    /// Restarts the member on its data dir with `env` for etcd (`ETCD_*` flags), and waits
+    /// until it is ready.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cluster = format!("{}={}", self.name, self.peer_url);
+        self.spawn(&cluster);
+        assert!(
+            self.wait_ready(Duration::from_secs(30)),
+            "etcd did not restart; log tail:\n{}",
+            self.log_tail()
+        );
+    }
+
     pub fn client_port(&self) -> u16 {
         self.client_url.rsplit(':').next().unwrap().parse().unwrap()
     }
