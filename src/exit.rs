@@ -18,6 +18,21 @@ pub const EXIT_USAGE: u8 = 2;
 /// EX_CONFIG from sysexits.h; the unit's `RestartPreventExitStatus=78` stops restart loops.
 pub const EXIT_CONFIG: u8 = 78;
 
+/// An error with its sources, `outer: inner: root`, a repeated message said once: what a
+/// library error means is often only in its sources (hyper, tonic, reqwest, opendal).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if parts.last() != Some(&t) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
 /// The table `--help` prints.
 pub const EXIT_CODES_HELP: &str =
     "Exit codes: 0 success, 1 the operation failed, 2 usage error, 78 configuration error.";

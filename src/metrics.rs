@@ -50,10 +50,7 @@ fn health(out: &mut String, file: &RecordsFile) {
     else {
         return;
     };
-    let active = |kind: &str| {
-        let n = h.alarms.iter().filter(|a| a.starts_with(kind)).count();
-        (if n > 0 { "1" } else { "0" }).to_string()
-    };
+    let active = |kind: &str| u8::from(h.alarms.iter().any(|a| a.starts_with(kind))).to_string();
     gauge(
         out,
         "etcdguard_etcd_alarm_active",

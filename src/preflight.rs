@@ -4,9 +4,10 @@
 //! the same questions and give the same answers. `config.rs` stays pure parsing.
 
 use chrono::Utc;
+use tonic::transport::Channel;
 
 use crate::config::{Config, EtcdConfig};
-use crate::etcd::{MemberInfo, Phase, TlsError, TlsMaterial};
+use crate::etcd::{self, MemberInfo, Phase, TlsError, TlsMaterial};
 use crate::kubeadm::EtcdManifest;
 use crate::records::Health;
 use crate::store::remote::Remote;
@@ -136,28 +137,48 @@ pub struct EtcdHealth {
     pub health: Health,
 }
 
+/// Reaches the local member `target` names, as every backup does before it streams: the TLS
+/// material read and checked (its warnings added to `warnings`, also when the rest fails), the
+/// connection dialled, the member's status, identity and alarms read. Returns the connection
+/// (the snapshot stream uses it) and what the member said; the error is one sentence naming
+/// what to fix.
+pub async fn reach_member(
+    config: &Config,
+    target: &Target,
+    warnings: &mut Vec<String>,
+) -> Result<(Channel, MemberInfo), String> {
+    let e = &config.etcd;
+    let ep = &target.endpoint;
+    let tls = etcd_tls(e).map_err(|err| err.to_string())?;
+    warnings.extend(tls.warnings.iter().cloned());
+    let explain = |phase, err: &(dyn std::error::Error + 'static)| {
+        etcd::explain_connect_error(ep, &e.ca_cert, &e.client_cert, phase, err)
+    };
+    let channel = etcd::dial(ep, &tls, e.dial_timeout)
+        .await
+        .map_err(|err| explain(Phase::Dial, err.as_ref()))?;
+    let mut client = etcd::client_on(channel.clone())
+        .await
+        .map_err(|err| explain(Phase::Dial, err.as_ref()))?;
+    let info = etcd::member_info(&mut client, e.dial_timeout)
+        .await
+        .map_err(|err| explain(Phase::FirstRequest, err.as_ref()))?;
+    Ok((channel, info))
+}
+
 /// Asks the local member how it is (status, alarms), as a backup does before it streams. The
 /// error is one sentence naming what to fix.
 pub async fn etcd_health(config: &Config) -> Result<EtcdHealth, String> {
     let target = resolve_target(config)?;
-    let e = &config.etcd;
-    let ep = target.endpoint.clone();
-    let tls = etcd_tls(e).map_err(|err| err.to_string())?;
-    for w in &tls.warnings {
+    let mut warnings = Vec::new();
+    let reached = reach_member(config, &target, &mut warnings).await;
+    for w in &warnings {
         tracing::warn!("{w}");
     }
-    let explain = |phase, err: &(dyn std::error::Error + 'static)| {
-        crate::etcd::explain_connect_error(&ep, &e.ca_cert, &e.client_cert, phase, err)
-    };
-    let mut client = crate::etcd::connect(&ep, &tls, e.dial_timeout)
-        .await
-        .map_err(|err| explain(Phase::Dial, err.as_ref()))?;
-    let member = crate::etcd::member_info(&mut client, e.dial_timeout)
-        .await
-        .map_err(|err| explain(Phase::FirstRequest, err.as_ref()))?;
+    let (_, member) = reached?;
     let health = health_of(&target, &member);
     Ok(EtcdHealth {
-        endpoint: ep,
+        endpoint: target.endpoint,
         member,
         health,
     })

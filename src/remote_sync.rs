@@ -296,10 +296,8 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
         }
     }
 
-    if let Some(member) = &member {
-        abort_stale_uploads(rc, member, &mut m).await;
-    }
     if let Some(member) = member {
+        abort_stale_uploads(rc, &member, &mut m).await;
         match apply_retention(config, rc, &member).await {
             Ok(deleted) => m.deleted = deleted,
             Err(e) => m.errors.push(format!("remote retention: {e}")),

@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use super::stream::{self, Destination, RemoteResult, Upload};
 use crate::config::Config;
-use crate::etcd::{self, MemberInfo, Phase, StreamLimits};
+use crate::etcd::{MemberInfo, StreamLimits};
 use crate::preflight::{self, Target};
 use crate::records::{Member, Snapshot};
 use crate::store::local::{snapshot_file_name, LocalStore};
@@ -99,20 +99,9 @@ pub(super) async fn attempt(
     prepare_store(store, warnings).map_err(early)?;
 
     let e = &config.etcd;
-    let tls = preflight::etcd_tls(e).map_err(|err| early(err.to_string()))?;
-    warnings.extend(tls.warnings.iter().cloned());
-    let explain = |phase, err: &(dyn std::error::Error + 'static)| {
-        etcd::explain_connect_error(&ep, &e.ca_cert, &e.client_cert, phase, err)
-    };
-    let channel = etcd::dial(&ep, &tls, e.dial_timeout)
+    let (channel, info) = preflight::reach_member(config, &target, warnings)
         .await
-        .map_err(|err| early(explain(Phase::Dial, err.as_ref())))?;
-    let mut client = etcd::client_on(channel.clone())
-        .await
-        .map_err(|err| early(explain(Phase::Dial, err.as_ref())))?;
-    let info = etcd::member_info(&mut client, e.dial_timeout)
-        .await
-        .map_err(|err| early(explain(Phase::FirstRequest, err.as_ref())))?;
+        .map_err(early)?;
     let member = member_of(&target, &info);
     let health = preflight::health_of(&target, &info);
     for w in &health.warnings {

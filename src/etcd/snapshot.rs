@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::exit::error_chain;
+
 pub const TRAILER_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -249,19 +251,6 @@ pub async fn stream_snapshot<S: SnapshotSink>(
         file_sha256,
         version,
     })
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if parts.last() != Some(&t) {
-            parts.push(t);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

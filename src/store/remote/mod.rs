@@ -77,17 +77,7 @@ impl std::fmt::Debug for Remote {
 
 /// Why an object-store call failed, as one sentence with the bucket, endpoint and fix.
 pub fn explain(e: &opendal::Error, bucket: &str, endpoint: &str, key_id: Option<&str>) -> String {
-    let text = e.to_string();
-    let chain = {
-        let mut s = text.clone();
-        let mut cur = std::error::Error::source(e);
-        while let Some(c) = cur {
-            s.push_str(": ");
-            s.push_str(&c.to_string());
-            cur = c.source();
-        }
-        s
-    };
+    let chain = crate::exit::error_chain(e);
     let has = |n: &str| chain.contains(n);
     let key = key_id.unwrap_or("(from the AWS chain)");
     if has("NoSuchBucket") {
@@ -333,12 +323,15 @@ impl Remote {
         let all = self.raw.list_open(&self.node_prefix).await?;
         Ok(all
             .into_iter()
-            .filter(|u| {
-                u.key
-                    .strip_prefix(&self.node_prefix)
-                    .is_some_and(|name| !name.contains('/') && is_snapshot_file_name(name))
-            })
+            .filter(|u| self.own_snapshot_name(&u.key).is_some())
             .collect())
+    }
+
+    /// The snapshot name `key` holds directly under this node's prefix; `None` for anything
+    /// else (deeper keys, other names), which this node never touches.
+    fn own_snapshot_name<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.node_prefix)
+            .filter(|name| !name.contains('/') && is_snapshot_file_name(name))
     }
 
     /// Aborts an open upload found by [`Remote::open_uploads`]: its parts are freed.
@@ -554,12 +547,9 @@ impl Remote {
         let mut out = Vec::new();
         for e in entries {
             let key = e.path().to_string();
-            let name = key.rsplit('/').next().unwrap_or("").to_string();
-            if key.strip_prefix(&self.node_prefix) != Some(name.as_str())
-                || !is_snapshot_file_name(&name)
-            {
+            let Some(name) = self.own_snapshot_name(&key).map(str::to_string) else {
                 continue;
-            }
+            };
             let size = match e.metadata().content_length() {
                 0 => self
                     .op

@@ -14,6 +14,7 @@ use reqsign_core::{Context, OsEnv, ProvideCredentialChain, Signer};
 use serde::Deserialize;
 
 use super::credentials::Resolved;
+use crate::exit::error_chain;
 
 /// One upload the server still holds open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,16 +171,6 @@ impl RawS3 {
         let body = resp.bytes().await.map_err(|e| error_chain(&e))?;
         Ok((status, body))
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
 }
 
 /// The bucket's base URL for `endpoint`. Pure.
