@@ -272,6 +272,21 @@ impl Writeback {
     }
 }
 
+/// Bytes and inodes available at `dir` (or its nearest existing parent).
+pub fn free_space(dir: &Path) -> Result<(u64, u64), String> {
+    let mut d = dir.to_path_buf();
+    while !d.exists() {
+        if !d.pop() {
+            break;
+        }
+    }
+    let st = nix::sys::statvfs::statvfs(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    Ok((
+        st.blocks_available() as u64 * st.fragment_size() as u64,
+        st.files_available() as u64,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,8 @@ pub enum Trigger {
     Restore,
     /// Not a backup: a rollback of a restore.
     Rollback,
+    /// Not a backup: a restore drill (`etcdguard drill`, or the daemon's `[drill]` schedule).
+    Drill,
 }
 
 impl Trigger {
@@ -43,6 +45,7 @@ impl Trigger {
             Trigger::CatchUp => "catch-up",
             Trigger::Restore => "restore",
             Trigger::Rollback => "rollback",
+            Trigger::Drill => "drill",
         }
     }
 
@@ -314,8 +317,38 @@ pub struct Record {
     /// What etcd said of its own health when the backup was taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// A drill record: which snapshot was restored, and every check's verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<Drill>,
 }
 
+/// What a restore drill did: the snapshot it restored into a scratch dir and what it checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drill {
+    /// The record of the drilled snapshot, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// `local`, `remote` (downloaded) or `file` (named by hand).
+    pub source: String,
+    /// The backup time of the drilled snapshot, when its record says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_timestamp: Option<DateTime<Utc>>,
+    /// The etcd minor the data dir was built for (this node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+    pub checks: Vec<DrillCheck>,
+}
+
+/// One check of a drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillCheck {
+    pub name: String,
+    /// `passed`, `failed`, or `skipped` (an earlier check failed, or it is off).
+    pub result: String,
+    pub detail: String,
+}
 /// etcd's health when a backup was taken: alarms, the database against its quota, raft
 /// progress. Warnings never fail a backup (a sick cluster is the one most worth backing up);
 /// they are said in the record, the log and `records`.
@@ -528,6 +561,45 @@ impl Record {
             bundle: None,
             pin: None,
             health: None,
+            drill: None,
+        }
+    }
+
+    /// A drill started at `at` of the snapshot `file_name` (revision, sha256 as far as known);
+    /// it passed when every check that ran passed. The reason names the first failed check.
+    pub fn drill(
+        at: DateTime<Utc>,
+        member: Option<Member>,
+        snapshot: Option<(String, Option<i64>, Option<String>)>,
+        drill: Drill,
+        duration: f64,
+    ) -> Record {
+        let failed = drill
+            .checks
+            .iter()
+            .find(|c| c.result == "failed")
+            .map(|c| format!("drill check `{}` failed: {}", c.name, c.detail));
+        let (file_name, revision, sha256) = match snapshot {
+            Some((f, r, s)) => (Some(f), r, s),
+            None => (None, None, None),
+        };
+        Record {
+            file_name,
+            member,
+            revision,
+            sha256,
+            drill: Some(drill),
+            reason: failed.clone(),
+            ..Record::empty(
+                at,
+                if failed.is_some() {
+                    Outcome::Failed
+                } else {
+                    Outcome::Success
+                },
+                Trigger::Drill,
+                duration,
+            )
         }
     }
 
@@ -619,6 +691,10 @@ pub struct Stats {
     pub success: u64,
     pub failed: u64,
     pub skipped: u64,
+    #[serde(default)]
+    pub drill_success: u64,
+    #[serde(default)]
+    pub drill_failed: u64,
 }
 
 /// What the daemon must remember across restarts.
@@ -628,6 +704,9 @@ pub struct DaemonState {
     /// The latest schedule slot that was handled (backed up, skipped or passed while paused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_slot: Option<DateTime<Utc>>,
+    /// The latest `[drill]` slot that was handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill_slot: Option<DateTime<Utc>>,
 }
 
 /// The whole file. Unknown top-level fields survive a round trip.
@@ -663,6 +742,12 @@ impl RecordsFile {
                 Outcome::Success => self.stats.success += 1,
                 Outcome::Failed => self.stats.failed += 1,
                 Outcome::Skipped => self.stats.skipped += 1,
+            }
+        }
+        if record.trigger == Trigger::Drill {
+            match record.result {
+                Outcome::Success => self.stats.drill_success += 1,
+                _ => self.stats.drill_failed += 1,
             }
         }
         self.records.push(record);

@@ -5,7 +5,8 @@
 //! - `backup.lock`: held for a whole backup, remote maintenance or restore, so that only one
 //!   of them touches snapshots, the bucket or etcd's data dir at a time. It holds the holder's
 //!   pid, which the `Busy` error names;
-//! - `restore-downloads/`: snapshots a restore fetched from the bucket.
+//! - `restore-downloads/`: snapshots a restore fetched from the bucket;
+//! - `drill.lock`: held for a whole restore drill (one at a time; it never blocks a backup).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ pub const RECORDS_FILE: &str = "records.json";
 const RECORDS_LOCK: &str = "records.lock";
 const BACKUP_LOCK: &str = "backup.lock";
 const DOWNLOADS_DIR: &str = "restore-downloads";
+const DRILL_LOCK: &str = "drill.lock";
 
 /// How often a waiting restore looks at the lock again.
 const LOCK_POLL: Duration = Duration::from_secs(2);
@@ -60,13 +62,22 @@ impl StateDir {
 
     /// Takes the backup lock now (creating the directory 0700), or says who holds it.
     pub fn lock_backup(&self) -> Result<LockGuard, LockError> {
+        self.lock_now(BACKUP_LOCK)
+    }
+
+    /// Takes the drill lock now, or says who holds it (`Busy`).
+    pub fn lock_drill(&self) -> Result<LockGuard, LockError> {
+        self.lock_now(DRILL_LOCK)
+    }
+
+    fn lock_now(&self, name: &str) -> Result<LockGuard, LockError> {
         let state_err = |source| LockError::StateDir {
             dir: self.dir.clone(),
             source,
         };
         fsutil::create_private_dir_all(&self.dir).map_err(state_err)?;
         fsutil::check_trusted_dir(&self.dir).map_err(state_err)?;
-        let lock = self.dir.join(BACKUP_LOCK);
+        let lock = self.dir.join(name);
         fsutil::try_lock(&lock)
             .map_err(state_err)?
             .map_err(|held| LockError::Busy {

@@ -6,7 +6,9 @@
 mod config_check;
 mod decrypt;
 mod docs;
+mod drill;
 mod health;
+mod inspect;
 mod output;
 mod pin;
 mod records;
@@ -71,6 +73,46 @@ pub fn dispatch(cli: Cli) -> CmdResult {
             as_etcdutl.map(Into::into),
             identity.as_deref(),
         ),
+        Command::Drill {
+            snapshot,
+            remote,
+            identity,
+            etcd_binary,
+            output,
+        } => drill::run(
+            config_path,
+            drill::Args {
+                snapshot,
+                remote,
+                identity,
+                etcd_binary,
+                format: output,
+            },
+        ),
+        Command::Inspect {
+            file,
+            output,
+            keys,
+            get,
+            revision,
+            limit,
+            identity,
+        } => inspect::run(inspect::Options {
+            file: &file,
+            format: output,
+            keys: keys.as_deref(),
+            get: get.as_deref(),
+            revision,
+            limit,
+            identity: identity.as_deref(),
+        }),
+        Command::Diff {
+            a,
+            b,
+            output,
+            limit,
+            identity,
+        } => inspect::diff(&a, &b, output, limit, identity.as_deref()),
         Command::Decrypt {
             source,
             identity,

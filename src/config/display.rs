@@ -171,6 +171,29 @@ impl Config {
             let list: Vec<String> = b.extra_paths.iter().map(|p| quoted(p)).collect();
             let _ = writeln!(w, "extra_paths = [{}]", list.join(", "));
         }
+        let d = &self.drill;
+        let _ = writeln!(w, "\n[drill]");
+        match &d.schedule {
+            Some(s) => {
+                let _ = writeln!(w, "schedule = {}", toml_string(s.expression()));
+            }
+            None => {
+                let _ = writeln!(w, "# no schedule: drills only by hand (`etcdguard drill`)");
+            }
+        }
+        let source = match d.source {
+            crate::config::DrillSource::Local => "local",
+            crate::config::DrillSource::Remote => "remote",
+        };
+        let _ = writeln!(w, "source = {}", toml_string(source));
+        let _ = writeln!(w, "scratch_dir = {}", quoted(&d.scratch_dir));
+        if let Some(i) = &d.identity {
+            let _ = writeln!(w, "identity = {}", quoted(i));
+        }
+        if let Some(b) = &d.etcd_binary {
+            let _ = writeln!(w, "etcd_binary = {}", quoted(b));
+        }
+        let _ = writeln!(w, "timeout = {}", toml_string(&human(d.timeout)));
         let _ = writeln!(w, "\n[records]");
         let _ = writeln!(w, "successful_history_limit = {}", self.history.successful);
         let _ = writeln!(w, "failed_history_limit = {}", self.history.failed);

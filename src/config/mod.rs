@@ -55,6 +55,33 @@ pub struct Config {
     pub encryption: Option<Encryption>,
     /// `[bundle]`: a node recovery bundle beside each remote copy (requires `[encryption]`).
     pub bundle: Option<BundleConfig>,
+    /// `[drill]`: restore drills (by hand always; on a schedule when one is set).
+    pub drill: DrillConfig,
+}
+
+/// Which copy a drill restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillSource {
+    /// The newest good local copy; the newest remote copy when no local one is left.
+    Local,
+    /// The newest remote copy (downloaded, opened, checked against its record).
+    Remote,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrillConfig {
+    /// The daemon's drill schedule; `None`: drills only by hand (`etcdguard drill`).
+    pub schedule: Option<Schedule>,
+    pub source: DrillSource,
+    /// Where drills build their data dir (and put downloads); emptied after every drill.
+    pub scratch_dir: PathBuf,
+    /// Opens sealed copies (`encrypt_local`, or remote copies with `[encryption]`).
+    pub identity: Option<PathBuf>,
+    /// An etcd binary of this node's version: when set, the drill starts it on the built dir
+    /// (loopback, TLS with the node's etcd PKI) and compares `hashkv`.
+    pub etcd_binary: Option<PathBuf>,
+    /// Bound on the started etcd becoming healthy and answering.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -303,6 +330,7 @@ impl Config {
         at(&mut self.etcd.client_cert);
         at(&mut self.etcd.client_key);
         at(&mut self.local_storage.path);
+        at(&mut self.drill.scratch_dir);
         if let Some(m) = self.metrics_file.as_mut() {
             at(m);
         }

@@ -21,6 +21,18 @@ pub(super) struct RawConfig {
     pub(super) records: Option<RawRecords>,
     pub(super) encryption: Option<Spanned<RawEncryption>>,
     pub(super) bundle: Option<Spanned<RawBundle>>,
+    pub(super) drill: Option<Spanned<RawDrill>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDrill {
+    pub(super) schedule: Option<Spanned<String>>,
+    pub(super) source: Option<Spanned<String>>,
+    pub(super) scratch_dir: Option<Spanned<PathBuf>>,
+    pub(super) identity: Option<Spanned<PathBuf>>,
+    pub(super) etcd_binary: Option<Spanned<PathBuf>>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

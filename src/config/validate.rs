@@ -286,6 +286,8 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         }
     });
 
+    let drill = validate_drill(raw.drill, &state_dir, &remote_storage, &encryption, v);
+
     let rec = raw.records.unwrap_or_default();
     let mut limit = |raw: Option<Spanned<i64>>, field: &str, default: usize| {
         raw.and_then(|r| v.count(&r, field, "how many such records the history keeps"))
@@ -318,6 +320,83 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         history,
         encryption,
         bundle,
+        drill,
+    }
+}
+
+/// `[drill]`: the schedule, the copy to drill, where to build, and what opens a sealed copy.
+/// A scheduled drill of sealed copies without an identity is refused here, not on its first run.
+fn validate_drill(
+    raw: Option<Spanned<RawDrill>>,
+    state_dir: &Path,
+    remote: &Option<RemoteStorageConfig>,
+    encryption: &Option<Encryption>,
+    v: &mut Validator<'_>,
+) -> DrillConfig {
+    let section = raw.as_ref().map(Spanned::span);
+    let d = raw.map(Spanned::into_inner).unwrap_or(RawDrill {
+        schedule: None,
+        source: None,
+        scratch_dir: None,
+        identity: None,
+        etcd_binary: None,
+        timeout: None,
+    });
+    let schedule =
+        d.schedule.and_then(
+            |s| match Schedule::parse_with(s.get_ref(), v.allow_seconds) {
+                Ok(sch) => Some(sch),
+                Err(e) => {
+                    v.problem(Some(s.span()), "drill.schedule", e);
+                    None
+                }
+            },
+        );
+    let source = match d.source.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("local") => DrillSource::Local,
+        Some("remote") => {
+            if remote.is_none() {
+                v.problem(
+                    d.source.as_ref().map(Spanned::span),
+                    "drill.source",
+                    "\"remote\" needs [remote_storage]: there is no remote copy to drill",
+                );
+            }
+            DrillSource::Remote
+        }
+        Some(other) => {
+            v.problem(
+                d.source.as_ref().map(Spanned::span),
+                "drill.source",
+                format!("{other:?} is not a drill source: use \"local\" or \"remote\""),
+            );
+            DrillSource::Local
+        }
+    };
+    let identity = d
+        .identity
+        .map(|p| v.path(Some(p), "drill.identity", Path::new("")));
+    let sealed = encryption
+        .as_ref()
+        .is_some_and(|e| e.encrypt_local || (source == DrillSource::Remote && remote.is_some()));
+    if schedule.is_some() && sealed && identity.is_none() {
+        v.problem(
+            section,
+            "drill.identity",
+            "the copies a scheduled drill restores are encrypted ([encryption]): give \
+             `identity`, a key that opens them (it lets this node decrypt its backups; keep it \
+             0600, or drill on another machine with `etcdguard drill --snapshot KEY --identity`)",
+        );
+    }
+    DrillConfig {
+        schedule,
+        source,
+        scratch_dir: v.path(d.scratch_dir, "drill.scratch_dir", &state_dir.join("drill")),
+        identity,
+        etcd_binary: d
+            .etcd_binary
+            .map(|p| v.path(Some(p), "drill.etcd_binary", Path::new(""))),
+        timeout: v.duration(d.timeout, "drill.timeout", Duration::from_secs(120)),
     }
 }
 

@@ -138,6 +138,19 @@ pub async fn member_info(
     })
 }
 
+/// etcd's `HashKV` at `revision` (the newest when 0): the CRC-32C over the `key` bucket's
+/// revisions up to it, and the compaction revision the hash began at.
+pub async fn hash_kv(
+    client: &mut Client,
+    revision: i64,
+    rpc_timeout: Duration,
+) -> Result<(u32, i64), Box<dyn StdError + Send + Sync>> {
+    let r = tokio::time::timeout(rpc_timeout, client.hash_kv(revision))
+        .await
+        .map_err(|_| format!("no answer to a hashkv request within {rpc_timeout:?}"))??;
+    Ok((r.hash(), r.compact_version()))
+}
+
 fn alarm_name(a: etcd_client::AlarmType) -> String {
     match a {
         etcd_client::AlarmType::Nospace => "NOSPACE".into(),

@@ -9,7 +9,7 @@ mod snapshot;
 mod tls;
 
 pub use client::{
-    client_on, connect, dial, explain_connect_error, has_quorum, member_info, member_list,
+    client_on, connect, dial, explain_connect_error, has_quorum, hash_kv, member_info, member_list,
     MemberInfo, Phase,
 };
 pub use snapshot::{stream_snapshot, SnapshotSink, StreamLimits, StreamedSnapshot};

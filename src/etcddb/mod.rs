@@ -4,12 +4,15 @@
 //! - `db`: reading pages with `pread` and the one walk that checks the file as bbolt's
 //!   `tx.Check` does while visiting every element;
 //! - `status`: `etcdutl snapshot status` (3.5 semantics) from that walk;
-//! - `schema`: etcd's buckets and keys, revision keys, Member JSON;
+//! - `schema`: etcd's buckets and keys, revision keys, Member JSON, KeyValue/lease/alarm;
+//! - `keyspace`: every revision of every key in order and the small buckets' facts (inspect,
+//!   drill);
 //! - `writer`: the append-only commit a restore uses to rewrite a few buckets.
 //!
 //! This module verifies snapshot files for `verify` and for every backup.
 
 pub(crate) mod db;
+pub(crate) mod keyspace;
 pub(crate) mod meta;
 pub(crate) mod page;
 pub(crate) mod schema;

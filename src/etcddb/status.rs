@@ -155,10 +155,10 @@ impl Acc {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        match kv_key(value) {
-            Some(user_key) => {
-                let h = key_hash(user_key);
-                if is_tombstone(rev) {
+        match schema::KeyValue::decode(value) {
+            Some(kv) => {
+                let h = key_hash(kv.key);
+                if schema::is_tombstone(rev) {
                     live.remove(&h);
                 } else {
                     live.insert(h);
@@ -174,14 +174,9 @@ impl Acc {
     }
 }
 
-/// A revision key with etcd's tombstone mark (`markedRevBytesLen`, 18 bytes ending in `t`).
-fn is_tombstone(rev: &[u8]) -> bool {
-    rev.len() == 18 && rev[17] == b't'
-}
-
 /// 128 bits of two differently seeded SipHashes: a collision between two live keys is not a
 /// practical concern, and the set never holds a key itself.
-fn key_hash(k: &[u8]) -> u128 {
+pub(crate) fn key_hash(k: &[u8]) -> u128 {
     let half = |seed: u8| {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         seed.hash(&mut h);
@@ -189,50 +184,6 @@ fn key_hash(k: &[u8]) -> u128 {
         h.finish()
     };
     (u128::from(half(1)) << 64) | u128::from(half(2))
-}
-
-/// The `key` field (1) of an mvccpb.KeyValue, if `v` decodes as one: every field well formed,
-/// as a protobuf decoder demands. An empty message (the marker a revision bump writes) has
-/// the empty key.
-pub fn kv_key(v: &[u8]) -> Option<&[u8]> {
-    fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
-        let mut out = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *b.get(*i)?;
-            *i += 1;
-            out |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Some(out);
-            }
-        }
-        None
-    }
-    let mut i = 0;
-    let mut key: &[u8] = &[];
-    while i < v.len() {
-        let tag = varint(v, &mut i)?;
-        let (field, wire) = (tag >> 3, tag & 7);
-        if field == 0 {
-            return None;
-        }
-        match wire {
-            0 => {
-                varint(v, &mut i)?;
-            }
-            1 => i = i.checked_add(8).filter(|&e| e <= v.len())?,
-            5 => i = i.checked_add(4).filter(|&e| e <= v.len())?,
-            2 => {
-                let len = usize::try_from(varint(v, &mut i)?).ok()?;
-                let end = i.checked_add(len).filter(|&e| e <= v.len())?;
-                if field == 1 {
-                    key = &v[i..end];
-                }
-                i = end;
-            }
-            _ => return None,
-        }
-    }
-    Some(key)
 }
 
 /// Checks the db and computes its status in one walk, without the live-key count. Integrity
@@ -286,24 +237,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_values_decode_as_protobuf_decoders_do() {
-        // KeyValue{key:"a", create_revision:2, mod_revision:3, version:1, value:"xy"}
-        let kv = [
-            0x0a, 1, b'a', 0x10, 2, 0x18, 3, 0x20, 1, 0x2a, 2, b'x', b'y',
-        ];
-        assert_eq!(kv_key(&kv), Some(&b"a"[..]));
-        assert_eq!(
-            kv_key(&[]),
-            Some(&b""[..]),
-            "the bump marker: an empty message"
-        );
-        assert_eq!(kv_key(&[0x0a, 5, b'a']), None, "length past the end");
-        assert_eq!(kv_key(&[0x0b]), None, "wire type 3");
-        assert_eq!(kv_key(&[0x10, 0x80]), None, "varint cut");
-        assert!(is_tombstone(
-            &[0; 17].iter().chain(b"t").copied().collect::<Vec<_>>()
-        ));
-        assert!(!is_tombstone(&[0; 17]));
+    fn key_hashes_differ() {
         assert_ne!(key_hash(b"a"), key_hash(b"b"));
+        assert_eq!(key_hash(b"a"), key_hash(b"a"));
     }
 }

@@ -76,9 +76,20 @@ pub fn identities(identity: Option<&Path>, what: &Path) -> Result<Identities, St
     Identities::load(path)
 }
 
-/// Finds the file or object `source` names; a remote one is downloaded and checked against
-/// the checksum its record or sidecar gives for the object.
+/// Finds the file or object `source` names; a remote one is downloaded into the state dir's
+/// downloads and checked against the checksum its record or sidecar gives for the object.
 pub async fn locate(config: &Config, root: &Path, source: &str) -> Result<Located, String> {
+    let dir = StateDir::new(&config.state_dir).downloads();
+    locate_into(config, root, source, &dir).await
+}
+
+/// [`locate`], downloading into `dir`.
+pub async fn locate_into(
+    config: &Config,
+    root: &Path,
+    source: &str,
+    dir: &Path,
+) -> Result<Located, String> {
     let as_file = PathBuf::from(source);
     if as_file.is_file() {
         return Ok(Located {
@@ -104,15 +115,8 @@ pub async fn locate(config: &Config, root: &Path, source: &str) -> Result<Locate
                 }
             }
         }
-        if let (Some(c), Some(rc)) = (&r.remote, &config.remote_storage) {
-            if c.may_exist() {
-                let key = c
-                    .location
-                    .strip_prefix(&format!("s3://{}/", rc.bucket))
-                    .unwrap_or(&c.location)
-                    .to_string();
-                return download(config, &key, Some(r.clone())).await;
-            }
+        if r.remote.as_ref().is_some_and(|c| c.may_exist()) && config.remote_storage.is_some() {
+            return download_copy(config, r, dir).await;
         }
         return Err(format!(
             "record {source}: neither its local file nor a remote copy is available"
@@ -124,7 +128,7 @@ pub async fn locate(config: &Config, root: &Path, source: &str) -> Result<Locate
             .unwrap_or(source);
         let name = key.rsplit('/').next().unwrap_or("");
         if crate::store::local::is_snapshot_file_name(name) {
-            return download(config, key, None).await;
+            return download(config, key, None, dir).await;
         }
     }
     Err(format!(
@@ -133,14 +137,38 @@ pub async fn locate(config: &Config, root: &Path, source: &str) -> Result<Locate
     ))
 }
 
-async fn download(config: &Config, key: &str, record: Option<Record>) -> Result<Located, String> {
+/// Downloads the remote copy of `record` into `dir`, checked against the record.
+pub async fn download_copy(
+    config: &Config,
+    record: &Record,
+    dir: &Path,
+) -> Result<Located, String> {
+    let (Some(c), Some(rc)) = (&record.remote, &config.remote_storage) else {
+        return Err(format!(
+            "record {} has no remote copy in the configured bucket",
+            record.id
+        ));
+    };
+    let key = c
+        .location
+        .strip_prefix(&format!("s3://{}/", rc.bucket))
+        .unwrap_or(&c.location)
+        .to_string();
+    download(config, &key, Some(record.clone()), dir).await
+}
+
+async fn download(
+    config: &Config,
+    key: &str,
+    record: Option<Record>,
+    dir: &Path,
+) -> Result<Located, String> {
     let rc = config
         .remote_storage
         .as_ref()
         .ok_or("no [remote_storage] configured to download from")?;
     let remote = Remote::open(rc, "-")?;
-    let dir = StateDir::new(&config.state_dir).downloads();
-    fsutil::create_private_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    fsutil::create_private_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let name = key.rsplit('/').next().unwrap_or("snapshot.db");
     let dest = dir.join(format!("{}-{name}", std::process::id()));
     let _ = std::fs::remove_file(&dest);

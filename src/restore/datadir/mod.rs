@@ -8,6 +8,7 @@
 mod build;
 mod plan;
 mod proto;
+pub(crate) mod read;
 mod snap;
 mod wal;
 

@@ -29,6 +29,7 @@ use crate::fsutil::{under_root, LockGuard};
 use crate::records::{Member, Record, RecordStore, Trigger};
 use crate::state::{LockError, StateDir};
 
+pub(crate) use guards::space_needed;
 pub use prepare::{PrepareError, Prepared};
 
 /// How long a restore waits for a running backup to finish.

@@ -132,7 +132,7 @@ pub async fn prepare(config: &Config, opts: &Options) -> Result<Prepared, Prepar
     guards.push(guards::disk_space(
         parent,
         guards::space_needed(&report),
-        free_space(parent),
+        crate::fsutil::free_space(parent),
     ));
 
     let endpoint = m.local_client_url().map_err(|e| e.to_string())?;
@@ -279,19 +279,4 @@ fn cert_sans(pem: &[u8]) -> Result<Vec<String>, String> {
         }
     }
     Ok(out)
-}
-
-/// Bytes and inodes available at `dir` (or its nearest existing parent).
-fn free_space(dir: &Path) -> Result<(u64, u64), String> {
-    let mut d = dir.to_path_buf();
-    while !d.exists() {
-        if !d.pop() {
-            break;
-        }
-    }
-    let st = nix::sys::statvfs::statvfs(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-    Ok((
-        st.blocks_available() as u64 * st.fragment_size() as u64,
-        st.files_available() as u64,
-    ))
 }

@@ -1,0 +1,693 @@
+//! `etcdguard drill` and the daemon's `[drill]` schedule: proof that a backup restores. The
+//! newest good snapshot (local; the remote copy when there is no local one, or always with
+//! `source = "remote"`; or the one named) is verified, built into a data dir for this node's
+//! etcd version by the native engine in a scratch dir, and the built dir is read back and
+//! checked as a starting etcd would check it (`checks`); optionally a real etcd is started on
+//! it (`start`). The scratch dir is always removed; the live data dir is never touched. Every
+//! drill leaves one `drill` record naming each check's verdict.
+//!
+//! A drill takes the drill lock, never the backup lock: a backup slot during a drill is taken
+//! as usual. The chosen local file is held open for the whole drill (read through
+//! `/proc/self/fd`), so retention deleting it meanwhile changes nothing.
+
+mod checks;
+mod start;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+
+use crate::config::{Config, DrillSource};
+use crate::encryption::{self, Identities, Unsealed};
+use crate::etcddb::{self, SnapshotFileReport};
+use crate::etcdversion::{self, Compat, Minor};
+use crate::fsutil;
+use crate::kubeadm::EtcdManifest;
+use crate::records::{
+    self, Drill, DrillCheck, Member, MovedAside, Outcome, Record, RecordStore, RecordsError,
+};
+use crate::restore::datadir::{self, BuildOptions, RestorePlan};
+use crate::state::{LockError, StateDir};
+
+use checks::{DbContent, NodeIdentity};
+
+/// Test-only: damage the built data dir before it is checked (`consistent-index`), to show
+/// that the checks catch an engine that builds a wrong dir.
+pub const TEST_DAMAGE_ENV: &str = "ETCDGUARD_TEST_DRILL_DAMAGE";
+const SCRATCH_PREFIX: &str = "drill-";
+
+/// What the operator (or the schedule) asked for.
+#[derive(Debug, Clone, Default)]
+pub struct DrillOptions {
+    /// A file, a record id or a remote key; `None`: the newest good copy.
+    pub snapshot: Option<String>,
+    /// The newest remote copy, whatever `[drill] source` says.
+    pub remote: bool,
+    /// Opens a sealed copy; `None`: `[drill] identity`.
+    pub identity: Option<PathBuf>,
+    /// Start this etcd on the built dir; `None`: `[drill] etcd_binary`.
+    pub etcd_binary: Option<PathBuf>,
+}
+
+/// Why no drill was recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error("another drill is running{} (lock {}); not starting a second one", .holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), .lock.display())]
+    Busy { holder: Option<u32>, lock: PathBuf },
+    #[error(transparent)]
+    State(LockError),
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+    #[error("the drill was interrupted by {0}; nothing was recorded")]
+    Interrupted(String),
+}
+
+/// What one drill produced.
+#[derive(Debug)]
+pub struct DrillReport {
+    pub record: Record,
+    pub records_moved: Option<MovedAside>,
+}
+
+/// The verdicts so far; once one failed, the rest are not run.
+#[derive(Default)]
+struct Run {
+    checks: Vec<DrillCheck>,
+    failed: bool,
+}
+
+impl Run {
+    fn push(&mut self, name: &str, result: &str, detail: String) {
+        self.checks.push(DrillCheck {
+            name: name.to_string(),
+            result: result.to_string(),
+            detail,
+        });
+    }
+
+    /// Runs check `name` unless an earlier one failed.
+    fn check<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce() -> Result<(T, String), String>,
+    ) -> Option<T> {
+        if self.failed {
+            self.push(name, "skipped", "not run: an earlier check failed".into());
+            return None;
+        }
+        match f() {
+            Ok((v, detail)) => {
+                self.push(name, "passed", detail);
+                Some(v)
+            }
+            Err(e) => {
+                self.push(name, "failed", e);
+                self.failed = true;
+                None
+            }
+        }
+    }
+}
+
+/// The scratch dir of one drill; removed when dropped.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// Creates `<scratch_dir>/drill-<stamp>-<pid>` (0700) after removing what drills that
+    /// were killed left there (only names drills make; the drill lock is held).
+    fn create(scratch_dir: &Path) -> Result<Scratch, String> {
+        let bad = |e: std::io::Error| format!("drill scratch dir {}: {e}", scratch_dir.display());
+        fsutil::create_private_dir_all(scratch_dir).map_err(bad)?;
+        fsutil::check_trusted_dir(scratch_dir).map_err(bad)?;
+        for e in std::fs::read_dir(scratch_dir).map_err(bad)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(SCRATCH_PREFIX) {
+                tracing::info!(dir = %e.path().display(), "removing what an interrupted drill left");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let path = scratch_dir.join(format!(
+            "{SCRATCH_PREFIX}{}-{}",
+            Utc::now().format("%Y%m%dT%H%M%S"),
+            std::process::id()
+        ));
+        fsutil::create_private_dir_all(&path).map_err(bad)?;
+        Ok(Scratch { path })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::error!(dir = %self.path.display(), "cannot remove the drill's scratch dir: {e}");
+        }
+    }
+}
+
+/// The snapshot a drill restores, open for the whole drill.
+struct Chosen {
+    /// What is read (a plain snapshot): a file, `/proc/self/fd/N`, or the opened copy.
+    path: PathBuf,
+    /// Its name for humans.
+    shown: String,
+    record: Option<Record>,
+    source: &'static str,
+    _open: Option<File>,
+    _unsealed: Option<Unsealed>,
+}
+
+/// This node: who it is, and the etcd it runs.
+struct NodeFacts {
+    identity: NodeIdentity,
+    manifest: EtcdManifest,
+    /// From the manifest's image; `None` when it names no version etcdguard knows.
+    minor: Option<Minor>,
+}
+
+fn node_facts(config: &Config, records: &[Record]) -> Result<NodeFacts, String> {
+    let manifest = EtcdManifest::load(&config.etcd.manifest).map_err(|e| e.to_string())?;
+    let name = manifest
+        .member_name()
+        .ok_or_else(|| format!("{} has no --name", config.etcd.manifest.display()))?
+        .to_string();
+    let peer_urls = manifest.advertise_peer_urls().map_err(|e| e.to_string())?;
+    let member_id = records
+        .iter()
+        .rev()
+        .filter(|r| r.trigger.is_backup())
+        .filter_map(|r| r.member.as_ref())
+        .find(|m| m.name == name)
+        .and_then(|m| m.id.as_deref())
+        .and_then(|h| u64::from_str_radix(h, 16).ok());
+    let minor = manifest
+        .image_version()
+        .and_then(|(a, b, _)| Minor::of(a, b));
+    Ok(NodeFacts {
+        identity: NodeIdentity {
+            name,
+            peer_urls,
+            member_id,
+        },
+        manifest,
+        minor,
+    })
+}
+
+/// Runs one drill and records it. `cancel` set (shutdown) stops it between checks; an
+/// interrupted drill is not recorded (it proved nothing either way).
+pub fn run_drill(
+    config: &Config,
+    opts: &DrillOptions,
+    cancel: Arc<AtomicBool>,
+    handle: &tokio::runtime::Handle,
+) -> Result<DrillReport, DrillError> {
+    let started = Utc::now();
+    let t0 = Instant::now();
+    let state = StateDir::new(&config.state_dir);
+    let _lock = state.lock_drill().map_err(|e| match e {
+        LockError::Busy { holder, lock } => DrillError::Busy { holder, lock },
+        other => DrillError::State(other),
+    })?;
+    let store = RecordStore::new(&config.state_dir);
+    let records = store.load().map(|f| f.records).unwrap_or_default();
+    let mut run = Run::default();
+    let node = run.check("node", || {
+        let n = node_facts(config, &records)?;
+        let detail = format!(
+            "{}, etcd {}",
+            n.identity.name,
+            n.minor
+                .map_or("of an unknown version".into(), |m| m.to_string())
+        );
+        Ok((n, detail))
+    });
+    let scratch = run.check("scratch", || {
+        let s = Scratch::create(&config.drill.scratch_dir)?;
+        let d = format!("{}", s.path.display());
+        Ok((s, d))
+    });
+    let chosen = match &scratch {
+        Some(s) => run.check("source", || choose(config, opts, &records, &s.path, handle)),
+        None => None,
+    };
+    let mut target = None;
+    if let (Some(node), Some(scratch), Some(chosen)) = (&node, &scratch, &chosen) {
+        target = drill_dir(
+            config, opts, &mut run, node, scratch, chosen, &cancel, handle,
+        );
+    }
+    if cancel.load(Ordering::SeqCst) {
+        return Err(DrillError::Interrupted("shutdown".into()));
+    }
+    drop(scratch);
+    let snapshot = chosen.as_ref().map(|c| {
+        (
+            c.record
+                .as_ref()
+                .and_then(|r| r.file_name.clone())
+                .unwrap_or_else(|| c.shown.clone()),
+            c.record.as_ref().and_then(|r| r.revision),
+            c.record.as_ref().and_then(|r| r.sha256.clone()),
+        )
+    });
+    let drill = Drill {
+        snapshot_id: chosen
+            .as_ref()
+            .and_then(|c| c.record.as_ref())
+            .map(|r| r.id.clone()),
+        source: chosen.as_ref().map_or("none", |c| c.source).to_string(),
+        snapshot_timestamp: chosen
+            .as_ref()
+            .and_then(|c| c.record.as_ref())
+            .map(|r| r.backup_timestamp),
+        target_version: target.map(|m: Minor| m.to_string()),
+        checks: run.checks,
+    };
+    let member = node.as_ref().map(|n| Member {
+        name: n.identity.name.clone(),
+        id: n.identity.member_id.map(|i| format!("{i:x}")),
+        endpoint: String::new(),
+    });
+    let record = Record::drill(started, member, snapshot, drill, t0.elapsed().as_secs_f64());
+    let history = config.history;
+    let (_, moved) = store.update(Utc::now(), |f| {
+        f.push(record.clone());
+        crate::retention::trim_history(f, history);
+    })?;
+    Ok(DrillReport {
+        record,
+        records_moved: moved,
+    })
+}
+
+/// The newest good record's snapshot of this node, by `[drill] source`.
+fn choose(
+    config: &Config,
+    opts: &DrillOptions,
+    records: &[Record],
+    scratch: &Path,
+    handle: &tokio::runtime::Handle,
+) -> Result<(Chosen, String), String> {
+    let located = if let Some(s) = &opts.snapshot {
+        let found = handle.block_on(crate::restore::source::locate_into(
+            config,
+            Path::new("/"),
+            s,
+            scratch,
+        ))?;
+        let record = records.iter().find(|r| r.id == *s).cloned();
+        let downloaded = found.path.starts_with(scratch);
+        let chosen = Chosen {
+            shown: found.path.display().to_string(),
+            path: found.path,
+            source: if downloaded {
+                "remote"
+            } else if record.is_some() {
+                "local"
+            } else {
+                "file"
+            },
+            record,
+            _open: None,
+            _unsealed: None,
+        };
+        (chosen, None)
+    } else {
+        let remote = opts.remote || config.drill.source == DrillSource::Remote;
+        let local = (!remote)
+            .then(|| open_newest_local(config))
+            .transpose()?
+            .flatten();
+        match local {
+            Some(c) => (c, None),
+            None => {
+                let r = records
+                    .iter()
+                    .rev()
+                    .filter(|r| r.trigger.is_backup())
+                    .find(|r| r.remote.as_ref().is_some_and(|c| c.may_exist()))
+                    .ok_or_else(|| {
+                        if remote {
+                            "no remote copy to drill: this node's records list no uploaded copy"
+                                .to_string()
+                        } else {
+                            "no good snapshot to drill: this node's records list neither a local \
+                             snapshot nor a remote copy"
+                                .to_string()
+                        }
+                    })?;
+                if config.remote_storage.is_none() {
+                    return Err(format!(
+                        "record {} has only a remote copy, and no [remote_storage] is configured",
+                        r.id
+                    ));
+                }
+                let found =
+                    handle.block_on(crate::restore::source::download_copy(config, r, scratch))?;
+                let via = r
+                    .remote
+                    .as_ref()
+                    .map(|c| c.location.clone())
+                    .unwrap_or_default();
+                (
+                    Chosen {
+                        shown: via.clone(),
+                        path: found.path,
+                        record: Some(r.clone()),
+                        source: "remote",
+                        _open: None,
+                        _unsealed: None,
+                    },
+                    Some(via),
+                )
+            }
+        }
+    };
+    let (mut chosen, downloaded) = located;
+    let mut detail = match &chosen.record {
+        Some(r) => format!(
+            "record {} ({}, taken {}), {} copy",
+            r.id,
+            r.file_name.as_deref().unwrap_or("?"),
+            records::rfc3339(r.backup_timestamp),
+            chosen.source
+        ),
+        None => format!("{} ({})", chosen.shown, chosen.source),
+    };
+    if let Some(via) = downloaded {
+        detail.push_str(&format!(
+            ", downloaded from {via} and checked against its record"
+        ));
+    }
+    // A sealed copy is opened into the scratch dir with the identity.
+    if encryption::is_sealed(&chosen.path).map_err(|e| format!("{}: {e}", chosen.shown))? {
+        let id = opts
+            .identity
+            .as_ref()
+            .or(config.drill.identity.as_ref())
+            .ok_or_else(|| {
+                format!(
+                    "{} is encrypted: give [drill] identity (or --identity) with a key that \
+                     opens it",
+                    chosen.shown
+                )
+            })?;
+        let ids = Identities::load(id)?;
+        let u = Unsealed::create(&chosen.path, Some(&ids), scratch)
+            .map_err(|e| format!("{}: {e}", chosen.shown))?;
+        if let Some(want) = chosen.record.as_ref().and_then(|r| r.sha256.as_deref()) {
+            if u.sha256() != want {
+                return Err(format!(
+                    "{} opens to a snapshot with sha256 {}, but its record says {want}",
+                    chosen.shown,
+                    u.sha256()
+                ));
+            }
+        }
+        detail.push_str(&format!(", opened with {}", id.display()));
+        chosen.path = u.path().to_owned();
+        chosen._unsealed = Some(u);
+    }
+    Ok((chosen, detail))
+}
+
+/// The newest good local snapshot, opened (a file retention deletes between reading the
+/// records and opening it is looked for again).
+fn open_newest_local(config: &Config) -> Result<Option<Chosen>, String> {
+    for _ in 0..3 {
+        let records = RecordStore::new(&config.state_dir)
+            .load()
+            .map_err(|e| e.to_string())?
+            .records;
+        let Some(r) = records
+            .iter()
+            .rev()
+            .find(|r| r.trigger.is_backup() && r.is_good_local())
+        else {
+            return Ok(None);
+        };
+        let path = &r.local.as_ref().expect("good local").path;
+        match File::open(path) {
+            Ok(f) => {
+                return Ok(Some(Chosen {
+                    path: PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
+                    shown: path.display().to_string(),
+                    record: Some(r.clone()),
+                    source: "local",
+                    _open: Some(f),
+                    _unsealed: None,
+                }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+        }
+    }
+    Err("the newest local snapshots kept disappearing while the drill opened them".into())
+}
+
+/// The checks from the snapshot's integrity to the optional etcd start. Returns the target
+/// version the dir was built for.
+#[allow(clippy::too_many_arguments)]
+fn drill_dir(
+    config: &Config,
+    opts: &DrillOptions,
+    run: &mut Run,
+    node: &NodeFacts,
+    scratch: &Scratch,
+    chosen: &Chosen,
+    cancel: &AtomicBool,
+    handle: &tokio::runtime::Handle,
+) -> Option<Minor> {
+    let shown = |e: String| e.replace(&chosen.path.display().to_string(), &chosen.shown);
+    let interrupted = || cancel.load(Ordering::SeqCst);
+    let report: SnapshotFileReport = run.check("integrity", || {
+        let r = etcddb::verify_snapshot_file(&chosen.path, false, None)
+            .map_err(|e| shown(e.to_string()))?;
+        let vs_record = match chosen.record.as_ref().and_then(|r| r.sha256.as_deref()) {
+            Some(want) if Some(want) != r.sha256.as_deref() => {
+                return Err(format!(
+                    "{} has sha256 {}, but its record says {want}: the file changed since the \
+                     backup",
+                    chosen.shown,
+                    r.sha256.as_deref().unwrap_or("?")
+                ))
+            }
+            Some(_) => ", = its record's",
+            None => "",
+        };
+        let d = format!(
+            "sha256 trailer ok{vs_record}; bbolt consistent; revision {}, {} keys, {} bytes",
+            r.revision, r.live_keys, r.total_size
+        );
+        Ok((r, d))
+    })?;
+    if interrupted() {
+        return None;
+    }
+    let source: DbContent = run.check("cluster", || {
+        let c = checks::content(&chosen.path).map_err(shown)?;
+        let d = checks::of_this_cluster(&c, &node.identity)?;
+        Ok((c, d))
+    })?;
+    let snapshot_version = Minor::of_snapshot(
+        report.storage_version.as_deref(),
+        report.cluster_version.as_deref(),
+    );
+    let target = run.check("version", || {
+        let target = node
+            .minor
+            .or_else(|| snapshot_version.map(|(a, b)| Minor::nearest(a, b)))
+            .unwrap_or(Minor::V3_5);
+        match etcdversion::restore_compat(snapshot_version, (3, target.minor_number())) {
+            Compat::Pass(why) => Ok((target, why)),
+            Compat::NeedsForce(why) | Compat::Refuse(why) => Err(format!(
+                "a restore onto this node's etcd {target} would be refused: {why}"
+            )),
+        }
+    })?;
+    run.check("space", || {
+        let need = crate::restore::guarded::space_needed(&report);
+        let (free, _) = fsutil::free_space(&scratch.path)?;
+        if free < need {
+            return Err(format!(
+                "{} has {} MiB free; building the data dir needs {} MiB (set [drill] \
+                 scratch_dir to a disk with room)",
+                scratch.path.display(),
+                free >> 20,
+                need >> 20
+            ));
+        }
+        Ok((
+            (),
+            format!("{} MiB free, {} MiB needed", free >> 20, need >> 20),
+        ))
+    })?;
+    let peers = node.identity.peer_urls.join(",");
+    let plan = RestorePlan {
+        name: node.identity.name.clone(),
+        initial_cluster: RestorePlan::single_member_cluster(&node.identity.name, &peers),
+        advertise_peer_urls: peers,
+        token: format!("etcdguard-drill-{}", Utc::now().timestamp()),
+        bump_revision: 0,
+        mark_compacted: false,
+    };
+    let data_dir = scratch.path.join("data");
+    let built = run.check("build", || {
+        let r = datadir::build_data_dir(
+            &chosen.path,
+            &plan,
+            &data_dir,
+            BuildOptions {
+                skip_hash_check: false,
+                target: Some(target),
+                force: false,
+            },
+        )
+        .map_err(|e| shown(e.to_string()))?;
+        let d = format!(
+            "data dir for etcd {target} built by the native engine (member {} {:x}, cluster {:x})",
+            r.cluster.this().name,
+            r.cluster.this().id,
+            r.cluster.cluster_id
+        );
+        Ok((r, d))
+    })?;
+    if interrupted() {
+        return None;
+    }
+    if std::env::var(TEST_DAMAGE_ENV).as_deref() == Ok("consistent-index") {
+        damage_consistent_index(&data_dir.join("member/snap/db"));
+    }
+    let cluster = &built.cluster;
+    let db_path = data_dir.join("member/snap/db");
+    let content = run.check("db", || {
+        let c = checks::content(&db_path)?;
+        let d = format!("bbolt consistent, {} pages, {} pairs", c.pages, c.pairs);
+        Ok((c, d))
+    })?;
+    run.check("content", || {
+        checks::content_equal(&source, &content).map(|d| ((), d))
+    });
+    run.check("revision", || {
+        checks::revision_equal(&source, &content).map(|d| ((), d))
+    });
+    let wal = run.check("wal", || {
+        checks::wal(&data_dir, cluster).map(|(d, w)| (w, d))
+    });
+    if let Some(w) = &wal {
+        run.check("consistent-index", || {
+            checks::consistent_index(&content, w).map(|d| ((), d))
+        });
+        run.check("snap", || {
+            checks::snap(&data_dir, cluster, w).map(|d| ((), d))
+        });
+    }
+    run.check("members", || {
+        checks::members(&content, cluster).map(|d| ((), d))
+    });
+    if interrupted() {
+        return None;
+    }
+    let binary = opts
+        .etcd_binary
+        .as_ref()
+        .or(config.drill.etcd_binary.as_ref());
+    match binary {
+        None => run.push(
+            "etcd-start",
+            "skipped",
+            "off: set [drill] etcd_binary to start an etcd of this node's version on the \
+             built dir"
+                .into(),
+        ),
+        Some(b) => {
+            run.check("etcd-start", || {
+                let tls = crate::preflight::etcd_tls(&config.etcd).map_err(|e| e.to_string())?;
+                // etcd resumes a pending compaction at start: its hash counts from there.
+                let compact = source.compact.max(source.scheduled);
+                let db = crate::etcddb::keyspace::open(&chosen.path).map_err(shown)?;
+                let expected = start::Expected {
+                    member_id: cluster.this().id,
+                    cluster_id: cluster.cluster_id,
+                    revision: source.revision,
+                    kv_hash: crate::inspect::hash_kv(&db, compact).map_err(shown)?,
+                };
+                start::start_and_compare(
+                    handle,
+                    b,
+                    target,
+                    &node.identity.name,
+                    &data_dir,
+                    &scratch.path.join("etcd.log"),
+                    &node.manifest,
+                    &tls,
+                    &expected,
+                    config.drill.timeout,
+                )
+                .map(|d| ((), d))
+            });
+        }
+    }
+    Some(target)
+}
+
+/// Test-only damage: the built db's consistent index one past the WAL's commit, as an engine
+/// that got it wrong would leave it.
+fn damage_consistent_index(db_path: &Path) {
+    use crate::etcddb::writer::{self, Change, Item};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(db_path)
+        .expect("test damage: open the built db");
+    let len = f.metadata().expect("test damage: stat").len();
+    let db = etcddb::Db::open(f, len).expect("test damage: a db");
+    let status = etcddb::status(&db).expect("test damage: status");
+    let ci = status.consistent_index.unwrap_or(0) + 1;
+    let term = status.term.unwrap_or(1);
+    writer::commit(
+        &db,
+        &[(
+            etcddb::schema::META,
+            Change::Put(vec![
+                Item::new(etcddb::schema::CONSISTENT_INDEX, &ci.to_be_bytes()),
+                Item::new(etcddb::schema::TERM, &term.to_be_bytes()),
+            ]),
+        )],
+    )
+    .expect("test damage: commit");
+}
+
+/// The one structured log line per drill (journald fields when logging there).
+pub fn log_record(r: &Record) {
+    let file = r.file_name.as_deref().unwrap_or("");
+    let source = r.drill.as_ref().map_or("", |d| d.source.as_str());
+    match r.result {
+        Outcome::Success => tracing::info!(
+            id = %r.id,
+            result = "Success",
+            trigger = "drill",
+            file,
+            source,
+            duration_seconds = r.duration_seconds,
+            "drill passed"
+        ),
+        _ => tracing::error!(
+            id = %r.id,
+            result = "Failed",
+            trigger = "drill",
+            file,
+            source,
+            reason = r.reason.as_deref().unwrap_or(""),
+            duration_seconds = r.duration_seconds,
+            "drill failed"
+        ),
+    }
+}
