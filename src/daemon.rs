@@ -10,8 +10,15 @@
 //!
 //! The last handled slot lives in `records.json` (`daemon.lastHandledSlot`): a daemon that
 //! finds a slot was missed while it was down takes one catch-up backup, not one per slot.
+//!
+//! With a `[drill]` schedule, the same loop starts restore drills on their own slots (their
+//! last handled slot is `daemon.lastDrillSlot`, with the same catch-up rule). A drill runs on
+//! a blocking thread beside backups and never delays one; SIGTERM stops it between checks,
+//! and a drill stopped that way is not recorded.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::backup::{self, BackupError, BackupReport};
 use crate::config::{self, Config, ConfigError};
+use crate::drill::{self, DrillError, DrillOptions, DrillReport};
 use crate::fsutil;
 use crate::metrics;
 use crate::records::{self, Outcome, Record, RecordStore, RemoteState, Trigger};
@@ -50,6 +58,13 @@ struct Running {
     started: DateTime<Utc>,
 }
 
+/// A drill in flight.
+struct Drilling {
+    handle: JoinHandle<Result<DrillReport, DrillError>>,
+    cancel: Arc<AtomicBool>,
+    slot: DateTime<Utc>,
+}
+
 struct Daemon {
     config_path: Option<PathBuf>,
     config: Config,
@@ -62,6 +77,10 @@ struct Daemon {
     maintenance: Option<JoinHandle<Result<remote_sync::Maintenance, BackupError>>>,
     /// The last remote problem, for STATUS; cleared by a clean pass.
     remote_problem: Option<String>,
+    /// The latest handled `[drill]` slot, and the next one.
+    drill_handled: DateTime<Utc>,
+    drill_next: Option<DateTime<Utc>>,
+    drilling: Option<Drilling>,
 }
 
 fn notify(states: &[NotifyState<'_>]) {
@@ -91,14 +110,25 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     })?;
     let store = RecordStore::new(&config.state_dir);
     let now = Utc::now();
-    let remembered = match store.load() {
-        Ok(f) => f.daemon.last_handled_slot,
+    let (remembered, drill_remembered) = match store.load() {
+        Ok(f) => (f.daemon.last_handled_slot, f.daemon.last_drill_slot),
         Err(e) => {
             // Not fatal: the next backup moves a corrupt file aside and says so.
             tracing::error!("{e}");
-            None
+            (None, None)
         }
     };
+    // First start (or a drill schedule just added): no drill was missed yet.
+    let drill_handled = drill_remembered.unwrap_or_else(|| {
+        let t = config
+            .drill
+            .schedule
+            .as_ref()
+            .and_then(|s| s.latest_at_or_before(now, &config.timezone))
+            .unwrap_or(now);
+        persist_drill_slot(&store, t);
+        t
+    });
     let last_handled = match remembered {
         Some(t) => t,
         None => {
@@ -120,6 +150,9 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         next: None,
         maintenance: None,
         remote_problem: None,
+        drill_handled,
+        drill_next: None,
+        drilling: None,
     };
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Fatal(e.to_string()))?;
@@ -150,11 +183,11 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
 
     loop {
         let now = Utc::now();
-        let sleep = d
-            .next
-            .map(|n| (n - now).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(interval)
-            .min(interval);
+        let until = |t: Option<DateTime<Utc>>| {
+            t.map(|n| (n - now).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(interval)
+        };
+        let sleep = until(d.next).min(until(d.drill_next)).min(interval);
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             res = async { (&mut d.running.as_mut().expect("guarded").handle).await },
@@ -166,6 +199,11 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
                 if d.maintenance.is_some() => {
                 d.maintenance = None;
                 d.on_maintenance_done(res);
+            }
+            res = async { (&mut d.drilling.as_mut().expect("guarded").handle).await },
+                if d.drilling.is_some() => {
+                let r = d.drilling.take().expect("guarded");
+                d.on_drill_done(r.slot, res);
             }
             _ = hup.recv() => d.reload(),
             _ = term.recv() => break,
@@ -181,12 +219,27 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         m.abort();
         let _ = m.await;
     }
+    if let Some(r) = d.drilling.take() {
+        r.cancel.store(true, Ordering::SeqCst);
+        let res = r.handle.await;
+        d.on_drill_done(r.slot, res);
+    }
     if let Some(r) = d.running.take() {
         let _ = r.cancel.send(());
         let res = r.handle.await;
         d.on_backup_done(r.slot, res);
     }
     Ok(())
+}
+
+fn persist_drill_slot(store: &RecordStore, slot: DateTime<Utc>) {
+    if let Err(e) = store.update(Utc::now(), |f| {
+        if f.daemon.last_drill_slot.is_none_or(|t| t < slot) {
+            f.daemon.last_drill_slot = Some(slot);
+        }
+    }) {
+        tracing::error!("cannot remember the handled drill slot: {e}");
+    }
 }
 
 fn persist_slot(store: &RecordStore, slot: DateTime<Utc>) {
@@ -223,6 +276,7 @@ impl Daemon {
         if let Some(slot) = t.due {
             self.on_slot(slot, t.late);
         }
+        self.drill_tick(now);
         if self.running.is_none()
             && self.maintenance.is_none()
             && remote_sync::has_due_pending(&self.config, now)
@@ -316,6 +370,70 @@ impl Daemon {
         });
     }
 
+    /// The drill schedule's look at the clock: start a due drill, compute the next.
+    fn drill_tick(&mut self, now: DateTime<Utc>) {
+        let Some(schedule) = self.config.drill.schedule.clone() else {
+            self.drill_next = None;
+            return;
+        };
+        let t = schedule::tick(&schedule, &self.config.timezone, self.drill_handled, now);
+        self.drill_handled = t.last_handled;
+        self.drill_next = t.next;
+        let Some(slot) = t.due else { return };
+        let skip = if self.config.paused {
+            Some("paused")
+        } else if t.late && !self.config.catch_up {
+            Some("a drill slot was missed (catch_up = false)")
+        } else if self.drilling.is_some() {
+            Some("the previous drill is still running")
+        } else {
+            None
+        };
+        if let Some(why) = skip {
+            tracing::info!(slot = %records::rfc3339(slot), "{why}: scheduled drill not run");
+            persist_drill_slot(&self.store, slot);
+            return;
+        }
+        if t.late {
+            tracing::info!(slot = %records::rfc3339(slot), "a drill slot was missed: running one catch-up drill");
+        }
+        let config = self.config.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = cancel.clone();
+        let rt = tokio::runtime::Handle::current();
+        let handle = tokio::task::spawn_blocking(move || {
+            drill::run_drill(&config, &DrillOptions::default(), c, &rt)
+        });
+        self.drilling = Some(Drilling {
+            handle,
+            cancel,
+            slot,
+        });
+    }
+
+    fn on_drill_done(
+        &mut self,
+        slot: DateTime<Utc>,
+        res: Result<Result<DrillReport, DrillError>, tokio::task::JoinError>,
+    ) {
+        match res {
+            Ok(Ok(report)) => {
+                if let Some(moved) = &report.records_moved {
+                    tracing::error!("{moved}");
+                }
+                drill::log_record(&report.record);
+            }
+            Ok(Err(DrillError::Interrupted(why))) => {
+                tracing::warn!("scheduled drill stopped by {why}; not recorded");
+                return; // the slot stays due: it runs again after the restart
+            }
+            Ok(Err(e)) => tracing::error!("scheduled drill not run: {e}"),
+            Err(e) => tracing::error!("drill task failed: {e}"),
+        }
+        persist_drill_slot(&self.store, slot);
+        self.refresh_metrics();
+    }
+
     /// Records a slot that was not taken.
     fn skip(&mut self, slot: DateTime<Utc>, trigger: Trigger, reason: String) {
         let now = Utc::now();
@@ -394,6 +512,9 @@ impl Daemon {
             Utc::now(),
         )
         .next;
+        self.drill_next = self.config.drill.schedule.as_ref().and_then(|s| {
+            schedule::tick(s, &self.config.timezone, self.drill_handled, Utc::now()).next
+        });
         self.refresh_metrics();
         notify(&[NotifyState::Ready, NotifyState::Status(&self.status())]);
     }
@@ -463,6 +584,26 @@ impl Daemon {
         } else {
             String::new()
         };
-        format!("{running}{last}; {next}{remote}")
+        let drill = match self.store.load() {
+            Ok(f) => f
+                .records
+                .iter()
+                .rev()
+                .find(|r| r.trigger == Trigger::Drill)
+                .map(|r| match r.result {
+                    Outcome::Success => format!(
+                        "; last drill passed at {}",
+                        records::rfc3339(r.backup_timestamp)
+                    ),
+                    _ => format!(
+                        "; LAST DRILL FAILED at {}: {}",
+                        records::rfc3339(r.backup_timestamp),
+                        r.reason.as_deref().unwrap_or("")
+                    ),
+                })
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        format!("{running}{last}; {next}{remote}{drill}")
     }
 }

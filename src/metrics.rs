@@ -4,6 +4,12 @@
 //! one atomic-write helper, so a process that dies never leaves a half-written file (the temp
 //! name does not end in `.prom`, so the collector never reads it). Counters come from the
 //! records file's `stats`, which history pruning never decreases.
+//!
+//! Freshness is exported as timestamps and the policy they are held to
+//! (`etcdguard_backup_max_age_seconds`, `etcdguard_drill_max_age_seconds`), so an alert rule
+//! compares `time()` with them in Prometheus: it fires even when etcdguard itself stopped
+//! writing this file (the shipped rules, `packaging/prometheus/`). The `*_within_policy`
+//! gauges say the same at the time of writing.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -12,7 +18,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::fsutil;
-use crate::records::{Outcome, RecordStore, RecordsFile};
+use crate::records::{Outcome, RecordStore, RecordsFile, Trigger};
+use crate::retention::{self, Rule};
 
 /// node_exporter usually runs as its own user: the metrics file is world-readable. It holds no
 /// secrets (times, sizes, counts).
@@ -30,13 +37,224 @@ fn gauge(out: &mut String, name: &str, help: &str, samples: &[(&str, String)]) {
     }
 }
 
-/// Renders every metric. `next_run` is the next scheduled slot (daemon), `paused` the config.
-pub fn render(file: &RecordsFile, paused: bool, next_run: Option<DateTime<Utc>>) -> String {
+/// What the metrics say besides the records: the daemon's state and the policy copies are
+/// held to.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub paused: bool,
+    /// The next scheduled backup (daemon).
+    pub next_run: Option<DateTime<Utc>>,
+    pub now: DateTime<Utc>,
+    /// The oldest the newest good copy may be: one schedule interval and the time a backup
+    /// (and its upload) may take. `remote` only with remote storage.
+    pub local_max_age: Option<std::time::Duration>,
+    pub remote_max_age: Option<std::time::Duration>,
+    /// One drill interval and the drill's own bound; `None` without a drill schedule.
+    pub drill_max_age: Option<std::time::Duration>,
+    pub local_rule: Rule,
+    pub remote_rule: Option<Rule>,
+}
+
+impl Context {
+    /// The context of `config` at `now`. Pure.
+    pub fn of(config: &Config, next_run: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Context {
+        let interval = |s: &crate::schedule::Schedule| {
+            let latest = s.latest_at_or_before(now, &config.timezone)?;
+            let next = s.next_after(latest, &config.timezone)?;
+            (next - latest).to_std().ok()
+        };
+        let local = interval(&config.schedule).map(|i| i + config.etcd.timeout);
+        Context {
+            paused: config.paused,
+            next_run,
+            now,
+            local_max_age: local,
+            remote_max_age: config
+                .remote_storage
+                .as_ref()
+                .and_then(|r| local.map(|l| l + r.timeout)),
+            drill_max_age: config
+                .drill
+                .schedule
+                .as_ref()
+                .and_then(interval)
+                .map(|i| i + config.drill.timeout + config.etcd.timeout),
+            local_rule: config.local_storage.retention,
+            remote_rule: config.remote_storage.as_ref().map(|r| r.retention),
+        }
+    }
+}
+
+/// Renders every metric. Pure.
+pub fn render(file: &RecordsFile, ctx: &Context) -> String {
     let mut out = String::new();
     backups(&mut out, file);
+    freshness(&mut out, file, ctx);
+    drills(&mut out, file, ctx);
     health(&mut out, file);
-    counters(&mut out, file, paused, next_run);
+    counters(&mut out, file, ctx.paused, ctx.next_run);
     out
+}
+
+/// Whether the newest copy of each destination is within its policy, and what retention
+/// keeps only because of `min_keep` (copies older than their ttl: backups have been failing
+/// for longer than it).
+fn freshness(out: &mut String, file: &RecordsFile, ctx: &Context) {
+    let local = "{destination=\"local\"}";
+    let remote = "{destination=\"remote\"}";
+    let newest_local = file
+        .records
+        .iter()
+        .filter(|r| r.trigger.is_backup() && r.result == Outcome::Success)
+        .map(|r| r.backup_timestamp)
+        .max();
+    let newest_remote = file
+        .records
+        .iter()
+        .filter_map(|r| r.remote.as_ref())
+        .filter_map(|c| c.uploaded_at)
+        .max();
+    let secs_of = |d: std::time::Duration| d.as_secs().to_string();
+    let within = |newest: Option<DateTime<Utc>>, max: std::time::Duration| {
+        let ok = newest.is_some_and(|t| (ctx.now - t).to_std().unwrap_or_default() <= max);
+        u8::from(ok).to_string()
+    };
+    let mut max_age = Vec::new();
+    let mut within_policy = Vec::new();
+    if let Some(m) = ctx.local_max_age {
+        max_age.push((local, secs_of(m)));
+        within_policy.push((local, within(newest_local, m)));
+    }
+    if let Some(m) = ctx.remote_max_age {
+        max_age.push((remote, secs_of(m)));
+        within_policy.push((remote, within(newest_remote, m)));
+    }
+    if !max_age.is_empty() {
+        gauge(
+            out,
+            "etcdguard_backup_max_age_seconds",
+            "The oldest the newest good copy may be: one schedule interval plus the backup's \
+             (and upload's) time bound. Alert on time() - last_success > this.",
+            &max_age,
+        );
+        gauge(
+            out,
+            "etcdguard_backup_within_policy",
+            "1 when the newest good copy was within etcdguard_backup_max_age_seconds when \
+             this file was written.",
+            &within_policy,
+        );
+    }
+    let local_times: Vec<DateTime<Utc>> = file
+        .records
+        .iter()
+        .filter(|r| r.is_good_local() && r.pin.is_none())
+        .map(|r| r.backup_timestamp)
+        .collect();
+    let mut held = vec![(
+        local,
+        retention::held_by_min_keep(&local_times, ctx.now, ctx.local_rule).to_string(),
+    )];
+    if let Some(rule) = ctx.remote_rule {
+        let remote_times: Vec<DateTime<Utc>> = file
+            .records
+            .iter()
+            .filter(|r| r.remote.as_ref().is_some_and(|c| c.may_exist()) && r.pin.is_none())
+            .map(|r| r.backup_timestamp)
+            .collect();
+        held.push((
+            remote,
+            retention::held_by_min_keep(&remote_times, ctx.now, rule).to_string(),
+        ));
+    }
+    gauge(
+        out,
+        "etcdguard_retention_held_by_min_keep",
+        "Copies older than their ttl that retention keeps only because they are among the \
+         newest min_keep: no newer good backup has replaced them.",
+        &held,
+    );
+}
+
+/// Restore drills: the last one, the last that passed, and the newest snapshot per
+/// destination a drill proved restorable.
+fn drills(out: &mut String, file: &RecordsFile, ctx: &Context) {
+    let drills = || {
+        file.records
+            .iter()
+            .rev()
+            .filter(|r| r.trigger == Trigger::Drill)
+    };
+    let s = &file.stats;
+    let _ = writeln!(
+        out,
+        "# HELP etcdguard_drills_total Restore drills by result.\n\
+         # TYPE etcdguard_drills_total counter\n\
+         etcdguard_drills_total{{result=\"success\"}} {}\n\
+         etcdguard_drills_total{{result=\"failed\"}} {}",
+        s.drill_success, s.drill_failed
+    );
+    if let Some(m) = ctx.drill_max_age {
+        gauge(
+            out,
+            "etcdguard_drill_max_age_seconds",
+            "The oldest the last passed drill may be: one [drill] schedule interval plus its \
+             time bounds.",
+            &[("", m.as_secs().to_string())],
+        );
+    }
+    let Some(last) = drills().next() else {
+        return;
+    };
+    gauge(
+        out,
+        "etcdguard_last_drill_timestamp_seconds",
+        "Time of the last restore drill (passed or failed).",
+        &[("", secs(last.backup_timestamp))],
+    );
+    gauge(
+        out,
+        "etcdguard_last_drill_result",
+        "1 if the last restore drill passed, 0 if it failed.",
+        &[("", u8::from(last.result == Outcome::Success).to_string())],
+    );
+    gauge(
+        out,
+        "etcdguard_last_drill_duration_seconds",
+        "Duration of the last restore drill.",
+        &[("", format!("{:.3}", last.duration_seconds))],
+    );
+    if let Some(ok) = drills().find(|r| r.result == Outcome::Success) {
+        gauge(
+            out,
+            "etcdguard_last_drill_success_timestamp_seconds",
+            "Time of the last restore drill that passed.",
+            &[("", secs(ok.backup_timestamp))],
+        );
+    }
+    let mut verified = Vec::new();
+    for (dest, label) in [
+        ("local", "{destination=\"local\"}"),
+        ("remote", "{destination=\"remote\"}"),
+    ] {
+        let newest = drills()
+            .filter(|r| r.result == Outcome::Success)
+            .filter_map(|r| r.drill.as_ref())
+            .filter(|d| d.source == dest)
+            .filter_map(|d| d.snapshot_timestamp)
+            .max();
+        if let Some(t) = newest {
+            verified.push((label, secs(t)));
+        }
+    }
+    if !verified.is_empty() {
+        gauge(
+            out,
+            "etcdguard_last_verified_timestamp_seconds",
+            "Backup time of the newest copy a restore drill proved restorable, per destination.",
+            &verified,
+        );
+    }
 }
 
 /// etcd's health as the newest successful backup saw it.
@@ -228,7 +446,10 @@ pub fn refresh(config: &Config, next_run: Option<DateTime<Utc>>) -> Result<(), S
     let file = RecordStore::new(&config.state_dir)
         .load()
         .map_err(|e| e.to_string())?;
-    write(path, &render(&file, config.paused, next_run))
+    write(
+        path,
+        &render(&file, &Context::of(config, next_run, Utc::now())),
+    )
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
@@ -240,6 +461,14 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::records::{Record, Snapshot, Trigger};
+
+    fn ctx(paused: bool, next_run: Option<DateTime<Utc>>) -> Context {
+        let config = crate::config::parse("", None).unwrap();
+        Context {
+            paused,
+            ..Context::of(&config, next_run, Utc::now())
+        }
+    }
 
     fn rec(result: Outcome, ts: &str) -> Record {
         let at = DateTime::parse_from_rfc3339(ts)
@@ -262,7 +491,7 @@ mod tests {
         let next = DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let text = render(&f, false, Some(next));
+        let text = render(&f, &ctx(false, Some(next)));
         for line in [
             "etcdguard_last_attempt_timestamp_seconds{destination=\"local\"} 1777633200.000",
             "etcdguard_last_result{destination=\"local\"} 0",
@@ -309,7 +538,7 @@ mod tests {
         ));
         f.push(sick);
         f.push(rec(Outcome::Failed, "2026-05-01T11:00:00Z"));
-        let text = render(&f, false, None);
+        let text = render(&f, &ctx(false, None));
         for line in [
             "etcdguard_etcd_alarm_active{alarm=\"NOSPACE\"} 1",
             "etcdguard_etcd_alarm_active{alarm=\"CORRUPT\"} 0",
@@ -323,7 +552,7 @@ mod tests {
             );
         }
         // No health known: no health metrics.
-        let text = render(&RecordsFile::default(), false, None);
+        let text = render(&RecordsFile::default(), &ctx(false, None));
         assert!(!text.contains("etcdguard_etcd_"), "{text}");
     }
 
@@ -342,7 +571,7 @@ mod tests {
         b.remote = Some(copy(RemoteState::Pending, None));
         f.push(a);
         f.push(b);
-        let text = render(&f, false, None);
+        let text = render(&f, &ctx(false, None));
         for line in [
             "etcdguard_last_success_timestamp_seconds{destination=\"local\"} 1777633200.000",
             "etcdguard_last_success_timestamp_seconds{destination=\"remote\"} 1777629605.000",
@@ -364,9 +593,187 @@ mod tests {
 
     #[test]
     fn empty_history_has_counters_but_no_last_times() {
-        let text = render(&RecordsFile::default(), true, None);
+        let text = render(&RecordsFile::default(), &ctx(true, None));
         assert!(!text.contains("last_attempt"));
         assert!(text.contains("etcdguard_backups_total{result=\"success\"} 0"));
         assert!(text.contains("etcdguard_paused 1"));
+    }
+
+    fn at(ts: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(ts)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn drill_record(ts: &str, ok: bool, source: &str, snapshot_at: &str) -> Record {
+        use crate::records::{Drill, DrillCheck};
+        Record::drill(
+            at(ts),
+            None,
+            None,
+            Drill {
+                snapshot_id: None,
+                source: source.into(),
+                snapshot_timestamp: Some(at(snapshot_at)),
+                target_version: Some("3.7".into()),
+                checks: vec![DrillCheck {
+                    name: "wal".into(),
+                    result: if ok { "passed" } else { "failed" }.into(),
+                    detail: "x".into(),
+                }],
+            },
+            2.5,
+        )
+    }
+
+    fn has(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+
+    #[test]
+    fn drills_are_counted_and_the_newest_proven_copy_is_named() {
+        let mut f = RecordsFile::default();
+        f.push(rec(Outcome::Success, "2026-05-01T10:00:00Z"));
+        f.push(drill_record(
+            "2026-05-01T10:30:00Z",
+            true,
+            "local",
+            "2026-05-01T10:00:00Z",
+        ));
+        f.push(drill_record(
+            "2026-05-01T11:30:00Z",
+            false,
+            "remote",
+            "2026-05-01T11:00:00Z",
+        ));
+        let text = render(&f, &ctx(false, None));
+        has(&text, "etcdguard_drills_total{result=\"success\"} 1");
+        has(&text, "etcdguard_drills_total{result=\"failed\"} 1");
+        has(&text, "etcdguard_last_drill_result 0");
+        has(
+            &text,
+            "etcdguard_last_drill_timestamp_seconds 1777635000.000",
+        );
+        has(
+            &text,
+            "etcdguard_last_drill_success_timestamp_seconds 1777631400.000",
+        );
+        has(&text, "etcdguard_last_drill_duration_seconds 2.500");
+        has(
+            &text,
+            "etcdguard_last_verified_timestamp_seconds{destination=\"local\"} 1777629600.000",
+        );
+        assert!(!text.contains("etcdguard_last_verified_timestamp_seconds{destination=\"remote\"}"));
+        // A drill is not a backup: the backup counters and last attempt are the backup's.
+        has(&text, "etcdguard_backups_total{result=\"success\"} 1");
+        has(&text, "etcdguard_last_result{destination=\"local\"} 1");
+        // No drill schedule: no drill policy.
+        assert!(!text.contains("etcdguard_drill_max_age_seconds"));
+    }
+
+    #[test]
+    fn freshness_is_held_to_the_schedule_interval_and_the_backup_bound() {
+        let config = crate::config::parse(
+            "schedule = \"0 */6 * * *\"\n[etcd]\ntimeout = \"10m\"\n[drill]\nschedule = \"@weekly\"\n\
+             timeout = \"2m\"\n[local_storage]\nttl = \"1d\"\nmin_keep = 2\n",
+            None,
+        )
+        .unwrap();
+        let now = at("2026-05-03T13:00:00Z");
+        let c = Context::of(&config, None, now);
+        assert_eq!(c.local_max_age.unwrap().as_secs(), 6 * 3600 + 600);
+        assert_eq!(c.drill_max_age.unwrap().as_secs(), 7 * 86400 + 120 + 600);
+        assert_eq!(c.remote_max_age, None);
+        let mut f = RecordsFile::default();
+        // Two good backups, both older than the ttl: min_keep holds both.
+        f.push(rec(Outcome::Success, "2026-05-01T06:00:00Z"));
+        f.push(rec(Outcome::Success, "2026-05-01T12:00:00Z"));
+        let text = render(&f, &c);
+        has(
+            &text,
+            "etcdguard_backup_max_age_seconds{destination=\"local\"} 22200",
+        );
+        has(
+            &text,
+            "etcdguard_backup_within_policy{destination=\"local\"} 0",
+        );
+        has(
+            &text,
+            "etcdguard_retention_held_by_min_keep{destination=\"local\"} 2",
+        );
+        has(&text, "etcdguard_drill_max_age_seconds 605520");
+        f.push(rec(Outcome::Success, "2026-05-03T12:00:00Z"));
+        let text = render(&f, &c);
+        has(
+            &text,
+            "etcdguard_backup_within_policy{destination=\"local\"} 1",
+        );
+        has(
+            &text,
+            "etcdguard_retention_held_by_min_keep{destination=\"local\"} 1",
+        );
+    }
+
+    /// Every metric the shipped alert rules, their tests and the Grafana dashboard name is
+    /// one that etcdguard writes.
+    #[test]
+    fn the_shipped_rules_and_dashboard_name_only_metrics_that_exist() {
+        use crate::records::{Health, RemoteCopy};
+        let config = crate::config::parse(
+            "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\n[drill]\nschedule = \"@weekly\"\n",
+            None,
+        )
+        .unwrap();
+        let mut f = RecordsFile::default();
+        let mut r = rec(Outcome::Success, "2026-05-01T10:00:00Z");
+        r.remote = Some(RemoteCopy::uploaded(
+            "s3://b/k".into(),
+            Utc::now(),
+            None,
+            None,
+        ));
+        r.health = Some(Health::assess(&[], None, 1, 1, 2, None, false, 1, 1));
+        f.push(r);
+        f.push(drill_record(
+            "2026-05-01T10:30:00Z",
+            true,
+            "local",
+            "2026-05-01T10:00:00Z",
+        ));
+        let text = render(&f, &Context::of(&config, Some(Utc::now()), Utc::now()));
+        let families: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        for (name, shipped) in [
+            (
+                "rules",
+                include_str!("../packaging/prometheus/etcdguard.rules.yml"),
+            ),
+            (
+                "rule tests",
+                include_str!("../packaging/prometheus/etcdguard.rules.test.yml"),
+            ),
+            (
+                "dashboard",
+                include_str!("../packaging/grafana/etcdguard-dashboard.json"),
+            ),
+        ] {
+            let mut used = 0;
+            for word in shipped.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("etcdguard_") {
+                    used += 1;
+                    assert!(
+                        families.contains(word),
+                        "the {name} name {word}, which etcdguard does not write"
+                    );
+                }
+            }
+            assert!(used > 5, "{name}: {used}");
+        }
     }
 }

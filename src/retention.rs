@@ -143,6 +143,19 @@ pub fn remote_deletions(
         .collect()
 }
 
+/// Of copies ordered oldest first, how many are older than the rule's ttl but kept because
+/// they are among the newest `min_keep`: a sign that no good backup has replaced them for
+/// longer than the ttl. Pure.
+pub fn held_by_min_keep(times: &[DateTime<Utc>], now: DateTime<Utc>, rule: Rule) -> usize {
+    let Some(ttl) = rule.ttl else { return 0 };
+    let n = times.len();
+    times
+        .iter()
+        .enumerate()
+        .filter(|(pos, t)| n - 1 - pos < rule.min_keep && is_older(**t, now, ttl))
+        .count()
+}
+
 fn is_older(t: DateTime<Utc>, now: DateTime<Utc>, ttl: Duration) -> bool {
     let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
     now - t > ttl
@@ -675,5 +688,17 @@ mod tests {
             .map(|d| d.index)
             .collect();
         assert_eq!(d, [0, 1, 2]);
+    }
+
+    #[test]
+    fn min_keep_holding_copies_past_their_ttl_is_counted() {
+        let now = Utc::now();
+        let times = [at(50, now), at(30, now), at(10, now)];
+        // ttl 24 h: two are older; min_keep 2 holds one of them (the 30 h one).
+        assert_eq!(held_by_min_keep(&times, now, rule(Some(24), None, 2)), 1);
+        assert_eq!(held_by_min_keep(&times, now, rule(Some(24), None, 3)), 2);
+        assert_eq!(held_by_min_keep(&times, now, rule(Some(100), None, 3)), 0);
+        assert_eq!(held_by_min_keep(&times, now, rule(None, Some(3), 3)), 0);
+        assert_eq!(held_by_min_keep(&[], now, rule(Some(1), None, 3)), 0);
     }
 }

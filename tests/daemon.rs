@@ -319,3 +319,81 @@ fn daemon_logs_the_pre_flight_problems_of_config_check_and_still_starts() {
         "wanted {sentence:?} in the daemon's log:\n{logged}"
     );
 }
+
+#[test]
+fn daemon_runs_scheduled_drills_records_them_and_the_metrics_carry_them() {
+    let mut node = Node::start(NEWEST, "cp1");
+    node.etcd.put_keys("drill", 800);
+    let metrics = node.path("metrics/etcdguard.prom");
+    std::fs::create_dir_all(metrics.parent().unwrap()).unwrap();
+    node.set("", "schedule", "\"*/2 * * * * *\"");
+    node.set("", "metrics_file", &format!("{metrics:?}"));
+    node.set("drill", "schedule", "\"*/3 * * * * *\"");
+    let mut notify = Notify::new(node.root.path());
+    let mut daemon = spawn_daemon(&node, &notify);
+    notify.wait_for(0, Duration::from_secs(10), |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+
+    // Drills on their own slots, recorded, each of the newest backup, and never a skipped
+    // backup slot because of one.
+    wait_until(Duration::from_secs(40), "two passed drills", || {
+        records_where(&node, |r| {
+            r["trigger"] == "drill" && r["result"] == "Success"
+        }) >= 2
+    });
+    let drills: Vec<serde_json::Value> = node
+        .records()
+        .into_iter()
+        .filter(|r| r["trigger"] == "drill" && r["result"] == "Success")
+        .collect();
+    for d in &drills {
+        crate::util::schema::assert_valid("record.v1", &d.to_string());
+        assert_eq!(d["drill"]["source"], "local", "{d:#}");
+        assert_eq!(d["drill"]["targetVersion"], NEWEST);
+    }
+    assert_eq!(
+        records_where(&node, |r| r["result"] == "Skipped"),
+        0,
+        "a drill made a backup slot skip"
+    );
+    let status = notify.wait_for(0, Duration::from_secs(10), |m| {
+        m.contains("; last drill passed at")
+    });
+    assert!(
+        notify.got[status].contains("last backup OK"),
+        "{}",
+        notify.got[status]
+    );
+    wait_until(Duration::from_secs(10), "drill metrics", || {
+        std::fs::read_to_string(&metrics).is_ok_and(|t| t.contains("etcdguard_last_drill_result 1"))
+    });
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    for family in [
+        "etcdguard_last_drill_success_timestamp_seconds ",
+        "etcdguard_last_drill_timestamp_seconds ",
+        "etcdguard_last_verified_timestamp_seconds{destination=\"local\"} ",
+        "etcdguard_drill_max_age_seconds ",
+        "etcdguard_backup_max_age_seconds{destination=\"local\"} ",
+        "etcdguard_backup_within_policy{destination=\"local\"} 1",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    let passed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcdguard_drills_total{result=\"success\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(passed >= 2, "{text}");
+
+    signal(&daemon, nix::sys::signal::Signal::SIGTERM);
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "daemon exit: {status:?}");
+    assert_eq!(
+        list_dir(&node.state_dir().join("drill")),
+        Vec::<String>::new(),
+        "a drill's scratch dir was left"
+    );
+    node.etcd.stop();
+}

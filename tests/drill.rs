@@ -349,3 +349,78 @@ fn each_kind_of_damage_fails_the_drill_naming_the_check() {
         1
     );
 }
+
+/// The remote copy, compressed and encrypted: downloaded into the scratch dir, checked against
+/// its record, opened with the identity, drilled; without the identity the drill fails naming
+/// the source, and a scheduled drill of sealed copies without one is a configuration error.
+#[test]
+fn a_drill_of_the_encrypted_remote_copy_downloads_opens_and_passes() {
+    use crate::encryption::age_key;
+    use crate::remote::{use_remote, BUCKET};
+    use crate::util::s3::{S3Server, SECRET_KEY};
+    let mut node = Node::start(crate::util::NEWEST, "cp1");
+    node.etcd.put_keys("remote", 400);
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+    let (identity, recipient) = age_key(dir.path(), "ops.txt");
+    node.set("encryption", "recipients", &format!("[{recipient:?}]"));
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let backup = node.last_record();
+    assert_eq!(backup["remote"]["state"], "uploaded");
+
+    let (r, code) = drill(&node, &["--remote"], &[]);
+    assert_eq!(code, Some(1), "{r:#}");
+    assert_eq!(check(&r, "source")["result"], "failed");
+    assert!(
+        check(&r, "source")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("encrypted"),
+        "{r:#}"
+    );
+
+    let (r, code) = drill(
+        &node,
+        &["--remote", "--identity", identity.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{r:#}");
+    assert_eq!(r["drill"]["source"], "remote");
+    assert_eq!(r["drill"]["snapshotId"], backup["id"]);
+    let source = check(&r, "source")["detail"].as_str().unwrap();
+    assert!(source.contains("downloaded from s3://"), "{source}");
+    assert!(source.contains("opened with"), "{source}");
+    assert_eq!(check(&r, "integrity")["result"], "passed");
+    assert_eq!(
+        list_dir(&node.state_dir().join("drill")),
+        Vec::<String>::new()
+    );
+    // Nothing of the key in the record.
+    let key = std::fs::read_to_string(&identity).unwrap();
+    let secret = key
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap();
+    assert!(!r.to_string().contains(secret));
+
+    node.set("drill", "schedule", "\"@weekly\"");
+    node.set("drill", "source", "\"remote\"");
+    let check = node.run(&["config", "check"]);
+    assert_eq!(check.status.code(), Some(78));
+    assert!(
+        stderr(&check).contains("drill.identity"),
+        "{}",
+        stderr(&check)
+    );
+    node.set_path("drill", "identity", &identity);
+    let check = node.run(&["config", "check"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    let (r, code) = drill(&node, &[], &[]);
+    assert_eq!(
+        (code, r["drill"]["source"].as_str()),
+        (Some(0), Some("remote")),
+        "{r:#}"
+    );
+}

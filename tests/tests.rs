@@ -4,6 +4,7 @@
 #[macro_use]
 mod util;
 
+mod alerts;
 mod backup;
 mod cli;
 mod daemon;
