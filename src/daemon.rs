@@ -37,6 +37,22 @@ use crate::remote_sync;
 use crate::schedule;
 use crate::state::LockError;
 
+/// Test-only: milliseconds added to this daemon's clock (negative: behind), to show that nodes
+/// whose clocks disagree by seconds still agree on the schedule's slots (`per = "cluster"`).
+pub const TEST_CLOCK_OFFSET_ENV: &str = "ETCDGUARD_TEST_CLOCK_OFFSET_MS";
+
+/// The wall clock as this daemon reads it (the test offset applied).
+fn clock() -> DateTime<Utc> {
+    static OFFSET: std::sync::OnceLock<chrono::Duration> = std::sync::OnceLock::new();
+    let off = *OFFSET.get_or_init(|| {
+        std::env::var(TEST_CLOCK_OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .map_or(chrono::Duration::zero(), chrono::Duration::milliseconds)
+    });
+    Utc::now() + off
+}
+
 /// Upper bound on one sleep, even without a watchdog: the wall clock is re-read at least this
 /// often, which is how suspend and clock changes are noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -81,6 +97,8 @@ struct Daemon {
     drill_handled: DateTime<Utc>,
     drill_next: Option<DateTime<Utc>>,
     drilling: Option<Drilling>,
+    /// When the next pending upload is due, while nothing runs that would hold it off.
+    retry_next: Option<DateTime<Utc>>,
 }
 
 fn notify(states: &[NotifyState<'_>]) {
@@ -109,7 +127,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         ))
     })?;
     let store = RecordStore::new(&config.state_dir);
-    let now = Utc::now();
+    let now = clock();
     let (remembered, drill_remembered) = match store.load() {
         Ok(f) => (f.daemon.last_handled_slot, f.daemon.last_drill_slot),
         Err(e) => {
@@ -153,6 +171,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         drill_handled,
         drill_next: None,
         drilling: None,
+        retry_next: None,
     };
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Fatal(e.to_string()))?;
@@ -182,12 +201,15 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     notify(&[NotifyState::Ready, NotifyState::Status(&d.status())]);
 
     loop {
-        let now = Utc::now();
+        let now = clock();
         let until = |t: Option<DateTime<Utc>>| {
             t.map(|n| (n - now).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(interval)
         };
-        let sleep = until(d.next).min(until(d.drill_next)).min(interval);
+        let sleep = until(d.next)
+            .min(until(d.drill_next))
+            .min(until(d.retry_next))
+            .min(interval);
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             res = async { (&mut d.running.as_mut().expect("guarded").handle).await },
@@ -255,7 +277,7 @@ fn persist_slot(store: &RecordStore, slot: DateTime<Utc>) {
 impl Daemon {
     /// One look at the wall clock: handle a due slot, compute the next.
     fn on_tick(&mut self) {
-        let now = Utc::now();
+        let now = clock();
         let t = schedule::tick(
             &self.config.schedule,
             &self.config.timezone,
@@ -283,6 +305,13 @@ impl Daemon {
         {
             self.start_maintenance(false);
         }
+        // Wake up for the next retry (a cluster slot's copy is looked at every cluster_lease),
+        // unless a backup or maintenance runs: their end wakes the loop anyway.
+        self.retry_next = if self.running.is_none() && self.maintenance.is_none() {
+            remote_sync::next_pending_at(&self.config).filter(|t| *t > now)
+        } else {
+            None
+        };
     }
 
     fn start_maintenance(&mut self, probe: bool) {
@@ -356,7 +385,7 @@ impl Daemon {
             if let Some(m) = maintenance {
                 let _ = m.await;
             }
-            backup::run_backup(&config, trigger, None, async move {
+            backup::run_backup(&config, trigger, Some(slot), None, async move {
                 let _ = cancelled.await;
                 "shutdown".to_string()
             })
@@ -509,11 +538,11 @@ impl Daemon {
             &self.config.schedule,
             &self.config.timezone,
             self.last_handled,
-            Utc::now(),
+            clock(),
         )
         .next;
         self.drill_next = self.config.drill.schedule.as_ref().and_then(|s| {
-            schedule::tick(s, &self.config.timezone, self.drill_handled, Utc::now()).next
+            schedule::tick(s, &self.config.timezone, self.drill_handled, clock()).next
         });
         self.refresh_metrics();
         notify(&[NotifyState::Ready, NotifyState::Status(&self.status())]);

@@ -15,6 +15,7 @@ pub mod store;
 
 mod backup;
 mod bundle;
+mod cluster;
 mod config;
 mod daemon;
 mod drill;

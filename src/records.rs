@@ -99,6 +99,9 @@ pub enum RemoteState {
     Failed,
     /// Deleted by remote retention.
     Deleted,
+    /// `per = "cluster"`: this slot's copy is another node's upload (`cluster.uploader`, at
+    /// `location`); nothing of this node's is in the bucket for it.
+    Covered,
 }
 
 /// The remote copy of a snapshot.
@@ -129,6 +132,23 @@ pub struct RemoteCopy {
     pub deleted_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_reason: Option<String>,
+    /// `per = "cluster"`: the slot this copy is of, and who holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterCopy>,
+}
+
+/// The cluster side of a scheduled backup's remote copy (`per = "cluster"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterCopy {
+    /// The schedule's slot (the same on every node).
+    pub slot: DateTime<Utc>,
+    /// The member whose upload is the slot's copy (this one when it uploaded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploader: Option<String>,
+    /// Why this node uploaded its own copy under its own prefix instead (no quorum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// A sealed object: how it was made from the snapshot (public facts only) and its own
@@ -168,7 +188,49 @@ impl RemoteCopy {
             sealed: None,
             deleted_at: None,
             deleted_reason: None,
+            cluster: None,
         }
+    }
+
+    /// `per = "cluster"`: `uploader` claimed the slot and uploads `location`; confirmed (or
+    /// taken over) by a retry after `wait`.
+    pub fn covered_pending(
+        location: String,
+        now: DateTime<Utc>,
+        cluster: ClusterCopy,
+        wait: chrono::Duration,
+    ) -> RemoteCopy {
+        let who = cluster.uploader.clone().unwrap_or_default();
+        let mut c = RemoteCopy::first(location, RemoteState::Pending, now);
+        c.attempts = 0;
+        c.last_error = Some(format!("{who} uploads this slot's copy; not confirmed yet"));
+        c.next_attempt_at = Some(now + wait);
+        c.cluster = Some(cluster);
+        c
+    }
+
+    /// `per = "cluster"`: the slot's copy is `uploader`'s object at `location`, confirmed.
+    pub fn covered(&mut self, now: DateTime<Utc>, location: String, uploader: String) {
+        self.state = RemoteState::Covered;
+        self.location = location;
+        self.uploaded_at = Some(now);
+        self.next_attempt_at = None;
+        self.last_error = None;
+        if let Some(c) = self.cluster.as_mut() {
+            c.uploader = Some(uploader);
+        }
+    }
+
+    /// `per = "cluster"`: the slot's uploader has not finished yet; look again after `wait`.
+    pub fn still_covered_pending(
+        &mut self,
+        now: DateTime<Utc>,
+        why: String,
+        wait: chrono::Duration,
+    ) {
+        self.last_attempt_at = Some(now);
+        self.last_error = Some(why);
+        self.next_attempt_at = Some(now + wait);
     }
 
     /// Uploaded and verified with the backup, on the first attempt.
@@ -240,6 +302,19 @@ impl RemoteCopy {
             "{why} (last error: {})",
             self.last_error.as_deref().unwrap_or("none")
         ));
+    }
+
+    /// A copy of a cluster slot (`cluster` set), as uploaded or as a fallback.
+    pub fn with_cluster(mut self, cluster: Option<ClusterCopy>) -> RemoteCopy {
+        self.cluster = cluster;
+        self
+    }
+
+    /// True for a pending copy that waits for another node's upload of its slot (not for a
+    /// fallback, which uploads this node's own copy).
+    pub fn waits_for_cluster(&self) -> bool {
+        self.state == RemoteState::Pending
+            && self.cluster.as_ref().is_some_and(|c| c.fallback.is_none())
     }
 
     /// Deleted from the bucket by remote retention.

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use crate::cluster::{self, Claim, CLUSTER_NODE};
 use crate::config::{Config, RemoteStorageConfig};
 use crate::records::{
     BundleCopy, CopyState, LocalCopy, Outcome, Record, RecordStore, RemoteCopy, RemoteState,
@@ -163,6 +164,206 @@ pub async fn upload_from_file(
     feed.complete(remote, rc.timeout).await
 }
 
+/// What one pending copy's retry came to.
+enum Step {
+    /// Uploaded now (by this node), with what changes in its cluster facts.
+    Uploaded(
+        Box<(Remote, Uploaded, Option<BundleCopy>)>,
+        Option<ClusterChange>,
+    ),
+    /// `per = "cluster"`: the slot's copy is another node's, confirmed.
+    Covered {
+        location: String,
+        uploader: String,
+    },
+    /// `per = "cluster"`: the slot's uploader is still at it.
+    Waiting(String),
+    Failed(String),
+}
+
+/// How a retry changes a cluster copy's facts.
+enum ClusterChange {
+    /// This node took the slot over.
+    TookOver(String),
+    /// No agreement was possible: this node's own copy.
+    Fallback(String),
+}
+
+impl ClusterChange {
+    fn apply(&self, c: &mut crate::records::ClusterCopy) {
+        match self {
+            ClusterChange::TookOver(me) => {
+                c.uploader = Some(me.clone());
+                c.fallback = None;
+            }
+            ClusterChange::Fallback(why) => c.fallback = Some(why.clone()),
+        }
+    }
+}
+
+/// Uploads `rec`'s local file under `under`'s prefix with its bundle and sidecar.
+async fn upload_record(
+    config: &Config,
+    rc: &RemoteStorageConfig,
+    rec: &Record,
+    under: &str,
+) -> Result<(Remote, Uploaded, Option<BundleCopy>), String> {
+    let (Some(name), Some(local), Some(sha)) = (&rec.file_name, &rec.local, &rec.sha256) else {
+        return Err("the record names no local file".into());
+    };
+    let remote = Remote::open(rc, under)?;
+    let up = upload_from_file(&remote, config, local, name, sha).await?;
+    let mut done = rec.clone();
+    if let Some(c) = done.remote.as_mut() {
+        retried(c, &remote, &up, Utc::now());
+    }
+    attach_bundle(config, &remote, &mut done).await;
+    write_sidecar(&remote, &done)
+        .await
+        .map_err(|e| format!("the sidecar could not be written: {e}"))?;
+    Ok((remote, up, done.bundle))
+}
+
+/// A pending copy of a cluster slot another node claimed: confirmed when the slot's key says
+/// done; still waited for while the uploader holds its lease; taken over when the key is gone
+/// (the uploader died): its object adopted if it made it to the bucket, else this node's file
+/// uploaded under the cluster's prefix. Without quorum, this node's own copy.
+async fn resolve_cluster_copy(config: &Config, rc: &RemoteStorageConfig, rec: &Record) -> Step {
+    let c = rec.remote.as_ref().expect("a remote copy");
+    let slot = c.cluster.as_ref().expect("a cluster copy").slot;
+    let me = rec
+        .member
+        .as_ref()
+        .map_or("", |m| m.name.as_str())
+        .to_string();
+    let timeout = crate::backup::cluster_timeout(config);
+    let fallback = |why: String| async move {
+        tracing::warn!(
+            "no agreement through etcd on the slot ({why}): uploading this node's own copy"
+        );
+        let me = rec.member.as_ref().map_or("", |m| m.name.as_str());
+        match upload_record(config, rc, rec, me).await {
+            Ok(done) => Step::Uploaded(Box::new(done), Some(ClusterChange::Fallback(why))),
+            Err(e) => Step::Failed(e),
+        }
+    };
+    let mut client = match connect_local(config).await {
+        Ok(c) => c,
+        Err(e) => return fallback(e).await,
+    };
+    let value = match cluster::read(&mut client, slot, timeout).await {
+        Ok(v) => v,
+        Err(e) => return fallback(e).await,
+    };
+    let bucket_key = |location: &str| {
+        location
+            .strip_prefix(&format!("s3://{}/", rc.bucket))
+            .unwrap_or(location)
+            .to_string()
+    };
+    match value {
+        Some(v) if v.is_done() => Step::Covered {
+            location: crate::store::remote::location(&rc.bucket, &v.object),
+            uploader: v.member,
+        },
+        Some(v) => Step::Waiting(format!("{} is still uploading this slot's copy", v.member)),
+        None => {
+            let my_id = rec
+                .member
+                .as_ref()
+                .and_then(|m| m.id.as_deref())
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
+            let (Some(name), Some(local)) = (&rec.file_name, &rec.local) else {
+                return Step::Failed("the record names no local file".into());
+            };
+            let object = format!(
+                "{}{}",
+                crate::store::remote::node_prefix(&rc.prefix, CLUSTER_NODE),
+                match &local.sealed {
+                    Some(_) => local
+                        .path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| name.clone()),
+                    None => crate::store::remote::object_name(name, config.encryption.as_ref()),
+                }
+            );
+            let claim = cluster::claim(
+                &mut client,
+                slot,
+                &me,
+                my_id,
+                &[],
+                &object,
+                rc.cluster_lease,
+                timeout,
+                false,
+            )
+            .await;
+            match claim {
+                Claim::Taken(v) if v.is_done() => Step::Covered {
+                    location: crate::store::remote::location(&rc.bucket, &v.object),
+                    uploader: v.member,
+                },
+                Claim::Taken(v) => {
+                    Step::Waiting(format!("{} took this slot over and uploads it", v.member))
+                }
+                Claim::NoQuorum(why) => fallback(why).await,
+                Claim::Won(mut held) => {
+                    // The uploader may have finished its object and died before marking it.
+                    let theirs = bucket_key(&c.location);
+                    let uploader = c
+                        .cluster
+                        .as_ref()
+                        .and_then(|cl| cl.uploader.clone())
+                        .unwrap_or_default();
+                    let found = match Remote::open(rc, CLUSTER_NODE) {
+                        Ok(r) => r.exists(&theirs).await.unwrap_or(false),
+                        Err(_) => false,
+                    };
+                    if found && !uploader.is_empty() {
+                        held.adopt(&uploader, &theirs);
+                        if let Err(e) = cluster::mark_done(&mut client, held, timeout).await {
+                            return Step::Failed(e);
+                        }
+                        return Step::Covered {
+                            location: crate::store::remote::location(&rc.bucket, &theirs),
+                            uploader,
+                        };
+                    }
+                    tracing::info!(slot = %crate::records::rfc3339(slot), "the slot's uploader is gone: this node takes the slot over");
+                    match upload_record(config, rc, rec, CLUSTER_NODE).await {
+                        Ok(done) => {
+                            if let Err(e) = cluster::mark_done(&mut client, held, timeout).await {
+                                tracing::warn!(
+                                    "the slot's copy is uploaded but not marked done: {e}"
+                                );
+                            }
+                            Step::Uploaded(
+                                Box::new(done),
+                                Some(ClusterChange::TookOver(me.clone())),
+                            )
+                        }
+                        // Dropping the claim lets its lease expire: the next try (here or on
+                        // another node) takes it over again.
+                        Err(e) => Step::Failed(e),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A client of the local member, as a backup reaches it.
+async fn connect_local(config: &Config) -> Result<etcd_client::Client, String> {
+    let target = crate::preflight::resolve_target(config)?;
+    let tls = crate::preflight::etcd_tls(&config.etcd).map_err(|e| e.to_string())?;
+    crate::etcd::connect(&target.endpoint, &tls, config.etcd.dial_timeout)
+        .await
+        .map_err(|e| format!("cannot reach etcd at {}: {e}", target.endpoint))
+}
+
 /// Marks a pending copy uploaded by a retry (its key follows the sealing in force now).
 fn retried(c: &mut RemoteCopy, remote: &Remote, up: &Uploaded, now: DateTime<Utc>) {
     c.retried_uploaded(
@@ -206,6 +407,16 @@ fn due_pending(records: &[Record], now: Option<DateTime<Utc>>) -> Vec<Record> {
         .collect()
 }
 
+/// When the next pending upload is due (the daemon wakes up for it).
+pub fn next_pending_at(config: &Config) -> Option<DateTime<Utc>> {
+    config.remote_storage.as_ref()?;
+    let f = RecordStore::new(&config.state_dir).load().ok()?;
+    due_pending(&f.records, None)
+        .iter()
+        .filter_map(|r| r.remote.as_ref().and_then(|c| c.next_attempt_at))
+        .min()
+}
+
 /// True when some pending upload is due (the daemon asks this on every tick).
 pub fn has_due_pending(config: &Config, now: DateTime<Utc>) -> bool {
     config.remote_storage.is_some()
@@ -239,28 +450,24 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
 
     let now = (!all_pending).then(Utc::now);
     for rec in due_pending(&file.records, now) {
-        let (Some(name), Some(local), Some(sha)) = (&rec.file_name, &rec.local, &rec.sha256) else {
+        let (Some(name), Some(local), Some(_)) = (&rec.file_name, &rec.local, &rec.sha256) else {
             continue;
         };
-        let who = rec.member.as_ref().map_or("", |m| m.name.as_str());
-        let result = match Remote::open(rc, who) {
-            Ok(remote) => match upload_from_file(&remote, config, local, name, sha).await {
-                Ok(up) => {
-                    let mut done = rec.clone();
-                    if let Some(c) = done.remote.as_mut() {
-                        retried(c, &remote, &up, Utc::now());
-                    }
-                    attach_bundle(config, &remote, &mut done).await;
-                    write_sidecar(&remote, &done)
-                        .await
-                        .map(|()| (remote, up, done.bundle))
-                        .map_err(|e| format!("the sidecar could not be written: {e}"))
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+        let step = if rec
+            .remote
+            .as_ref()
+            .is_some_and(RemoteCopy::waits_for_cluster)
+        {
+            resolve_cluster_copy(config, rc, &rec).await
+        } else {
+            let who = rec.member.as_ref().map_or("", |m| m.name.as_str());
+            match upload_record(config, rc, &rec, who).await {
+                Ok(done) => Step::Uploaded(Box::new(done), None),
+                Err(e) => Step::Failed(e),
+            }
         };
         let now = Utc::now();
+        let wait = crate::backup::cluster_wait(rc);
         let update = store.update(now, |f| {
             let Some(r) = f.records.iter_mut().find(|r| r.id == rec.id) else {
                 return;
@@ -268,12 +475,20 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
             let Some(c) = r.remote.as_mut() else {
                 return;
             };
-            match &result {
-                Ok((remote, up, bundle)) => {
+            match &step {
+                Step::Uploaded(done, cluster) => {
+                    let (remote, up, bundle) = &**done;
                     retried(c, remote, up, now);
+                    if let (Some(cl), Some(change)) = (c.cluster.as_mut(), cluster) {
+                        change.apply(cl);
+                    }
                     r.bundle = bundle.clone();
                 }
-                Err(e) => {
+                Step::Covered { location, uploader } => {
+                    c.covered(now, location.clone(), uploader.clone())
+                }
+                Step::Waiting(why) => c.still_covered_pending(now, why.clone(), wait),
+                Step::Failed(e) => {
                     c.retried_failed(now, e.clone());
                     if !local.path.exists() {
                         c.give_up("the local copy is gone, nothing left to upload");
@@ -284,12 +499,16 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
         if let Err(e) = update {
             m.errors.push(e.to_string());
         }
-        match result {
-            Ok(_) => {
+        match step {
+            Step::Uploaded(..) => {
                 tracing::info!(file = %name, "pending remote copy uploaded");
                 m.uploaded.push(name.clone());
             }
-            Err(e) => {
+            Step::Covered { location, uploader } => {
+                tracing::info!(file = %name, %uploader, %location, "the slot's copy is another node's upload");
+            }
+            Step::Waiting(why) => tracing::info!(file = %name, "{why}"),
+            Step::Failed(e) => {
                 tracing::warn!(file = %name, error = %e, "pending remote copy still not uploaded");
                 m.retry_failed.push((name.clone(), e));
             }
@@ -297,10 +516,21 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
     }
 
     if let Some(member) = member {
-        abort_stale_uploads(rc, &member, &mut m).await;
+        abort_stale_uploads(rc, &member, &member, &mut m).await;
         match apply_retention(config, rc, &member).await {
             Ok(deleted) => m.deleted = deleted,
             Err(e) => m.errors.push(format!("remote retention: {e}")),
+        }
+        if rc.per_cluster {
+            // This node's own uploads under the cluster's prefix only: another node's may be
+            // in flight. The cluster's retention is the same rule, applied by every node.
+            abort_stale_uploads(rc, CLUSTER_NODE, &member, &mut m).await;
+            match apply_retention(config, rc, CLUSTER_NODE).await {
+                Ok(mut deleted) => m.deleted.append(&mut deleted),
+                Err(e) => m
+                    .errors
+                    .push(format!("remote retention of the cluster's copies: {e}")),
+            }
         }
     }
     for e in &m.errors {
@@ -313,8 +543,13 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
 /// parts stay stored, and billed, until aborted). This runs under the backup lock, so none of
 /// this node's own uploads is in flight: every open upload under its prefix with a snapshot's
 /// name is stale. Servers that cannot list open uploads are said so in the log.
-async fn abort_stale_uploads(rc: &RemoteStorageConfig, member: &str, m: &mut Maintenance) {
-    let remote = match Remote::open(rc, member) {
+async fn abort_stale_uploads(
+    rc: &RemoteStorageConfig,
+    under: &str,
+    member: &str,
+    m: &mut Maintenance,
+) {
+    let remote = match Remote::open(rc, under) {
         Ok(r) => r,
         Err(e) => return m.errors.push(format!("open multipart uploads: {e}")),
     };
@@ -336,7 +571,11 @@ async fn abort_stale_uploads(rc: &RemoteStorageConfig, member: &str, m: &mut Mai
             ))
         }
     };
-    for u in open {
+    let mine = format!("-{}.db", crate::store::local::sanitize_member(member));
+    for u in open
+        .into_iter()
+        .filter(|u| under == member || u.key.contains(&mine))
+    {
         let started = u.initiated.map_or_else(
             || "at an unknown time".into(),
             |t| format!("at {}", t.to_rfc3339()),

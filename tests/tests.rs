@@ -7,6 +7,7 @@ mod util;
 mod alerts;
 mod backup;
 mod cli;
+mod cluster;
 mod daemon;
 mod drill;
 mod encryption;

@@ -2,10 +2,11 @@
 //! the local member, check the TLS material, ask etcd who it is (and refuse another member),
 //! pick the file name, then hand the bytes to `stream`.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::stream::{self, Destination, RemoteResult, Upload};
-use crate::config::Config;
+use crate::cluster::{self, Claim, Held, SlotValue, CLUSTER_NODE};
+use crate::config::{Config, RemoteStorageConfig};
 use crate::etcd::{MemberInfo, StreamLimits};
 use crate::preflight::{self, Target};
 use crate::records::{Member, Snapshot};
@@ -14,8 +15,79 @@ use crate::store::local::{snapshot_file_name, LocalStore};
 /// What a successful attempt made.
 pub(super) struct Success {
     pub snapshot: Snapshot,
-    /// `None` without `[remote_storage]`.
+    /// `None` without `[remote_storage]`, or when another node covers the slot.
     pub remote: Option<RemoteResult>,
+    /// `per = "cluster"` for a scheduled slot: what the nodes agreed.
+    pub cluster: Option<ClusterOutcome>,
+}
+
+/// What `per = "cluster"` decided for a slot.
+pub(super) enum ClusterOutcome {
+    /// This node claimed the slot and uploaded (or tried to) under `_cluster/`; the slot is
+    /// marked done once the copy is verified.
+    Uploaded {
+        slot: DateTime<Utc>,
+        held: Held,
+        client: Box<etcd_client::Client>,
+    },
+    /// Another node claimed it: its object, done or still uploading.
+    Covered {
+        slot: DateTime<Utc>,
+        value: SlotValue,
+    },
+    /// No transaction was possible: this node's own copy, and why.
+    Fallback { slot: DateTime<Utc>, why: String },
+}
+
+/// Claims `slot` for this member, or learns who has it.
+async fn decide_cluster(
+    channel: &tonic::transport::Channel,
+    rc: &RemoteStorageConfig,
+    me: &Member,
+    my_id: u64,
+    slot: DateTime<Utc>,
+    object: &str,
+    timeout: std::time::Duration,
+) -> ClusterOutcome {
+    let fallback = |why: String| ClusterOutcome::Fallback { slot, why };
+    let mut client = match crate::etcd::client_on(channel.clone()).await {
+        Ok(c) => c,
+        Err(e) => return fallback(format!("no etcd client: {e}")),
+    };
+    let ids: Vec<u64> = match crate::etcd::member_list(&mut client, timeout).await {
+        Ok(list) => list.iter().map(|m| m.id).collect(),
+        Err(e) => return fallback(format!("the member list: {e}")),
+    };
+    match cluster::claim(
+        &mut client,
+        slot,
+        &me.name,
+        my_id,
+        &ids,
+        object,
+        rc.cluster_lease,
+        timeout,
+        true,
+    )
+    .await
+    {
+        Claim::Won(held) => {
+            tracing::info!(slot = %crate::records::rfc3339(slot), "this node uploads the cluster's copy of the slot");
+            ClusterOutcome::Uploaded {
+                slot,
+                held,
+                client: Box::new(client),
+            }
+        }
+        Claim::Taken(value) => {
+            tracing::info!(slot = %crate::records::rfc3339(slot), uploader = %value.member, "another node uploads the cluster's copy of the slot");
+            ClusterOutcome::Covered { slot, value }
+        }
+        Claim::NoQuorum(why) => {
+            tracing::warn!(slot = %crate::records::rfc3339(slot), "no agreement through etcd ({why}): uploading this node's own copy");
+            fallback(why)
+        }
+    }
 }
 
 /// Why an attempt failed, with what was known of the member by then.
@@ -78,9 +150,11 @@ fn member_of(target: &Target, info: &MemberInfo) -> Member {
     }
 }
 
+/// One attempt; `slot` is the schedule's slot it serves (`None` for a backup by hand).
 pub(super) async fn attempt(
     config: &Config,
     store: &LocalStore,
+    slot: Option<DateTime<Utc>>,
     warnings: &mut Vec<String>,
 ) -> Result<Success, Failure> {
     let target = preflight::resolve_target(config).map_err(Failure::new)?;
@@ -141,7 +215,28 @@ pub(super) async fn attempt(
 
     let rc = config.remote_storage.as_ref();
     let sealing = config.encryption.as_ref();
-    let mut upload = Upload::start(rc, sealing, &member.name, &file_name);
+    let cluster = match (rc, slot) {
+        (Some(rc), Some(slot)) if rc.per_cluster => {
+            let object = format!(
+                "{}{}",
+                crate::store::remote::node_prefix(&rc.prefix, CLUSTER_NODE),
+                crate::store::remote::object_name(&file_name, sealing)
+            );
+            let timeout = e.dial_timeout.max(std::time::Duration::from_secs(5));
+            Some(decide_cluster(&channel, rc, &member, info.id, slot, &object, timeout).await)
+        }
+        _ => None,
+    };
+    // Where this node's copy goes: the cluster's prefix, its own, or nowhere (covered).
+    let uploader = match &cluster {
+        Some(ClusterOutcome::Uploaded { .. }) => Some(CLUSTER_NODE),
+        Some(ClusterOutcome::Covered { .. }) => None,
+        _ => Some(member.name.as_str()),
+    };
+    let mut upload = match uploader {
+        Some(who) => Upload::start(rc, sealing, who, &file_name),
+        None => Upload::start(None, sealing, &member.name, &file_name),
+    };
     let to = Destination {
         store,
         temp,
@@ -163,7 +258,10 @@ pub(super) async fn attempt(
             return Err(f);
         }
     };
-    let remote = upload.finish(rc, sealing, &member.name, &file_name).await;
+    let remote = match uploader {
+        Some(who) => upload.finish(rc, sealing, who, &file_name).await,
+        None => None,
+    };
     let stream::Published {
         streamed,
         status,
@@ -187,5 +285,6 @@ pub(super) async fn attempt(
             health: Some(health),
         },
         remote,
+        cluster,
     })
 }

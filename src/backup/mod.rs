@@ -28,7 +28,23 @@ use crate::retention::{self, Rule};
 use crate::state::{LockError, StateDir};
 use crate::store::local::LocalStore;
 
-use attempt::{attempt, Failure};
+use crate::cluster;
+use crate::config::RemoteStorageConfig;
+use crate::records::ClusterCopy;
+use attempt::{attempt, ClusterOutcome, Failure};
+
+/// How long a node waits before it looks again at a slot another node uploads.
+pub(crate) fn cluster_wait(rc: &RemoteStorageConfig) -> chrono::Duration {
+    chrono::Duration::from_std(rc.cluster_lease).unwrap_or(chrono::Duration::seconds(15))
+}
+
+/// The bound on each request of the slot election.
+pub(crate) fn cluster_timeout(config: &Config) -> std::time::Duration {
+    config
+        .etcd
+        .dial_timeout
+        .max(std::time::Duration::from_secs(5))
+}
 
 /// Why a run could not even be attempted (nothing recorded).
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +81,7 @@ pub fn log_record(r: &Record) {
         Some(RemoteState::Pending) => "pending",
         Some(RemoteState::Failed) => "failed",
         Some(RemoteState::Deleted) => "deleted",
+        Some(RemoteState::Covered) => "covered",
     };
     match r.result {
         Outcome::Success => tracing::info!(
@@ -92,11 +109,14 @@ pub fn log_record(r: &Record) {
     }
 }
 
-/// Runs one backup. `cancel` resolving aborts it cleanly (temp file removed, `Failed` record
-/// with reason `interrupted by <what cancel returns>`).
+/// Runs one backup; `slot` is the schedule's slot it serves (`None` by hand: with `per =
+/// "cluster"` such a backup uploads this node's own copy). `cancel` resolving aborts it
+/// cleanly (temp file removed, `Failed` record with reason `interrupted by <what cancel
+/// returns>`).
 pub async fn run_backup(
     config: &Config,
     trigger: Trigger,
+    slot: Option<DateTime<Utc>>,
     pin: Option<Pin>,
     cancel: impl Future<Output = String>,
 ) -> Result<BackupReport, BackupError> {
@@ -108,7 +128,7 @@ pub async fn run_backup(
     let mut cancel = std::pin::pin!(cancel);
     let mut cancelled = false;
     let outcome = tokio::select! {
-        r = attempt(config, &store, &mut warnings) => r,
+        r = attempt(config, &store, slot, &mut warnings) => r,
         what = &mut cancel => {
             cancelled = true;
             Err(Failure::new(format!("interrupted by {what}")))
@@ -120,15 +140,66 @@ pub async fn run_backup(
         Ok(s) => {
             let mut record = Record::backup_succeeded(s.snapshot, trigger, duration);
             record.pin = pin;
+            let me = record
+                .member
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
+            let (copy_cluster, done) = match s.cluster {
+                None => (None, None),
+                Some(ClusterOutcome::Uploaded { slot, held, client }) => (
+                    Some(ClusterCopy {
+                        slot,
+                        uploader: Some(me.clone()),
+                        fallback: None,
+                    }),
+                    Some((held, client)),
+                ),
+                Some(ClusterOutcome::Fallback { slot, why }) => (
+                    Some(ClusterCopy {
+                        slot,
+                        uploader: Some(me.clone()),
+                        fallback: Some(why),
+                    }),
+                    None,
+                ),
+                Some(ClusterOutcome::Covered { slot, value }) => {
+                    let rc = config
+                        .remote_storage
+                        .as_ref()
+                        .expect("per cluster needs a remote");
+                    let location = crate::store::remote::location(&rc.bucket, &value.object);
+                    let cluster = ClusterCopy {
+                        slot,
+                        uploader: Some(value.member.clone()),
+                        fallback: None,
+                    };
+                    let now = Utc::now();
+                    let mut copy = RemoteCopy::covered_pending(
+                        location.clone(),
+                        now,
+                        cluster,
+                        cluster_wait(rc),
+                    );
+                    if value.is_done() {
+                        copy.covered(now, location, value.member);
+                    }
+                    record.remote = Some(copy);
+                    (None, None)
+                }
+            };
             if let Some(r) = s.remote {
                 let now = Utc::now();
-                record.remote = Some(match r.result {
-                    Ok(up) => RemoteCopy::uploaded(r.location, now, up.etag, up.sealed),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "remote copy not made now; it will be retried from the local file");
-                        RemoteCopy::pending(r.location, now, e)
+                record.remote = Some(
+                    match r.result {
+                        Ok(up) => RemoteCopy::uploaded(r.location, now, up.etag, up.sealed),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "remote copy not made now; it will be retried from the local file");
+                            RemoteCopy::pending(r.location, now, e)
+                        }
                     }
-                });
+                    .with_cluster(copy_cluster),
+                );
                 // The sidecar carries the record, so the bucket alone tells what each object
                 // is; only an uploaded copy gets one.
                 let uploaded = record.remote.as_ref().is_some_and(RemoteCopy::may_exist);
@@ -141,6 +212,18 @@ pub async fn run_backup(
                                 format!("the sidecar could not be written: {e}"),
                             );
                         }
+                    }
+                }
+            }
+            // The cluster's copy of the slot is verified and has its sidecar: the slot is done.
+            if let Some((held, mut client)) = done {
+                let uploaded = record.remote.as_ref().is_some_and(RemoteCopy::may_exist);
+                if uploaded {
+                    if let Err(e) =
+                        cluster::mark_done(&mut client, held, cluster_timeout(config)).await
+                    {
+                        // Its lease expires; another node finds the object and marks it.
+                        tracing::warn!("the slot's copy is uploaded but not marked done: {e}");
                     }
                 }
             }

@@ -59,7 +59,25 @@ fn remote_cell(r: &Record) -> String {
         None => "-".into(),
         Some(c) => match c.state {
             RemoteState::Uploaded if r.pin.is_some() => "uploaded (pinned)".into(),
-            RemoteState::Uploaded => "uploaded".into(),
+            RemoteState::Uploaded => match &c.cluster {
+                Some(cl) if cl.fallback.is_some() => "uploaded (own: no quorum)".into(),
+                Some(_) => "uploaded (cluster)".into(),
+                None => "uploaded".into(),
+            },
+            RemoteState::Covered => format!(
+                "covered by {}",
+                c.cluster
+                    .as_ref()
+                    .and_then(|cl| cl.uploader.as_deref())
+                    .unwrap_or("?")
+            ),
+            RemoteState::Pending if c.waits_for_cluster() => format!(
+                "pending ({} uploads)",
+                c.cluster
+                    .as_ref()
+                    .and_then(|cl| cl.uploader.as_deref())
+                    .unwrap_or("?")
+            ),
             RemoteState::Pending => format!("pending ({} tries)", c.attempts),
             RemoteState::Failed => "FAILED".into(),
             RemoteState::Deleted => "deleted".into(),

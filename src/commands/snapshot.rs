@@ -28,6 +28,7 @@ pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) 
         .block_on(backup::run_backup(
             &config,
             Trigger::Manual,
+            None,
             pin,
             interrupted(),
         ))

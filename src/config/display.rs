@@ -144,6 +144,18 @@ impl Config {
                     toml_string(&human(r.stall_timeout))
                 );
                 write_rule(w, &r.retention);
+                let _ = writeln!(
+                    w,
+                    "per = {}",
+                    toml_string(if r.per_cluster { "cluster" } else { "node" })
+                );
+                if r.per_cluster {
+                    let _ = writeln!(
+                        w,
+                        "cluster_lease = {}",
+                        toml_string(&human(r.cluster_lease))
+                    );
+                }
             }
         }
         match &self.encryption {

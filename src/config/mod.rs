@@ -145,6 +145,12 @@ pub struct RemoteStorageConfig {
     /// upload is given up (the local backup goes on; the upload is retried later).
     pub stall_timeout: Duration,
     pub retention: Rule,
+    /// `per = "cluster"`: one copy per scheduled slot for the cluster (the nodes agree through
+    /// etcd, `cluster.rs`); `false`: every node its own (the default).
+    pub per_cluster: bool,
+    /// The lease a slot's uploader keeps alive: how soon another node may take a dead
+    /// uploader's slot over.
+    pub cluster_lease: Duration,
 }
 
 /// Server-side encryption requested for uploads.

@@ -104,6 +104,8 @@ pub(super) struct RawRemote {
     pub(super) ttl: Option<Spanned<RawDuration>>,
     pub(super) keep: Option<Spanned<i64>>,
     pub(super) min_keep: Option<Spanned<i64>>,
+    pub(super) per: Option<Spanned<String>>,
+    pub(super) cluster_lease: Option<Spanned<RawDuration>>,
 }
 
 /// A byte size: an integer, or a string such as "8MiB", "16MB".

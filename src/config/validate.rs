@@ -569,6 +569,26 @@ fn validate_remote(r: Spanned<RawRemote>, v: &mut Validator<'_>) -> RemoteStorag
             r.min_keep,
             Duration::from_secs(30 * 24 * 3600),
         ),
+        per_cluster: match r.per.as_ref().map(|p| p.get_ref().as_str()) {
+            None | Some("node") => false,
+            Some("cluster") => true,
+            Some(other) => {
+                v.problem(
+                    r.per.as_ref().map(Spanned::span),
+                    "remote_storage.per",
+                    format!(
+                        "{other:?} is not a choice: \"node\" (every node uploads its own copy) or \
+                         \"cluster\" (one copy per scheduled slot for the cluster)"
+                    ),
+                );
+                false
+            }
+        },
+        cluster_lease: v.duration(
+            r.cluster_lease,
+            "remote_storage.cluster_lease",
+            Duration::from_secs(15),
+        ),
     }
 }
 

@@ -588,6 +588,15 @@ impl Remote {
         Ok(out)
     }
 
+    /// True when an object exists at `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool, String> {
+        match self.op.stat(key).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.explain(&e)),
+        }
+    }
+
     /// The record in the sidecar of the snapshot at `key`.
     pub async fn read_sidecar(&self, key: &str) -> Result<crate::records::Record, String> {
         let bytes = self
