@@ -160,9 +160,10 @@ pub async fn reach_member(
     let mut client = etcd::client_on(channel.clone())
         .await
         .map_err(|err| explain(Phase::Dial, err.as_ref()))?;
-    let info = etcd::member_info(&mut client, e.dial_timeout)
+    let mut info = etcd::member_info(&mut client, e.dial_timeout)
         .await
         .map_err(|err| explain(Phase::FirstRequest, err.as_ref()))?;
+    info.leader_raft_index = etcd::leader_raft_index(&info, &tls, e.dial_timeout).await;
     Ok((channel, info))
 }
 
@@ -199,6 +200,7 @@ pub fn health_of(target: &Target, info: &MemberInfo) -> Health {
         info.raft_index,
         info.raft_applied_index,
     )
+    .with_leader(info.leader_raft_index)
 }
 
 /// Opens the remote storage (credentials, CA bundle) and, with `probe`, checks that the bucket

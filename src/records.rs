@@ -442,6 +442,10 @@ pub struct Health {
     pub is_learner: bool,
     pub raft_index: u64,
     pub raft_applied_index: u64,
+    /// The leader's raft index when the backup was taken (asked over its client URL); absent
+    /// when this member is the leader's only view (no leader, or it did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_raft_index: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
@@ -525,8 +529,24 @@ impl Health {
             is_learner,
             raft_index,
             raft_applied_index,
+            leader_raft_index: None,
             warnings,
         }
+    }
+
+    /// The leader's raft index: a member that has applied more than [`APPLY_LAG_WARN`]
+    /// entries fewer than the leader committed trails the cluster, and so does its snapshot.
+    /// Pure.
+    pub fn with_leader(mut self, leader_raft_index: Option<u64>) -> Health {
+        self.leader_raft_index = leader_raft_index;
+        let lag = leader_raft_index.map_or(0, |l| l.saturating_sub(self.raft_applied_index));
+        if lag > APPLY_LAG_WARN {
+            self.warnings.push(format!(
+                "the member has applied {lag} fewer raft entries than the leader has: the \
+                 snapshot trails the cluster (a member catching up, or cut off from the leader)"
+            ));
+        }
+        self
     }
 }
 
@@ -1043,6 +1063,16 @@ mod tests {
         assert_eq!(at.warnings.len(), 1);
         let unread = Health::assess(&[], Some("timeout"), 1, 1, 0, None, false, 1, 1);
         assert_eq!(unread.warnings.len(), 1);
+        // Against the leader: within the bound no warning, beyond it one.
+        let near = Health::assess(&[], None, 1, 1, 0, None, false, 10, 10).with_leader(Some(1010));
+        assert!(near.warnings.is_empty(), "{:?}", near.warnings);
+        assert_eq!(near.leader_raft_index, Some(1010));
+        let far = Health::assess(&[], None, 1, 1, 0, None, false, 10, 10).with_leader(Some(5000));
+        assert!(
+            far.warnings[0].contains("4990 fewer raft entries than the leader"),
+            "{:?}",
+            far.warnings
+        );
     }
 
     #[test]

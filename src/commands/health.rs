@@ -50,9 +50,12 @@ pub(super) fn run(config_path: Option<&Path>, format: HealthFormat) -> CmdResult
                 h.quota_source
             ));
             t.push_str(&format!(
-                "raft: index {}, applied {}{}\n",
+                "raft: index {}, applied {}{}{}\n",
                 h.raft_index,
                 h.raft_applied_index,
+                h.leader_raft_index
+                    .map(|l| format!(", leader at {l}"))
+                    .unwrap_or_default(),
                 if h.is_learner { ", learner" } else { "" }
             ));
             for w in &h.warnings {

@@ -28,6 +28,12 @@ pub struct MemberInfo {
     pub is_learner: bool,
     pub raft_index: u64,
     pub raft_applied_index: u64,
+    /// The leader's member ID (0: no leader).
+    pub leader: u64,
+    /// The leader's client URLs, from the member list (empty when this member leads).
+    pub leader_urls: Vec<String>,
+    /// The leader's raft index (`leader_raft_index`), when it was asked.
+    pub leader_raft_index: Option<u64>,
     /// The active alarms of the cluster: (member id, `NOSPACE` | `CORRUPT`). Empty when the
     /// alarm list could not be read (that is said in `alarms_error`).
     pub alarms: Vec<(u64, String)>,
@@ -87,14 +93,21 @@ pub async fn member_info(
     let id = header.member_id();
     let cluster_id = header.cluster_id();
     let revision = header.revision();
-    let name = match tokio::time::timeout(rpc_timeout, client.member_list()).await {
-        Ok(Ok(list)) => list
-            .members()
-            .iter()
-            .find(|m| m.id() == id)
-            .map(|m| m.name().to_string())
-            .unwrap_or_default(),
-        _ => String::new(),
+    let leader = status.leader();
+    let (name, leader_urls) = match tokio::time::timeout(rpc_timeout, client.member_list()).await {
+        Ok(Ok(list)) => (
+            list.members()
+                .iter()
+                .find(|m| m.id() == id)
+                .map(|m| m.name().to_string())
+                .unwrap_or_default(),
+            list.members()
+                .iter()
+                .find(|m| m.id() == leader && leader != id)
+                .map(|m| m.client_urls().to_vec())
+                .unwrap_or_default(),
+        ),
+        _ => (String::new(), Vec::new()),
     };
     let alarm_list = tokio::time::timeout(
         rpc_timeout,
@@ -133,9 +146,41 @@ pub async fn member_info(
         is_learner: status.is_learner(),
         raft_index: status.raft_index(),
         raft_applied_index: status.raft_applied_index(),
+        leader,
+        leader_urls,
+        leader_raft_index: None,
         alarms,
         alarms_error,
     })
+}
+
+/// The leader's raft index, asked over its first client URL with this member's TLS material
+/// (the member itself when it leads). `None` when there is no leader or it does not answer.
+pub async fn leader_raft_index(
+    info: &MemberInfo,
+    tls: &TlsMaterial,
+    rpc_timeout: Duration,
+) -> Option<u64> {
+    if info.leader == 0 {
+        return None;
+    }
+    if info.leader == info.id {
+        return Some(info.raft_index);
+    }
+    let url = info.leader_urls.first()?;
+    let asked = async {
+        let mut c = connect(url, tls, rpc_timeout).await.ok()?;
+        let s = tokio::time::timeout(rpc_timeout, c.status())
+            .await
+            .ok()?
+            .ok()?;
+        Some(s.raft_index())
+    };
+    let got = asked.await;
+    if got.is_none() {
+        tracing::info!(leader = %url, "the leader's raft index could not be read; the lag against it is not known");
+    }
+    got
 }
 
 /// etcd's `HashKV` at `revision` (the newest when 0): the CRC-32C over the `key` bucket's
