@@ -38,10 +38,22 @@ pub struct Changed {
 /// remote copy's sidecar.
 pub async fn set(config: &Config, selector: &str, pin: Option<Pin>) -> Result<Changed, SetError> {
     let state = StateDir::new(&config.state_dir);
+    let store = RecordStore::new(&config.state_dir);
+    // Checked on a read first, before the lock: bad input changes nothing on disk.
+    let known = store
+        .load()
+        .map_err(|e| SetError::Failed(e.to_string()))?
+        .records
+        .iter()
+        .any(|r| r.id == selector || r.file_name.as_deref() == Some(selector));
+    if !known {
+        return Err(SetError::Input(format!(
+            "no record {selector:?} on this node: give a record id or a snapshot file name as \
+             `etcdguard records` lists them"
+        )));
+    }
     let _lock = tokio::task::block_in_place(|| state.lock_backup_waiting(LOCK_WAIT))
         .map_err(|e| SetError::Failed(e.to_string()))?;
-    let store = RecordStore::new(&config.state_dir);
-    // Checked on a read first: bad input changes nothing on disk.
     let found = store
         .load()
         .map_err(|e| SetError::Failed(e.to_string()))?

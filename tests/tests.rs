@@ -6,6 +6,7 @@ mod util;
 
 mod alerts;
 mod backup;
+mod bad_inputs;
 mod cli;
 mod cluster;
 mod daemon;

@@ -47,6 +47,21 @@ pub enum TlsError {
         path: PathBuf,
         not_before: DateTime<Utc>,
     },
+    #[error(
+        "client key {path} is readable by {who} (mode {mode:04o}): it opens every key of the \
+         cluster's etcd to whoever holds it; `chmod 600 {path}` (kubeadm writes it 0600)"
+    )]
+    LooseKey {
+        path: PathBuf,
+        mode: u32,
+        who: &'static str,
+    },
+    #[error(
+        "client key {key} is not the key of client certificate {cert}: etcd would refuse the \
+         connection; point etcd.client_key and etcd.client_cert at one pair (kubeadm: \
+         healthcheck-client.key and healthcheck-client.crt)"
+    )]
+    KeyMismatch { key: PathBuf, cert: PathBuf },
 }
 
 impl TlsError {
@@ -60,7 +75,9 @@ impl TlsError {
                 "client key" => "etcd.client_key",
                 _ => "etcd.client_cert",
             },
-            TlsError::NoKey { .. } => "etcd.client_key",
+            TlsError::NoKey { .. } | TlsError::LooseKey { .. } | TlsError::KeyMismatch { .. } => {
+                "etcd.client_key"
+            }
             TlsError::Expired { .. } | TlsError::NotYetValid { .. } => "etcd.client_cert",
         }
     }
@@ -141,6 +158,42 @@ fn validity(
     Ok((ts(v.not_before.timestamp()), ts(v.not_after.timestamp())))
 }
 
+/// A key file others may read is refused, as ssh refuses one.
+fn loose_key(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = m.permissions().mode() & 0o7777;
+    let who = if mode & 0o004 != 0 {
+        "everyone"
+    } else if mode & 0o040 != 0 {
+        "its group"
+    } else {
+        return Ok(());
+    };
+    Err(TlsError::LooseKey {
+        path: path.to_owned(),
+        mode,
+        who,
+    })
+}
+
+/// True when `key`'s public key is the one in `cert` (or when the key type cannot say: then
+/// the TLS handshake is the judge).
+fn key_matches(key: &PrivateKeyDer<'_>, cert: &CertificateDer<'_>) -> bool {
+    let Ok(signer) = rustls::crypto::ring::sign::any_supported_type(key) else {
+        return true;
+    };
+    let Some(spki) = signer.public_key() else {
+        return true;
+    };
+    match x509_parser::parse_x509_certificate(cert.as_ref()) {
+        Ok((_, c)) => c.tbs_certificate.subject_pki.raw == spki.as_ref(),
+        Err(_) => true,
+    }
+}
+
 impl TlsMaterial {
     /// Reads and checks the three files at time `now`.
     pub fn load(
@@ -158,10 +211,17 @@ impl TlsMaterial {
         let (not_before, not_after) = validity("client certificate", client_cert, &cert)?;
 
         let key_pem = read("client key", client_key)?;
-        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::NoKey {
+        loose_key(client_key)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::NoKey {
             path: client_key.to_owned(),
             detail: e.to_string(),
         })?;
+        if !key_matches(&key, &cert) {
+            return Err(TlsError::KeyMismatch {
+                key: client_key.to_owned(),
+                cert: client_cert.to_owned(),
+            });
+        }
 
         if now < not_before {
             return Err(TlsError::NotYetValid {
