@@ -8,6 +8,8 @@ pub mod cli;
 pub mod commands;
 pub mod etcddb;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kubeadm;
 pub mod logging;
 pub mod restore;

@@ -284,6 +284,11 @@ fn load_from(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
 /// Set to `1` to accept 6-field cron expressions with seconds. For tests only.
 pub const TEST_SECONDS_ENV: &str = "ETCDGUARD_TEST_SECONDS_SCHEDULE";
 
+/// Parses and validates configuration text as if it were a file (for the fuzz targets).
+pub(crate) fn parse_text(text: &str) -> Result<Config, ConfigError> {
+    parse_with(text, Some(Path::new("fuzz.toml")), false)
+}
+
 /// Parses and validates configuration text. `file` names it in error messages; `None` means
 /// built-in defaults.
 #[cfg(test)]

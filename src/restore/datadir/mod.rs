@@ -14,3 +14,13 @@ mod wal;
 
 pub use build::{build_data_dir, BuildError, BuildOptions, BuildReport};
 pub use plan::{resolve, Cluster, PlanError, RestorePlan};
+
+/// The WAL records and `.snap` file of the spec's worked example, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn worked_example_raft_files() -> (Vec<u8>, Vec<u8>) {
+    let c = plan::worked_example();
+    (
+        wal::records(&c, proto::Encoding::Gogo),
+        snap::contents(&c, crate::etcdversion::Minor::V3_5),
+    )
+}

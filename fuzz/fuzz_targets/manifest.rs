@@ -1,0 +1,9 @@
+//! etcdguard::fuzzing::manifest on arbitrary input: it must return, never panic or hang, and what
+//! it asserts must hold. Run: scripts/fuzz.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = std::str::from_utf8(data).map(etcdguard::fuzzing::manifest).ok();
+});
