@@ -19,6 +19,7 @@ mod backup;
 mod bundle;
 mod cluster;
 mod config;
+mod crashpoint;
 mod daemon;
 mod drill;
 mod encryption;

@@ -35,6 +35,9 @@ pub enum Trigger {
     Rollback,
     /// Not a backup: a restore drill (`etcdguard drill`, or the daemon's `[drill]` schedule).
     Drill,
+    /// A snapshot a killed run published but did not record, verified and adopted by the
+    /// next run.
+    Adopted,
 }
 
 impl Trigger {
@@ -46,6 +49,7 @@ impl Trigger {
             Trigger::Restore => "restore",
             Trigger::Rollback => "rollback",
             Trigger::Drill => "drill",
+            Trigger::Adopted => "adopted",
         }
     }
 

@@ -466,6 +466,7 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
                 Err(e) => Step::Failed(e),
             }
         };
+        crate::crashpoint::here("retry:uploaded");
         let now = Utc::now();
         let wait = crate::backup::cluster_wait(rc);
         let update = store.update(now, |f| {
@@ -611,6 +612,10 @@ async fn apply_retention(
         .into_iter()
         .filter_map(|o| snapshot_time(&o.name).map(|t| (o.name, t)))
         .collect();
+    forget_missing_objects(config, &remote, &objects)?;
+    for k in remote.delete_orphan_sidecars().await? {
+        tracing::warn!(sidecar = %k, "deleted a sidecar whose snapshot object is gone");
+    }
     // Pinned copies are outside the rule: this node's records say which; a copy's sidecar is
     // asked too before it goes (records lost with a rebuilt node still leave the pin there).
     let pinned: std::collections::HashSet<String> = RecordStore::new(&config.state_dir)
@@ -630,7 +635,9 @@ async fn apply_retention(
             tracing::info!(file = %name, "retention keeps a remote snapshot: {} (its sidecar)", p.describe());
             continue;
         }
-        match remote.delete_snapshot(name).await {
+        let gone = remote.delete_snapshot(name).await;
+        crate::crashpoint::here("retention:object-deleted");
+        match gone {
             Ok(()) => {
                 tracing::info!(file = %name, reason = %d.reason, "retention deleted remote snapshot");
                 deleted.push(name.clone());
@@ -660,6 +667,51 @@ async fn apply_retention(
             .map_err(|e| e.to_string())?;
     }
     Ok(deleted)
+}
+
+/// Records that say their copy is in the bucket under `remote`'s prefix while the listing
+/// `objects` has no such object (a run killed between deleting it and recording that) are
+/// marked deleted.
+fn forget_missing_objects(
+    config: &Config,
+    remote: &Remote,
+    objects: &[(String, DateTime<Utc>)],
+) -> Result<(), String> {
+    let prefix = remote.location(&remote.key_for(""));
+    let missing = |c: &RemoteCopy| {
+        matches!(c.state, RemoteState::Uploaded | RemoteState::Covered)
+            && c.location
+                .strip_prefix(&prefix)
+                .is_some_and(|name| !name.contains('/') && !objects.iter().any(|(o, _)| o == name))
+    };
+    let file = RecordStore::new(&config.state_dir)
+        .load()
+        .map_err(|e| e.to_string())?;
+    if !file
+        .records
+        .iter()
+        .filter_map(|r| r.remote.as_ref())
+        .any(missing)
+    {
+        return Ok(());
+    }
+    let now = Utc::now();
+    RecordStore::new(&config.state_dir)
+        .update(now, |f| {
+            for c in f.records.iter_mut().filter_map(|r| r.remote.as_mut()) {
+                if missing(c) {
+                    tracing::warn!(object = %c.location, "a record names an object that is not in the bucket: marked deleted");
+                    c.deleted(
+                        now,
+                        "not in the bucket when retention looked (a run was killed while \
+                         deleting it)"
+                            .into(),
+                    );
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// One snapshot in the bucket, from its sidecar.

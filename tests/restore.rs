@@ -23,7 +23,7 @@ fn put(node: &KubeNode, prefix: &str, n: usize) {
 }
 
 /// Every file under `dir`: relative path → sha256 (and mode), for "byte-identical" checks.
-fn tree(dir: &Path) -> BTreeMap<String, String> {
+pub(crate) fn tree(dir: &Path) -> BTreeMap<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = BTreeMap::new();
     fn walk(base: &Path, d: &Path, out: &mut BTreeMap<String, String>) {

@@ -19,5 +19,6 @@ mod remote;
 mod restore;
 mod retention;
 mod schemas;
+mod torture;
 mod verify;
 mod versions;

@@ -212,6 +212,7 @@ pub(super) async fn attempt(
             store.dir().display()
         ))
     })?;
+    crate::crashpoint::here("backup:temp-created");
 
     let rc = config.remote_storage.as_ref();
     let sealing = config.encryption.as_ref();

@@ -11,6 +11,7 @@
 //! that is down never fails the backup: the record says `pending` and the upload is retried.
 
 mod attempt;
+mod reconcile;
 mod stream;
 
 use std::future::Future;
@@ -124,6 +125,10 @@ pub async fn run_backup(
     let _lock = StateDir::new(&config.state_dir).lock_backup()?;
     let mut warnings = Vec::new();
     let store = LocalStore::new(&config.local_storage.path);
+    for said in reconcile::reconcile(config, &store) {
+        tracing::warn!("{said}");
+        warnings.push(said);
+    }
     let attempt_started = Utc::now();
     let mut cancel = std::pin::pin!(cancel);
     let mut cancelled = false;
@@ -205,7 +210,9 @@ pub async fn run_backup(
                 let uploaded = record.remote.as_ref().is_some_and(RemoteCopy::may_exist);
                 if let Some(remote) = r.remote.as_ref().filter(|_| uploaded) {
                     remote_sync::attach_bundle(config, remote, &mut record).await;
-                    if let Err(e) = remote_sync::write_sidecar(remote, &record).await {
+                    let sidecar = remote_sync::write_sidecar(remote, &record).await;
+                    crate::crashpoint::here("backup:sidecar");
+                    if let Err(e) = sidecar {
                         if let Some(c) = record.remote.as_mut() {
                             c.retry_later(
                                 Utc::now(),
@@ -243,6 +250,7 @@ pub async fn run_backup(
     let succeeded = record.result == Outcome::Success;
     let rec_for_file = record.clone();
     let now = Utc::now();
+    crate::crashpoint::here("backup:before-record");
     let ((deleted, records_dropped), moved) =
         RecordStore::new(&config.state_dir).update(now, |file| {
             file.push(rec_for_file);
@@ -256,6 +264,7 @@ pub async fn run_backup(
             let dropped = retention::trim_history(file, config.history);
             (deleted, dropped)
         })?;
+    crate::crashpoint::here("backup:recorded");
     let mut report = BackupReport {
         record,
         warnings,
@@ -341,7 +350,9 @@ fn apply_local_retention(
             // Recorded in another directory (local_storage.path changed): not ours to touch.
             continue;
         }
-        match store.delete(&name) {
+        let deleted_file = store.delete(&name);
+        crate::crashpoint::here("retention:file-deleted");
+        match deleted_file {
             Ok(existed) => {
                 let reason = if existed {
                     d.reason

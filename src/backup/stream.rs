@@ -223,6 +223,7 @@ pub(super) async fn stream_and_publish<E>(
              consistent: {reason}"
         ))
     })?;
+    crate::crashpoint::here("backup:checked");
     let published = match seal_local {
         None => store.publish(temp).map(|p| (p, None)),
         Some(enc) => {
@@ -238,6 +239,7 @@ pub(super) async fn stream_and_publish<E>(
             store.dir().display()
         ))
     })?;
+    crate::crashpoint::here("backup:published");
     Ok(Published {
         streamed,
         status,
@@ -354,6 +356,7 @@ impl Upload {
         };
         let key = feed.key().to_string();
         let result = feed.complete(&r, rc.timeout).await;
+        crate::crashpoint::here("backup:uploaded");
         Some(RemoteResult {
             location: r.location(&key),
             remote: Some(r),

@@ -202,9 +202,7 @@ fn crash_point(step: Step) {
 
 /// The same hook for a step named `name` (the steps of `recover`).
 pub(crate) fn crash_at(name: &str) {
-    if std::env::var("ETCDGUARD_TEST_CRASH_AFTER").is_ok_and(|s| s == name) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
+    crate::crashpoint::here(name);
 }
 
 /// The newest journal under `tmp_dir` (by its directory's name, which sorts by time).

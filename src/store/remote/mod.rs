@@ -565,6 +565,30 @@ impl Remote {
         Ok(out)
     }
 
+    /// Deletes this node's sidecars whose snapshot object is gone (a run killed between
+    /// deleting the object and its sidecar); the keys deleted.
+    pub async fn delete_orphan_sidecars(&self) -> Result<Vec<String>, String> {
+        let entries = self
+            .op
+            .list_with(&self.node_prefix)
+            .recursive(false)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        let keys: Vec<String> = entries.iter().map(|e| e.path().to_string()).collect();
+        let mut deleted = Vec::new();
+        for k in &keys {
+            let Some(object) = k.strip_suffix(SIDECAR_SUFFIX) else {
+                continue;
+            };
+            if self.own_snapshot_name(object).is_none() || keys.iter().any(|o| o == object) {
+                continue;
+            }
+            self.op.delete(k).await.map_err(|e| self.explain(&e))?;
+            deleted.push(k.clone());
+        }
+        Ok(deleted)
+    }
+
     /// Every sidecar under the shared prefix (all nodes), as (key, JSON bytes).
     pub async fn all_sidecars(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
         let entries = self
