@@ -506,6 +506,10 @@ impl Daemon {
                     format!("another backup was running{who}, e.g. `etcdguard snapshot` by hand"),
                 );
             }
+            Ok(Err(e @ BackupError::NotRecorded { .. })) => {
+                tracing::error!("{e}");
+                persist_slot(&self.store, slot);
+            }
             Ok(Err(e)) => {
                 tracing::error!("backup not attempted: {e}");
                 persist_slot(&self.store, slot);

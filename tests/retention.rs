@@ -12,7 +12,8 @@ fn expired_snapshots_beyond_min_keep_are_deleted_and_nothing_else() {
     node.set("local_storage", "ttl", "\"1s\"");
     node.set("local_storage", "min_keep", "2");
     std::fs::create_dir_all(node.snapshot_dir()).unwrap();
-    // Files that are not ours, or ours but not in our records, are never touched.
+    // Files that are not ours are never touched; one named like ours that no record knows is
+    // adopted if it verifies, else moved aside (never deleted).
     let foreign = [
         "snapshot-etcd-20200101-000000-cp1.db",
         "notes.txt",
@@ -44,13 +45,26 @@ fn expired_snapshots_beyond_min_keep_are_deleted_and_nothing_else() {
             .unwrap()
             .contains("ttl"));
     }
+    // The file named like ours that no record knows and that does not verify is moved out of
+    // the snapshot pattern by the first run (said so), bytes intact; never deleted.
+    let files = node.snapshot_files();
+    let aside: Vec<&String> = files
+        .iter()
+        .filter(|f| f.starts_with(&format!("{}.unverified-", foreign[0])))
+        .collect();
+    assert_eq!(aside.len(), 1, "{files:?}");
+    assert_eq!(
+        std::fs::read(node.snapshot_dir().join(aside[0])).unwrap(),
+        b"keep me"
+    );
     let mut expected: Vec<String> = recs[2..4]
         .iter()
         .map(|r| r["fileName"].as_str().unwrap().to_string())
-        .chain(foreign.iter().map(|s| s.to_string()))
+        .chain(foreign[1..].iter().map(|s| s.to_string()))
+        .chain(std::iter::once(aside[0].clone()))
         .collect();
     expected.sort();
-    assert_eq!(node.snapshot_files(), expected);
+    assert_eq!(files, expected);
     schema::assert_valid(
         "records.v1",
         &stdout(&node.run(&["records", "--output", "json"])),

@@ -55,6 +55,13 @@ pub enum BackupError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Records(#[from] RecordsError),
+    /// The attempt ran, but its record could not be written (the state dir is full or
+    /// read-only). A snapshot it published stays, and the next backup adopts it.
+    #[error("{}the record of this backup could not be written: {source}{}", .file.as_ref().map(|f| format!("{f} was taken, but ")).unwrap_or_default(), .file.as_ref().map(|_| "; the snapshot is kept, and the next backup adopts it").unwrap_or_default())]
+    NotRecorded {
+        file: Option<String>,
+        source: RecordsError,
+    },
 }
 
 /// What one attempt produced.
@@ -251,8 +258,8 @@ pub async fn run_backup(
     let rec_for_file = record.clone();
     let now = Utc::now();
     crate::crashpoint::here("backup:before-record");
-    let ((deleted, records_dropped), moved) =
-        RecordStore::new(&config.state_dir).update(now, |file| {
+    let ((deleted, records_dropped), moved) = RecordStore::new(&config.state_dir)
+        .update(now, |file| {
             file.push(rec_for_file);
             // Deleting only after a success: failing backups never shrink what exists.
             let deleted = if succeeded {
@@ -263,6 +270,10 @@ pub async fn run_backup(
             // After the deletions, so a snapshot whose deletion failed keeps its record.
             let dropped = retention::trim_history(file, config.history);
             (deleted, dropped)
+        })
+        .map_err(|source| BackupError::NotRecorded {
+            file: record.local.as_ref().map(|l| l.path.display().to_string()),
+            source,
         })?;
     crate::crashpoint::here("backup:recorded");
     let mut report = BackupReport {

@@ -198,8 +198,15 @@ pub(super) async fn stream_and_publish<E>(
     let streamed = etcd::stream_snapshot(channel, &mut sinks, limits).await;
     // Whatever happened, the writer is finished before the file is used or dropped.
     let written = sinks.writer_done().await;
-    let streamed =
-        streamed.map_err(|err| fail(format!("snapshot from etcd at {ep} failed: {err}")))?;
+    // A write that failed (no space, a read-only file system) names the file, whichever side
+    // noticed it first.
+    let streamed = streamed.map_err(|err| match (err, &written) {
+        (_, Err(w)) => fail(format!("cannot write {}: {w}", temp.path().display())),
+        (etcd::SnapshotError::Write(w), _) => {
+            fail(format!("cannot write {}: {w}", temp.path().display()))
+        }
+        (err, _) => fail(format!("snapshot from etcd at {ep} failed: {err}")),
+    })?;
     written.map_err(|err| fail(format!("cannot write {}: {err}", temp.path().display())))?;
     sinks.progress.finish();
     let std_file =

@@ -33,7 +33,9 @@ pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) 
             interrupted(),
         ))
         .map_err(|e| match e {
-            BackupError::Lock(LockError::Busy { .. }) => CommandError::Failed(e.to_string()),
+            BackupError::Lock(LockError::Busy { .. }) | BackupError::NotRecorded { .. } => {
+                CommandError::Failed(e.to_string())
+            }
             other => CommandError::Failed(format!("backup not attempted: {other}")),
         })?;
     if let Some(moved) = &report.records_moved {

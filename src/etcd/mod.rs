@@ -12,5 +12,5 @@ pub use client::{
     client_on, connect, dial, explain_connect_error, has_quorum, hash_kv, leader_raft_index,
     member_info, member_list, MemberInfo, Phase,
 };
-pub use snapshot::{stream_snapshot, SnapshotSink, StreamLimits, StreamedSnapshot};
+pub use snapshot::{stream_snapshot, SnapshotError, SnapshotSink, StreamLimits, StreamedSnapshot};
 pub use tls::{TlsError, TlsMaterial};
