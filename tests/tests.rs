@@ -15,6 +15,7 @@ mod drill;
 mod encryption;
 mod engine;
 mod inspect;
+mod network;
 mod recover;
 mod remote;
 mod restore;

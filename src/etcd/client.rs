@@ -67,15 +67,22 @@ pub async fn dial(
     let tls_options = TlsOptions::new()
         .ca_certificate(Certificate::from_pem(&tls.ca_pem))
         .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
-    let channel = Endpoint::from_shared(endpoint.to_string())?
+    let endpoint = Endpoint::from_shared(endpoint.to_string())?
         .tls_config(tls_options)?
         .connect_timeout(dial_timeout)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(false)
-        .connect()
-        .await?;
-    Ok(channel)
+        .keep_alive_while_idle(false);
+    // The connect timeout bounds only the TCP connect: a server that accepts and never
+    // answers would hold the TLS handshake forever. The whole dial gets the bound.
+    match tokio::time::timeout(dial_timeout, endpoint.connect()).await {
+        Ok(channel) => Ok(channel?),
+        Err(_) => Err(format!(
+            "the connection was accepted but no TLS handshake completed within \
+             {dial_timeout:?} (etcd.dial_timeout)"
+        )
+        .into()),
+    }
 }
 
 /// Status and membership of the member behind `client`. The member list is read serializably
