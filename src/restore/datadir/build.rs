@@ -133,6 +133,40 @@ impl Drop for Staging {
     }
 }
 
+/// The staging directory of a build by this process of `<parent>/<name>`:
+/// `.<name>.restore-<stamp>-<pid>` beside it.
+fn staging_path(parent: &Path, name: &str, stamp: u64) -> PathBuf {
+    parent.join(format!(".{name}.restore-{stamp}-{}", std::process::id()))
+}
+
+/// Removes what a build of `target` that was killed left (its staging directories, which a
+/// SIGKILL keeps from their `Drop`); the removed paths. A rollback calls it for the data dir
+/// its journal says was being built.
+pub fn remove_staging(target: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!(".{}.restore-", name.to_string_lossy());
+    let mut removed = Vec::new();
+    let entries = match fs::read_dir(parent) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && e.file_name().to_string_lossy().starts_with(&prefix) {
+            fs::remove_dir_all(e.path())?;
+            removed.push(e.path());
+        }
+    }
+    if !removed.is_empty() {
+        fsutil::fsync_dir(parent)?;
+    }
+    Ok(removed)
+}
+
 fn write_err(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Write {
         path: path.to_owned(),
@@ -341,7 +375,7 @@ pub fn build_data_dir(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut staging = Staging {
-        path: parent.join(format!(".{name}.restore-{stamp}-{}", std::process::id())),
+        path: staging_path(&parent, &name, stamp),
         published: false,
     };
     private_dir(&staging.path)?;
@@ -545,4 +579,36 @@ fn warnings(status: &DbStatus, version_warning: Option<String>) -> Vec<String> {
         warnings.push("the snapshot records a cluster downgrade in progress".into());
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_staging_takes_only_the_staging_dirs_of_that_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("etcd.restored-20261203T120000Z");
+        let mine = staging_path(dir.path(), "etcd.restored-20261203T120000Z", 1);
+        let other = staging_path(dir.path(), "etcd.restored-20261203T130000Z", 1);
+        for d in [&mine, &other] {
+            fs::create_dir_all(d.join("member/snap")).unwrap();
+            fs::write(d.join("member/snap/db"), b"x").unwrap();
+        }
+        // A file of that name pattern is not a staging dir: left alone.
+        let file = dir
+            .path()
+            .join(".etcd.restored-20261203T120000Z.restore-notes");
+        fs::write(&file, b"keep").unwrap();
+        fs::create_dir(dir.path().join("etcd")).unwrap();
+
+        assert_eq!(remove_staging(&target).unwrap(), vec![mine.clone()]);
+        assert!(!mine.exists());
+        assert!(other.exists() && file.exists() && dir.path().join("etcd").exists());
+        // Idempotent, and fine when nothing is there.
+        assert!(remove_staging(&target).unwrap().is_empty());
+        assert!(remove_staging(&dir.path().join("gone/x"))
+            .unwrap()
+            .is_empty());
+    }
 }

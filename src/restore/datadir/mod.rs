@@ -12,7 +12,7 @@ pub(crate) mod read;
 mod snap;
 mod wal;
 
-pub use build::{build_data_dir, BuildError, BuildOptions, BuildReport};
+pub use build::{build_data_dir, remove_staging, BuildError, BuildOptions, BuildReport};
 pub use plan::{resolve, Cluster, PlanError, RestorePlan};
 
 /// The WAL records and `.snap` file of the spec's worked example, for other modules' tests.

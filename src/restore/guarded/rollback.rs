@@ -91,6 +91,12 @@ pub(super) async fn rollback_journal(
         std::fs::remove_dir_all(&paths.built)
             .map_err(|e| format!("removing {}: {e}", paths.built.display()))?;
     }
+    // A restore killed while it built the data dir leaves its staging dir beside it.
+    for p in crate::restore::datadir::remove_staging(&paths.built)
+        .map_err(|e| format!("removing the staging dir of {}: {e}", paths.built.display()))?
+    {
+        tracing::info!(path = %p.display(), "removed the staging dir of a killed restore");
+    }
 
     // 3. The original manifest, byte for byte, with its mode.
     if original.exists() && !paths.etcd_manifest.exists() {
