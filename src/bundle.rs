@@ -233,7 +233,7 @@ pub fn build(
     let items = read_node(root, extra)?;
     let contents = Contents {
         version: 1,
-        created_at: Utc::now(),
+        created_at: crate::clock::now(),
         member: member.to_string(),
         entries: items.iter().map(|(e, _)| e.clone()).collect(),
     };

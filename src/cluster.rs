@@ -138,7 +138,7 @@ pub async fn claim(
         member: me.to_string(),
         object: object.to_string(),
         state: "uploading".into(),
-        at: Utc::now(),
+        at: crate::clock::now(),
     };
     let json = serde_json::to_vec(&value).expect("slot value serializes");
     let txn = Txn::new()
@@ -195,7 +195,7 @@ pub async fn claim(
 pub async fn mark_done(client: &mut Client, held: Held, timeout: Duration) -> Result<(), String> {
     let mut value = held.value.clone();
     value.state = "done".into();
-    value.at = Utc::now();
+    value.at = crate::clock::now();
     let json = serde_json::to_vec(&value).expect("slot value serializes");
     let key = slot_key(held.slot);
     tokio::time::timeout(timeout, client.put(key, json, None))

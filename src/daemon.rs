@@ -37,22 +37,6 @@ use crate::remote_sync;
 use crate::schedule;
 use crate::state::LockError;
 
-/// Test-only: milliseconds added to this daemon's clock (negative: behind), to show that nodes
-/// whose clocks disagree by seconds still agree on the schedule's slots (`per = "cluster"`).
-pub const TEST_CLOCK_OFFSET_ENV: &str = "ETCDGUARD_TEST_CLOCK_OFFSET_MS";
-
-/// The wall clock as this daemon reads it (the test offset applied).
-fn clock() -> DateTime<Utc> {
-    static OFFSET: std::sync::OnceLock<chrono::Duration> = std::sync::OnceLock::new();
-    let off = *OFFSET.get_or_init(|| {
-        std::env::var(TEST_CLOCK_OFFSET_ENV)
-            .ok()
-            .and_then(|v| v.parse::<i64>().ok())
-            .map_or(chrono::Duration::zero(), chrono::Duration::milliseconds)
-    });
-    Utc::now() + off
-}
-
 /// Upper bound on one sleep, even without a watchdog: the wall clock is re-read at least this
 /// often, which is how suspend and clock changes are noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -127,7 +111,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         ))
     })?;
     let store = RecordStore::new(&config.state_dir);
-    let now = clock();
+    let now = crate::clock::now();
     let (remembered, drill_remembered) = match store.load() {
         Ok(f) => (f.daemon.last_handled_slot, f.daemon.last_drill_slot),
         Err(e) => {
@@ -201,7 +185,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     notify(&[NotifyState::Ready, NotifyState::Status(&d.status())]);
 
     loop {
-        let now = clock();
+        let now = crate::clock::now();
         let until = |t: Option<DateTime<Utc>>| {
             t.map(|n| (n - now).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(interval)
@@ -255,7 +239,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
 }
 
 fn persist_drill_slot(store: &RecordStore, slot: DateTime<Utc>) {
-    if let Err(e) = store.update(Utc::now(), |f| {
+    if let Err(e) = store.update(crate::clock::now(), |f| {
         if f.daemon.last_drill_slot.is_none_or(|t| t < slot) {
             f.daemon.last_drill_slot = Some(slot);
         }
@@ -265,7 +249,7 @@ fn persist_drill_slot(store: &RecordStore, slot: DateTime<Utc>) {
 }
 
 fn persist_slot(store: &RecordStore, slot: DateTime<Utc>) {
-    if let Err(e) = store.update(Utc::now(), |f| {
+    if let Err(e) = store.update(crate::clock::now(), |f| {
         if f.daemon.last_handled_slot.is_none_or(|t| t < slot) {
             f.daemon.last_handled_slot = Some(slot);
         }
@@ -277,7 +261,7 @@ fn persist_slot(store: &RecordStore, slot: DateTime<Utc>) {
 impl Daemon {
     /// One look at the wall clock: handle a due slot, compute the next.
     fn on_tick(&mut self) {
-        let now = clock();
+        let now = crate::clock::now();
         let t = schedule::tick(
             &self.config.schedule,
             &self.config.timezone,
@@ -395,7 +379,7 @@ impl Daemon {
             handle,
             cancel,
             slot,
-            started: Utc::now(),
+            started: crate::clock::now(),
         });
     }
 
@@ -465,7 +449,7 @@ impl Daemon {
 
     /// Records a slot that was not taken.
     fn skip(&mut self, slot: DateTime<Utc>, trigger: Trigger, reason: String) {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let record = Record::skipped(now, trigger, reason);
         backup::log_record(&record);
         let history = self.config.history;
@@ -542,11 +526,17 @@ impl Daemon {
             &self.config.schedule,
             &self.config.timezone,
             self.last_handled,
-            clock(),
+            crate::clock::now(),
         )
         .next;
         self.drill_next = self.config.drill.schedule.as_ref().and_then(|s| {
-            schedule::tick(s, &self.config.timezone, self.drill_handled, clock()).next
+            schedule::tick(
+                s,
+                &self.config.timezone,
+                self.drill_handled,
+                crate::clock::now(),
+            )
+            .next
         });
         self.refresh_metrics();
         notify(&[NotifyState::Ready, NotifyState::Status(&self.status())]);

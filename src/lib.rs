@@ -17,6 +17,7 @@ pub mod store;
 
 mod backup;
 mod bundle;
+mod clock;
 mod cluster;
 mod config;
 mod crashpoint;

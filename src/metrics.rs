@@ -448,7 +448,7 @@ pub fn refresh(config: &Config, next_run: Option<DateTime<Utc>>) -> Result<(), S
         .map_err(|e| e.to_string())?;
     write(
         path,
-        &render(&file, &Context::of(config, next_run, Utc::now())),
+        &render(&file, &Context::of(config, next_run, crate::clock::now())),
     )
 }
 

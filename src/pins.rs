@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-
 use crate::config::Config;
 use crate::records::{Pin, Record, RecordStore};
 use crate::remote_sync;
@@ -82,7 +80,7 @@ pub async fn set(config: &Config, selector: &str, pin: Option<Pin>) -> Result<Ch
         found
     } else {
         store
-            .update(Utc::now(), |f| {
+            .update(crate::clock::now(), |f| {
                 let r = f.records.iter_mut().find(|r| r.id == found.id)?;
                 r.pin = pin.clone();
                 Some(r.clone())

@@ -215,7 +215,7 @@ async fn upload_record(
     let up = upload_from_file(&remote, config, local, name, sha).await?;
     let mut done = rec.clone();
     if let Some(c) = done.remote.as_mut() {
-        retried(c, &remote, &up, Utc::now());
+        retried(c, &remote, &up, crate::clock::now());
     }
     attach_bundle(config, &remote, &mut done).await;
     write_sidecar(&remote, &done)
@@ -467,7 +467,7 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
             }
         };
         crate::crashpoint::here("retry:uploaded");
-        let now = Utc::now();
+        let now = crate::clock::now();
         let wait = crate::backup::cluster_wait(rc);
         let update = store.update(now, |f| {
             let Some(r) = f.records.iter_mut().find(|r| r.id == rec.id) else {
@@ -626,7 +626,7 @@ async fn apply_retention(
         .filter(|r| r.pin.is_some())
         .filter_map(|r| r.remote.as_ref().map(|c| c.object_name().to_string()))
         .collect();
-    let now = Utc::now();
+    let now = crate::clock::now();
     let mut deleted = Vec::new();
     let mut reasons = Vec::new();
     for d in retention::remote_deletions(&objects, &pinned, now, rc.retention) {
@@ -650,7 +650,7 @@ async fn apply_retention(
     }
     if !deleted.is_empty() {
         RecordStore::new(&config.state_dir)
-            .update(Utc::now(), |f| {
+            .update(crate::clock::now(), |f| {
                 for r in f.records.iter_mut() {
                     let Some(c) = r.remote.as_mut() else {
                         continue;
@@ -695,7 +695,7 @@ fn forget_missing_objects(
     {
         return Ok(());
     }
-    let now = Utc::now();
+    let now = crate::clock::now();
     RecordStore::new(&config.state_dir)
         .update(now, |f| {
             for c in f.records.iter_mut().filter_map(|r| r.remote.as_mut()) {

@@ -199,7 +199,7 @@ pub(super) async fn attempt(
 
     // One file name per second: wait out a name that is already taken (back-to-back runs).
     let (at, file_name) = loop {
-        let at = Utc::now();
+        let at = crate::clock::now();
         let name = snapshot_file_name(at, &member.name);
         if !store.path_of(&name).exists() {
             break (at, name);

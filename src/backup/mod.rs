@@ -136,7 +136,7 @@ pub async fn run_backup(
         tracing::warn!("{said}");
         warnings.push(said);
     }
-    let attempt_started = Utc::now();
+    let attempt_started = crate::clock::now();
     let mut cancel = std::pin::pin!(cancel);
     let mut cancelled = false;
     let outcome = tokio::select! {
@@ -186,7 +186,7 @@ pub async fn run_backup(
                         uploader: Some(value.member.clone()),
                         fallback: None,
                     };
-                    let now = Utc::now();
+                    let now = crate::clock::now();
                     let mut copy = RemoteCopy::covered_pending(
                         location.clone(),
                         now,
@@ -201,7 +201,7 @@ pub async fn run_backup(
                 }
             };
             if let Some(r) = s.remote {
-                let now = Utc::now();
+                let now = crate::clock::now();
                 record.remote = Some(
                     match r.result {
                         Ok(up) => RemoteCopy::uploaded(r.location, now, up.etag, up.sealed),
@@ -222,7 +222,7 @@ pub async fn run_backup(
                     if let Err(e) = sidecar {
                         if let Some(c) = record.remote.as_mut() {
                             c.retry_later(
-                                Utc::now(),
+                                crate::clock::now(),
                                 format!("the sidecar could not be written: {e}"),
                             );
                         }
@@ -256,7 +256,7 @@ pub async fn run_backup(
     let rule = config.local_storage.retention;
     let succeeded = record.result == Outcome::Success;
     let rec_for_file = record.clone();
-    let now = Utc::now();
+    let now = crate::clock::now();
     crate::crashpoint::here("backup:before-record");
     let ((deleted, records_dropped), moved) = RecordStore::new(&config.state_dir)
         .update(now, |file| {

@@ -93,10 +93,10 @@ pub(super) fn reconcile(config: &Config, store: &LocalStore) -> Vec<String> {
                     );
                     let mut c = RemoteCopy::pending(
                         crate::store::remote::location(&rc.bucket, &key),
-                        Utc::now(),
+                        crate::clock::now(),
                         "adopted: uploaded (again) from the local file with its sidecar".into(),
                     );
-                    c.next_attempt_at = Some(Utc::now());
+                    c.next_attempt_at = Some(crate::clock::now());
                     r.remote = Some(c);
                 }
                 said.push(format!(
@@ -110,7 +110,7 @@ pub(super) fn reconcile(config: &Config, store: &LocalStore) -> Vec<String> {
             Err(e) => {
                 let aside = path.with_file_name(format!(
                     "{name}.unverified-{}",
-                    Utc::now().format("%Y%m%dT%H%M%SZ")
+                    crate::clock::now().format("%Y%m%dT%H%M%SZ")
                 ));
                 let moved = std::fs::rename(&path, &aside);
                 said.push(format!(
@@ -127,7 +127,7 @@ pub(super) fn reconcile(config: &Config, store: &LocalStore) -> Vec<String> {
     if gone.is_empty() && adopted.is_empty() {
         return said;
     }
-    let now = Utc::now();
+    let now = crate::clock::now();
     let update = RecordStore::new(&config.state_dir).update(now, |f| {
         for r in f.records.iter_mut().filter(|r| gone.contains(&r.id)) {
             if let Some(l) = r.local.as_mut() {

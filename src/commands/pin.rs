@@ -3,8 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use chrono::Utc;
-
 use super::output::print;
 use super::{runtime, CmdResult};
 use crate::config;
@@ -14,7 +12,7 @@ use crate::records::Pin;
 
 pub(super) fn pin(config_path: Option<&Path>, id: &str, label: Option<String>) -> CmdResult {
     let pin = Pin {
-        pinned_at: Utc::now(),
+        pinned_at: crate::clock::now(),
         label,
     };
     set(config_path, id, Some(pin))

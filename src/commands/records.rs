@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use chrono::Utc;
-
 use super::output::{human_size, print, print_json, table_for_stdout};
 use super::{runtime, CmdResult};
 use crate::cli::RecordsFormat;
@@ -23,7 +21,11 @@ pub(super) fn local(
     let file = RecordStore::new(&config.state_dir)
         .load()
         .map_err(|e| CommandError::Failed(e.to_string()))?;
-    let status = retention::local_status(&file.records, Utc::now(), config.local_storage.retention);
+    let status = retention::local_status(
+        &file.records,
+        crate::clock::now(),
+        config.local_storage.retention,
+    );
     let mut shown: Vec<(&Record, Option<&str>)> = file
         .records
         .iter()

@@ -3,8 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use chrono::Utc;
-
 use super::output::print;
 use super::{interrupted, runtime, CmdResult};
 use crate::backup::{self, BackupError};
@@ -16,7 +14,7 @@ use crate::state::LockError;
 pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) -> CmdResult {
     let config = config::load(config_path)?;
     let pin = (pin || label.is_some()).then(|| Pin {
-        pinned_at: Utc::now(),
+        pinned_at: crate::clock::now(),
         label,
     });
     if config.paused {
@@ -43,7 +41,7 @@ pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) 
     }
     let next = config
         .schedule
-        .next_after(Utc::now(), &config.timezone)
+        .next_after(crate::clock::now(), &config.timezone)
         .filter(|_| !config.paused);
     if let Err(e) = crate::metrics::refresh(&config, next) {
         tracing::error!("{e}");

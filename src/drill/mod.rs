@@ -20,8 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
-
 use crate::config::{Config, DrillSource};
 use crate::encryption::{self, Identities, Unsealed};
 use crate::etcddb::{self, SnapshotFileReport};
@@ -135,7 +133,7 @@ impl Scratch {
         }
         let path = scratch_dir.join(format!(
             "{SCRATCH_PREFIX}{}-{}",
-            Utc::now().format("%Y%m%dT%H%M%S"),
+            crate::clock::now().format("%Y%m%dT%H%M%S"),
             std::process::id()
         ));
         fsutil::create_private_dir_all(&path).map_err(bad)?;
@@ -208,7 +206,7 @@ pub fn run_drill(
     cancel: Arc<AtomicBool>,
     handle: &tokio::runtime::Handle,
 ) -> Result<DrillReport, DrillError> {
-    let started = Utc::now();
+    let started = crate::clock::now();
     let t0 = Instant::now();
     let state = StateDir::new(&config.state_dir);
     let _lock = state.lock_drill().map_err(|e| match e {
@@ -277,7 +275,7 @@ pub fn run_drill(
     });
     let record = Record::drill(started, member, snapshot, drill, t0.elapsed().as_secs_f64());
     let history = config.history;
-    let (_, moved) = store.update(Utc::now(), |f| {
+    let (_, moved) = store.update(crate::clock::now(), |f| {
         f.push(record.clone());
         crate::retention::trim_history(f, history);
     })?;
@@ -534,7 +532,7 @@ fn drill_dir(
         name: node.identity.name.clone(),
         initial_cluster: RestorePlan::single_member_cluster(&node.identity.name, &peers),
         advertise_peer_urls: peers,
-        token: format!("etcdguard-drill-{}", Utc::now().timestamp()),
+        token: format!("etcdguard-drill-{}", crate::clock::now().timestamp()),
         bump_revision: 0,
         mark_compacted: false,
     };
