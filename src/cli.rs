@@ -66,6 +66,13 @@ pub enum Command {
         #[arg(value_name = "ID")]
         id: String,
     },
+    /// Apply retention now, locally and remotely, without a backup; --dry-run says what
+    /// would go and why, and changes nothing. Exit 0, or 1 when part of it failed
+    Prune {
+        /// Only list what retention would delete now, and why
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List backup records, newest first
     Records {
         #[arg(long, short, value_enum, default_value_t = RecordsFormat::Table)]

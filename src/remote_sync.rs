@@ -441,12 +441,9 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
             return m;
         }
     };
-    let member = member.map(str::to_string).or_else(|| {
-        file.records
-            .iter()
-            .rev()
-            .find_map(|r| r.member.as_ref().map(|m| m.name.clone()))
-    });
+    let member = member
+        .map(str::to_string)
+        .or_else(|| newest_member(&file.records));
 
     let now = (!all_pending).then(Utc::now);
     for rec in due_pending(&file.records, now) {
@@ -519,7 +516,7 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
     if let Some(member) = member {
         abort_stale_uploads(rc, &member, &member, &mut m).await;
         match apply_retention(config, rc, &member).await {
-            Ok(deleted) => m.deleted = deleted,
+            Ok(deleted) => m.deleted = deleted.into_iter().map(|(n, _)| n).collect(),
             Err(e) => m.errors.push(format!("remote retention: {e}")),
         }
         if rc.per_cluster {
@@ -527,7 +524,7 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
             // in flight. The cluster's retention is the same rule, applied by every node.
             abort_stale_uploads(rc, CLUSTER_NODE, &member, &mut m).await;
             match apply_retention(config, rc, CLUSTER_NODE).await {
-                Ok(mut deleted) => m.deleted.append(&mut deleted),
+                Ok(deleted) => m.deleted.extend(deleted.into_iter().map(|(n, _)| n)),
                 Err(e) => m
                     .errors
                     .push(format!("remote retention of the cluster's copies: {e}")),
@@ -595,37 +592,120 @@ async fn abort_stale_uploads(
     }
 }
 
-/// Deletes this node's remote snapshots that the rule selects (only names of our pattern
-/// under `<prefix><member>/`), with their sidecars, and marks their records.
-async fn apply_retention(
-    config: &Config,
-    rc: &RemoteStorageConfig,
-    member: &str,
-) -> Result<Vec<String>, String> {
-    if rc.retention.keeps_forever() {
-        return Ok(Vec::new());
-    }
-    let remote = Remote::open(rc, member)?;
-    let objects: Vec<(String, DateTime<Utc>)> = remote
+/// This node's (or the cluster's) snapshot objects with the time in each name.
+async fn listed_snapshots(remote: &Remote) -> Result<Vec<(String, DateTime<Utc>)>, String> {
+    Ok(remote
         .list_node()
         .await?
         .into_iter()
         .filter_map(|o| snapshot_time(&o.name).map(|t| (o.name, t)))
-        .collect();
-    forget_missing_objects(config, &remote, &objects)?;
-    for k in remote.delete_orphan_sidecars().await? {
-        tracing::warn!(sidecar = %k, "deleted a sidecar whose snapshot object is gone");
-    }
-    // Pinned copies are outside the rule: this node's records say which; a copy's sidecar is
-    // asked too before it goes (records lost with a rebuilt node still leave the pin there).
-    let pinned: std::collections::HashSet<String> = RecordStore::new(&config.state_dir)
+        .collect())
+}
+
+/// Object names of pinned snapshots, from this node's records.
+fn pinned_objects(config: &Config) -> Result<std::collections::HashSet<String>, String> {
+    Ok(RecordStore::new(&config.state_dir)
         .load()
         .map_err(|e| e.to_string())?
         .records
         .iter()
         .filter(|r| r.pin.is_some())
         .filter_map(|r| r.remote.as_ref().map(|c| c.object_name().to_string()))
-        .collect();
+        .collect())
+}
+
+/// One remote deletion retention would make now: where, and why.
+#[derive(Debug, Clone)]
+pub struct PlannedDeletion {
+    pub location: String,
+    pub reason: String,
+}
+
+/// What remote retention would delete now under `<prefix><member>/` (`etcdguard prune
+/// --dry-run`). Reads only: lists the objects and asks the sidecars of the candidates for pins.
+pub async fn retention_plan(
+    config: &Config,
+    rc: &RemoteStorageConfig,
+    member: &str,
+) -> Result<Vec<PlannedDeletion>, String> {
+    if rc.retention.keeps_forever() {
+        return Ok(Vec::new());
+    }
+    let remote = Remote::open(rc, member)?;
+    let objects = listed_snapshots(&remote).await?;
+    let pinned = pinned_objects(config)?;
+    let mut plan = Vec::new();
+    for d in retention::remote_deletions(&objects, &pinned, crate::clock::now(), rc.retention) {
+        let key = remote.key_for(&objects[d.index].0);
+        if let Ok(Record { pin: Some(_), .. }) = remote.read_sidecar(&key).await {
+            continue;
+        }
+        plan.push(PlannedDeletion {
+            location: remote.location(&key),
+            reason: d.reason,
+        });
+    }
+    Ok(plan)
+}
+
+/// The prefixes this node's remote retention covers: its own, and the cluster's with
+/// `per = "cluster"` (every node applies the cluster's rule).
+pub fn retention_prefixes(rc: &RemoteStorageConfig, member: &str) -> Vec<String> {
+    let mut v = vec![member.to_string()];
+    if rc.per_cluster {
+        v.push(CLUSTER_NODE.to_string());
+    }
+    v
+}
+
+/// Remote retention alone, for this node and (with `per = "cluster"`) the cluster's copies:
+/// `etcdguard prune`. The caller holds the backup lock. What went (location, reason), and
+/// the problems met.
+pub async fn prune(config: &Config) -> (Vec<(String, String)>, Vec<String>) {
+    let (mut gone, mut errors) = (Vec::new(), Vec::new());
+    let Some(rc) = &config.remote_storage else {
+        return (gone, errors);
+    };
+    let member = match RecordStore::new(&config.state_dir).load() {
+        Ok(f) => newest_member(&f.records),
+        Err(e) => return (gone, vec![e.to_string()]),
+    };
+    for who in member.iter().flat_map(|m| retention_prefixes(rc, m)) {
+        match apply_retention(config, rc, &who).await {
+            Ok(deleted) => gone.extend(deleted),
+            Err(e) => errors.push(format!("remote retention: {e}")),
+        }
+    }
+    (gone, errors)
+}
+
+/// The member name of this node's newest record that has one.
+pub fn newest_member(records: &[Record]) -> Option<String> {
+    records
+        .iter()
+        .rev()
+        .find_map(|r| r.member.as_ref().map(|m| m.name.clone()))
+}
+
+/// Deletes this node's remote snapshots that the rule selects (only names of our pattern
+/// under `<prefix><member>/`), with their sidecars, and marks their records.
+async fn apply_retention(
+    config: &Config,
+    rc: &RemoteStorageConfig,
+    member: &str,
+) -> Result<Vec<(String, String)>, String> {
+    if rc.retention.keeps_forever() {
+        return Ok(Vec::new());
+    }
+    let remote = Remote::open(rc, member)?;
+    let objects = listed_snapshots(&remote).await?;
+    forget_missing_objects(config, &remote, &objects)?;
+    for k in remote.delete_orphan_sidecars().await? {
+        tracing::warn!(sidecar = %k, "deleted a sidecar whose snapshot object is gone");
+    }
+    // Pinned copies are outside the rule: this node's records say which; a copy's sidecar is
+    // asked too before it goes (records lost with a rebuilt node still leave the pin there).
+    let pinned = pinned_objects(config)?;
     let now = crate::clock::now();
     let mut deleted = Vec::new();
     let mut reasons = Vec::new();
@@ -666,7 +746,11 @@ async fn apply_retention(
             })
             .map_err(|e| e.to_string())?;
     }
-    Ok(deleted)
+    Ok(deleted
+        .iter()
+        .zip(reasons)
+        .map(|(name, why)| (remote.location(&remote.key_for(name)), why))
+        .collect())
 }
 
 /// Records that say their copy is in the bucket under `remote`'s prefix while the listing

@@ -152,8 +152,8 @@ pub fn tick(
     }
 }
 
-/// The time zone a schedule is evaluated in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The time zone a schedule is evaluated in (and retention's hours, days, weeks and months).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Zone {
     Utc,
     /// The host's zone (`/etc/localtime`).

@@ -212,6 +212,16 @@ fn rows() -> Vec<Row> {
             e,
             "[local_storage]\nmin_keep = 0"
         )),
+        row!(
+            "config",
+            "keep and its other name keep_last both set",
+            78,
+            |e| check(e, "[local_storage]\nkeep = 5\nkeep_last = 7")
+        ),
+        row!("config", "a tier of 0 periods", 78, |e| check(
+            e,
+            "[local_storage]\nkeep_daily = 0"
+        )),
         row!("config", "paused given as a string", 78, |e| check_top(
             e,
             "paused = \"yes\""

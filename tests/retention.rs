@@ -261,3 +261,148 @@ fn pinned_snapshots_survive_local_and_remote_retention_until_unpinned() {
         stderr(&out)
     );
 }
+
+/// Runs `etcdguard <args>` as if the clock read `at` (the test-only clock offset).
+fn run_at(node: &Node, at: chrono::DateTime<chrono::Utc>, args: &[&str]) -> std::process::Output {
+    let offset = (at - chrono::Utc::now()).num_milliseconds();
+    let mut all = vec!["--config", node.config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    crate::util::etcdguard_cmd(&all)
+        .env("ETCDGUARD_TEST_CLOCK_OFFSET_MS", offset.to_string())
+        .output()
+        .unwrap()
+}
+
+/// `snapshot-etcd-20261202-213000-cp1.db` → `20261202-2130` (the second may be off by one:
+/// the clock offset is set a moment before the backup reads it).
+fn minute_of(name: &str) -> String {
+    name.trim_start_matches("snapshot-etcd-")[..13].to_string()
+}
+
+#[test]
+fn a_simulated_month_of_backups_leaves_exactly_the_tiers_on_every_destination() {
+    use chrono::{Duration, TimeZone, Utc};
+    let mut node = Node::start("3.6", "cp1");
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+    for section in ["local_storage", "remote_storage"] {
+        node.set(section, "keep_last", "2");
+        node.set(section, "keep_daily", "4");
+        node.set(section, "keep_weekly", "3");
+        node.set(section, "keep_monthly", "3");
+        node.set(section, "min_keep", "1");
+    }
+    // One backup a day at 15:30 UTC from 25 October to 1 December, then four on 2 December.
+    let mut times: Vec<chrono::DateTime<Utc>> = (0..38)
+        .map(|d| Utc.with_ymd_and_hms(2026, 10, 25, 15, 30, 0).unwrap() + Duration::days(d))
+        .collect();
+    for h in [3, 9, 15, 21] {
+        times.push(Utc.with_ymd_and_hms(2026, 12, 2, h, 30, 0).unwrap());
+    }
+    for t in &times {
+        let out = run_at(&node, *t, &["snapshot"]);
+        assert!(out.status.success(), "backup at {t}: {}", stderr(&out));
+    }
+    // Counting back from the newest: the newest two (2 Dec 21:30 and 15:30); the newest of
+    // 4 days (2, 1, 30 and 29 Nov); of 3 ISO weeks (week 49 from Monday 30 Nov: 2 Dec;
+    // week 48: Sunday 29 Nov; week 47: Sunday 22 Nov); of 3 months (Dec, Nov 30, Oct 31).
+    let want = [
+        "20261031-1530",
+        "20261122-1530",
+        "20261129-1530",
+        "20261130-1530",
+        "20261201-1530",
+        "20261202-1530",
+        "20261202-2130",
+    ];
+    let local: Vec<String> = node.snapshot_files().iter().map(|f| minute_of(f)).collect();
+    assert_eq!(local, want, "local copies");
+    let remote_dir = s3s_object(&s3, "prod/cp1");
+    let remote: Vec<String> = crate::util::list_dir(&remote_dir)
+        .iter()
+        .filter(|f| f.ends_with(".db"))
+        .map(|f| minute_of(f))
+        .collect();
+    assert_eq!(remote, want, "remote copies");
+    for f in node.snapshot_files() {
+        assert_eq!(
+            std::fs::read(node.snapshot_dir().join(&f)).unwrap(),
+            std::fs::read(remote_dir.join(&f)).unwrap(),
+            "{f}: the remote copy differs"
+        );
+    }
+    // Every deleted copy says which rules did not keep it; `records` says why each stays.
+    let recs = node.records();
+    let gone = recs
+        .iter()
+        .find(|r| minute_of(r["fileName"].as_str().unwrap()) == "20261128-1530")
+        .unwrap();
+    assert_eq!(gone["local"]["state"], "deleted");
+    let why = gone["local"]["deletedReason"].as_str().unwrap();
+    assert!(
+        why.contains("keep_daily") && why.contains("keep_weekly") && why.contains("keep_monthly"),
+        "{why}"
+    );
+    assert_eq!(remote_state(gone), "deleted");
+    let now = Utc.with_ymd_and_hms(2026, 12, 2, 22, 0, 0).unwrap();
+    let table = stdout(&run_at(&node, now, &["records"]));
+    assert!(
+        table.contains("the newest of its week, one of the last 3 (keep_weekly)"),
+        "{table}"
+    );
+
+    // Nothing more to delete; then a smaller rule: --dry-run lists what would go and why and
+    // changes nothing; prune then deletes exactly that, locally and remotely.
+    let out = run_at(&node, now, &["prune", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "local: nothing to delete\nremote: nothing to delete\n"
+    );
+    for section in ["local_storage", "remote_storage"] {
+        node.set(section, "keep_weekly", "2");
+    }
+    let before = std::fs::read(node.state_dir().join("records.json")).unwrap();
+    let out = run_at(&node, now, &["prune", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stdout(&out);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    assert!(lines[0].starts_with("local: would delete "), "{said}");
+    assert!(lines[0].contains("snapshot-etcd-20261122-1530"), "{said}");
+    assert!(
+        lines[0].contains("not among the newest 2 (local_storage.keep)"),
+        "{said}"
+    );
+    assert!(lines[1].starts_with("remote: would delete s3://"), "{said}");
+    assert!(lines[1].contains("remote_storage.keep_weekly"), "{said}");
+    assert_eq!(crate::util::list_dir(&node.snapshot_dir()).len(), 7);
+    assert_eq!(
+        std::fs::read(node.state_dir().join("records.json")).unwrap(),
+        before,
+        "--dry-run changed the records"
+    );
+    let out = run_at(&node, now, &["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(said.starts_with("local: deleted "), "{said}");
+    assert!(said.contains("(local_storage.keep_weekly)"), "{said}");
+    assert!(said.contains("(remote_storage.keep_weekly)"), "{said}");
+    let mut want: Vec<&str> = want.to_vec();
+    want.retain(|m| *m != "20261122-1530");
+    let local: Vec<String> = node.snapshot_files().iter().map(|f| minute_of(f)).collect();
+    assert_eq!(local, want);
+    let remote: Vec<String> = crate::util::list_dir(&remote_dir)
+        .iter()
+        .filter(|f| f.ends_with(".db"))
+        .map(|f| minute_of(f))
+        .collect();
+    assert_eq!(remote, want);
+    let out = run_at(&node, now, &["prune", "--dry-run"]);
+    assert_eq!(
+        stdout(&out),
+        "local: nothing to delete\nremote: nothing to delete\n",
+        "prune is idempotent"
+    );
+}

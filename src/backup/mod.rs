@@ -333,6 +333,83 @@ pub async fn run_remote_maintenance(
     Ok(m)
 }
 
+/// What `etcdguard prune` deleted, or with `dry_run` would delete: (where, why) per copy.
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    pub local: Vec<(String, String)>,
+    pub remote: Vec<(String, String)>,
+    /// Problems that stopped part of it (the rest was still done).
+    pub errors: Vec<String>,
+}
+
+/// Applies retention now, locally and remotely, without taking a backup (`etcdguard prune`),
+/// under the backup lock. With `dry_run`, only says what would go: no lock, nothing changed.
+pub async fn run_prune(config: &Config, dry_run: bool) -> Result<PruneReport, BackupError> {
+    let store = LocalStore::new(&config.local_storage.path);
+    let rule = config.local_storage.retention;
+    let mut report = PruneReport::default();
+    let records = RecordStore::new(&config.state_dir);
+    if dry_run {
+        let file = records.load()?;
+        let now = crate::clock::now();
+        for d in retention::local_deletions(&file.records, now, rule) {
+            let path = file.records[d.index].local.as_ref().map(|l| l.path.clone());
+            let ours = |p: &std::path::PathBuf| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| *p == store.path_of(n))
+            };
+            if let Some(path) = path.filter(ours) {
+                report.local.push((path.display().to_string(), d.reason));
+            }
+        }
+        if let (Some(rc), Some(member)) = (
+            &config.remote_storage,
+            remote_sync::newest_member(&file.records),
+        ) {
+            for who in remote_sync::retention_prefixes(rc, &member) {
+                match remote_sync::retention_plan(config, rc, &who).await {
+                    Ok(plan) => report
+                        .remote
+                        .extend(plan.into_iter().map(|p| (p.location, p.reason))),
+                    Err(e) => report.errors.push(format!("remote retention: {e}")),
+                }
+            }
+        }
+        return Ok(report);
+    }
+    let _lock = StateDir::new(&config.state_dir).lock_backup()?;
+    let now = crate::clock::now();
+    let mut warnings = Vec::new();
+    let local = records
+        .update(now, |file| {
+            let deleted =
+                apply_local_retention(&mut file.records, &store, now, rule, &mut warnings);
+            // The reasons from the records, before the history drops any of them.
+            let why = |name: &String| {
+                file.records
+                    .iter()
+                    .filter_map(|r| r.local.as_ref())
+                    .find(|l| l.path == store.path_of(name))
+                    .and_then(|l| l.deleted_reason.clone())
+                    .unwrap_or_default()
+            };
+            let local: Vec<(String, String)> = deleted
+                .iter()
+                .map(|n| (store.path_of(n).display().to_string(), why(n)))
+                .collect();
+            retention::trim_history(file, config.history);
+            local
+        })?
+        .0;
+    report.local = local;
+    report.errors.extend(warnings);
+    let (remote, errors) = remote_sync::prune(config).await;
+    report.remote = remote;
+    report.errors.extend(errors);
+    Ok(report)
+}
+
 /// Deletes what the retention policy selects and marks those records. Runs under the records
 /// lock; only files with our name pattern that a record points at are touched.
 fn apply_local_retention(

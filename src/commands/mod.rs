@@ -11,6 +11,7 @@ mod health;
 mod inspect;
 mod output;
 mod pin;
+mod prune;
 mod records;
 mod recover;
 mod restore;
@@ -50,6 +51,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Health { output } => health::run(config_path, output),
         Command::Pin { id, label } => pin::pin(config_path, &id, label),
         Command::Unpin { id } => pin::unpin(config_path, &id),
+        Command::Prune { dry_run } => prune::run(config_path, dry_run),
         Command::Records {
             output,
             limit,

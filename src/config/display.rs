@@ -17,11 +17,23 @@ fn write_rule(w: &mut String, rule: &Rule) {
     if let Some(k) = rule.keep {
         let _ = writeln!(w, "keep = {k}");
     }
+    for p in crate::retention::Period::ALL {
+        if let Some(n) = rule.tiers.get(p) {
+            let _ = writeln!(w, "{} = {n}", p.field());
+        }
+    }
     let _ = writeln!(w, "min_keep = {}", rule.min_keep);
+    if rule.tiers.any() {
+        let _ = writeln!(
+            w,
+            "# hours, days, weeks (ISO, from Monday) and months in the timezone {}",
+            toml_string(&rule.zone.to_string())
+        );
+    }
     if rule.keeps_forever() {
         let _ = writeln!(
             w,
-            "# neither ttl nor keep: snapshots here are never deleted"
+            "# neither ttl nor a keep rule: snapshots here are never deleted"
         );
     }
 }
@@ -143,6 +155,9 @@ impl Config {
                     "stall_timeout = {}",
                     toml_string(&human(r.stall_timeout))
                 );
+                if let Some(rate) = r.rate_limit {
+                    let _ = writeln!(w, "rate_limit = \"{rate}B/s\"");
+                }
                 write_rule(w, &r.retention);
                 let _ = writeln!(
                     w,

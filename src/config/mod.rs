@@ -140,6 +140,9 @@ pub struct RemoteStorageConfig {
     pub concurrency: usize,
     /// Bound on one upload (or one retry of it).
     pub timeout: Duration,
+    /// Bytes per second the upload sends at most (`rate_limit = "20MiB/s"`), on average over
+    /// parts; in the backup's own pass it paces the stream from etcd too.
+    pub rate_limit: Option<u64>,
     /// The longest the object store may take to answer one request or accept one part; also
     /// how long the snapshot stream waits for a remote that takes no data before the same-pass
     /// upload is given up (the local backup goes on; the upload is retried later).

@@ -79,6 +79,11 @@ pub(super) struct RawLocal {
     pub(super) path: Option<Spanned<PathBuf>>,
     pub(super) ttl: Option<Spanned<RawDuration>>,
     pub(super) keep: Option<Spanned<i64>>,
+    pub(super) keep_last: Option<Spanned<i64>>,
+    pub(super) keep_hourly: Option<Spanned<i64>>,
+    pub(super) keep_daily: Option<Spanned<i64>>,
+    pub(super) keep_weekly: Option<Spanned<i64>>,
+    pub(super) keep_monthly: Option<Spanned<i64>>,
     pub(super) min_keep: Option<Spanned<i64>>,
 }
 
@@ -101,12 +106,42 @@ pub(super) struct RawRemote {
     pub(super) concurrency: Option<Spanned<i64>>,
     pub(super) timeout: Option<Spanned<RawDuration>>,
     pub(super) stall_timeout: Option<Spanned<RawDuration>>,
+    pub(super) rate_limit: Option<Spanned<String>>,
     pub(super) ttl: Option<Spanned<RawDuration>>,
     pub(super) keep: Option<Spanned<i64>>,
+    pub(super) keep_last: Option<Spanned<i64>>,
+    pub(super) keep_hourly: Option<Spanned<i64>>,
+    pub(super) keep_daily: Option<Spanned<i64>>,
+    pub(super) keep_weekly: Option<Spanned<i64>>,
+    pub(super) keep_monthly: Option<Spanned<i64>>,
     pub(super) min_keep: Option<Spanned<i64>>,
     pub(super) per: Option<Spanned<String>>,
     pub(super) cluster_lease: Option<Spanned<RawDuration>>,
 }
+
+/// The count rules of one destination's retention, as written.
+pub(super) struct RawCounts {
+    pub(super) keep: Option<Spanned<i64>>,
+    pub(super) keep_last: Option<Spanned<i64>>,
+    pub(super) hourly: Option<Spanned<i64>>,
+    pub(super) daily: Option<Spanned<i64>>,
+    pub(super) weekly: Option<Spanned<i64>>,
+    pub(super) monthly: Option<Spanned<i64>>,
+}
+
+macro_rules! raw_counts {
+    ($r:expr) => {
+        RawCounts {
+            keep: $r.keep,
+            keep_last: $r.keep_last,
+            hourly: $r.keep_hourly,
+            daily: $r.keep_daily,
+            weekly: $r.keep_weekly,
+            monthly: $r.keep_monthly,
+        }
+    };
+}
+pub(super) use raw_counts;
 
 /// A byte size: an integer, or a string such as "8MiB", "16MB".
 #[derive(Debug, Deserialize)]

@@ -368,3 +368,56 @@ fn per_cluster_remote_copies() {
     let e = errs(&format!("{base}per = \"everyone\"\n"));
     assert!(e[0].contains("remote_storage.per"), "{e:?}");
 }
+
+#[test]
+fn tiers_keep_last_and_their_problems() {
+    let c = parse(
+        "timezone = \"Europe/Berlin\"\n[local_storage]\nkeep_last = 3\nkeep_daily = 7\n\
+         keep_monthly = 12\n[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nkeep_weekly = 4\n",
+        None,
+    )
+    .unwrap();
+    let r = c.local_storage.retention;
+    assert_eq!((r.ttl, r.keep, r.min_keep), (None, Some(3), 3));
+    assert_eq!(
+        (
+            r.tiers.hourly,
+            r.tiers.daily,
+            r.tiers.weekly,
+            r.tiers.monthly
+        ),
+        (None, Some(7), None, Some(12))
+    );
+    assert_eq!(r.zone.to_string(), "Europe/Berlin");
+    let rr = c.remote_storage.as_ref().unwrap().retention;
+    assert_eq!((rr.ttl, rr.keep, rr.tiers.weekly), (None, None, Some(4)));
+    assert!(!rr.keeps_forever());
+    let shown = c.to_redacted_toml();
+    for line in [
+        "keep = 3\n",
+        "keep_daily = 7\n",
+        "keep_monthly = 12\n",
+        "keep_weekly = 4\n",
+    ] {
+        assert!(shown.contains(line), "{line}: {shown}");
+    }
+    assert!(
+        shown.contains("in the timezone \"Europe/Berlin\""),
+        "{shown}"
+    );
+
+    let e = errs("[local_storage]\nkeep = 2\nkeep_last = 2\n");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("local_storage.keep_last: keep_last is another name for keep"),
+        "{}",
+        e[0]
+    );
+    let e = errs("[local_storage]\nkeep_hourly = 0\n");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("local_storage.keep_hourly: must be at least 1 (got 0)"),
+        "{}",
+        e[0]
+    );
+}

@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use super::raw::*;
 use super::*;
+use crate::retention::{Period, Tiers};
 
 pub(super) struct Validator<'a> {
     pub(super) text: &'a str,
@@ -59,23 +60,55 @@ impl Validator<'_> {
         }
     }
 
-    /// `ttl`, `keep` and `min_keep` of one destination. With neither `ttl` nor `keep`, the
-    /// default ttl applies; `ttl = "forever"` turns the age limit off. `min_keep` defaults to
-    /// 3, or to `keep` when that is smaller.
+    /// `ttl`, the count rules (`keep`/`keep_last`, `keep_hourly` … `keep_monthly`) and
+    /// `min_keep` of one destination. With neither `ttl` nor a count rule, the default ttl
+    /// applies; `ttl = "forever"` turns the age limit off. `min_keep` defaults to 3, or to
+    /// `keep` when that is smaller. The tiers count periods of the schedule's `zone`.
     fn retention(
         &mut self,
         section: &str,
         ttl: Option<Spanned<RawDuration>>,
-        keep: Option<Spanned<i64>>,
+        counts: RawCounts,
         min_keep: Option<Spanned<i64>>,
         default_ttl: Duration,
+        zone: Zone,
     ) -> Rule {
-        let keep_field = format!("{section}.keep");
+        let (keep, keep_field) = match (counts.keep, counts.keep_last) {
+            (Some(k), Some(l)) => {
+                self.problem(
+                    Some(l.span()),
+                    &format!("{section}.keep_last"),
+                    format!(
+                        "keep_last is another name for keep (set to {} here): set one of them",
+                        k.get_ref()
+                    ),
+                );
+                (Some(k), format!("{section}.keep"))
+            }
+            (Some(k), None) => (Some(k), format!("{section}.keep")),
+            (None, Some(l)) => (Some(l), format!("{section}.keep_last")),
+            (None, None) => (None, format!("{section}.keep")),
+        };
         let keep_span = keep.as_ref().map(Spanned::span);
         let keep = keep
             .and_then(|k| self.count(&k, &keep_field, "the number of newest good snapshots kept"));
+        let mut tier = |raw: Option<Spanned<i64>>, p: Period| {
+            raw.and_then(|r| {
+                self.count(
+                    &r,
+                    &format!("{section}.{}", p.field()),
+                    "how many periods keep their newest good snapshot",
+                )
+            })
+        };
+        let tiers = Tiers {
+            hourly: tier(counts.hourly, Period::Hour),
+            daily: tier(counts.daily, Period::Day),
+            weekly: tier(counts.weekly, Period::Week),
+            monthly: tier(counts.monthly, Period::Month),
+        };
         let ttl = match ttl {
-            None if keep_span.is_some() => None,
+            None if keep_span.is_some() || tiers.any() => None,
             None => Some(default_ttl),
             Some(raw) => match raw.get_ref() {
                 RawDuration::Text(t) if t.trim() == "forever" => None,
@@ -109,7 +142,27 @@ impl Validator<'_> {
         Rule {
             ttl,
             keep,
+            tiers,
+            zone,
             min_keep,
+        }
+    }
+
+    /// A rate such as `"50MiB/s"`, in bytes per second.
+    fn rate(&mut self, raw: Option<Spanned<String>>, field: &str) -> Option<u64> {
+        let r = raw?;
+        let parsed = r
+            .get_ref()
+            .trim()
+            .strip_suffix("/s")
+            .ok_or_else(|| "must be a rate such as \"50MiB/s\"".to_string())
+            .and_then(|n| parse_size(&RawSize::Text(n.to_string())));
+        match parsed {
+            Ok(b) => Some(b as u64),
+            Err(msg) => {
+                self.problem(Some(r.span()), field, msg);
+                None
+            }
         }
     }
 
@@ -232,21 +285,7 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
             Duration::from_secs(60),
         ),
         dial_timeout: v.duration(e.dial_timeout, "etcd.dial_timeout", Duration::from_secs(10)),
-        rate_limit: e.rate_limit.and_then(|r| {
-            let parsed = r
-                .get_ref()
-                .trim()
-                .strip_suffix("/s")
-                .ok_or_else(|| "must be a rate such as \"50MiB/s\"".to_string())
-                .and_then(|n| parse_size(&RawSize::Text(n.to_string())));
-            match parsed {
-                Ok(b) => Some(b as u64),
-                Err(msg) => {
-                    v.problem(Some(r.span()), "etcd.rate_limit", msg);
-                    None
-                }
-            }
-        }),
+        rate_limit: v.rate(e.rate_limit, "etcd.rate_limit"),
     };
 
     let l = raw.local_storage.unwrap_or_default();
@@ -255,13 +294,14 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         retention: v.retention(
             "local_storage",
             l.ttl,
-            l.keep,
+            raw_counts!(l),
             l.min_keep,
             Duration::from_secs(7 * 24 * 3600),
+            timezone,
         ),
     };
 
-    let remote_storage = raw.remote_storage.map(|r| validate_remote(r, v));
+    let remote_storage = raw.remote_storage.map(|r| validate_remote(r, v, timezone));
 
     let encryption = raw.encryption.map(|e| validate_encryption(e, v));
     let bundle = raw.bundle.map(|b| {
@@ -495,7 +535,11 @@ fn validate_endpoint(ep: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_remote(r: Spanned<RawRemote>, v: &mut Validator<'_>) -> RemoteStorageConfig {
+fn validate_remote(
+    r: Spanned<RawRemote>,
+    v: &mut Validator<'_>,
+    zone: Zone,
+) -> RemoteStorageConfig {
     let table_span = r.span();
     let r = r.into_inner();
     let required = |field: Option<Spanned<String>>, name: &str, v: &mut Validator<'_>| match field {
@@ -562,12 +606,14 @@ fn validate_remote(r: Spanned<RawRemote>, v: &mut Validator<'_>) -> RemoteStorag
             "remote_storage.stall_timeout",
             Duration::from_secs(60),
         ),
+        rate_limit: v.rate(r.rate_limit, "remote_storage.rate_limit"),
         retention: v.retention(
             "remote_storage",
             r.ttl,
-            r.keep,
+            raw_counts!(r),
             r.min_keep,
             Duration::from_secs(30 * 24 * 3600),
+            zone,
         ),
         per_cluster: match r.per.as_ref().map(|p| p.get_ref().as_str()) {
             None | Some("node") => false,
