@@ -498,3 +498,58 @@ fn remote_retention_touches_only_this_nodes_expired_objects_and_keeps_min_keep()
 fn s3_dir(s3: &S3Server, rel: &str) -> PathBuf {
     s3.root.as_ref().unwrap().join(BUCKET).join(rel)
 }
+
+/// "uploaded 257.3 MiB in 32.10 s (8.0 MiB/s), completed in 4.70 s" from a run's log: (MiB, seconds).
+fn upload_line(log: &str) -> (f64, f64) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("uploaded ") && l.contains(" MiB in "))
+        .unwrap_or_else(|| panic!("no upload line in: {log}"));
+    let after = &line[line.find("uploaded ").unwrap() + "uploaded ".len()..];
+    let mib: f64 = after.split(' ').next().unwrap().parse().unwrap();
+    let secs = after.split(" MiB in ").nth(1).unwrap();
+    let secs: f64 = secs.split(' ').next().unwrap().parse().unwrap();
+    (mib, secs)
+}
+
+#[test]
+fn a_rate_limited_upload_takes_the_time_its_limit_says() {
+    let mut node = Node::start("3.7", "cp1");
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+    node.set("remote_storage", "timeout", "\"5m\"");
+    node.set("remote_storage", "stall_timeout", "\"30s\"");
+    node.etcd.put_mib("big", 205);
+    // Unlimited first: how fast this machine uploads, so the limit below is well under it.
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (mib, free) = upload_line(&stderr(&out));
+    assert!(mib >= 256.0, "the database is {mib} MiB");
+    let rate = 8.0;
+    assert!(
+        mib / free > 1.5 * rate,
+        "unlimited uploads run at {:.1} MiB/s here: too close to the {rate} MiB/s limit to \
+         measure it",
+        mib / free
+    );
+    node.set("remote_storage", "rate_limit", &format!("\"{rate}MiB/s\""));
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (mib, took) = upload_line(&stderr(&out));
+    let want = mib / rate;
+    eprintln!(
+        "{mib:.1} MiB: unlimited {free:.2} s, at {rate} MiB/s {took:.2} s (expected {want:.2} s)"
+    );
+    assert!(
+        (took - want).abs() <= 0.1 * want,
+        "{mib:.1} MiB at {rate} MiB/s took {took:.2} s, expected {want:.2} s within 10 %"
+    );
+    let rec = node.last_record();
+    assert_eq!(remote_state(&rec), "uploaded", "{rec:#}");
+    let name = rec["fileName"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(s3s_object(&s3, &format!("prod/cp1/{name}"))).unwrap(),
+        std::fs::read(node.snapshot_dir().join(name)).unwrap()
+    );
+}

@@ -288,6 +288,28 @@ impl EtcdServer {
         });
     }
 
+    /// Puts `mib` values of 1 MiB each under `/registry/<prefix>/`, each different (so the
+    /// database grows by about `mib` MiB).
+    pub fn put_mib(&self, prefix: &str, mib: usize) {
+        rt().block_on(async {
+            let mut c = self.client().await.unwrap();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            for i in 0..mib {
+                let value: Vec<u8> = (0..1 << 20)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                c.put(format!("/registry/{prefix}/{i:06}"), value, None)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+
     /// Every key and value under `/registry/`, sorted.
     pub fn all_keys(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         rt().block_on(async {

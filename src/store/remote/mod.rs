@@ -17,7 +17,9 @@ pub(crate) mod credentials;
 pub mod http;
 mod uploads;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+const MIB: f64 = (1u64 << 20) as f64;
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -60,6 +62,8 @@ pub struct Remote {
     concurrency: usize,
     /// How long a sender waits for the upload to take more data.
     stall: Duration,
+    /// `rate_limit`: bytes per second handed to the object store at most.
+    rate: Option<u64>,
     kms: bool,
     creds: Resolved,
     /// The calls opendal does not make (open multipart uploads).
@@ -211,6 +215,10 @@ pub struct Sent {
     sha256: Option<String>,
     size: u64,
     sealing: Option<Sealing>,
+    /// Time spent sending: from the first byte to the last handed to the writer.
+    transfer: Duration,
+    /// Time completing the upload after that.
+    completing: Duration,
 }
 
 /// The object name of snapshot `file_name`: itself, or with the sealed suffix.
@@ -311,6 +319,7 @@ impl Remote {
             part_size: cfg.part_size,
             concurrency: cfg.concurrency,
             stall: cfg.stall_timeout,
+            rate: cfg.rate_limit,
             kms: matches!(cfg.sse, Some(Sse::Kms(_))),
             creds,
             raw,
@@ -438,7 +447,9 @@ impl Remote {
         let mut etag = EtagCalc::new(self.part_size);
         let mut sha = hash.then(sha2::Sha256::new);
         let mut size = 0u64;
+        let mut started = None;
         while let Some(b) = rx.recv().await {
+            let started = *started.get_or_insert_with(Instant::now);
             etag.update(&b);
             if let Some(sha) = sha.as_mut() {
                 sha2::Digest::update(sha, &b);
@@ -448,14 +459,30 @@ impl Remote {
                 let _ = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
                 return Err(self.explain(&e));
             }
+            // rate_limit: the writer starts a part once it is full, so parts leave spaced
+            // out and the average is the limit (a smaller part_size makes it smoother).
+            if let Some(rate) = self.rate {
+                let due = Duration::from_secs_f64(size as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
-        match decide.await {
+        // The time sending the bytes (what rate_limit paces); completing the upload (the last
+        // parts, the server assembling the object) is timed apart, and the wait for the local
+        // copy's checks in between (`decide`) not at all.
+        let handed = started.map_or(Duration::ZERO, |t| t.elapsed());
+        let decided = decide.await;
+        let closing = Instant::now();
+        match decided {
             Ok(true) => match w.close().await {
                 Ok(_meta) => Ok(Sent {
                     etag,
                     sha256: sha.map(|s| hex::encode(sha2::Digest::finalize(s))),
                     size,
                     sealing: None,
+                    transfer: handed,
+                    completing: closing.elapsed(),
                 }),
                 Err(e) => {
                     let _ = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
@@ -481,6 +508,16 @@ impl Remote {
             let _ = self.op.delete(key).await;
         }
         let etag = r?;
+        let seconds = sent.transfer.as_secs_f64();
+        tracing::info!(
+            object = %self.location(key),
+            bytes = sent.size,
+            seconds,
+            "uploaded {:.1} MiB in {seconds:.2} s ({:.1} MiB/s), completed in {:.2} s",
+            sent.size as f64 / MIB,
+            sent.size as f64 / MIB / seconds.max(1e-3),
+            sent.completing.as_secs_f64()
+        );
         Ok(Uploaded {
             key: key.to_string(),
             etag,
