@@ -516,7 +516,7 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
     if let Some(member) = member {
         abort_stale_uploads(rc, &member, &member, &mut m).await;
         match apply_retention(config, rc, &member).await {
-            Ok(deleted) => m.deleted = deleted.into_iter().map(|(n, _)| n).collect(),
+            Ok(deleted) => m.deleted = deleted.iter().map(|(at, _)| object_of(at)).collect(),
             Err(e) => m.errors.push(format!("remote retention: {e}")),
         }
         if rc.per_cluster {
@@ -524,7 +524,9 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
             // in flight. The cluster's retention is the same rule, applied by every node.
             abort_stale_uploads(rc, CLUSTER_NODE, &member, &mut m).await;
             match apply_retention(config, rc, CLUSTER_NODE).await {
-                Ok(deleted) => m.deleted.extend(deleted.into_iter().map(|(n, _)| n)),
+                Ok(deleted) => m
+                    .deleted
+                    .extend(deleted.iter().map(|(at, _)| object_of(at))),
                 Err(e) => m
                     .errors
                     .push(format!("remote retention of the cluster's copies: {e}")),
@@ -677,6 +679,11 @@ pub async fn prune(config: &Config) -> (Vec<(String, String)>, Vec<String>) {
         }
     }
     (gone, errors)
+}
+
+/// The object name at the end of a location (`s3://bucket/prefix/member/<name>`).
+fn object_of(location: &str) -> String {
+    location.rsplit('/').next().unwrap_or(location).to_string()
 }
 
 /// The member name of this node's newest record that has one.
