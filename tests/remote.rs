@@ -522,12 +522,15 @@ fn a_rate_limited_upload_takes_the_time_its_limit_says() {
     node.set("remote_storage", "stall_timeout", "\"30s\"");
     // The paced pass slows the stream from etcd too: it needs more than the test's etcd.timeout.
     node.set("etcd", "timeout", "\"5m\"");
-    node.etcd.put_mib("big", 205);
+    node.etcd.put_mib("big", 215);
     // Unlimited first: how fast this machine uploads, so the limit below is well under it.
     let out = node.snapshot();
     assert!(out.status.success(), "{}", stderr(&out));
     let (mib, free) = upload_line(&stderr(&out));
-    assert!(mib >= 256.0, "the database is {mib} MiB");
+    assert!(
+        mib >= 250.0,
+        "the database is {mib} MiB: the test wants about 256"
+    );
     let rate = 4.0;
     assert!(
         mib / free > 1.5 * rate,
