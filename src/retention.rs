@@ -421,21 +421,7 @@ pub fn local_status(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Vec<O
         } else {
             match (rule.ttl, rule.keep) {
                 (Some(ttl), keep) => {
-                    let expiry = r.backup_timestamp
-                        + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-                    let mut s = if expiry < now {
-                        format!(
-                            "expired {} (ttl {}): goes at the next successful backup",
-                            crate::records::rfc3339(expiry),
-                            ttl_text(ttl)
-                        )
-                    } else {
-                        format!(
-                            "expires {} (ttl {})",
-                            crate::records::rfc3339(expiry),
-                            ttl_text(ttl)
-                        )
-                    };
+                    let (Ok(mut s) | Err(mut s)) = ttl_words(r.backup_timestamp, ttl, now);
                     if let Some(k) = keep {
                         s.push_str(&format!(", or after {} more backups (keep {k})", k - newer));
                     }
@@ -449,6 +435,21 @@ pub fn local_status(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Vec<O
         });
     }
     out
+}
+
+/// A copy's ttl in words: `Ok("expires <time> (ttl <ttl>)")` while it lasts,
+/// `Err("expired <time> (ttl <ttl>): goes at the next successful backup")` after.
+fn ttl_words(t: DateTime<Utc>, ttl: Duration, now: DateTime<Utc>) -> Result<String, String> {
+    let expiry = t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    let at = crate::records::rfc3339(expiry);
+    if expiry < now {
+        Err(format!(
+            "expired {at} (ttl {}): goes at the next successful backup",
+            ttl_text(ttl)
+        ))
+    } else {
+        Ok(format!("expires {at} (ttl {})", ttl_text(ttl)))
+    }
 }
 
 /// `local_status` for a copy beyond `min_keep` when tiers are set.
@@ -466,22 +467,10 @@ fn tiered_status(t: DateTime<Utc>, kept: &[Kept], now: DateTime<Utc>, rule: &Rul
         .join("; ");
     match rule.ttl {
         None => format!("kept: {held}"),
-        Some(ttl) => {
-            let expiry = t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-            if expiry < now {
-                format!(
-                    "expired {} (ttl {}): goes at the next successful backup",
-                    crate::records::rfc3339(expiry),
-                    ttl_text(ttl)
-                )
-            } else {
-                format!(
-                    "kept: {held}; expires {} (ttl {})",
-                    crate::records::rfc3339(expiry),
-                    ttl_text(ttl)
-                )
-            }
-        }
+        Some(ttl) => match ttl_words(t, ttl, now) {
+            Ok(expires) => format!("kept: {held}; {expires}"),
+            Err(expired) => expired,
+        },
     }
 }
 
