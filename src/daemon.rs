@@ -299,7 +299,7 @@ impl Daemon {
     }
 
     fn start_maintenance(&mut self, probe: bool) {
-        if self.config.remote_storage.is_none() || self.maintenance.is_some() {
+        if self.config.destinations.is_empty() || self.maintenance.is_some() {
             return;
         }
         let config = self.config.clone();
@@ -588,15 +588,12 @@ impl Daemon {
             .as_ref()
             .map(|r| format!("backup running since {}; ", records::rfc3339(r.started)))
             .unwrap_or_default();
-        let remote = if self.config.remote_storage.is_some() {
+        let remote = if !self.config.destinations.is_empty() {
             let pending = self.store.load().map_or(0, |f| {
                 f.records
                     .iter()
-                    .filter(|r| {
-                        r.remote
-                            .as_ref()
-                            .is_some_and(|c| c.state == RemoteState::Pending)
-                    })
+                    .flat_map(|r| &r.remotes)
+                    .filter(|c| c.state == RemoteState::Pending)
                     .count()
             });
             match (&self.remote_problem, pending) {

@@ -29,10 +29,11 @@ fn secs(t: DateTime<Utc>) -> String {
     format!("{:.3}", t.timestamp_millis() as f64 / 1000.0)
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, samples: &[(&str, String)]) {
+fn gauge<L: AsRef<str>>(out: &mut String, name: &str, help: &str, samples: &[(L, String)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} gauge");
     for (labels, value) in samples {
+        let labels = labels.as_ref();
         let _ = writeln!(out, "{name}{labels} {value}");
     }
 }
@@ -46,13 +47,14 @@ pub struct Context {
     pub next_run: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
     /// The oldest the newest good copy may be: one schedule interval and the time a backup
-    /// (and its upload) may take. `remote` only with remote storage.
+    /// (and its upload) may take; per destination by name, with its own upload bound.
     pub local_max_age: Option<std::time::Duration>,
-    pub remote_max_age: Option<std::time::Duration>,
+    pub remote_max_age: Vec<(String, std::time::Duration)>,
     /// One drill interval and the drill's own bound; `None` without a drill schedule.
     pub drill_max_age: Option<std::time::Duration>,
     pub local_rule: Rule,
-    pub remote_rule: Option<Rule>,
+    /// Each destination's retention, by name.
+    pub remote_rule: Vec<(String, Rule)>,
 }
 
 impl Context {
@@ -70,9 +72,10 @@ impl Context {
             now,
             local_max_age: local,
             remote_max_age: config
-                .remote_storage
-                .as_ref()
-                .and_then(|r| local.map(|l| l + r.timeout)),
+                .destinations
+                .iter()
+                .filter_map(|r| local.map(|l| (r.name.clone(), l + r.timeout)))
+                .collect(),
             drill_max_age: config
                 .drill
                 .schedule
@@ -80,7 +83,11 @@ impl Context {
                 .and_then(interval)
                 .map(|i| i + config.drill.timeout + config.etcd.timeout),
             local_rule: config.local_storage.retention,
-            remote_rule: config.remote_storage.as_ref().map(|r| r.retention),
+            remote_rule: config
+                .destinations
+                .iter()
+                .map(|r| (r.name.clone(), r.retention))
+                .collect(),
         }
     }
 }
@@ -100,20 +107,20 @@ pub fn render(file: &RecordsFile, ctx: &Context) -> String {
 /// keeps only because of `min_keep` (copies older than their ttl: backups have been failing
 /// for longer than it).
 fn freshness(out: &mut String, file: &RecordsFile, ctx: &Context) {
-    let local = "{destination=\"local\"}";
-    let remote = "{destination=\"remote\"}";
+    let local = "{destination=\"local\"}".to_string();
     let newest_local = file
         .records
         .iter()
         .filter(|r| r.trigger.is_backup() && r.result == Outcome::Success)
         .map(|r| r.backup_timestamp)
         .max();
-    let newest_remote = file
-        .records
-        .iter()
-        .filter_map(|r| r.remote.as_ref())
-        .filter_map(|c| c.uploaded_at)
-        .max();
+    let newest_remote = |dest: &str| {
+        file.records
+            .iter()
+            .filter_map(|r| r.copy(dest))
+            .filter_map(|c| c.uploaded_at)
+            .max()
+    };
     let secs_of = |d: std::time::Duration| d.as_secs().to_string();
     let within = |newest: Option<DateTime<Utc>>, max: std::time::Duration| {
         let ok = newest.is_some_and(|t| (ctx.now - t).to_std().unwrap_or_default() <= max);
@@ -122,12 +129,12 @@ fn freshness(out: &mut String, file: &RecordsFile, ctx: &Context) {
     let mut max_age = Vec::new();
     let mut within_policy = Vec::new();
     if let Some(m) = ctx.local_max_age {
-        max_age.push((local, secs_of(m)));
-        within_policy.push((local, within(newest_local, m)));
+        max_age.push((local.clone(), secs_of(m)));
+        within_policy.push((local.clone(), within(newest_local, m)));
     }
-    if let Some(m) = ctx.remote_max_age {
-        max_age.push((remote, secs_of(m)));
-        within_policy.push((remote, within(newest_remote, m)));
+    for (dest, m) in &ctx.remote_max_age {
+        max_age.push((label(dest), secs_of(*m)));
+        within_policy.push((label(dest), within(newest_remote(dest), *m)));
     }
     if !max_age.is_empty() {
         gauge(
@@ -155,16 +162,16 @@ fn freshness(out: &mut String, file: &RecordsFile, ctx: &Context) {
         local,
         retention::held_by_min_keep(&local_times, ctx.now, ctx.local_rule).to_string(),
     )];
-    if let Some(rule) = ctx.remote_rule {
+    for (dest, rule) in &ctx.remote_rule {
         let remote_times: Vec<DateTime<Utc>> = file
             .records
             .iter()
-            .filter(|r| r.remote.as_ref().is_some_and(|c| c.may_exist()) && r.pin.is_none())
+            .filter(|r| r.copy(dest).is_some_and(|c| c.may_exist()) && r.pin.is_none())
             .map(|r| r.backup_timestamp)
             .collect();
         held.push((
-            remote,
-            retention::held_by_min_keep(&remote_times, ctx.now, rule).to_string(),
+            label(dest),
+            retention::held_by_min_keep(&remote_times, ctx.now, *rule).to_string(),
         ));
     }
     gauge(
@@ -298,6 +305,11 @@ fn health(out: &mut String, file: &RecordsFile) {
     );
 }
 
+/// The label set of destination `name`.
+fn label(name: &str) -> String {
+    format!("{{destination=\"{name}\"}}")
+}
+
 /// The last attempt, the last success per destination, and what is kept.
 fn backups(out: &mut String, file: &RecordsFile) {
     let local = "{destination=\"local\"}";
@@ -328,14 +340,26 @@ fn backups(out: &mut String, file: &RecordsFile) {
             &[(local, format!("{:.3}", last.duration_seconds))],
         );
     }
-    let remote = "{destination=\"remote\"}";
-    let with_remote = || file.records.iter().rev().filter_map(|r| r.remote.as_ref());
-    let mut successes = Vec::new();
-    if let Some(good) = attempts().find(|r| r.result == Outcome::Success) {
-        successes.push((local, secs(good.backup_timestamp)));
+    // The destinations the records name, in their order (a destination removed from the
+    // configuration drops out once its records are gone).
+    let mut dests: Vec<&str> = Vec::new();
+    for c in file.records.iter().flat_map(|r| &r.remotes) {
+        if !dests.contains(&c.destination.as_str()) {
+            dests.push(&c.destination);
+        }
     }
-    if let Some(t) = with_remote().filter_map(|c| c.uploaded_at).max() {
-        successes.push((remote, secs(t)));
+    let copies = |dest: &str| {
+        let dest = dest.to_string();
+        file.records.iter().rev().filter_map(move |r| r.copy(&dest))
+    };
+    let mut successes = vec![];
+    if let Some(good) = attempts().find(|r| r.result == Outcome::Success) {
+        successes.push((local.to_string(), secs(good.backup_timestamp)));
+    }
+    for d in &dests {
+        if let Some(t) = copies(d).filter_map(|c| c.uploaded_at).max() {
+            successes.push((label(d), secs(t)));
+        }
     }
     if !successes.is_empty() {
         gauge(
@@ -359,40 +383,45 @@ fn backups(out: &mut String, file: &RecordsFile) {
             &[(local, good.revision.unwrap_or(0).to_string())],
         );
     }
-    if let Some(last) = with_remote().next() {
+    if !dests.is_empty() {
         use crate::records::RemoteState;
-        let ok = matches!(last.state, RemoteState::Uploaded | RemoteState::Deleted);
+        let (mut results, mut pending) = (Vec::new(), Vec::new());
+        for d in &dests {
+            if let Some(last) = copies(d).next() {
+                let ok = matches!(last.state, RemoteState::Uploaded | RemoteState::Deleted);
+                results.push((label(d), u8::from(ok).to_string()));
+            }
+            let n = copies(d)
+                .filter(|c| c.state == RemoteState::Pending)
+                .count();
+            pending.push((label(d), n.to_string()));
+        }
         gauge(
             out,
             "etcdguard_remote_last_result",
-            "1 if the newest backup's remote copy was made, 0 if it is pending or failed.",
-            &[("", u8::from(ok).to_string())],
+            "1 if the newest backup's copy at the destination was made, 0 if it is pending or \
+             failed.",
+            &results,
         );
         gauge(
             out,
             "etcdguard_remote_pending",
-            "Remote copies waiting for a retry.",
-            &[(
-                "",
-                with_remote()
-                    .filter(|c| c.state == RemoteState::Pending)
-                    .count()
-                    .to_string(),
-            )],
+            "Copies waiting for a retry, per destination.",
+            &pending,
         );
     }
     let mut snapshots = vec![(
-        local,
+        local.to_string(),
         file.records
             .iter()
             .filter(|r| r.is_good_local())
             .count()
             .to_string(),
     )];
-    if with_remote().next().is_some() {
+    for d in &dests {
         snapshots.push((
-            remote,
-            with_remote().filter(|c| c.may_exist()).count().to_string(),
+            label(d),
+            copies(d).filter(|c| c.may_exist()).count().to_string(),
         ));
     }
     gauge(
@@ -563,20 +592,20 @@ mod tests {
         let copy = |state, at: Option<&str>| RemoteCopy {
             state,
             uploaded_at: at.map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)),
-            ..RemoteCopy::uploaded("s3://b/k".into(), Utc::now(), None, None)
+            ..RemoteCopy::uploaded("remote", "s3://b/k".into(), Utc::now(), None, None)
         };
         let mut a = rec(Outcome::Success, "2026-05-01T10:00:00Z");
-        a.remote = Some(copy(RemoteState::Uploaded, Some("2026-05-01T10:00:05Z")));
+        a.remotes = vec![copy(RemoteState::Uploaded, Some("2026-05-01T10:00:05Z"))];
         let mut b = rec(Outcome::Success, "2026-05-01T11:00:00Z");
-        b.remote = Some(copy(RemoteState::Pending, None));
+        b.remotes = vec![copy(RemoteState::Pending, None)];
         f.push(a);
         f.push(b);
         let text = render(&f, &ctx(false, None));
         for line in [
             "etcdguard_last_success_timestamp_seconds{destination=\"local\"} 1777633200.000",
             "etcdguard_last_success_timestamp_seconds{destination=\"remote\"} 1777629605.000",
-            "etcdguard_remote_last_result 0",
-            "etcdguard_remote_pending 1",
+            "etcdguard_remote_last_result{destination=\"remote\"} 0",
+            "etcdguard_remote_pending{destination=\"remote\"} 1",
             "etcdguard_snapshots{destination=\"remote\"} 1",
         ] {
             assert!(
@@ -686,7 +715,7 @@ mod tests {
         let c = Context::of(&config, None, now);
         assert_eq!(c.local_max_age.unwrap().as_secs(), 6 * 3600 + 600);
         assert_eq!(c.drill_max_age.unwrap().as_secs(), 7 * 86400 + 120 + 600);
-        assert_eq!(c.remote_max_age, None);
+        assert!(c.remote_max_age.is_empty());
         let mut f = RecordsFile::default();
         // Two good backups, both older than the ttl: min_keep holds both.
         f.push(rec(Outcome::Success, "2026-05-01T06:00:00Z"));
@@ -729,12 +758,13 @@ mod tests {
         .unwrap();
         let mut f = RecordsFile::default();
         let mut r = rec(Outcome::Success, "2026-05-01T10:00:00Z");
-        r.remote = Some(RemoteCopy::uploaded(
+        r.remotes = vec![RemoteCopy::uploaded(
+            "remote",
             "s3://b/k".into(),
             Utc::now(),
             None,
             None,
-        ));
+        )];
         r.health = Some(Health::assess(&[], None, 1, 1, 2, None, false, 1, 1));
         f.push(r);
         f.push(drill_record(

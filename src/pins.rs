@@ -64,7 +64,7 @@ pub async fn set(config: &Config, selector: &str, pin: Option<Pin>) -> Result<Ch
                  as `etcdguard records` lists them"
             ))
         })?;
-    let exists = found.is_good_local() || found.remote.as_ref().is_some_and(|c| c.may_exist());
+    let exists = found.is_good_local() || found.remotes.iter().any(|c| c.may_exist());
     if pin.is_some() && !exists {
         return Err(SetError::Input(format!(
             "record {} has no snapshot left to pin (no local file, no remote copy)",
@@ -94,12 +94,16 @@ pub async fn set(config: &Config, selector: &str, pin: Option<Pin>) -> Result<Ch
         unchanged,
         sidecar_error: None,
     };
-    let uploaded = changed
-        .record
-        .remote
-        .as_ref()
-        .is_some_and(|c| c.state == crate::records::RemoteState::Uploaded);
-    if let (false, true, Some(rc)) = (unchanged, uploaded, &config.remote_storage) {
+    // Every uploaded copy's sidecar says the pin (retention at each destination asks it).
+    let mut errors = Vec::new();
+    for rc in config.destinations.iter().filter(|_| !unchanged) {
+        let uploaded = changed
+            .record
+            .copy(&rc.name)
+            .is_some_and(|c| c.state == crate::records::RemoteState::Uploaded);
+        if !uploaded {
+            continue;
+        }
         let member = changed
             .record
             .member
@@ -109,7 +113,10 @@ pub async fn set(config: &Config, selector: &str, pin: Option<Pin>) -> Result<Ch
             Ok(remote) => remote_sync::write_sidecar(&remote, &changed.record).await,
             Err(e) => Err(e),
         };
-        changed.sidecar_error = written.err();
+        if let Err(e) = written {
+            errors.push(format!("{}: {e}", rc.name));
+        }
     }
+    changed.sidecar_error = (!errors.is_empty()).then(|| errors.join("; "));
     Ok(changed)
 }

@@ -99,30 +99,34 @@ pub fn local(config: &Config) -> Findings {
             config.local_storage.path.display()
         ));
     }
-    if let Some(rc) = &config.remote_storage {
+    for rc in &config.destinations {
+        let t = &rc.table;
         if rc.insecure_skip_tls_verify {
             f.warnings.push(format!(
-                "remote_storage.insecure_skip_tls_verify is set: the TLS certificate of {} is \
-                 NOT verified",
+                "{t}.insecure_skip_tls_verify is set: the TLS certificate of {} is NOT verified",
+                rc.endpoint.as_deref().unwrap_or("the endpoint")
+            ));
+        }
+        if matches!(rc.kind, crate::config::Kind::Gcs { anonymous: true }) {
+            f.warnings.push(format!(
+                "{t}.anonymous is set: copies go to {} without any credentials",
                 rc.endpoint.as_deref().unwrap_or("the endpoint")
             ));
         }
         if rc.retention.keeps_forever() {
-            f.warnings.push(
-                "remote snapshots are never deleted: neither remote_storage.ttl nor \
-                 remote_storage.keep limits them"
-                    .to_string(),
-            );
+            f.warnings.push(format!(
+                "snapshots at destination {} are never deleted: neither {t}.ttl nor {t}.keep \
+                 limits them",
+                rc.name
+            ));
         }
     }
     f
 }
 
-/// What the remote storage check found.
+/// What one destination's check found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RemoteCheck {
-    /// No `[remote_storage]`.
-    NotConfigured,
     /// Credentials and TLS files read; the bucket was not asked.
     Opened,
     /// The bucket exists and is writable: the sentence says which, where and as whom.
@@ -203,22 +207,33 @@ pub fn health_of(target: &Target, info: &MemberInfo) -> Health {
     .with_leader(info.leader_raft_index)
 }
 
-/// Opens the remote storage (credentials, CA bundle) and, with `probe`, checks that the bucket
-/// exists and is writable. The error is one sentence for `remote_storage`.
-pub async fn remote(config: &Config, probe: bool) -> Result<RemoteCheck, String> {
-    let Some(rc) = &config.remote_storage else {
-        return Ok(RemoteCheck::NotConfigured);
-    };
+/// Opens every destination (credentials, CA bundle, an `fs` destination's mount) and, with
+/// `probe`, checks that each exists and is writable, all at once. One result per destination,
+/// with its table (`remote_storage`, `destination.<name>`); each error is one sentence.
+pub async fn remote(config: &Config, probe: bool) -> Vec<(String, Result<RemoteCheck, String>)> {
     let member = resolve_target(config).ok().and_then(|t| t.manifest_name);
-    let r = Remote::open(rc, member.as_deref().unwrap_or("-"))?;
-    if !probe {
-        return Ok(RemoteCheck::Opened);
-    }
-    r.probe().await?;
-    Ok(RemoteCheck::Probed(format!(
-        "bucket {} at {} exists and is writable ({})",
-        r.bucket(),
-        r.endpoint(),
-        r.credentials().describe()
-    )))
+    let member = member.as_deref().unwrap_or("-");
+    let checks = config.destinations.iter().map(|rc| async move {
+        let r = match Remote::open(rc, member) {
+            Ok(r) => r,
+            Err(e) => return (rc.table.clone(), Err(e)),
+        };
+        if !probe {
+            return (rc.table.clone(), Ok(RemoteCheck::Opened));
+        }
+        let checked = r.probe().await.map(|()| {
+            RemoteCheck::Probed(match r.kind() {
+                "fs" => format!("{} {} is mounted and writable", rc.name, r.endpoint()),
+                kind => format!(
+                    "{} ({kind}): bucket {} at {} exists and is writable ({})",
+                    rc.name,
+                    r.bucket(),
+                    r.endpoint(),
+                    r.credentials().describe()
+                ),
+            })
+        });
+        (rc.table.clone(), checked)
+    });
+    futures_util::future::join_all(checks).await
 }

@@ -108,11 +108,27 @@ pub enum RemoteState {
     Covered,
 }
 
+impl RemoteState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteState::Pending => "pending",
+            RemoteState::Uploaded => "uploaded",
+            RemoteState::Failed => "failed",
+            RemoteState::Deleted => "deleted",
+            RemoteState::Covered => "covered",
+        }
+    }
+}
+
 /// The remote copy of a snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteCopy {
-    /// `s3://<bucket>/<key>`.
+    /// The destination's name (`[remote_storage]` is `remote` unless it names itself; records
+    /// written before destinations had names are `remote`'s).
+    #[serde(default = "default_destination")]
+    pub destination: String,
+    /// `s3://<bucket>/<key>`, `gs://…`, `azblob://<account>/<container>/…`, `file:///…`.
     pub location: String,
     pub state: RemoteState,
     /// Upload attempts so far.
@@ -139,6 +155,49 @@ pub struct RemoteCopy {
     /// `per = "cluster"`: the slot this copy is of, and who holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterCopy>,
+}
+
+fn default_destination() -> String {
+    crate::config::DEFAULT_DESTINATION.to_string()
+}
+
+/// A record's copies as JSON: `remote`, the copy at the first destination (what records had
+/// before there were several, so version 1 readers go on working), and `moreRemotes`, the
+/// copies at the others, each naming its destination.
+mod copies_json {
+    use super::RemoteCopy;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Out<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remote: Option<&'a RemoteCopy>,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        more_remotes: &'a [RemoteCopy],
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct In {
+        #[serde(default)]
+        remote: Option<RemoteCopy>,
+        #[serde(default)]
+        more_remotes: Vec<RemoteCopy>,
+    }
+
+    pub fn serialize<S: Serializer>(v: &[RemoteCopy], s: S) -> Result<S::Ok, S::Error> {
+        Out {
+            remote: v.first(),
+            more_remotes: v.get(1..).unwrap_or(&[]),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RemoteCopy>, D::Error> {
+        let w = In::deserialize(d)?;
+        Ok(w.remote.into_iter().chain(w.more_remotes).collect())
+    }
 }
 
 /// The cluster side of a scheduled backup's remote copy (`per = "cluster"`).
@@ -179,8 +238,14 @@ impl RemoteCopy {
         self.state == RemoteState::Uploaded
     }
 
-    fn first(location: String, state: RemoteState, now: DateTime<Utc>) -> RemoteCopy {
+    fn first(
+        destination: &str,
+        location: String,
+        state: RemoteState,
+        now: DateTime<Utc>,
+    ) -> RemoteCopy {
         RemoteCopy {
+            destination: destination.to_string(),
             location,
             state,
             attempts: 1,
@@ -199,13 +264,14 @@ impl RemoteCopy {
     /// `per = "cluster"`: `uploader` claimed the slot and uploads `location`; confirmed (or
     /// taken over) by a retry after `wait`.
     pub fn covered_pending(
+        destination: &str,
         location: String,
         now: DateTime<Utc>,
         cluster: ClusterCopy,
         wait: chrono::Duration,
     ) -> RemoteCopy {
         let who = cluster.uploader.clone().unwrap_or_default();
-        let mut c = RemoteCopy::first(location, RemoteState::Pending, now);
+        let mut c = RemoteCopy::first(destination, location, RemoteState::Pending, now);
         c.attempts = 0;
         c.last_error = Some(format!("{who} uploads this slot's copy; not confirmed yet"));
         c.next_attempt_at = Some(now + wait);
@@ -239,12 +305,13 @@ impl RemoteCopy {
 
     /// Uploaded and verified with the backup, on the first attempt.
     pub fn uploaded(
+        destination: &str,
         location: String,
         now: DateTime<Utc>,
         etag: Option<String>,
         sealed: Option<SealedCopy>,
     ) -> RemoteCopy {
-        let mut c = RemoteCopy::first(location, RemoteState::Uploaded, now);
+        let mut c = RemoteCopy::first(destination, location, RemoteState::Uploaded, now);
         c.uploaded_at = Some(now);
         c.etag = etag;
         c.sealed = sealed;
@@ -257,8 +324,13 @@ impl RemoteCopy {
     }
 
     /// The first attempt failed: retried from the local file after the backoff.
-    pub fn pending(location: String, now: DateTime<Utc>, error: String) -> RemoteCopy {
-        let mut c = RemoteCopy::first(location, RemoteState::Pending, now);
+    pub fn pending(
+        destination: &str,
+        location: String,
+        now: DateTime<Utc>,
+        error: String,
+    ) -> RemoteCopy {
+        let mut c = RemoteCopy::first(destination, location, RemoteState::Pending, now);
         c.retry_later(now, error);
         c
     }
@@ -383,9 +455,11 @@ pub struct Record {
     pub duration_seconds: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalCopy>,
-    /// The remote copy; absent when no remote storage is configured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<RemoteCopy>,
+    /// The copies at the destinations, one per destination (in the configuration's order
+    /// when the backup was taken); empty when none is configured. JSON: `remote` and
+    /// `moreRemotes` ([`copies_json`]).
+    #[serde(flatten, with = "copies_json")]
+    pub remotes: Vec<RemoteCopy>,
     /// The node recovery bundle made with the remote copy (`[bundle]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<BundleCopy>,
@@ -656,7 +730,7 @@ impl Record {
             sha256: None,
             duration_seconds: duration,
             local: None,
-            remote: None,
+            remotes: Vec::new(),
             bundle: None,
             pin: None,
             health: None,
@@ -770,6 +844,23 @@ impl Record {
             revision,
             sha256,
             ..Record::empty(at, outcome, trigger, duration)
+        }
+    }
+
+    /// The copy at destination `name`.
+    pub fn copy(&self, name: &str) -> Option<&RemoteCopy> {
+        self.remotes.iter().find(|c| c.destination == name)
+    }
+
+    pub fn copy_mut(&mut self, name: &str) -> Option<&mut RemoteCopy> {
+        self.remotes.iter_mut().find(|c| c.destination == name)
+    }
+
+    /// Sets the copy of `c.destination`, replacing the one there was.
+    pub fn set_copy(&mut self, c: RemoteCopy) {
+        match self.copy_mut(&c.destination) {
+            Some(old) => *old = c,
+            None => self.remotes.push(c),
         }
     }
 
@@ -1016,6 +1107,48 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_are_remote_then_more_remotes_and_old_records_read() {
+        let at = Utc::now();
+        let mut r = Record::backup_succeeded(
+            Snapshot::example("etcd-snapshot-20261203-101500-cp1.db", at),
+            Trigger::Manual,
+            1.0,
+        );
+        // A record from before destinations had names: `remote` without `destination`.
+        let old = serde_json::json!({"location": "s3://b/k", "state": "uploaded", "attempts": 1});
+        let mut v = serde_json::to_value(&r).unwrap();
+        v["remote"] = old;
+        let back: Record = serde_json::from_value(v).unwrap();
+        assert_eq!(back.remotes.len(), 1);
+        assert_eq!(back.remotes[0].destination, "remote");
+        for (d, l) in [
+            ("s3", "s3://b/k"),
+            ("azure", "azblob://a/c/k"),
+            ("nfs", "file:///m/k"),
+        ] {
+            r.set_copy(RemoteCopy::uploaded(d, l.into(), at, None, None));
+        }
+        r.set_copy(RemoteCopy::pending(
+            "azure",
+            "azblob://a/c/k".into(),
+            at,
+            "down".into(),
+        ));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["remote"]["destination"], "s3");
+        assert_eq!(v["moreRemotes"][0]["state"], "pending");
+        assert_eq!(v["moreRemotes"][1]["destination"], "nfs");
+        let back: Record = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+        let none = Record::skipped(at, Trigger::Schedule, "paused".into());
+        let v = serde_json::to_value(&none).unwrap();
+        assert!(
+            v.get("remote").is_none() && v.get("moreRemotes").is_none(),
+            "{v}"
+        );
+    }
 
     #[test]
     fn health_warns_of_alarms_quota_learners_and_apply_lag_and_nothing_else() {

@@ -10,7 +10,15 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::cluster::{self, Claim, CLUSTER_NODE};
-use crate::config::{Config, RemoteStorageConfig};
+use crate::config::{Config, DestinationConfig};
+
+/// True for the first destination: the recovery bundle goes there.
+fn is_primary(config: &Config, rc: &DestinationConfig) -> bool {
+    config
+        .destinations
+        .first()
+        .is_some_and(|d| d.name == rc.name)
+}
 use crate::records::{
     BundleCopy, CopyState, LocalCopy, Outcome, Record, RecordStore, RemoteCopy, RemoteState,
 };
@@ -22,8 +30,7 @@ use crate::store::remote::{ListError, Remote, Uploaded};
 /// without any key, so `records --remote` needs none).
 pub async fn write_sidecar(remote: &Remote, record: &Record) -> Result<(), String> {
     let name = record
-        .remote
-        .as_ref()
+        .copy(remote.name())
         .map(|c| c.object_name())
         .filter(|n| !n.is_empty())
         .ok_or("a record without a remote copy has no sidecar")?;
@@ -97,15 +104,12 @@ pub async fn attach_bundle(config: &Config, remote: &Remote, record: &mut Record
 /// as `[encryption]` says now; a sealed one (`encrypt_local`) goes as it is.
 pub async fn upload_from_file(
     remote: &Remote,
+    rc: &DestinationConfig,
     config: &Config,
     local: &LocalCopy,
     file_name: &str,
     plain_sha256: &str,
 ) -> Result<Uploaded, String> {
-    let rc = config
-        .remote_storage
-        .as_ref()
-        .ok_or("no [remote_storage] configured")?;
     let path = local.path.as_path();
     let mut file = tokio::fs::File::open(path)
         .await
@@ -204,7 +208,7 @@ impl ClusterChange {
 /// Uploads `rec`'s local file under `under`'s prefix with its bundle and sidecar.
 async fn upload_record(
     config: &Config,
-    rc: &RemoteStorageConfig,
+    rc: &DestinationConfig,
     rec: &Record,
     under: &str,
 ) -> Result<(Remote, Uploaded, Option<BundleCopy>), String> {
@@ -212,12 +216,14 @@ async fn upload_record(
         return Err("the record names no local file".into());
     };
     let remote = Remote::open(rc, under)?;
-    let up = upload_from_file(&remote, config, local, name, sha).await?;
+    let up = upload_from_file(&remote, rc, config, local, name, sha).await?;
     let mut done = rec.clone();
-    if let Some(c) = done.remote.as_mut() {
+    if let Some(c) = done.copy_mut(&rc.name) {
         retried(c, &remote, &up, crate::clock::now());
     }
-    attach_bundle(config, &remote, &mut done).await;
+    if is_primary(config, rc) {
+        attach_bundle(config, &remote, &mut done).await;
+    }
     write_sidecar(&remote, &done)
         .await
         .map_err(|e| format!("the sidecar could not be written: {e}"))?;
@@ -228,8 +234,8 @@ async fn upload_record(
 /// done; still waited for while the uploader holds its lease; taken over when the key is gone
 /// (the uploader died): its object adopted if it made it to the bucket, else this node's file
 /// uploaded under the cluster's prefix. Without quorum, this node's own copy.
-async fn resolve_cluster_copy(config: &Config, rc: &RemoteStorageConfig, rec: &Record) -> Step {
-    let c = rec.remote.as_ref().expect("a remote copy");
+async fn resolve_cluster_copy(config: &Config, rc: &DestinationConfig, rec: &Record) -> Step {
+    let c = rec.copy(&rc.name).expect("a remote copy");
     let slot = c.cluster.as_ref().expect("a cluster copy").slot;
     let me = rec
         .member
@@ -257,13 +263,13 @@ async fn resolve_cluster_copy(config: &Config, rc: &RemoteStorageConfig, rec: &R
     };
     let bucket_key = |location: &str| {
         location
-            .strip_prefix(&format!("s3://{}/", rc.bucket))
+            .strip_prefix(&crate::store::remote::location(rc, ""))
             .unwrap_or(location)
             .to_string()
     };
     match value {
         Some(v) if v.is_done() => Step::Covered {
-            location: crate::store::remote::location(&rc.bucket, &v.object),
+            location: crate::store::remote::location(rc, &v.object),
             uploader: v.member,
         },
         Some(v) => Step::Waiting(format!("{} is still uploading this slot's copy", v.member)),
@@ -303,7 +309,7 @@ async fn resolve_cluster_copy(config: &Config, rc: &RemoteStorageConfig, rec: &R
             .await;
             match claim {
                 Claim::Taken(v) if v.is_done() => Step::Covered {
-                    location: crate::store::remote::location(&rc.bucket, &v.object),
+                    location: crate::store::remote::location(rc, &v.object),
                     uploader: v.member,
                 },
                 Claim::Taken(v) => {
@@ -328,7 +334,7 @@ async fn resolve_cluster_copy(config: &Config, rc: &RemoteStorageConfig, rec: &R
                             return Step::Failed(e);
                         }
                         return Step::Covered {
-                            location: crate::store::remote::location(&rc.bucket, &theirs),
+                            location: crate::store::remote::location(rc, &theirs),
                             uploader,
                         };
                     }
@@ -389,8 +395,8 @@ pub struct Maintenance {
     pub errors: Vec<String>,
 }
 
-/// Pending uploads whose retry is due at `now` (`None`: all of them).
-fn due_pending(records: &[Record], now: Option<DateTime<Utc>>) -> Vec<Record> {
+/// Pending copies at destination `dest` whose retry is due at `now` (`None`: all of them).
+fn due_pending(records: &[Record], dest: &str, now: Option<DateTime<Utc>>) -> Vec<Record> {
     records
         .iter()
         .filter(|r| {
@@ -398,7 +404,7 @@ fn due_pending(records: &[Record], now: Option<DateTime<Utc>>) -> Vec<Record> {
                 && r.local
                     .as_ref()
                     .is_some_and(|l| l.state == CopyState::Present)
-                && r.remote.as_ref().is_some_and(|c| {
+                && r.copy(dest).is_some_and(|c| {
                     c.state == RemoteState::Pending
                         && now.is_none_or(|now| c.next_attempt_at.is_none_or(|t| t <= now))
                 })
@@ -407,32 +413,85 @@ fn due_pending(records: &[Record], now: Option<DateTime<Utc>>) -> Vec<Record> {
         .collect()
 }
 
-/// When the next pending upload is due (the daemon wakes up for it).
+/// When the next pending upload is due, at any destination (the daemon wakes up for it).
 pub fn next_pending_at(config: &Config) -> Option<DateTime<Utc>> {
-    config.remote_storage.as_ref()?;
+    if config.destinations.is_empty() {
+        return None;
+    }
     let f = RecordStore::new(&config.state_dir).load().ok()?;
-    due_pending(&f.records, None)
+    config
+        .destinations
         .iter()
-        .filter_map(|r| r.remote.as_ref().and_then(|c| c.next_attempt_at))
+        .flat_map(|d| {
+            due_pending(&f.records, &d.name, None)
+                .into_iter()
+                .filter_map(|r| r.copy(&d.name).and_then(|c| c.next_attempt_at))
+                .collect::<Vec<_>>()
+        })
         .min()
 }
 
 /// True when some pending upload is due (the daemon asks this on every tick).
 pub fn has_due_pending(config: &Config, now: DateTime<Utc>) -> bool {
-    config.remote_storage.is_some()
-        && RecordStore::new(&config.state_dir)
-            .load()
-            .is_ok_and(|f| !due_pending(&f.records, Some(now)).is_empty())
+    !config.destinations.is_empty()
+        && RecordStore::new(&config.state_dir).load().is_ok_and(|f| {
+            config
+                .destinations
+                .iter()
+                .any(|d| !due_pending(&f.records, &d.name, Some(now)).is_empty())
+        })
 }
 
 /// Retries due pending uploads (all pending ones with `all_pending`, as at start-up), then
-/// applies remote retention for this node. `member` is this node's member name (from the
+/// applies remote retention for this node, at every destination at the same time (one that
+/// is down never holds up the others). `member` is this node's member name (from the
 /// backup); without one, the newest record's is used.
 pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) -> Maintenance {
+    let passes = futures_util::future::join_all(
+        config
+            .destinations
+            .iter()
+            .map(|rc| maintain_one(config, rc, member, all_pending)),
+    )
+    .await;
     let mut m = Maintenance::default();
-    let Some(rc) = &config.remote_storage else {
-        return m;
-    };
+    let named = config.destinations.len() > 1;
+    for (rc, one) in config.destinations.iter().zip(passes) {
+        let tag = |s: String| {
+            if named {
+                format!("{s} ({})", rc.name)
+            } else {
+                s
+            }
+        };
+        m.uploaded.extend(one.uploaded.into_iter().map(tag));
+        m.retry_failed
+            .extend(one.retry_failed.into_iter().map(|(f, e)| (tag(f), e)));
+        m.deleted.extend(one.deleted.into_iter().map(tag));
+        m.aborted_uploads
+            .extend(one.aborted_uploads.into_iter().map(tag));
+        m.errors.extend(one.errors.into_iter().map(|e| {
+            if named {
+                format!("{}: {e}", rc.table)
+            } else {
+                e
+            }
+        }));
+    }
+    for e in &m.errors {
+        tracing::error!("{e}");
+    }
+    m
+}
+
+/// [`maintain`] at one destination.
+async fn maintain_one(
+    config: &Config,
+    rc: &DestinationConfig,
+    member: Option<&str>,
+    all_pending: bool,
+) -> Maintenance {
+    let mut m = Maintenance::default();
     let store = RecordStore::new(&config.state_dir);
     let file = match store.load() {
         Ok(f) => f,
@@ -445,14 +504,13 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
         .map(str::to_string)
         .or_else(|| newest_member(&file.records));
 
-    let now = (!all_pending).then(Utc::now);
-    for rec in due_pending(&file.records, now) {
+    let now = (!all_pending).then(crate::clock::now);
+    for rec in due_pending(&file.records, &rc.name, now) {
         let (Some(name), Some(local), Some(_)) = (&rec.file_name, &rec.local, &rec.sha256) else {
             continue;
         };
         let step = if rec
-            .remote
-            .as_ref()
+            .copy(&rc.name)
             .is_some_and(RemoteCopy::waits_for_cluster)
         {
             resolve_cluster_copy(config, rc, &rec).await
@@ -470,17 +528,21 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
             let Some(r) = f.records.iter_mut().find(|r| r.id == rec.id) else {
                 return;
             };
-            let Some(c) = r.remote.as_mut() else {
+            if let Step::Uploaded(done, _) = &step {
+                if is_primary(config, rc) {
+                    r.bundle = done.2.clone();
+                }
+            }
+            let Some(c) = r.copy_mut(&rc.name) else {
                 return;
             };
             match &step {
                 Step::Uploaded(done, cluster) => {
-                    let (remote, up, bundle) = &**done;
+                    let (remote, up, _) = &**done;
                     retried(c, remote, up, now);
                     if let (Some(cl), Some(change)) = (c.cluster.as_mut(), cluster) {
                         change.apply(cl);
                     }
-                    r.bundle = bundle.clone();
                 }
                 Step::Covered { location, uploader } => {
                     c.covered(now, location.clone(), uploader.clone())
@@ -499,7 +561,7 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
         }
         match step {
             Step::Uploaded(..) => {
-                tracing::info!(file = %name, "pending remote copy uploaded");
+                tracing::info!(file = %name, destination = %rc.name, "pending remote copy uploaded");
                 m.uploaded.push(name.clone());
             }
             Step::Covered { location, uploader } => {
@@ -507,7 +569,7 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
             }
             Step::Waiting(why) => tracing::info!(file = %name, "{why}"),
             Step::Failed(e) => {
-                tracing::warn!(file = %name, error = %e, "pending remote copy still not uploaded");
+                tracing::warn!(file = %name, destination = %rc.name, error = %e, "pending remote copy still not uploaded");
                 m.retry_failed.push((name.clone(), e));
             }
         }
@@ -533,9 +595,6 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
             }
         }
     }
-    for e in &m.errors {
-        tracing::error!("{e}");
-    }
     m
 }
 
@@ -544,7 +603,7 @@ pub async fn maintain(config: &Config, member: Option<&str>, all_pending: bool) 
 /// this node's own uploads is in flight: every open upload under its prefix with a snapshot's
 /// name is stale. Servers that cannot list open uploads are said so in the log.
 async fn abort_stale_uploads(
-    rc: &RemoteStorageConfig,
+    rc: &DestinationConfig,
     under: &str,
     member: &str,
     m: &mut Maintenance,
@@ -604,15 +663,18 @@ async fn listed_snapshots(remote: &Remote) -> Result<Vec<(String, DateTime<Utc>)
         .collect())
 }
 
-/// Object names of pinned snapshots, from this node's records.
-fn pinned_objects(config: &Config) -> Result<std::collections::HashSet<String>, String> {
+/// Object names of pinned snapshots at destination `dest`, from this node's records.
+fn pinned_objects(
+    config: &Config,
+    dest: &str,
+) -> Result<std::collections::HashSet<String>, String> {
     Ok(RecordStore::new(&config.state_dir)
         .load()
         .map_err(|e| e.to_string())?
         .records
         .iter()
         .filter(|r| r.pin.is_some())
-        .filter_map(|r| r.remote.as_ref().map(|c| c.object_name().to_string()))
+        .filter_map(|r| r.copy(dest).map(|c| c.object_name().to_string()))
         .collect())
 }
 
@@ -627,7 +689,7 @@ pub struct PlannedDeletion {
 /// --dry-run`). Reads only: lists the objects and asks the sidecars of the candidates for pins.
 pub async fn retention_plan(
     config: &Config,
-    rc: &RemoteStorageConfig,
+    rc: &DestinationConfig,
     member: &str,
 ) -> Result<Vec<PlannedDeletion>, String> {
     if rc.retention.keeps_forever() {
@@ -635,9 +697,15 @@ pub async fn retention_plan(
     }
     let remote = Remote::open(rc, member)?;
     let objects = listed_snapshots(&remote).await?;
-    let pinned = pinned_objects(config)?;
+    let pinned = pinned_objects(config, &rc.name)?;
     let mut plan = Vec::new();
-    for d in retention::remote_deletions(&objects, &pinned, crate::clock::now(), rc.retention) {
+    for d in retention::remote_deletions_at(
+        &objects,
+        &pinned,
+        crate::clock::now(),
+        rc.retention,
+        &rc.table,
+    ) {
         let key = remote.key_for(&objects[d.index].0);
         if let Ok(Record { pin: Some(_), .. }) = remote.read_sidecar(&key).await {
             continue;
@@ -652,7 +720,7 @@ pub async fn retention_plan(
 
 /// The prefixes this node's remote retention covers: its own, and the cluster's with
 /// `per = "cluster"` (every node applies the cluster's rule).
-pub fn retention_prefixes(rc: &RemoteStorageConfig, member: &str) -> Vec<String> {
+pub fn retention_prefixes(rc: &DestinationConfig, member: &str) -> Vec<String> {
     let mut v = vec![member.to_string()];
     if rc.per_cluster {
         v.push(CLUSTER_NODE.to_string());
@@ -665,17 +733,16 @@ pub fn retention_prefixes(rc: &RemoteStorageConfig, member: &str) -> Vec<String>
 /// the problems met.
 pub async fn prune(config: &Config) -> (Vec<(String, String)>, Vec<String>) {
     let (mut gone, mut errors) = (Vec::new(), Vec::new());
-    let Some(rc) = &config.remote_storage else {
-        return (gone, errors);
-    };
     let member = match RecordStore::new(&config.state_dir).load() {
         Ok(f) => newest_member(&f.records),
         Err(e) => return (gone, vec![e.to_string()]),
     };
-    for who in member.iter().flat_map(|m| retention_prefixes(rc, m)) {
-        match apply_retention(config, rc, &who).await {
-            Ok(deleted) => gone.extend(deleted),
-            Err(e) => errors.push(format!("remote retention: {e}")),
+    for rc in &config.destinations {
+        for who in member.iter().flat_map(|m| retention_prefixes(rc, m)) {
+            match apply_retention(config, rc, &who).await {
+                Ok(deleted) => gone.extend(deleted),
+                Err(e) => errors.push(format!("remote retention of {}: {e}", rc.name)),
+            }
         }
     }
     (gone, errors)
@@ -698,7 +765,7 @@ pub fn newest_member(records: &[Record]) -> Option<String> {
 /// under `<prefix><member>/`), with their sidecars, and marks their records.
 async fn apply_retention(
     config: &Config,
-    rc: &RemoteStorageConfig,
+    rc: &DestinationConfig,
     member: &str,
 ) -> Result<Vec<(String, String)>, String> {
     if rc.retention.keeps_forever() {
@@ -712,11 +779,11 @@ async fn apply_retention(
     }
     // Pinned copies are outside the rule: this node's records say which; a copy's sidecar is
     // asked too before it goes (records lost with a rebuilt node still leave the pin there).
-    let pinned = pinned_objects(config)?;
+    let pinned = pinned_objects(config, &rc.name)?;
     let now = crate::clock::now();
     let mut deleted = Vec::new();
     let mut reasons = Vec::new();
-    for d in retention::remote_deletions(&objects, &pinned, now, rc.retention) {
+    for d in retention::remote_deletions_at(&objects, &pinned, now, rc.retention, &rc.table) {
         let name = &objects[d.index].0;
         if let Ok(Record { pin: Some(p), .. }) = remote.read_sidecar(&remote.key_for(name)).await {
             tracing::info!(file = %name, "retention keeps a remote snapshot: {} (its sidecar)", p.describe());
@@ -738,13 +805,14 @@ async fn apply_retention(
     if !deleted.is_empty() {
         RecordStore::new(&config.state_dir)
             .update(crate::clock::now(), |f| {
+                let primary = is_primary(config, rc);
                 for r in f.records.iter_mut() {
-                    let Some(c) = r.remote.as_mut() else {
+                    let Some(c) = r.copy_mut(&rc.name) else {
                         continue;
                     };
                     if let Some(pos) = deleted.iter().position(|d| d == c.object_name()) {
                         c.deleted(now, reasons[pos].clone());
-                        if let Some(b) = r.bundle.as_mut() {
+                        if let Some(b) = r.bundle.as_mut().filter(|_| primary) {
                             b.state = RemoteState::Deleted;
                         }
                     }
@@ -778,10 +846,11 @@ fn forget_missing_objects(
     let file = RecordStore::new(&config.state_dir)
         .load()
         .map_err(|e| e.to_string())?;
+    let dest = remote.name();
     if !file
         .records
         .iter()
-        .filter_map(|r| r.remote.as_ref())
+        .filter_map(|r| r.copy(dest))
         .any(missing)
     {
         return Ok(());
@@ -789,9 +858,9 @@ fn forget_missing_objects(
     let now = crate::clock::now();
     RecordStore::new(&config.state_dir)
         .update(now, |f| {
-            for c in f.records.iter_mut().filter_map(|r| r.remote.as_mut()) {
+            for c in f.records.iter_mut().filter_map(|r| r.copy_mut(dest)) {
                 if missing(c) {
-                    tracing::warn!(object = %c.location, "a record names an object that is not in the bucket: marked deleted");
+                    tracing::warn!(object = %c.location, "a record names an object that is not at its destination: marked deleted");
                     c.deleted(
                         now,
                         "not in the bucket when retention looked (a run was killed while \
@@ -815,7 +884,7 @@ pub struct RemoteEntry {
 }
 
 /// Every node's snapshots, from the sidecars under the shared prefix.
-pub async fn list_remote(rc: &RemoteStorageConfig) -> Result<Vec<RemoteEntry>, String> {
+pub async fn list_remote(rc: &DestinationConfig) -> Result<Vec<RemoteEntry>, String> {
     let remote = Remote::open(rc, "-")?;
     let mut out = Vec::new();
     for (key, bytes) in remote.all_sidecars().await? {

@@ -285,11 +285,24 @@ pub fn local_deletions(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Ve
 /// under the node's prefix with the time in each name; ordered here by that time (names
 /// sort by it), since the bucket has no append order. Names in `pinned` are outside the rule.
 /// Indices refer to `objects`.
+#[cfg(test)]
 pub fn remote_deletions(
     objects: &[(String, DateTime<Utc>)],
     pinned: &std::collections::HashSet<String>,
     now: DateTime<Utc>,
     rule: Rule,
+) -> Vec<Deletion> {
+    remote_deletions_at(objects, pinned, now, rule, "remote_storage")
+}
+
+/// [`remote_deletions`] at the destination whose settings are `section` (`remote_storage`,
+/// `destination.<name>`), which the reasons name.
+pub fn remote_deletions_at(
+    objects: &[(String, DateTime<Utc>)],
+    pinned: &std::collections::HashSet<String>,
+    now: DateTime<Utc>,
+    rule: Rule,
+    section: &str,
 ) -> Vec<Deletion> {
     let mut order: Vec<usize> = (0..objects.len())
         .filter(|&i| !pinned.contains(&objects[i].0))
@@ -301,7 +314,7 @@ pub fn remote_deletions(
             .then(objects[a].0.cmp(&objects[b].0))
     });
     let times: Vec<DateTime<Utc>> = order.iter().map(|&i| objects[i].1).collect();
-    select(&times, now, rule, "remote_storage")
+    select(&times, now, rule, section)
         .into_iter()
         .map(|(pos, reason)| Deletion {
             index: order[pos],
@@ -336,7 +349,7 @@ fn snapshot_exists(r: &Record) -> bool {
         .as_ref()
         .is_some_and(|l| l.state == CopyState::Present);
     // A pending upload still has its local copy; a failed one has nothing anywhere.
-    let remote = r.remote.as_ref().is_some_and(|c| c.may_exist());
+    let remote = r.remotes.iter().any(|c| c.may_exist());
     local || remote
 }
 
@@ -695,13 +708,13 @@ mod tests {
         // A gone record that still has a remote copy stays.
         let copy = |state| RemoteCopy {
             state,
-            ..RemoteCopy::uploaded("s3://b/k".into(), Utc::now(), None, None)
+            ..RemoteCopy::uploaded("remote", "s3://b/k".into(), Utc::now(), None, None)
         };
-        r[0].remote = Some(copy(crate::records::RemoteState::Uploaded));
+        r[0].remotes = vec![copy(crate::records::RemoteState::Uploaded)];
         assert_eq!(history(&r, limits), ["gone2"]);
-        r[0].remote = Some(copy(crate::records::RemoteState::Deleted));
+        r[0].remotes = vec![copy(crate::records::RemoteState::Deleted)];
         assert_eq!(history(&r, limits), ["gone1", "gone2"]);
-        r[0].remote = Some(copy(crate::records::RemoteState::Failed));
+        r[0].remotes = vec![copy(crate::records::RemoteState::Failed)];
         assert_eq!(history(&r, limits), ["gone1", "gone2"]);
     }
 

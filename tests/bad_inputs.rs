@@ -804,6 +804,45 @@ fn rows() -> Vec<Row> {
                 ])
             }
         ),
+        row!("config", "two destinations with the same name", 78, |e| {
+            check(
+            e,
+            "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\n\n[[destination]]\nname = \"remote\"\ntype = \"gcs\"\nbucket = \"g\""
+        )
+        }),
+        row!("config", "a [[destination]] without a name", 78, |e| check(
+            e,
+            "[[destination]]\ntype = \"gcs\"\nbucket = \"g\""
+        )),
+        row!(
+            "config",
+            "an fs destination given a bucket and no path",
+            78,
+            |e| check(
+                e,
+                "[[destination]]\nname = \"nfs\"\ntype = \"fs\"\nbucket = \"b\""
+            )
+        ),
+        row!(
+            "config",
+            "an Azure destination without its account",
+            78,
+            |e| check(
+                e,
+                "[[destination]]\nname = \"azure\"\ntype = \"azblob\"\ncontainer = \"backups\""
+            )
+        ),
+        row!(
+            "config",
+            "per = cluster with more than one destination",
+            78,
+            |e| {
+                check(
+                e,
+                "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nper = \"cluster\"\n\n[[destination]]\nname = \"gcs\"\ntype = \"gcs\"\nbucket = \"g\""
+            )
+            }
+        ),
     ]
 }
 

@@ -5,63 +5,12 @@
 //! (space back, disk repaired) repairs what was left. EIO needs device-mapper's `error`/`flakey`
 //! targets, which the kernel of these machines does not have: that is not tested here.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::util::node::Node;
-use crate::util::{etcdguard, list_dir, stderr, stdout, NEWEST};
-
-/// A tmpfs of `size` mounted on a new directory; unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cannot mount a tmpfs (the disk tests need root and mount): {}",
-            stderr(&out)
-        );
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Fills it to the last byte.
-    fn fill(&self) -> PathBuf {
-        let p = self.dir.path().join("filler");
-        let _ = Command::new("dd")
-            .args(["if=/dev/zero", "bs=64k"])
-            .arg(format!("of={}", p.display()))
-            .output();
-        p
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .output();
-    }
-}
+use crate::util::{etcdguard, list_dir, stderr, stdout, Tmpfs, NEWEST};
 
 /// An ext4 file system on a loop device, mounted with `errors=remount-ro`: `fail` makes the
 /// kernel turn it read-only under the running writers, as a disk error does on a real node.

@@ -10,6 +10,7 @@ mod bad_inputs;
 mod cli;
 mod cluster;
 mod daemon;
+mod destinations;
 mod disk;
 mod drill;
 mod encryption;

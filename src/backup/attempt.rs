@@ -4,9 +4,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::stream::{self, Destination, RemoteResult, Upload};
+use super::stream::{self, RemoteResult, Targets, Uploads};
 use crate::cluster::{self, Claim, Held, SlotValue, CLUSTER_NODE};
-use crate::config::{Config, RemoteStorageConfig};
+use crate::config::{Config, DestinationConfig};
 use crate::etcd::{MemberInfo, StreamLimits};
 use crate::preflight::{self, Target};
 use crate::records::{Member, Snapshot};
@@ -15,8 +15,8 @@ use crate::store::local::{snapshot_file_name, LocalStore};
 /// What a successful attempt made.
 pub(super) struct Success {
     pub snapshot: Snapshot,
-    /// `None` without `[remote_storage]`, or when another node covers the slot.
-    pub remote: Option<RemoteResult>,
+    /// One per destination; empty without any, or when another node covers the slot.
+    pub remotes: Vec<RemoteResult>,
     /// `per = "cluster"` for a scheduled slot: what the nodes agreed.
     pub cluster: Option<ClusterOutcome>,
 }
@@ -42,7 +42,7 @@ pub(super) enum ClusterOutcome {
 /// Claims `slot` for this member, or learns who has it.
 async fn decide_cluster(
     channel: &tonic::transport::Channel,
-    rc: &RemoteStorageConfig,
+    rc: &DestinationConfig,
     me: &Member,
     my_id: u64,
     slot: DateTime<Utc>,
@@ -214,7 +214,8 @@ pub(super) async fn attempt(
     })?;
     crate::crashpoint::here("backup:temp-created");
 
-    let rc = config.remote_storage.as_ref();
+    // `per = "cluster"` is allowed with one destination only (config validation).
+    let rc = config.destinations.first();
     let sealing = config.encryption.as_ref();
     let cluster = match (rc, slot) {
         (Some(rc), Some(slot)) if rc.per_cluster => {
@@ -234,16 +235,16 @@ pub(super) async fn attempt(
         Some(ClusterOutcome::Covered { .. }) => None,
         _ => Some(member.name.as_str()),
     };
-    let mut upload = match uploader {
-        Some(who) => Upload::start(rc, sealing, who, &file_name),
-        None => Upload::start(None, sealing, &member.name, &file_name),
+    let mut uploads = match uploader {
+        Some(who) => Uploads::start(&config.destinations, sealing, who, &file_name),
+        None => Uploads::start(&[], sealing, &member.name, &file_name),
     };
-    let to = Destination {
+    let to = Targets {
         store,
         temp,
         file,
         file_name: &file_name,
-        feed: upload.feed.as_mut(),
+        feeds: uploads.feeds(),
         expected: u64::try_from(info.db_size).ok().filter(|&n| n > 0),
         seal_local: sealing.filter(|e| e.encrypt_local),
         rate_limit: e.rate_limit,
@@ -255,13 +256,13 @@ pub(super) async fn attempt(
     let published = match stream::stream_and_publish(&channel, limits, to, &ep, &fail).await {
         Ok(v) => v,
         Err(f) => {
-            upload.abort(rc).await;
+            uploads.abort().await;
             return Err(f);
         }
     };
-    let remote = match uploader {
-        Some(who) => upload.finish(rc, sealing, who, &file_name).await,
-        None => None,
+    let remotes = match uploader {
+        Some(who) => uploads.finish(sealing, who, &file_name).await,
+        None => Vec::new(),
     };
     let stream::Published {
         streamed,
@@ -285,7 +286,7 @@ pub(super) async fn attempt(
             local_sealed: sealed,
             health: Some(health),
         },
-        remote,
+        remotes,
         cluster,
     })
 }

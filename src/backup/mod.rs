@@ -30,12 +30,12 @@ use crate::state::{LockError, StateDir};
 use crate::store::local::LocalStore;
 
 use crate::cluster;
-use crate::config::RemoteStorageConfig;
+use crate::config::DestinationConfig;
 use crate::records::ClusterCopy;
 use attempt::{attempt, ClusterOutcome, Failure};
 
 /// How long a node waits before it looks again at a slot another node uploads.
-pub(crate) fn cluster_wait(rc: &RemoteStorageConfig) -> chrono::Duration {
+pub(crate) fn cluster_wait(rc: &DestinationConfig) -> chrono::Duration {
     chrono::Duration::from_std(rc.cluster_lease).unwrap_or(chrono::Duration::seconds(15))
 }
 
@@ -83,13 +83,15 @@ pub struct BackupReport {
 /// The one structured log line per backup attempt (journald fields when logging there).
 pub fn log_record(r: &Record) {
     let member = r.member.as_ref().map(|m| m.name.as_str()).unwrap_or("");
-    let remote = match r.remote.as_ref().map(|c| c.state) {
-        None => "none",
-        Some(RemoteState::Uploaded) => "uploaded",
-        Some(RemoteState::Pending) => "pending",
-        Some(RemoteState::Failed) => "failed",
-        Some(RemoteState::Deleted) => "deleted",
-        Some(RemoteState::Covered) => "covered",
+    // `remote=name:state,…`, one per destination.
+    let remote = if r.remotes.is_empty() {
+        "none".to_string()
+    } else {
+        r.remotes
+            .iter()
+            .map(|c| format!("{}:{}", c.destination, c.state.as_str()))
+            .collect::<Vec<_>>()
+            .join(",")
     };
     match r.result {
         Outcome::Success => tracing::info!(
@@ -101,7 +103,7 @@ pub fn log_record(r: &Record) {
             bytes = r.size_bytes.unwrap_or(0),
             revision = r.revision.unwrap_or(0),
             duration_seconds = r.duration_seconds,
-            remote,
+            remote = remote.as_str(),
             "backup finished"
         ),
         Outcome::Failed | Outcome::Skipped => tracing::error!(
@@ -177,10 +179,10 @@ pub async fn run_backup(
                 ),
                 Some(ClusterOutcome::Covered { slot, value }) => {
                     let rc = config
-                        .remote_storage
-                        .as_ref()
-                        .expect("per cluster needs a remote");
-                    let location = crate::store::remote::location(&rc.bucket, &value.object);
+                        .destinations
+                        .first()
+                        .expect("per cluster needs a destination");
+                    let location = crate::store::remote::location(rc, &value.object);
                     let cluster = ClusterCopy {
                         slot,
                         uploader: Some(value.member.clone()),
@@ -188,6 +190,7 @@ pub async fn run_backup(
                     };
                     let now = crate::clock::now();
                     let mut copy = RemoteCopy::covered_pending(
+                        &rc.name,
                         location.clone(),
                         now,
                         cluster,
@@ -196,42 +199,55 @@ pub async fn run_backup(
                     if value.is_done() {
                         copy.covered(now, location, value.member);
                     }
-                    record.remote = Some(copy);
+                    record.set_copy(copy);
                     (None, None)
                 }
             };
-            if let Some(r) = s.remote {
-                let now = crate::clock::now();
-                record.remote = Some(
-                    match r.result {
-                        Ok(up) => RemoteCopy::uploaded(r.location, now, up.etag, up.sealed),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "remote copy not made now; it will be retried from the local file");
-                            RemoteCopy::pending(r.location, now, e)
-                        }
+            let now = crate::clock::now();
+            let mut opened = Vec::new();
+            for r in s.remotes {
+                let copy = match r.result {
+                    Ok(up) => {
+                        RemoteCopy::uploaded(&r.destination, r.location, now, up.etag, up.sealed)
                     }
-                    .with_cluster(copy_cluster),
-                );
-                // The sidecar carries the record, so the bucket alone tells what each object
-                // is; only an uploaded copy gets one.
-                let uploaded = record.remote.as_ref().is_some_and(RemoteCopy::may_exist);
-                if let Some(remote) = r.remote.as_ref().filter(|_| uploaded) {
-                    remote_sync::attach_bundle(config, remote, &mut record).await;
-                    let sidecar = remote_sync::write_sidecar(remote, &record).await;
-                    crate::crashpoint::here("backup:sidecar");
-                    if let Err(e) = sidecar {
-                        if let Some(c) = record.remote.as_mut() {
-                            c.retry_later(
-                                crate::clock::now(),
-                                format!("the sidecar could not be written: {e}"),
-                            );
-                        }
+                    Err(e) => {
+                        tracing::warn!(destination = %r.destination, error = %e, "remote copy not made now; it will be retried from the local file");
+                        RemoteCopy::pending(&r.destination, r.location, now, e)
+                    }
+                }
+                .with_cluster(copy_cluster.clone());
+                if copy.may_exist() {
+                    opened.extend(r.remote);
+                }
+                record.set_copy(copy);
+            }
+            // The recovery bundle goes with the primary destination's copy; then every
+            // uploaded copy gets its sidecar, which carries the record, so each destination
+            // alone tells what each object is.
+            let primary = config.destinations.first().map(|d| d.name.as_str());
+            if let Some(remote) = opened.iter().find(|r| Some(r.name()) == primary) {
+                remote_sync::attach_bundle(config, remote, &mut record).await;
+            }
+            let sidecars = futures_util::future::join_all(
+                opened
+                    .iter()
+                    .map(|remote| remote_sync::write_sidecar(remote, &record)),
+            )
+            .await;
+            crate::crashpoint::here("backup:sidecar");
+            for (remote, written) in opened.iter().zip(sidecars) {
+                if let Err(e) = written {
+                    if let Some(c) = record.copy_mut(remote.name()) {
+                        c.retry_later(
+                            crate::clock::now(),
+                            format!("the sidecar could not be written: {e}"),
+                        );
                     }
                 }
             }
             // The cluster's copy of the slot is verified and has its sidecar: the slot is done.
             if let Some((held, mut client)) = done {
-                let uploaded = record.remote.as_ref().is_some_and(RemoteCopy::may_exist);
+                let uploaded = record.remotes.iter().any(RemoteCopy::may_exist);
                 if uploaded {
                     if let Err(e) =
                         cluster::mark_done(&mut client, held, cluster_timeout(config)).await
@@ -288,9 +304,9 @@ pub async fn run_backup(
     // Not after a failed upload: the remote is unwell, the daemon retries later.
     let uploaded = report
         .record
-        .remote
-        .as_ref()
-        .is_some_and(|c| c.state == RemoteState::Uploaded);
+        .remotes
+        .iter()
+        .any(|c| c.state == RemoteState::Uploaded);
     if uploaded && !cancelled {
         let member = report.record.member.as_ref().map(|m| m.name.clone());
         tokio::select! {
@@ -311,15 +327,17 @@ pub async fn run_remote_maintenance(
     let _lock = StateDir::new(&config.state_dir).lock_backup()?;
     let mut m = remote_sync::Maintenance::default();
     if probe {
-        match preflight::remote(config, true).await {
-            Ok(RemoteCheck::Probed(found)) => {
-                tracing::info!("remote storage pre-flight: {found}")
-            }
-            Ok(RemoteCheck::NotConfigured | RemoteCheck::Opened) => {}
-            Err(e) => {
-                let e = format!("remote storage pre-flight failed: {e}");
-                tracing::error!("{e}");
-                m.errors.push(e);
+        for (table, checked) in preflight::remote(config, true).await {
+            match checked {
+                Ok(RemoteCheck::Probed(found)) => {
+                    tracing::info!("remote storage pre-flight: {found}")
+                }
+                Ok(RemoteCheck::Opened) => {}
+                Err(e) => {
+                    let e = format!("remote storage pre-flight failed ({table}): {e}");
+                    tracing::error!("{e}");
+                    m.errors.push(e);
+                }
             }
         }
     }
@@ -363,16 +381,20 @@ pub async fn run_prune(config: &Config, dry_run: bool) -> Result<PruneReport, Ba
                 report.local.push((path.display().to_string(), d.reason));
             }
         }
-        if let (Some(rc), Some(member)) = (
-            &config.remote_storage,
-            remote_sync::newest_member(&file.records),
-        ) {
-            for who in remote_sync::retention_prefixes(rc, &member) {
+        let member = remote_sync::newest_member(&file.records);
+        for (rc, member) in config
+            .destinations
+            .iter()
+            .flat_map(|rc| member.iter().map(move |m| (rc, m)))
+        {
+            for who in remote_sync::retention_prefixes(rc, member) {
                 match remote_sync::retention_plan(config, rc, &who).await {
                     Ok(plan) => report
                         .remote
                         .extend(plan.into_iter().map(|p| (p.location, p.reason))),
-                    Err(e) => report.errors.push(format!("remote retention: {e}")),
+                    Err(e) => report
+                        .errors
+                        .push(format!("remote retention of {}: {e}", rc.name)),
                 }
             }
         }
@@ -449,9 +471,9 @@ fn apply_local_retention(
                 };
                 tracing::info!(file = %name, reason = %reason, "retention deleted local snapshot");
                 local.deleted(now, reason);
-                if let Some(r) = rec
-                    .remote
-                    .as_mut()
+                for r in rec
+                    .remotes
+                    .iter_mut()
                     .filter(|r| r.state == RemoteState::Pending)
                 {
                     r.give_up("the local copy was deleted by retention before an upload succeeded");

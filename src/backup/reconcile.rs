@@ -84,7 +84,7 @@ pub(super) fn reconcile(config: &Config, store: &LocalStore) -> Vec<String> {
                     0.0,
                 );
                 r.etcd_version = None;
-                if let Some(rc) = &config.remote_storage {
+                for rc in &config.destinations {
                     let who = r.member.as_ref().map_or("", |m| m.name.as_str());
                     let key = format!(
                         "{}{}",
@@ -92,12 +92,13 @@ pub(super) fn reconcile(config: &Config, store: &LocalStore) -> Vec<String> {
                         crate::store::remote::object_name(name, config.encryption.as_ref())
                     );
                     let mut c = RemoteCopy::pending(
-                        crate::store::remote::location(&rc.bucket, &key),
+                        &rc.name,
+                        crate::store::remote::location(rc, &key),
                         crate::clock::now(),
                         "adopted: uploaded (again) from the local file with its sidecar".into(),
                     );
                     c.next_attempt_at = Some(crate::clock::now());
-                    r.remote = Some(c);
+                    r.set_copy(c);
                 }
                 said.push(format!(
                     "{} was published by a run killed before it recorded it: it verifies, and is \
@@ -138,9 +139,9 @@ pub(super) fn reconcile(config: &Config, store: &LocalStore) -> Vec<String> {
                         .into(),
                 );
             }
-            if let Some(c) = r
-                .remote
-                .as_mut()
+            for c in r
+                .remotes
+                .iter_mut()
                 .filter(|c| c.state == crate::records::RemoteState::Pending)
             {
                 c.give_up("the local copy is gone, nothing left to upload");

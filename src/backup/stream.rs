@@ -1,7 +1,7 @@
 //! The bytes of one backup: etcd's snapshot stream into a hidden temp file (hashed as it goes)
-//! and, with `[remote_storage]`, into a multipart upload in the same pass; then fsync, the bbolt
-//! check and status over the written file, and publication under the final name. The upload is
-//! completed and verified only after that (`finish_upload`), or aborted.
+//! and into one upload per destination in the same pass; then fsync, the bbolt check and
+//! status over the written file, and publication under the final name. The uploads are
+//! completed and verified only after that (`Uploads::finish`, all at once), or aborted.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::config::{Encryption, RemoteStorageConfig};
+use crate::config::{DestinationConfig, Encryption};
 use crate::etcd::{self, StreamLimits, StreamedSnapshot};
 use crate::etcddb::{self, DbStatus};
 use crate::fsutil;
@@ -36,7 +36,10 @@ struct Sinks<'a> {
     batch: Vec<Bytes>,
     batch_len: usize,
     writer: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    feed: Option<&'a mut UploadFeed>,
+    /// One per destination. A destination that takes no data for its `stall_timeout` is
+    /// dropped from the pass (retried later from the local file); the others are fed at the
+    /// same time, so it holds them up at most that long, once.
+    feeds: Vec<&'a mut UploadFeed>,
     written: u64,
     progress: Progress,
     /// `[etcd] rate_limit`: bytes per second, and when the stream started.
@@ -109,8 +112,15 @@ fn write_file(
 impl etcd::SnapshotSink for Sinks<'_> {
     async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
         let len = bytes.len() as u64;
-        if let Some(feed) = self.feed.as_deref_mut() {
-            feed.send_bytes(bytes.clone()).await;
+        match self.feeds.as_mut_slice() {
+            [] => {}
+            [one] => one.send_bytes(bytes.clone()).await,
+            many => {
+                futures_util::future::join_all(
+                    many.iter_mut().map(|f| f.send_bytes(bytes.clone())),
+                )
+                .await;
+            }
         }
         self.batch_len += bytes.len();
         self.batch.push(bytes);
@@ -137,12 +147,12 @@ impl etcd::SnapshotSink for Sinks<'_> {
 }
 
 /// Where the bytes go.
-pub(super) struct Destination<'a> {
+pub(super) struct Targets<'a> {
     pub store: &'a LocalStore,
     pub temp: TempSnapshot,
     pub file: std::fs::File,
     pub file_name: &'a str,
-    pub feed: Option<&'a mut UploadFeed>,
+    pub feeds: Vec<&'a mut UploadFeed>,
     /// The size etcd reports for its database: what the stream will about be.
     pub expected: Option<u64>,
     /// `encrypt_local`: the checked snapshot is published sealed, never plain.
@@ -166,16 +176,16 @@ pub(super) struct Published {
 pub(super) async fn stream_and_publish<E>(
     channel: &tonic::transport::Channel,
     limits: StreamLimits,
-    to: Destination<'_>,
+    to: Targets<'_>,
     ep: &str,
     fail: impl Fn(String) -> E,
 ) -> Result<Published, E> {
-    let Destination {
+    let Targets {
         store,
         temp,
         file,
         file_name,
-        feed,
+        feeds,
         expected,
         seal_local,
         rate_limit,
@@ -190,7 +200,7 @@ pub(super) async fn stream_and_publish<E>(
         writer: Some(tokio::task::spawn_blocking(move || {
             write_file(&for_writer, rx)
         })),
-        feed,
+        feeds,
         written: 0,
         progress: Progress::bytes("snapshot", expected),
         rate: rate_limit.map(|r| (r, std::time::Instant::now())),
@@ -278,96 +288,130 @@ fn seal_and_publish(
     ))
 }
 
-/// How the same-pass upload went.
+/// How one destination's same-pass upload went.
 pub(super) struct RemoteResult {
-    /// `None` when the remote could not even be set up (credentials, TLS files).
+    /// The destination's name.
+    pub destination: String,
+    /// `None` when the remote could not even be set up (credentials, TLS files, a missing
+    /// mount).
     pub remote: Option<Remote>,
     pub location: String,
     pub result: Result<Uploaded, String>,
 }
 
-/// The remote side of one backup: the opened remote and its upload, or why there is none.
+/// One destination's side of a backup: the opened remote and its upload, or why there is
+/// none.
 pub(super) struct Upload {
+    pub config: DestinationConfig,
     pub remote: Option<Remote>,
     pub feed: Option<UploadFeed>,
     pub setup_error: Option<String>,
 }
 
-impl Upload {
-    /// Opens the remote (credentials are read now, for this upload) and starts the multipart
-    /// upload of `file_name` beside the stream, sealed when `sealing` is set.
+/// The uploads of one backup, one per destination.
+pub(super) struct Uploads {
+    pub items: Vec<Upload>,
+}
+
+impl Uploads {
+    /// Opens every destination (credentials are read now, for this upload) and starts the
+    /// upload of `file_name` beside the stream, sealed when `sealing` is set; `who` names the
+    /// node prefix. A destination that cannot be set up is said in its result, never stops
+    /// the others.
     pub fn start(
-        rc: Option<&RemoteStorageConfig>,
+        destinations: &[DestinationConfig],
         sealing: Option<&Encryption>,
-        member: &str,
+        who: &str,
         file_name: &str,
-    ) -> Upload {
-        let mut up = Upload {
-            remote: None,
-            feed: None,
-            setup_error: None,
-        };
-        let Some(rc) = rc else {
-            return up;
-        };
-        match Remote::open(rc, member) {
-            Ok(r) => {
-                if rc.insecure_skip_tls_verify {
-                    tracing::warn!(
-                        endpoint = r.endpoint(),
-                        "remote_storage.insecure_skip_tls_verify is set: the object store's \
-                         TLS certificate is NOT verified; snapshots hold every cluster Secret"
-                    );
-                }
-                match r.start_upload(file_name, sealing) {
-                    Ok(feed) => up.feed = Some(feed),
+    ) -> Uploads {
+        let items = destinations
+            .iter()
+            .map(|rc| {
+                let mut up = Upload {
+                    config: rc.clone(),
+                    remote: None,
+                    feed: None,
+                    setup_error: None,
+                };
+                match Remote::open(rc, who) {
+                    Ok(r) => {
+                        if rc.insecure_skip_tls_verify {
+                            tracing::warn!(
+                                endpoint = r.endpoint(),
+                                destination = %rc.name,
+                                "{}.insecure_skip_tls_verify is set: the object store's TLS \
+                                 certificate is NOT verified; snapshots hold every cluster Secret",
+                                rc.table
+                            );
+                        }
+                        match r.start_upload(file_name, sealing) {
+                            Ok(feed) => up.feed = Some(feed),
+                            Err(e) => up.setup_error = Some(e),
+                        }
+                        up.remote = Some(r);
+                    }
                     Err(e) => up.setup_error = Some(e),
                 }
-                up.remote = Some(r);
-            }
-            Err(e) => up.setup_error = Some(e),
-        }
-        up
+                up
+            })
+            .collect();
+        Uploads { items }
     }
 
-    /// Nothing verified: the multipart upload is aborted, nothing becomes visible.
-    pub async fn abort(self, rc: Option<&RemoteStorageConfig>) {
-        if let (Some(feed), Some(rc)) = (self.feed, rc) {
-            feed.abort(rc.timeout).await;
-        }
+    /// The feeds the stream writes to.
+    pub fn feeds(&mut self) -> Vec<&mut UploadFeed> {
+        self.items
+            .iter_mut()
+            .filter_map(|u| u.feed.as_mut())
+            .collect()
     }
 
-    /// Verified locally: completes the upload and checks what the bucket holds. An object that
-    /// is not what was sent is deleted (the retry uploads from the local file).
+    /// Nothing verified: every upload is aborted, nothing becomes visible.
+    pub async fn abort(self) {
+        futures_util::future::join_all(self.items.into_iter().filter_map(|u| {
+            let timeout = u.config.timeout;
+            u.feed.map(|f| f.abort(timeout))
+        }))
+        .await;
+    }
+
+    /// Verified locally: completes every upload at once and checks what each destination
+    /// holds. An object that is not what was sent is deleted (the retry uploads from the
+    /// local file). `who` names the node prefix.
     pub async fn finish(
         self,
-        rc: Option<&RemoteStorageConfig>,
         sealing: Option<&Encryption>,
-        member: &str,
+        who: &str,
         file_name: &str,
-    ) -> Option<RemoteResult> {
-        let rc = rc?;
-        let (Some(r), Some(feed)) = (self.remote, self.feed) else {
-            let key = format!(
-                "{}{}",
-                remote::node_prefix(&rc.prefix, member),
-                remote::object_name(file_name, sealing)
-            );
-            return Some(RemoteResult {
-                remote: None,
-                location: remote::location(&rc.bucket, &key),
-                result: Err(self
-                    .setup_error
-                    .unwrap_or_else(|| "remote storage not set up".into())),
-            });
-        };
-        let key = feed.key().to_string();
-        let result = feed.complete(&r, rc.timeout).await;
+    ) -> Vec<RemoteResult> {
+        let done = futures_util::future::join_all(self.items.into_iter().map(|u| async move {
+            let rc = u.config;
+            let (Some(r), Some(feed)) = (u.remote, u.feed) else {
+                let key = format!(
+                    "{}{}",
+                    remote::node_prefix(&rc.prefix, who),
+                    remote::object_name(file_name, sealing)
+                );
+                return RemoteResult {
+                    destination: rc.name.clone(),
+                    remote: None,
+                    location: remote::location(&rc, &key),
+                    result: Err(u
+                        .setup_error
+                        .unwrap_or_else(|| "remote storage not set up".into())),
+                };
+            };
+            let key = feed.key().to_string();
+            let result = feed.complete(&r, rc.timeout).await;
+            RemoteResult {
+                destination: rc.name.clone(),
+                location: r.location(&key),
+                remote: Some(r),
+                result,
+            }
+        }))
+        .await;
         crate::crashpoint::here("backup:uploaded");
-        Some(RemoteResult {
-            location: r.location(&key),
-            remote: Some(r),
-            result,
-        })
+        done
     }
 }

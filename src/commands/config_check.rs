@@ -29,10 +29,12 @@ pub(super) fn run(config_path: Option<&Path>, check_remote: bool) -> CmdResult {
     for (field, message) in local.problems {
         problems.push(problem(field, message));
     }
-    match runtime()?.block_on(preflight::remote(&config, check_remote)) {
-        Ok(RemoteCheck::Probed(found)) => eprintln!("remote storage: {found}"),
-        Ok(RemoteCheck::NotConfigured | RemoteCheck::Opened) => {}
-        Err(e) => problems.push(problem("remote_storage", e)),
+    for (table, checked) in runtime()?.block_on(preflight::remote(&config, check_remote)) {
+        match checked {
+            Ok(RemoteCheck::Probed(found)) => eprintln!("destination: {found}"),
+            Ok(RemoteCheck::Opened) => {}
+            Err(e) => problems.push(problem(&table, e)),
+        }
     }
 
     let mut out = String::new();

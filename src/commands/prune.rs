@@ -27,7 +27,7 @@ pub(super) fn run(config_path: Option<&Path>, dry_run: bool) -> CmdResult {
             out.push_str(&format!("{what}: {verb} {place}: {why}\n"));
         }
     }
-    if config.remote_storage.is_none() {
+    if config.destinations.is_empty() {
         out = out.replace("remote: nothing to delete\n", "");
     }
     print(&out)?;

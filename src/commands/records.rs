@@ -55,9 +55,10 @@ pub(super) fn local(
     Ok(ExitCode::SUCCESS)
 }
 
-fn remote_cell(r: &Record) -> String {
+/// One destination's copy of `r`, in its column.
+fn remote_cell(r: &Record, dest: &str) -> String {
     use crate::records::RemoteState;
-    match r.remote.as_ref() {
+    match r.copy(dest) {
         None => "-".into(),
         Some(c) => match c.state {
             RemoteState::Uploaded if r.pin.is_some() => "uploaded (pinned)".into(),
@@ -85,6 +86,18 @@ fn remote_cell(r: &Record) -> String {
             RemoteState::Deleted => "deleted".into(),
         },
     }
+}
+
+/// The destinations the records name, in the order they first appear (the configuration's
+/// order when the backups were taken).
+fn destinations_of(records: &[(&Record, Option<&str>)]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in records.iter().flat_map(|(r, _)| &r.remotes) {
+        if !out.contains(&c.destination) {
+            out.push(c.destination.clone());
+        }
+    }
+    out
 }
 
 /// The member's etcd version and, in brackets, the snapshot's storage version (what a restore
@@ -118,6 +131,12 @@ pub(crate) fn records_table(
     if records.is_empty() {
         return "no backup records yet\n".to_string();
     }
+    // One column per destination: `REMOTE` for a single one (or none), else its name.
+    let dests = destinations_of(records);
+    let dest_headers: Vec<String> = match dests.as_slice() {
+        [] | [_] => vec!["REMOTE".to_string()],
+        many => many.iter().map(|d| d.to_uppercase()).collect(),
+    };
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|(r, status)| {
@@ -136,7 +155,7 @@ pub(crate) fn records_table(
                 }
                 Outcome::Failed | Outcome::Skipped => r.reason.clone().unwrap_or_default(),
             };
-            vec![
+            let mut row = vec![
                 r.id.clone(),
                 records::rfc3339(r.backup_timestamp),
                 format!("{:?}", r.result),
@@ -151,30 +170,30 @@ pub(crate) fn records_table(
                     .unwrap_or_else(|| "-".into()),
                 r.size_bytes.map(human_size).unwrap_or_else(|| "-".into()),
                 local,
-                remote_cell(r),
-                detail,
-                status.unwrap_or("-").to_string(),
-            ]
+            ];
+            match dests.as_slice() {
+                [] => row.push("-".into()),
+                all => row.extend(all.iter().map(|d| remote_cell(r, d))),
+            }
+            row.push(detail);
+            row.push(status.unwrap_or("-").to_string());
+            row
         })
         .collect();
-    layout(
-        &[
-            "ID",
-            "TIME (UTC)",
-            "RESULT",
-            "TRIGGER",
-            "MEMBER",
-            "ETCD (DATA)",
-            "REVISION",
-            "SIZE",
-            "LOCAL",
-            "REMOTE",
-            "FILE / REASON",
-            "RETENTION",
-        ],
-        &rows,
-        &NARROW_DROPS,
-    )
+    let mut headers = vec![
+        "ID",
+        "TIME (UTC)",
+        "RESULT",
+        "TRIGGER",
+        "MEMBER",
+        "ETCD (DATA)",
+        "REVISION",
+        "SIZE",
+        "LOCAL",
+    ];
+    headers.extend(dest_headers.iter().map(String::as_str));
+    headers.extend(["FILE / REASON", "RETENTION"]);
+    layout(&headers, &rows, &NARROW_DROPS)
 }
 
 pub(super) fn remote(
@@ -183,9 +202,10 @@ pub(super) fn remote(
     limit: Option<usize>,
 ) -> CmdResult {
     let config = config::load(config_path)?;
-    let Some(rc) = &config.remote_storage else {
+    // The first destination: every node's sidecars are there (and the recovery bundles).
+    let Some(rc) = config.destinations.first() else {
         return Err(CommandError::Failed(
-            "no [remote_storage] in the configuration: nothing to list".into(),
+            "no [remote_storage] or [[destination]] in the configuration: nothing to list".into(),
         ));
     };
     let mut entries = runtime()?

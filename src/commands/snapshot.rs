@@ -72,11 +72,17 @@ pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) 
                     r.id
                 ))?;
             }
-            if let Some(c) = &r.remote {
+            let named = r.remotes.len() > 1;
+            for c in &r.remotes {
                 use crate::records::RemoteState;
+                let at = if named {
+                    format!(" at {}", c.destination)
+                } else {
+                    String::new()
+                };
                 match c.state {
                     RemoteState::Uploaded => print(&format!(
-                        "remote copy {}{}\n",
+                        "remote copy{at} {}{}\n",
                         c.location,
                         if c.sealed.is_some() {
                             " (compressed and encrypted)"
@@ -85,7 +91,7 @@ pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) 
                         }
                     ))?,
                     _ => print(&format!(
-                        "remote copy NOT made yet ({}); it will be retried: {}\n",
+                        "remote copy{at} NOT made yet ({}); it will be retried: {}\n",
                         c.location,
                         c.last_error.as_deref().unwrap_or("unknown error")
                     ))?,

@@ -102,75 +102,108 @@ impl Config {
         let _ = writeln!(w, "\n[local_storage]");
         let _ = writeln!(w, "path = {}", quoted(&l.path));
         write_rule(w, &l.retention);
-        match &self.remote_storage {
-            None => {
-                let _ = writeln!(w, "\n# [remote_storage] absent: local copies only");
+        if self.destinations.is_empty() {
+            let _ = writeln!(
+                w,
+                "\n# no [remote_storage] and no [[destination]]: local copies only"
+            );
+        }
+        for r in &self.destinations {
+            // Every destination in the new form: [remote_storage] is the first, named as its
+            // `name` says (`remote` by default), its systemd credential `etcdguard-s3`.
+            let _ = writeln!(w, "\n[[destination]]");
+            let _ = writeln!(w, "name = {}", toml_string(&r.name));
+            let _ = writeln!(w, "type = {}", toml_string(r.kind.as_str()));
+            match &r.kind {
+                Kind::S3 => {
+                    let _ = writeln!(w, "bucket = {}", toml_string(&r.bucket));
+                    let _ = writeln!(w, "region = {}", toml_string(&r.region));
+                }
+                Kind::Gcs { anonymous } => {
+                    let _ = writeln!(w, "bucket = {}", toml_string(&r.bucket));
+                    if *anonymous {
+                        let _ = writeln!(w, "anonymous = true  # NO CREDENTIALS");
+                    }
+                }
+                Kind::Azblob { account } => {
+                    let _ = writeln!(w, "container = {}", toml_string(&r.bucket));
+                    let _ = writeln!(w, "account_name = {}", toml_string(account));
+                }
+                Kind::Fs {
+                    path,
+                    require_mount,
+                } => {
+                    let _ = writeln!(w, "path = {}", quoted(path));
+                    let _ = writeln!(w, "require_mount = {require_mount}");
+                }
             }
-            Some(r) => {
-                let _ = writeln!(w, "\n[remote_storage]");
-                let _ = writeln!(w, "type = {}", toml_string(&r.kind));
-                let _ = writeln!(w, "bucket = {}", toml_string(&r.bucket));
-                if let Some(ep) = &r.endpoint {
-                    let _ = writeln!(w, "endpoint = {}", toml_string(ep));
-                }
-                let _ = writeln!(w, "region = {}", toml_string(&r.region));
-                let _ = writeln!(w, "prefix = {}", toml_string(&r.prefix));
+            if let Some(ep) = &r.endpoint {
+                let _ = writeln!(w, "endpoint = {}", toml_string(ep));
+            }
+            let _ = writeln!(w, "prefix = {}", toml_string(&r.prefix));
+            if r.kind == Kind::S3 {
                 let _ = writeln!(w, "force_path_style = {}", r.force_path_style);
-                if let Some(ca) = &r.ca_bundle {
-                    let _ = writeln!(w, "ca_bundle = {}", quoted(ca));
+            }
+            if let Some(ca) = &r.ca_bundle {
+                let _ = writeln!(w, "ca_bundle = {}", quoted(ca));
+            }
+            if r.insecure_skip_tls_verify {
+                let _ = writeln!(w, "insecure_skip_tls_verify = true  # TLS NOT VERIFIED");
+            }
+            match &r.sse {
+                None => {}
+                Some(Sse::S3Managed) => {
+                    let _ = writeln!(w, "sse = \"AES256\"");
                 }
-                if r.insecure_skip_tls_verify {
-                    let _ = writeln!(w, "insecure_skip_tls_verify = true  # TLS NOT VERIFIED");
-                }
-                match &r.sse {
-                    None => {}
-                    Some(Sse::S3Managed) => {
-                        let _ = writeln!(w, "sse = \"AES256\"");
-                    }
-                    Some(Sse::Kms(key)) => {
-                        let _ = writeln!(w, "sse = \"aws:kms\"");
-                        if let Some(k) = key {
-                            let _ = writeln!(w, "sse_kms_key_id = {}", toml_string(k));
-                        }
-                    }
-                }
-                match &r.credentials {
-                    Credentials::File(p) => {
-                        let _ = writeln!(w, "credentials_file = {}", quoted(p));
-                    }
-                    Credentials::SystemdOrDefault(name) => {
-                        let _ = writeln!(
-                            w,
-                            "# credentials: $CREDENTIALS_DIRECTORY/{name} (systemd \
-                             LoadCredential=), else the AWS chain (environment, profile, \
-                             instance role)"
-                        );
+                Some(Sse::Kms(key)) => {
+                    let _ = writeln!(w, "sse = \"aws:kms\"");
+                    if let Some(k) = key {
+                        let _ = writeln!(w, "sse_kms_key_id = {}", toml_string(k));
                     }
                 }
-                let _ = writeln!(w, "part_size = {}", r.part_size);
-                let _ = writeln!(w, "concurrency = {}", r.concurrency);
-                let _ = writeln!(w, "timeout = {}", toml_string(&human(r.timeout)));
-                let _ = writeln!(
-                    w,
-                    "stall_timeout = {}",
-                    toml_string(&human(r.stall_timeout))
-                );
-                if let Some(rate) = r.rate_limit {
-                    let _ = writeln!(w, "rate_limit = \"{rate}B/s\"");
+            }
+            match &r.credentials {
+                Credentials::File(p) => {
+                    let _ = writeln!(w, "credentials_file = {}", quoted(p));
                 }
-                write_rule(w, &r.retention);
-                let _ = writeln!(
-                    w,
-                    "per = {}",
-                    toml_string(if r.per_cluster { "cluster" } else { "node" })
-                );
-                if r.per_cluster {
+                Credentials::SystemdOrDefault(name) => {
+                    let _ = writeln!(w, "systemd_credential = {}", toml_string(name));
                     let _ = writeln!(
                         w,
-                        "cluster_lease = {}",
-                        toml_string(&human(r.cluster_lease))
+                        "# credentials: $CREDENTIALS_DIRECTORY/{name} (systemd \
+                         LoadCredential=), else {}",
+                        match r.kind {
+                            Kind::S3 => "the AWS chain (environment, profile, instance role)",
+                            Kind::Gcs { .. } => "GCS application default credentials",
+                            Kind::Azblob { .. } => "none: a key is required",
+                            Kind::Fs { .. } => "none needed (the file system's permissions)",
+                        }
                     );
                 }
+            }
+            let _ = writeln!(w, "part_size = {}", r.part_size);
+            let _ = writeln!(w, "concurrency = {}", r.concurrency);
+            let _ = writeln!(w, "timeout = {}", toml_string(&human(r.timeout)));
+            let _ = writeln!(
+                w,
+                "stall_timeout = {}",
+                toml_string(&human(r.stall_timeout))
+            );
+            if let Some(rate) = r.rate_limit {
+                let _ = writeln!(w, "rate_limit = \"{rate}B/s\"");
+            }
+            write_rule(w, &r.retention);
+            let _ = writeln!(
+                w,
+                "per = {}",
+                toml_string(if r.per_cluster { "cluster" } else { "node" })
+            );
+            if r.per_cluster {
+                let _ = writeln!(
+                    w,
+                    "cluster_lease = {}",
+                    toml_string(&human(r.cluster_lease))
+                );
             }
         }
         match &self.encryption {

@@ -47,7 +47,11 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     pub etcd: EtcdConfig,
     pub local_storage: LocalStorageConfig,
-    pub remote_storage: Option<RemoteStorageConfig>,
+    /// Where copies go besides the local store: `[remote_storage]` (one destination, named
+    /// `remote` unless it says otherwise) and every `[[destination]]`, in the file's order.
+    /// Every backup goes to all of them in one pass; the first is the primary (the recovery
+    /// bundle and `per = "cluster"` go with it).
+    pub destinations: Vec<DestinationConfig>,
     /// How many records `records.json` keeps (`[records]`).
     pub history: HistoryLimits,
     /// `[encryption]`: every copy that leaves the node is compressed and encrypted to these
@@ -117,9 +121,51 @@ pub struct LocalStorageConfig {
     pub retention: Rule,
 }
 
+/// The name `[remote_storage]` gets when it names none (and the one records written before
+/// destinations had names carry).
+pub const DEFAULT_DESTINATION: &str = "remote";
+
+/// What kind of storage a destination is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// An S3-compatible bucket.
+    S3,
+    /// A Google Cloud Storage bucket.
+    Gcs {
+        /// No credentials at all (an emulator, a public test bucket): explicit, logged loudly.
+        anonymous: bool,
+    },
+    /// An Azure Blob Storage container (`bucket` holds the container's name).
+    Azblob { account: String },
+    /// A mounted directory (NFS, SMB, another disk): `path` is its root.
+    Fs {
+        path: PathBuf,
+        /// `path` must be a mount point (the default): a mount that is missing is an error,
+        /// never a write into the empty directory beneath it.
+        require_mount: bool,
+    },
+}
+
+impl Kind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::S3 => "s3",
+            Kind::Gcs { .. } => "gcs",
+            Kind::Azblob { .. } => "azblob",
+            Kind::Fs { .. } => "fs",
+        }
+    }
+}
+
+/// One destination of the copies (`[remote_storage]` or a `[[destination]]`).
 #[derive(Debug, Clone)]
-pub struct RemoteStorageConfig {
-    pub kind: String,
+pub struct DestinationConfig {
+    /// Its name in records, metrics and messages (unique; letters, digits, `-`, `_`).
+    pub name: String,
+    /// How the file names it in messages: `remote_storage` or `destination.<name>`.
+    pub table: String,
+    pub kind: Kind,
+    /// The bucket (S3, GCS) or container (Azure); empty for `fs`.
     pub bucket: String,
     pub endpoint: Option<String>,
     pub region: String,
@@ -169,14 +215,17 @@ pub enum Sse {
 /// and renewed role tokens work without a restart; they are never kept in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
-    /// An AWS-style credentials file (mode 0600/0400), named by `credentials_file`.
+    /// A credentials file (mode 0600/0400), named by `credentials_file`: AWS-style for S3, a
+    /// service account's JSON key for GCS, the account key for Azure.
     File(PathBuf),
     /// `$CREDENTIALS_DIRECTORY/<name>` from systemd's `LoadCredential=` (the default when that
-    /// credential exists), else the standard AWS chain.
+    /// credential exists), else the provider's standard chain (AWS's; GCS's application
+    /// default credentials; Azure has none: a key is required).
     SystemdOrDefault(String),
 }
 
-/// The systemd credential name the unit's `LoadCredential=` uses.
+/// The systemd credential name the unit's `LoadCredential=` uses for `[remote_storage]`; a
+/// `[[destination]]` named N uses `etcdguard-N`.
 pub const SYSTEMD_CREDENTIAL: &str = "etcdguard-s3";
 pub const DEFAULT_PART_SIZE: usize = 5 << 20;
 const MIN_PART_SIZE: usize = 5 << 20;
@@ -335,7 +384,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 impl Config {
     /// The same configuration for a node whose disk is mounted at `root` (`restore --root`):
     /// the state dir, the etcd manifest and TLS files, the snapshot dir and the metrics file
-    /// under `root`. The remote storage's credential files stay this machine's.
+    /// under `root`. The destinations (their credential files, an `fs` destination's mount)
+    /// stay this machine's.
     pub fn under_root(mut self, root: &Path) -> Config {
         let at = |p: &mut PathBuf| *p = crate::fsutil::under_root(root, p);
         at(&mut self.state_dir);

@@ -18,6 +18,8 @@ pub(super) struct RawConfig {
     pub(super) etcd: Option<RawEtcd>,
     pub(super) local_storage: Option<RawLocal>,
     pub(super) remote_storage: Option<Spanned<RawRemote>>,
+    /// `[[destination]]` tables.
+    pub(super) destination: Option<Vec<Spanned<RawRemote>>>,
     pub(super) records: Option<RawRecords>,
     pub(super) encryption: Option<Spanned<RawEncryption>>,
     pub(super) bundle: Option<Spanned<RawBundle>>,
@@ -90,9 +92,20 @@ pub(super) struct RawLocal {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRemote {
-    #[serde(rename = "type")]
+    pub(super) name: Option<Spanned<String>>,
+    #[serde(rename = "type", alias = "kind")]
     pub(super) kind: Option<Spanned<String>>,
     pub(super) bucket: Option<Spanned<String>>,
+    /// Azure: the container (`bucket` is accepted too).
+    pub(super) container: Option<Spanned<String>>,
+    /// Azure: the storage account.
+    pub(super) account_name: Option<Spanned<String>>,
+    /// `fs`: the mounted directory.
+    pub(super) path: Option<Spanned<PathBuf>>,
+    /// `fs`: refuse a path that is not a mount point (default true).
+    pub(super) require_mount: Option<bool>,
+    /// GCS: no credentials (an emulator).
+    pub(super) anonymous: Option<bool>,
     pub(super) endpoint: Option<Spanned<String>>,
     pub(super) region: Option<Spanned<String>>,
     pub(super) prefix: Option<Spanned<String>>,
@@ -102,6 +115,9 @@ pub(super) struct RawRemote {
     pub(super) sse: Option<Spanned<String>>,
     pub(super) sse_kms_key_id: Option<Spanned<String>>,
     pub(super) credentials_file: Option<Spanned<PathBuf>>,
+    /// The systemd credential's name (`etcdguard-s3` for `[remote_storage]`, else
+    /// `etcdguard-<name>`).
+    pub(super) systemd_credential: Option<Spanned<String>>,
     pub(super) part_size: Option<Spanned<RawSize>>,
     pub(super) concurrency: Option<Spanned<i64>>,
     pub(super) timeout: Option<Spanned<RawDuration>>,

@@ -25,7 +25,7 @@ fn empty_file_gives_kubeadm_defaults() {
     assert_eq!(c.local_storage.retention.keep, None);
     assert_eq!(c.history.successful, 1000);
     assert_eq!(c.history.failed, 100);
-    assert!(c.remote_storage.is_none());
+    assert!(c.destinations.is_empty());
     assert!(!c.paused);
 }
 
@@ -183,14 +183,14 @@ fn remote_storage_fields() {
         None,
     )
     .unwrap();
-    let r = c.remote_storage.unwrap();
+    let r = c.destinations[0].clone();
     assert_eq!(r.prefix, "prod/");
     assert_eq!(r.sse, Some(Sse::Kms(Some("k-1".into()))));
     assert_eq!((r.part_size, r.concurrency), (16 << 20, 4));
     assert_eq!(r.credentials, Credentials::File("/etc/etcdguard/s3".into()));
     assert!(!r.insecure_skip_tls_verify);
     let d = parse("[remote_storage]\nbucket = \"b1\"\nregion = \"r\"\n", None).unwrap();
-    let d = d.remote_storage.unwrap();
+    let d = d.destinations[0].clone();
     assert_eq!(
         d.credentials,
         Credentials::SystemdOrDefault(SYSTEMD_CREDENTIAL.into())
@@ -354,7 +354,7 @@ fn drill_settings() {
 fn per_cluster_remote_copies() {
     let base = "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\n";
     let c = parse(base, None).unwrap();
-    let r = c.remote_storage.unwrap();
+    let r = c.destinations[0].clone();
     assert!(!r.per_cluster);
     assert_eq!(r.cluster_lease, Duration::from_secs(15));
     let c = parse(
@@ -362,7 +362,7 @@ fn per_cluster_remote_copies() {
         None,
     )
     .unwrap();
-    let r = c.remote_storage.unwrap();
+    let r = c.destinations[0].clone();
     assert!(r.per_cluster);
     assert_eq!(r.cluster_lease, Duration::from_secs(30));
     let e = errs(&format!("{base}per = \"everyone\"\n"));
@@ -389,7 +389,7 @@ fn tiers_keep_last_and_their_problems() {
         (None, Some(7), None, Some(12))
     );
     assert_eq!(r.zone.to_string(), "Europe/Berlin");
-    let rr = c.remote_storage.as_ref().unwrap().retention;
+    let rr = c.destinations.first().unwrap().retention;
     assert_eq!((rr.ttl, rr.keep, rr.tiers.weekly), (None, None, Some(4)));
     assert!(!rr.keeps_forever());
     let shown = c.to_redacted_toml();

@@ -301,18 +301,19 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         ),
     };
 
-    let remote_storage = raw.remote_storage.map(|r| validate_remote(r, v, timezone));
+    let destinations = validate_destinations(raw.remote_storage, raw.destination, v, timezone);
 
     let encryption = raw.encryption.map(|e| validate_encryption(e, v));
     let bundle = raw.bundle.map(|b| {
         let span = b.span();
         let b = b.into_inner();
-        if encryption.is_none() || remote_storage.is_none() {
+        if encryption.is_none() || destinations.is_empty() {
             v.problem(
                 Some(span),
                 "bundle",
                 "a recovery bundle holds the cluster's CA keys: it needs [encryption] (it is \
-                 never written unencrypted) and [remote_storage] (where it is kept)",
+                 never written unencrypted) and [remote_storage] or a [[destination]] (where \
+                 it is kept)",
             );
         }
         BundleConfig {
@@ -326,7 +327,7 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         }
     });
 
-    let drill = validate_drill(raw.drill, &state_dir, &remote_storage, &encryption, v);
+    let drill = validate_drill(raw.drill, &state_dir, &destinations, &encryption, v);
 
     let rec = raw.records.unwrap_or_default();
     let mut limit = |raw: Option<Spanned<i64>>, field: &str, default: usize| {
@@ -356,7 +357,7 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         metrics_file,
         etcd,
         local_storage,
-        remote_storage,
+        destinations,
         history,
         encryption,
         bundle,
@@ -369,7 +370,7 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
 fn validate_drill(
     raw: Option<Spanned<RawDrill>>,
     state_dir: &Path,
-    remote: &Option<RemoteStorageConfig>,
+    remote: &[DestinationConfig],
     encryption: &Option<Encryption>,
     v: &mut Validator<'_>,
 ) -> DrillConfig {
@@ -395,11 +396,12 @@ fn validate_drill(
     let source = match d.source.as_ref().map(|s| s.get_ref().as_str()) {
         None | Some("local") => DrillSource::Local,
         Some("remote") => {
-            if remote.is_none() {
+            if remote.is_empty() {
                 v.problem(
                     d.source.as_ref().map(Spanned::span),
                     "drill.source",
-                    "\"remote\" needs [remote_storage]: there is no remote copy to drill",
+                    "\"remote\" needs [remote_storage] or a [[destination]]: there is no \
+                     remote copy to drill",
                 );
             }
             DrillSource::Remote
@@ -418,7 +420,7 @@ fn validate_drill(
         .map(|p| v.path(Some(p), "drill.identity", Path::new("")));
     let sealed = encryption
         .as_ref()
-        .is_some_and(|e| e.encrypt_local || (source == DrillSource::Remote && remote.is_some()));
+        .is_some_and(|e| e.encrypt_local || (source == DrillSource::Remote && !remote.is_empty()));
     if schedule.is_some() && sealed && identity.is_none() {
         v.problem(
             section,
@@ -535,55 +537,288 @@ fn validate_endpoint(ep: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_remote(
-    r: Spanned<RawRemote>,
+/// `[remote_storage]` (first, named `remote` unless it says) and every `[[destination]]`:
+/// names unique, `per = "cluster"` only with one destination.
+fn validate_destinations(
+    remote: Option<Spanned<RawRemote>>,
+    list: Option<Vec<Spanned<RawRemote>>>,
     v: &mut Validator<'_>,
     zone: Zone,
-) -> RemoteStorageConfig {
-    let table_span = r.span();
-    let r = r.into_inner();
-    let required = |field: Option<Spanned<String>>, name: &str, v: &mut Validator<'_>| match field {
-        Some(s) if !s.get_ref().trim().is_empty() => s.into_inner(),
-        Some(s) => {
-            v.problem(Some(s.span()), name, "must not be empty");
-            String::new()
+) -> Vec<DestinationConfig> {
+    let mut out: Vec<DestinationConfig> = Vec::new();
+    let mut spans = Vec::new();
+    let tables = remote
+        .into_iter()
+        .map(|r| (true, r))
+        .chain(list.unwrap_or_default().into_iter().map(|r| (false, r)));
+    for (i, (legacy, r)) in tables.enumerate() {
+        let span = r.span();
+        let name_span = r.get_ref().name.as_ref().map(Spanned::span);
+        let d = validate_destination(r, legacy, i, v, zone);
+        if out.iter().any(|o| o.name == d.name) {
+            v.problem(
+                name_span.or(Some(span.clone())),
+                &format!("{}.name", d.table),
+                format!(
+                    "another destination is named {:?} already: each needs its own name (it \
+                     names the copy in records and metrics)",
+                    d.name
+                ),
+            );
         }
+        spans.push(span);
+        out.push(d);
+    }
+    if out.len() > 1 {
+        if let Some(pos) = out.iter().position(|d| d.per_cluster) {
+            v.problem(
+                Some(spans[pos].clone()),
+                &format!("{}.per", out[pos].table),
+                "per = \"cluster\" works with one destination only: with several, every node \
+                 uploads its own copy to each",
+            );
+        }
+    }
+    out
+}
+
+/// A destination's name: letters, digits, `-` and `_`, up to 40 characters.
+fn destination_name(
+    raw: Option<Spanned<String>>,
+    legacy: bool,
+    v: &mut Validator<'_>,
+    at: Range<usize>,
+    field: &str,
+) -> String {
+    match raw {
+        None if legacy => DEFAULT_DESTINATION.to_string(),
         None => {
             v.problem(
-                Some(table_span.clone()),
-                name,
-                "is required when [remote_storage] is present",
+                Some(at),
+                field,
+                "is required in a [[destination]]: it names the copy in records and metrics",
             );
             String::new()
         }
+        Some(n) => {
+            let ok = !n.get_ref().is_empty()
+                && n.get_ref().len() <= 40
+                && n.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                v.problem(
+                    Some(n.span()),
+                    field,
+                    format!(
+                        "{:?} is not a destination name: use up to 40 letters, digits, '-' or '_'",
+                        n.get_ref()
+                    ),
+                );
+            }
+            n.into_inner()
+        }
+    }
+}
+
+fn validate_destination(
+    r: Spanned<RawRemote>,
+    legacy: bool,
+    index: usize,
+    v: &mut Validator<'_>,
+    zone: Zone,
+) -> DestinationConfig {
+    let table_span = r.span();
+    let r = r.into_inner();
+    let section = if legacy {
+        "[remote_storage]"
+    } else {
+        "[[destination]]"
     };
-    let kind = remote_kind(r.kind, v);
-    let bucket = required(r.bucket, "remote_storage.bucket", v);
-    let region = required(r.region, "remote_storage.region", v);
+    let name_field = if legacy {
+        "remote_storage.name".to_string()
+    } else {
+        format!("destination[{index}].name")
+    };
+    let name = destination_name(r.name, legacy, v, table_span.clone(), &name_field);
+    let table = if legacy {
+        "remote_storage".to_string()
+    } else if name.is_empty() {
+        format!("destination[{index}]")
+    } else {
+        format!("destination.{name}")
+    };
+    let t = table.as_str();
+    let f = |field: &str| format!("{t}.{field}");
+    let required =
+        |field: Option<Spanned<String>>, name: &str, what: &str, v: &mut Validator<'_>| match field
+        {
+            Some(s) if !s.get_ref().trim().is_empty() => s.into_inner(),
+            Some(s) => {
+                v.problem(Some(s.span()), name, "must not be empty");
+                String::new()
+            }
+            None => {
+                v.problem(
+                    Some(table_span.clone()),
+                    name,
+                    format!("is required in a {section} of {what}"),
+                );
+                String::new()
+            }
+        };
+    let kind_name = remote_kind(r.kind, &f("type"), v);
+    let not_for =
+        |v: &mut Validator<'_>, present: Option<Range<usize>>, field: &str, kinds: &str| {
+            if let Some(span) = present {
+                v.problem(
+                    Some(span),
+                    &f(field),
+                    format!(
+                    "applies to {kinds} destinations only, and this one is type = {kind_name:?}"
+                ),
+                );
+            }
+        };
+    let span_of = |s: &Option<Spanned<String>>| s.as_ref().map(Spanned::span);
+    let (container_span, account_span) = (span_of(&r.container), span_of(&r.account_name));
+    let path_span = r.path.as_ref().map(Spanned::span);
+    let (kind, bucket, region) = match kind_name.as_str() {
+        "gcs" => {
+            not_for(v, span_of(&r.region), "region", "s3");
+            (
+                Kind::Gcs {
+                    anonymous: r.anonymous.unwrap_or(false),
+                },
+                required(r.bucket, &f("bucket"), "type = \"gcs\"", v),
+                String::new(),
+            )
+        }
+        "azblob" => {
+            not_for(v, span_of(&r.region), "region", "s3");
+            let container = match (r.container, r.bucket) {
+                (Some(c), _) | (None, Some(c)) => Some(c),
+                (None, None) => None,
+            };
+            (
+                Kind::Azblob {
+                    account: required(r.account_name, &f("account_name"), "type = \"azblob\"", v),
+                },
+                required(container, &f("container"), "type = \"azblob\"", v),
+                String::new(),
+            )
+        }
+        "fs" => {
+            not_for(v, span_of(&r.region), "region", "s3");
+            not_for(v, span_of(&r.bucket), "bucket", "s3, gcs and azblob");
+            let path = match r.path {
+                Some(p) => v.path(Some(p), &f("path"), Path::new("")),
+                None => {
+                    v.problem(
+                        Some(table_span.clone()),
+                        &f("path"),
+                        format!(
+                            "is required in a {section} of type = \"fs\": the mounted directory"
+                        ),
+                    );
+                    PathBuf::new()
+                }
+            };
+            (
+                Kind::Fs {
+                    path,
+                    require_mount: r.require_mount.unwrap_or(true),
+                },
+                String::new(),
+                String::new(),
+            )
+        }
+        _ => (
+            Kind::S3,
+            required(r.bucket, &f("bucket"), "type = \"s3\"", v),
+            required(r.region, &f("region"), "type = \"s3\"", v),
+        ),
+    };
+    if !matches!(kind, Kind::Azblob { .. }) {
+        not_for(v, container_span, "container", "azblob");
+        not_for(v, account_span, "account_name", "azblob");
+    }
+    if !matches!(kind, Kind::Fs { .. }) {
+        not_for(v, path_span, "path", "fs");
+    }
     let endpoint = r.endpoint.map(|e| {
         if !(e.get_ref().starts_with("https://") || e.get_ref().starts_with("http://")) {
             v.problem(
                 Some(e.span()),
-                "remote_storage.endpoint",
+                &f("endpoint"),
                 format!("{:?} must be an http:// or https:// URL", e.get_ref()),
             );
         }
         e.into_inner()
     });
-    let prefix = remote_prefix(r.prefix, v);
+    if matches!(kind, Kind::Fs { .. }) {
+        if let Some(e) = &endpoint {
+            v.problem(
+                Some(table_span.clone()),
+                &f("endpoint"),
+                format!("an fs destination has no endpoint (got {e:?}): it writes to `path`"),
+            );
+        }
+    }
+    let prefix = remote_prefix(r.prefix, &f("prefix"), v);
     let ca_bundle = r
         .ca_bundle
-        .map(|c| v.path(Some(c), "remote_storage.ca_bundle", Path::new("")));
-    let sse = remote_sse(r.sse, r.sse_kms_key_id, v);
-    let credentials = match r.credentials_file {
-        Some(c) => {
-            Credentials::File(v.path(Some(c), "remote_storage.credentials_file", Path::new("")))
+        .map(|c| v.path(Some(c), &f("ca_bundle"), Path::new("")));
+    let sse = remote_sse(r.sse, r.sse_kms_key_id, t, v);
+    if sse.is_some() && kind != Kind::S3 {
+        v.problem(
+            Some(table_span.clone()),
+            &f("sse"),
+            "server-side encryption headers are S3's: use [encryption] for every kind",
+        );
+    }
+    let credentials = match (r.credentials_file, r.systemd_credential) {
+        (Some(c), None) => {
+            Credentials::File(v.path(Some(c), &f("credentials_file"), Path::new("")))
         }
-        None => Credentials::SystemdOrDefault(SYSTEMD_CREDENTIAL.to_string()),
+        (Some(c), Some(_)) => {
+            v.problem(
+                Some(c.span()),
+                &f("credentials_file"),
+                "set credentials_file or systemd_credential, not both",
+            );
+            Credentials::SystemdOrDefault(String::new())
+        }
+        (None, Some(n)) => {
+            let ok = !n.get_ref().is_empty()
+                && n.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+            if !ok {
+                v.problem(
+                    Some(n.span()),
+                    &f("systemd_credential"),
+                    format!("{:?} is not a systemd credential name", n.get_ref()),
+                );
+            }
+            Credentials::SystemdOrDefault(n.into_inner())
+        }
+        (None, None) if legacy => Credentials::SystemdOrDefault(SYSTEMD_CREDENTIAL.to_string()),
+        (None, None) => Credentials::SystemdOrDefault(format!("etcdguard-{name}")),
     };
-    let part_size = remote_part_size(r.part_size, v);
-    let concurrency = remote_concurrency(r.concurrency, v);
-    RemoteStorageConfig {
+    if matches!(kind, Kind::Gcs { anonymous: true }) && matches!(credentials, Credentials::File(_))
+    {
+        v.problem(
+            Some(table_span.clone()),
+            &f("anonymous"),
+            "anonymous = true sends no credentials: drop credentials_file or anonymous",
+        );
+    }
+    let part_size = remote_part_size(r.part_size, &f("part_size"), v);
+    let concurrency = remote_concurrency(r.concurrency, &f("concurrency"), v);
+    DestinationConfig {
+        name,
+        table: table.clone(),
         kind,
         bucket,
         endpoint,
@@ -596,19 +831,15 @@ fn validate_remote(
         credentials,
         part_size,
         concurrency,
-        timeout: v.duration(
-            r.timeout,
-            "remote_storage.timeout",
-            Duration::from_secs(1800),
-        ),
+        timeout: v.duration(r.timeout, &f("timeout"), Duration::from_secs(1800)),
         stall_timeout: v.duration(
             r.stall_timeout,
-            "remote_storage.stall_timeout",
+            &f("stall_timeout"),
             Duration::from_secs(60),
         ),
-        rate_limit: v.rate(r.rate_limit, "remote_storage.rate_limit"),
+        rate_limit: v.rate(r.rate_limit, &f("rate_limit")),
         retention: v.retention(
-            "remote_storage",
+            t,
             r.ttl,
             raw_counts!(r),
             r.min_keep,
@@ -621,7 +852,7 @@ fn validate_remote(
             Some(other) => {
                 v.problem(
                     r.per.as_ref().map(Spanned::span),
-                    "remote_storage.per",
+                    &f("per"),
                     format!(
                         "{other:?} is not a choice: \"node\" (every node uploads its own copy) or \
                          \"cluster\" (one copy per scheduled slot for the cluster)"
@@ -632,33 +863,33 @@ fn validate_remote(
         },
         cluster_lease: v.duration(
             r.cluster_lease,
-            "remote_storage.cluster_lease",
+            &f("cluster_lease"),
             Duration::from_secs(15),
         ),
     }
 }
 
-/// `remote_storage.type`: only "s3" for now.
-fn remote_kind(k: Option<Spanned<String>>, v: &mut Validator<'_>) -> String {
+/// `type`: "s3" (the default), "gcs", "azblob" or "fs".
+fn remote_kind(k: Option<Spanned<String>>, field: &str, v: &mut Validator<'_>) -> String {
     match k {
         None => "s3".to_string(),
-        Some(k) if k.get_ref() == "s3" => k.into_inner(),
+        Some(k) if ["s3", "gcs", "azblob", "fs"].contains(&k.get_ref().as_str()) => k.into_inner(),
         Some(k) => {
             v.problem(
                 Some(k.span()),
-                "remote_storage.type",
+                field,
                 format!(
-                    "unsupported storage type {:?}; supported: \"s3\"",
+                    "unsupported storage type {:?}; supported: \"s3\", \"gcs\", \"azblob\", \"fs\"",
                     k.get_ref()
                 ),
             );
-            k.into_inner()
+            "s3".to_string()
         }
     }
 }
 
 /// `remote_storage.prefix`: a folder, so it ends in `/`; no `//` or `..`.
-fn remote_prefix(p: Option<Spanned<String>>, v: &mut Validator<'_>) -> String {
+fn remote_prefix(p: Option<Spanned<String>>, field: &str, v: &mut Validator<'_>) -> String {
     match p {
         None => String::new(),
         Some(p) => {
@@ -666,7 +897,7 @@ fn remote_prefix(p: Option<Spanned<String>>, v: &mut Validator<'_>) -> String {
             if text.contains("//") || text.contains("..") {
                 v.problem(
                     Some(p.span()),
-                    "remote_storage.prefix",
+                    field,
                     format!("{:?} must not contain \"//\" or \"..\"", p.get_ref()),
                 );
             }
@@ -684,16 +915,14 @@ fn remote_prefix(p: Option<Spanned<String>>, v: &mut Validator<'_>) -> String {
 fn remote_sse(
     sse: Option<Spanned<String>>,
     key: Option<Spanned<String>>,
+    table: &str,
     v: &mut Validator<'_>,
 ) -> Option<Sse> {
+    let key_field = format!("{table}.sse_kms_key_id");
     match (sse, key) {
         (None, None) => None,
         (None, Some(k)) => {
-            v.problem(
-                Some(k.span()),
-                "remote_storage.sse_kms_key_id",
-                "needs sse = \"aws:kms\"",
-            );
+            v.problem(Some(k.span()), &key_field, "needs sse = \"aws:kms\"");
             None
         }
         (Some(s), key) => match s.get_ref().as_str() {
@@ -701,7 +930,7 @@ fn remote_sse(
                 if let Some(k) = key {
                     v.problem(
                         Some(k.span()),
-                        "remote_storage.sse_kms_key_id",
+                        &key_field,
                         "only applies to sse = \"aws:kms\"",
                     );
                 }
@@ -711,7 +940,7 @@ fn remote_sse(
             other => {
                 v.problem(
                     Some(s.span()),
-                    "remote_storage.sse",
+                    &format!("{table}.sse"),
                     format!("{other:?} is not supported; use \"AES256\" or \"aws:kms\""),
                 );
                 None
@@ -721,7 +950,7 @@ fn remote_sse(
 }
 
 /// `remote_storage.part_size`: within S3's part size limits.
-fn remote_part_size(p: Option<Spanned<RawSize>>, v: &mut Validator<'_>) -> usize {
+fn remote_part_size(p: Option<Spanned<RawSize>>, field: &str, v: &mut Validator<'_>) -> usize {
     match p {
         None => DEFAULT_PART_SIZE,
         Some(p) => match parse_size(p.get_ref()) {
@@ -729,13 +958,13 @@ fn remote_part_size(p: Option<Spanned<RawSize>>, v: &mut Validator<'_>) -> usize
             Ok(n) => {
                 v.problem(
                     Some(p.span()),
-                    "remote_storage.part_size",
+                    field,
                     format!("{n} bytes is outside S3's part size limits (5MiB to 5GiB)"),
                 );
                 DEFAULT_PART_SIZE
             }
             Err(e) => {
-                v.problem(Some(p.span()), "remote_storage.part_size", e);
+                v.problem(Some(p.span()), field, e);
                 DEFAULT_PART_SIZE
             }
         },
@@ -743,7 +972,7 @@ fn remote_part_size(p: Option<Spanned<RawSize>>, v: &mut Validator<'_>) -> usize
 }
 
 /// `remote_storage.concurrency`: 1 to 16 parts in flight.
-fn remote_concurrency(c: Option<Spanned<i64>>, v: &mut Validator<'_>) -> usize {
+fn remote_concurrency(c: Option<Spanned<i64>>, field: &str, v: &mut Validator<'_>) -> usize {
     match c {
         None => 2,
         Some(c) => match usize::try_from(*c.get_ref()) {
@@ -751,7 +980,7 @@ fn remote_concurrency(c: Option<Spanned<i64>>, v: &mut Validator<'_>) -> usize {
             _ => {
                 v.problem(
                     Some(c.span()),
-                    "remote_storage.concurrency",
+                    field,
                     format!("must be between 1 and 16 (got {})", c.get_ref()),
                 );
                 2

@@ -330,7 +330,7 @@ fn choose(
                     .iter()
                     .rev()
                     .filter(|r| r.trigger.is_backup())
-                    .find(|r| r.remote.as_ref().is_some_and(|c| c.may_exist()))
+                    .find(|r| r.remotes.iter().any(|c| c.may_exist()))
                     .ok_or_else(|| {
                         if remote {
                             "no remote copy to drill: this node's records list no uploaded copy"
@@ -341,19 +341,16 @@ fn choose(
                                 .to_string()
                         }
                     })?;
-                if config.remote_storage.is_none() {
+                let Some((_, copy)) = crate::restore::source::remote_copy_of(config, r) else {
                     return Err(format!(
-                        "record {} has only a remote copy, and no [remote_storage] is configured",
+                        "record {} has only remote copies, and none is at a configured \
+                         destination",
                         r.id
                     ));
-                }
+                };
+                let via = copy.location.clone();
                 let found =
                     handle.block_on(crate::restore::source::download_copy(config, r, scratch))?;
-                let via = r
-                    .remote
-                    .as_ref()
-                    .map(|c| c.location.clone())
-                    .unwrap_or_default();
                 (
                     Chosen {
                         shown: via.clone(),

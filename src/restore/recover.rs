@@ -136,8 +136,10 @@ fn this_host() -> Option<String> {
 /// Finds the backup, downloads and opens its bundle, and compares it with the node. Changes
 /// nothing on the node (the work dir under the state dir holds the download).
 pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, String> {
-    let rc = config.remote_storage.as_ref().ok_or(
-        "no [remote_storage] in the configuration: recover finds the node's backups in the bucket",
+    // The recovery bundle goes with the first destination's copies.
+    let rc = config.destinations.first().ok_or(
+        "no [remote_storage] or [[destination]] in the configuration: recover finds the node's \
+         backups and their bundles at the first destination",
     )?;
     let ids = Identities::load(&opts.identity)?;
     let node = opts
@@ -216,7 +218,7 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, Str
 /// Downloads the bundle into `work`, checks it against its record and opens it into
 /// `work/files`.
 async fn open_bundle(
-    rc: &crate::config::RemoteStorageConfig,
+    rc: &crate::config::DestinationConfig,
     copy: &crate::records::BundleCopy,
     ids: &Identities,
     work: &Path,

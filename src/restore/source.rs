@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
+use crate::config::{Config, DestinationConfig};
 use crate::encryption::{self, Identities, Unsealed};
 use crate::fsutil::{self, under_root};
 use crate::records::{CopyState, Outcome, Record, RecordStore};
@@ -115,20 +115,31 @@ pub async fn locate_into(
                 }
             }
         }
-        if r.remote.as_ref().is_some_and(|c| c.may_exist()) && config.remote_storage.is_some() {
+        if config
+            .destinations
+            .iter()
+            .any(|d| r.copy(&d.name).is_some_and(|c| c.may_exist()))
+        {
             return download_copy(config, r, dir).await;
         }
         return Err(format!(
             "record {source}: neither its local file nor a remote copy is available"
         ));
     }
-    if let Some(rc) = &config.remote_storage {
-        let key = source
-            .strip_prefix(&format!("s3://{}/", rc.bucket))
-            .unwrap_or(source);
+    // A location names its destination; a bare key is the first destination's.
+    let at = config
+        .destinations
+        .iter()
+        .find_map(|rc| {
+            source
+                .strip_prefix(&crate::store::remote::location(rc, ""))
+                .map(|k| (rc, k))
+        })
+        .or_else(|| config.destinations.first().map(|rc| (rc, source)));
+    if let Some((rc, key)) = at {
         let name = key.rsplit('/').next().unwrap_or("");
         if crate::store::local::is_snapshot_file_name(name) {
-            return download(config, key, None, dir).await;
+            return download(rc, key, None, dir).await;
         }
     }
     Err(format!(
@@ -137,36 +148,47 @@ pub async fn locate_into(
     ))
 }
 
-/// Downloads the remote copy of `record` into `dir`, checked against the record.
+/// The copy of `record` a download takes: at the first destination (in the configuration's
+/// order) that holds one.
+pub fn remote_copy_of<'a>(
+    config: &'a Config,
+    record: &'a Record,
+) -> Option<(&'a DestinationConfig, &'a crate::records::RemoteCopy)> {
+    config.destinations.iter().find_map(|rc| {
+        record
+            .copy(&rc.name)
+            .filter(|c| c.may_exist())
+            .map(|c| (rc, c))
+    })
+}
+
+/// Downloads a remote copy of `record` into `dir`, checked against the record: the first
+/// destination (in the configuration's order) that holds one.
 pub async fn download_copy(
     config: &Config,
     record: &Record,
     dir: &Path,
 ) -> Result<Located, String> {
-    let (Some(c), Some(rc)) = (&record.remote, &config.remote_storage) else {
+    let Some((rc, c)) = remote_copy_of(config, record) else {
         return Err(format!(
-            "record {} has no remote copy in the configured bucket",
+            "record {} has no remote copy at any configured destination",
             record.id
         ));
     };
     let key = c
         .location
-        .strip_prefix(&format!("s3://{}/", rc.bucket))
+        .strip_prefix(&crate::store::remote::location(rc, ""))
         .unwrap_or(&c.location)
         .to_string();
-    download(config, &key, Some(record.clone()), dir).await
+    download(rc, &key, Some(record.clone()), dir).await
 }
 
 async fn download(
-    config: &Config,
+    rc: &DestinationConfig,
     key: &str,
     record: Option<Record>,
     dir: &Path,
 ) -> Result<Located, String> {
-    let rc = config
-        .remote_storage
-        .as_ref()
-        .ok_or("no [remote_storage] configured to download from")?;
     let remote = Remote::open(rc, "-")?;
     fsutil::create_private_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let name = key.rsplit('/').next().unwrap_or("snapshot.db");
@@ -183,12 +205,12 @@ async fn download(
     };
     // The object's own checksum: the sealed object's, or the snapshot's for a plain one.
     let object_sha =
-        record.as_ref().and_then(
-            |r| match r.remote.as_ref().and_then(|c| c.sealed.as_ref()) {
+        record
+            .as_ref()
+            .and_then(|r| match r.copy(&rc.name).and_then(|c| c.sealed.as_ref()) {
                 Some(s) => Some(s.object_sha256.clone()),
                 None => r.sha256.clone(),
-            },
-        );
+            });
     if let Some(want) = object_sha {
         if got != want {
             let _ = std::fs::remove_file(&dest);

@@ -27,6 +27,7 @@ pub mod pki;
 pub mod proxy;
 pub mod s3;
 pub mod schema;
+pub mod storage;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -246,4 +247,55 @@ pub fn db_buckets(path: &Path) -> Buckets {
     );
     assert!(report.is_ok(), "{}: {:?}", path.display(), report.lines());
     out
+}
+
+/// A tmpfs of `size` mounted on a new directory; unmounted when dropped.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn new(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (the disk tests need root and mount): {}",
+            stderr(&out)
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills it to the last byte.
+    pub fn fill(&self) -> PathBuf {
+        let p = self.dir.path().join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", p.display()))
+            .output();
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .output();
+    }
 }

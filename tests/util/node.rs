@@ -18,6 +18,8 @@ pub struct Node {
     pub config: PathBuf,
     /// section ("" for top level) → key → TOML value text
     settings: BTreeMap<String, BTreeMap<String, String>>,
+    /// `[[destination]]` tables, as TOML text each.
+    destinations: Vec<String>,
 }
 
 fn q(p: &std::path::Path) -> String {
@@ -37,6 +39,7 @@ impl Node {
         let mut node = Node {
             config: r.join("etc/etcdguard/etcdguard.toml"),
             settings: BTreeMap::new(),
+            destinations: Vec::new(),
             pki,
             etcd,
             root,
@@ -86,6 +89,18 @@ impl Node {
         self.set_path("etcd", "client_key", &dir.join("healthcheck-client.key"));
     }
 
+    /// Adds a `[[destination]]` with `toml` (its keys, one per line) and rewrites the config.
+    pub fn add_destination(&mut self, toml: &str) {
+        self.destinations.push(toml.to_string());
+        self.write_config();
+    }
+
+    /// Drops every `[[destination]]`.
+    pub fn clear_destinations(&mut self) {
+        self.destinations.clear();
+        self.write_config();
+    }
+
     pub fn unset(&mut self, section: &str, key: &str) {
         if let Some(s) = self.settings.get_mut(section) {
             s.remove(key);
@@ -105,6 +120,9 @@ impl Node {
             for (k, v) in kv {
                 text.push_str(&format!("{k} = {v}\n"));
             }
+        }
+        for d in &self.destinations {
+            text.push_str(&format!("\n[[destination]]\n{}\n", d.trim_end()));
         }
         std::fs::create_dir_all(self.config.parent().unwrap()).unwrap();
         std::fs::write(&self.config, text).unwrap();

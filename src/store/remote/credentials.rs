@@ -8,6 +8,11 @@
 //!   same format; systemd keeps it private;
 //! - otherwise the standard AWS chain (environment, profile, instance role), resolved by the
 //!   S3 client itself.
+//!
+//! GCS and Azure destinations read the same way ([`resolve_secret`]): a service account's JSON
+//! key, or the storage account's key, from `credentials_file` (0600/0400) or the systemd
+//! credential `etcdguard-<destination>`; GCS falls back to its application default
+//! credentials, Azure has no chain (a key is required).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +42,16 @@ pub enum Resolved {
     },
     /// The AWS default chain.
     AwsChain,
+    /// A GCS or Azure key read from `from` (handed to the client, not kept).
+    Secret {
+        from: PathBuf,
+    },
+    /// GCS's application default credentials (`GOOGLE_APPLICATION_CREDENTIALS`, the VM's).
+    GcsChain,
+    /// No credentials (`anonymous = true`).
+    Anonymous,
+    /// A mounted directory: the file system's permissions.
+    Filesystem,
 }
 
 impl Resolved {
@@ -49,6 +64,10 @@ impl Resolved {
             Resolved::AwsChain => {
                 "credentials from the AWS chain (environment, profile, instance role)".into()
             }
+            Resolved::Secret { from } => format!("the key in {}", from.display()),
+            Resolved::GcsChain => "GCS application default credentials".into(),
+            Resolved::Anonymous => "no credentials (anonymous = true)".into(),
+            Resolved::Filesystem => "the file system's permissions".into(),
         }
     }
 
@@ -56,6 +75,8 @@ impl Resolved {
         match self {
             Resolved::Static { key, .. } => Some(mask(&key.access_key_id)),
             Resolved::AwsChain => std::env::var("AWS_ACCESS_KEY_ID").ok().map(|k| mask(&k)),
+            Resolved::Secret { from } => Some(format!("from {}", from.display())),
+            _ => None,
         }
     }
 }
@@ -114,6 +135,12 @@ pub fn parse(text: &str) -> Result<StaticKey, String> {
 }
 
 fn read_key(path: &Path, check_mode: bool) -> Result<StaticKey, String> {
+    let text = read_private(path, check_mode)?;
+    parse(&text).map_err(|e| format!("credentials file {}: {e}", path.display()))
+}
+
+/// The text of a credentials file, refused when group or others may read it (`check_mode`).
+fn read_private(path: &Path, check_mode: bool) -> Result<String, String> {
     let meta = std::fs::metadata(path).map_err(|e| {
         format!(
             "cannot read credentials file {}: {}",
@@ -133,9 +160,23 @@ fn read_key(path: &Path, check_mode: bool) -> Result<StaticKey, String> {
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read credentials file {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("credentials file {}: {e}", path.display()))
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read credentials file {}: {e}", path.display()))
+}
+
+/// A GCS or Azure destination's key, read now: `(text, where from)`, or `None` when the
+/// configuration leaves it to the provider's chain and no systemd credential is there.
+pub fn resolve_secret(
+    source: &Credentials,
+    credentials_dir: Option<&Path>,
+) -> Result<Option<(String, PathBuf)>, String> {
+    match source {
+        Credentials::File(path) => Ok(Some((read_private(path, true)?, path.clone()))),
+        Credentials::SystemdOrDefault(name) => match credentials_dir.map(|d| d.join(name)) {
+            Some(path) if path.exists() => Ok(Some((read_private(&path, false)?, path))),
+            _ => Ok(None),
+        },
+    }
 }
 
 /// Resolves the configured source now. `credentials_dir` is `$CREDENTIALS_DIRECTORY`.

@@ -15,6 +15,7 @@
 
 pub(crate) mod credentials;
 pub mod http;
+mod mounted;
 mod uploads;
 
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use opendal::{OperationContext, Operator};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::{RemoteStorageConfig, Sse};
+use crate::config::{DestinationConfig, Kind, Sse};
 use crate::encryption::{Encryption, Sealer, Sealing};
 use crate::records::SealedCopy;
 use crate::store::local::{is_snapshot_file_name, sanitize_member};
@@ -50,12 +51,19 @@ pub struct ObjectInfo {
     pub size: u64,
 }
 
-/// An open connection to the configured bucket, for one node.
+/// An open connection to one destination, for one node.
 #[derive(Clone)]
 pub struct Remote {
     op: Operator,
+    /// The destination's name, and its table for messages (`destination.<name>`).
+    name: String,
+    table: String,
+    backend: Backend,
     bucket: String,
     endpoint: String,
+    /// Every location starts with it: `s3://<bucket>/`, `gs://<bucket>/`,
+    /// `azblob://<account>/<container>/`, `file://<root>/`.
+    scheme: String,
     prefix: String,
     node_prefix: String,
     part_size: usize,
@@ -64,10 +72,24 @@ pub struct Remote {
     stall: Duration,
     /// `rate_limit`: bytes per second handed to the object store at most.
     rate: Option<u64>,
-    kms: bool,
     creds: Resolved,
-    /// The calls opendal does not make (open multipart uploads).
-    raw: uploads::RawS3,
+}
+
+/// What differs between kinds beyond opendal's operator.
+#[derive(Clone)]
+enum Backend {
+    S3 {
+        kms: bool,
+        /// The calls opendal does not make (open multipart uploads).
+        raw: uploads::RawS3,
+    },
+    Gcs,
+    Azblob,
+    /// A mounted directory: uploads go to a hidden partial file, are read back and checked,
+    /// then renamed into place (`mounted.rs`).
+    Fs {
+        root: std::path::PathBuf,
+    },
 }
 
 impl std::fmt::Debug for Remote {
@@ -79,14 +101,23 @@ impl std::fmt::Debug for Remote {
     }
 }
 
-/// Why an object-store call failed, as one sentence with the bucket, endpoint and fix.
-pub fn explain(e: &opendal::Error, bucket: &str, endpoint: &str, key_id: Option<&str>) -> String {
+/// Why an object-store call failed, as one sentence with the bucket, endpoint and fix;
+/// `table` names the destination's settings (`remote_storage`, `destination.<name>`).
+pub fn explain(
+    e: &opendal::Error,
+    table: &str,
+    bucket: &str,
+    endpoint: &str,
+    key_id: Option<&str>,
+) -> String {
     let chain = crate::exit::error_chain(e);
     let has = |n: &str| chain.contains(n);
-    let key = key_id.unwrap_or("(from the AWS chain)");
+    let key = key_id.unwrap_or("(from the provider's chain)");
     if has("NoSuchBucket") {
+        format!("bucket {bucket} does not exist at {endpoint}; create it or fix {table}.bucket")
+    } else if has("ContainerNotFound") {
         format!(
-            "bucket {bucket} does not exist at {endpoint}; create it or fix remote_storage.bucket"
+            "container {bucket} does not exist at {endpoint}; create it or fix {table}.container"
         )
     } else if has("InvalidAccessKeyId") {
         format!("access key {key} is not known at {endpoint}; check the credentials")
@@ -103,17 +134,18 @@ pub fn explain(e: &opendal::Error, bucket: &str, endpoint: &str, key_id: Option<
         || has("NotValidForName")
     {
         format!(
-            "the TLS certificate of {endpoint} is not trusted ({}); set remote_storage.ca_bundle \
+            "the TLS certificate of {endpoint} is not trusted ({}); set {table}.ca_bundle \
              to the CA that signed it",
             short(&chain)
         )
     } else if has("Connection refused") || has("tcp connect error") {
         format!("cannot connect to {endpoint}: connection refused")
     } else if has("timed out") || has("deadline") || has("timeout reached") {
-        format!(
-            "the object store at {endpoint} did not answer in time \
-             (remote_storage.stall_timeout)"
-        )
+        format!("the object store at {endpoint} did not answer in time ({table}.stall_timeout)")
+    } else if e.kind() == opendal::ErrorKind::Unexpected && has("No space left") {
+        format!("{endpoint} is full: {}", short(&chain))
+    } else if has("Read-only file system") {
+        format!("{endpoint} is mounted read-only: {}", short(&chain))
     } else {
         format!(
             "object store {endpoint} (bucket {bucket}): {}",
@@ -210,6 +242,8 @@ pub struct Uploaded {
 /// What was sent, computed on the way.
 pub struct Sent {
     etag: EtagCalc,
+    /// The whole object's MD5, for servers that report it (GCS).
+    md5: Option<[u8; 16]>,
     /// The sealed object's own sha256, for its record; a plain object's is the snapshot's,
     /// known already, so it is not computed twice.
     sha256: Option<String>,
@@ -226,9 +260,24 @@ pub fn object_name(file_name: &str, sealing: Option<&Encryption>) -> String {
     format!("{file_name}{}", sealing.map_or("", Encryption::suffix))
 }
 
-/// `s3://<bucket>/<key>`: how records and messages name an object.
-pub fn location(bucket: &str, key: &str) -> String {
-    format!("s3://{bucket}/{key}")
+/// How records and messages name the object `key` of destination `cfg`: `s3://<bucket>/<key>`,
+/// `gs://<bucket>/<key>`, `azblob://<account>/<container>/<key>`, `file://<root>/<key>`.
+pub fn location(cfg: &DestinationConfig, key: &str) -> String {
+    format!("{}{key}", scheme(cfg))
+}
+
+fn scheme(cfg: &DestinationConfig) -> String {
+    match &cfg.kind {
+        Kind::S3 => format!("s3://{}/", cfg.bucket),
+        Kind::Gcs { .. } => format!("gs://{}/", cfg.bucket),
+        Kind::Azblob { account } => format!("azblob://{account}/{}/", cfg.bucket),
+        Kind::Fs { path, .. } => {
+            format!(
+                "file://{}/",
+                path.display().to_string().trim_end_matches('/')
+            )
+        }
+    }
 }
 
 /// A node's prefix in the bucket, `<prefix><member>/`.
@@ -237,8 +286,143 @@ pub fn node_prefix(prefix: &str, member: &str) -> String {
 }
 
 impl Remote {
-    /// Resolves credentials now and builds the operator for `member`'s prefix.
-    pub fn open(cfg: &RemoteStorageConfig, member: &str) -> Result<Remote, String> {
+    /// Resolves credentials now and builds the operator for `member`'s prefix. An `fs`
+    /// destination is checked first: its directory must be there, a mount point (unless
+    /// `require_mount = false`) and writable.
+    pub fn open(cfg: &DestinationConfig, member: &str) -> Result<Remote, String> {
+        let client = http::client(
+            cfg.ca_bundle.as_deref(),
+            cfg.insecure_skip_tls_verify,
+            Duration::from_secs(10),
+        )
+        .map_err(|e| e.replace("remote_storage.", &format!("{}.", cfg.table)))?;
+        let node_prefix = node_prefix(&cfg.prefix, member);
+        let (op, backend, endpoint, creds) = match &cfg.kind {
+            Kind::S3 => Self::s3(cfg, &client)?,
+            Kind::Gcs { anonymous } => {
+                let endpoint = cfg
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| "https://storage.googleapis.com".into());
+                let mut b = opendal::services::Gcs::default()
+                    .bucket(&cfg.bucket)
+                    .endpoint(&endpoint)
+                    .root("/");
+                let creds = if *anonymous {
+                    b = b
+                        .skip_signature()
+                        .disable_vm_metadata()
+                        .disable_config_load();
+                    Resolved::Anonymous
+                } else {
+                    match credentials::resolve_secret(
+                        &cfg.credentials,
+                        credentials::systemd_dir().as_deref(),
+                    )? {
+                        Some((json, from)) => {
+                            use base64::Engine;
+                            b = b
+                                .credential(&base64::engine::general_purpose::STANDARD.encode(json))
+                                .disable_vm_metadata()
+                                .disable_config_load();
+                            Resolved::Secret { from }
+                        }
+                        None => Resolved::GcsChain,
+                    }
+                };
+                let op = Operator::new(b).map_err(|e| format!("{} setup: {e}", cfg.table))?;
+                (op, Backend::Gcs, endpoint, creds)
+            }
+            Kind::Azblob { account } => {
+                let endpoint = cfg
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+                let Some((key, from)) = credentials::resolve_secret(
+                    &cfg.credentials,
+                    credentials::systemd_dir().as_deref(),
+                )?
+                else {
+                    return Err(format!(
+                        "{} needs the storage account's key: set credentials_file (a file \
+                         holding the key, mode 0600) or give the unit the systemd credential \
+                         etcdguard-{}",
+                        cfg.table, cfg.name
+                    ));
+                };
+                let b = opendal::services::Azblob::default()
+                    .container(&cfg.bucket)
+                    .endpoint(&endpoint)
+                    .account_name(account)
+                    .account_key(key.trim())
+                    .root("/");
+                let op = Operator::new(b).map_err(|e| format!("{} setup: {e}", cfg.table))?;
+                (op, Backend::Azblob, endpoint, Resolved::Secret { from })
+            }
+            Kind::Fs {
+                path,
+                require_mount,
+            } => {
+                mounted::check(path, *require_mount, &cfg.table)?;
+                mounted::prepare(path, &node_prefix)?;
+                let root = path.display().to_string();
+                let b = opendal::services::Fs::default().root(&root);
+                let op = Operator::new(b).map_err(|e| format!("{} setup: {e}", cfg.table))?;
+                (
+                    op,
+                    Backend::Fs { root: path.clone() },
+                    format!("the directory {root}"),
+                    Resolved::Filesystem,
+                )
+            }
+        };
+        let op = match backend {
+            // Local calls: no HTTP transport, no retries (an error is the file system's).
+            Backend::Fs { .. } => op,
+            _ => {
+                let transport = opendal::HttpTransporter::new(
+                    opendal_http_transport_reqwest::ReqwestTransport::new(client),
+                );
+                let ctx: OperationContext = op.context().with_http_transport(transport);
+                // Each request (and each wait for a part upload) is bounded by stall_timeout;
+                // a few retries ride out a blip. A dead server fails in bounded time, the
+                // upload is retried later from the local file.
+                op.with_context(ctx)
+                    .layer(
+                        opendal::layers::TimeoutLayer::new()
+                            .with_timeout(cfg.stall_timeout)
+                            .with_io_timeout(cfg.stall_timeout),
+                    )
+                    .layer(
+                        opendal::layers::RetryLayer::new()
+                            .with_max_times(2)
+                            .with_jitter(),
+                    )
+            }
+        };
+        Ok(Remote {
+            op,
+            name: cfg.name.clone(),
+            table: cfg.table.clone(),
+            backend,
+            bucket: cfg.bucket.clone(),
+            endpoint,
+            scheme: scheme(cfg),
+            prefix: cfg.prefix.clone(),
+            node_prefix,
+            part_size: cfg.part_size,
+            concurrency: cfg.concurrency,
+            stall: cfg.stall_timeout,
+            rate: cfg.rate_limit,
+            creds,
+        })
+    }
+
+    /// The S3 operator (static key or the AWS chain, SSE) and the raw calls beside it.
+    fn s3(
+        cfg: &DestinationConfig,
+        client: &reqwest::Client,
+    ) -> Result<(Operator, Backend, String, Resolved), String> {
         let creds = credentials::resolve(&cfg.credentials, credentials::systemd_dir().as_deref())?;
         let endpoint = cfg
             .endpoint
@@ -252,20 +436,17 @@ impl Remote {
         if !cfg.force_path_style {
             b = b.enable_virtual_host_style();
         }
-        match &creds {
-            Resolved::Static { key, .. } => {
-                // Only this key: neither environment nor profiles nor instance metadata may
-                // quietly replace it.
-                b = b
-                    .disable_config_load()
-                    .disable_ec2_metadata()
-                    .access_key_id(&key.access_key_id)
-                    .secret_access_key(&key.secret_access_key);
-                if let Some(t) = &key.session_token {
-                    b = b.session_token(t);
-                }
+        if let Resolved::Static { key, .. } = &creds {
+            // Only this key: neither environment nor profiles nor instance metadata may
+            // quietly replace it.
+            b = b
+                .disable_config_load()
+                .disable_ec2_metadata()
+                .access_key_id(&key.access_key_id)
+                .secret_access_key(&key.secret_access_key);
+            if let Some(t) = &key.session_token {
+                b = b.session_token(t);
             }
-            Resolved::AwsChain => {}
         }
         match &cfg.sse {
             None => {}
@@ -275,12 +456,7 @@ impl Remote {
                 b = b.server_side_encryption_with_customer_managed_kms_key(id)
             }
         }
-        let op = Operator::new(b).map_err(|e| format!("remote storage setup: {e}"))?;
-        let client = http::client(
-            cfg.ca_bundle.as_deref(),
-            cfg.insecure_skip_tls_verify,
-            Duration::from_secs(10),
-        )?;
+        let op = Operator::new(b).map_err(|e| format!("{} setup: {e}", cfg.table))?;
         let raw = uploads::RawS3::new(
             client.clone(),
             &creds,
@@ -290,46 +466,37 @@ impl Remote {
             cfg.force_path_style,
             cfg.stall_timeout,
         )?;
-        let transport = opendal::HttpTransporter::new(
-            opendal_http_transport_reqwest::ReqwestTransport::new(client),
-        );
-        let ctx: OperationContext = op.context().with_http_transport(transport);
-        // Each request (and each wait for a part upload) is bounded by stall_timeout; a few
-        // retries ride out a blip. A dead server fails in bounded time, the upload is retried
-        // later from the local file.
-        let op = op
-            .with_context(ctx)
-            .layer(
-                opendal::layers::TimeoutLayer::new()
-                    .with_timeout(cfg.stall_timeout)
-                    .with_io_timeout(cfg.stall_timeout),
-            )
-            .layer(
-                opendal::layers::RetryLayer::new()
-                    .with_max_times(2)
-                    .with_jitter(),
-            );
-        let node_prefix = node_prefix(&cfg.prefix, member);
-        Ok(Remote {
-            op,
-            bucket: cfg.bucket.clone(),
-            endpoint,
-            prefix: cfg.prefix.clone(),
-            node_prefix,
-            part_size: cfg.part_size,
-            concurrency: cfg.concurrency,
-            stall: cfg.stall_timeout,
-            rate: cfg.rate_limit,
+        let backend = Backend::S3 {
             kms: matches!(cfg.sse, Some(Sse::Kms(_))),
-            creds,
             raw,
-        })
+        };
+        Ok((op, backend, endpoint, creds))
+    }
+
+    /// The destination's name (`remote`, or the `[[destination]]`'s).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// This node's multipart uploads that the server still holds open, with a snapshot's name
     /// (nothing else under the prefix is ours to touch).
+    /// An `fs` destination's are the partial files a killed upload left; GCS and Azure
+    /// discard unfinished uploads themselves (resumable sessions and uncommitted blocks
+    /// expire after a week), so there none are listed.
     pub async fn open_uploads(&self) -> Result<Vec<OpenUpload>, ListError> {
-        let all = self.raw.list_open(&self.node_prefix).await?;
+        let all = match &self.backend {
+            Backend::S3 { raw, .. } => raw.list_open(&self.node_prefix).await?,
+            Backend::Fs { root } => mounted::partials(root, &self.node_prefix)
+                .map_err(ListError::Failed)?
+                .into_iter()
+                .map(|(key, initiated)| OpenUpload {
+                    key,
+                    upload_id: String::new(),
+                    initiated,
+                })
+                .collect(),
+            Backend::Gcs | Backend::Azblob => Vec::new(),
+        };
         Ok(all
             .into_iter()
             .filter(|u| self.own_snapshot_name(&u.key).is_some())
@@ -345,7 +512,21 @@ impl Remote {
 
     /// Aborts an open upload found by [`Remote::open_uploads`]: its parts are freed.
     pub async fn abort_open_upload(&self, u: &OpenUpload) -> Result<(), String> {
-        self.raw.abort(u).await
+        match &self.backend {
+            Backend::S3 { raw, .. } => raw.abort(u).await,
+            Backend::Fs { root } => mounted::remove_partial(root, &u.key),
+            Backend::Gcs | Backend::Azblob => Ok(()),
+        }
+    }
+
+    /// The kind of storage (`s3`, `gcs`, `azblob`, `fs`).
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::S3 { .. } => "s3",
+            Backend::Gcs => "gcs",
+            Backend::Azblob => "azblob",
+            Backend::Fs { .. } => "fs",
+        }
     }
 
     pub fn credentials(&self) -> &Resolved {
@@ -365,12 +546,25 @@ impl Remote {
     }
 
     pub fn location(&self, key: &str) -> String {
-        location(&self.bucket, key)
+        format!("{}{key}", self.scheme)
     }
 
     fn explain(&self, e: &opendal::Error) -> String {
+        if let Backend::Fs { root } = &self.backend {
+            // The file system's own words (no space, read-only, permission), not opendal's.
+            let mut src: &dyn std::error::Error = e;
+            while let Some(s) = src.source() {
+                src = s;
+            }
+            return format!(
+                "the directory {} (destination {}): {src}",
+                root.display(),
+                self.name
+            );
+        }
         explain(
             e,
+            &self.table,
             &self.bucket,
             &self.endpoint,
             self.creds.key_id().as_deref(),
@@ -415,15 +609,22 @@ impl Remote {
         let (decide_tx, decide_rx) = oneshot::channel();
         let key = self.key_for(object_name);
         let this = self.clone();
-        let k = key.clone();
-        let hash = sealing.is_some();
-        let handle = tokio::spawn(async move { this.run_upload(k, rx, decide_rx, hash).await });
+        // A mounted directory is written under a hidden partial name, read back and checked,
+        // then renamed into place (`verify_object`): its sha256 is needed then.
+        let (k, hash) = match &self.backend {
+            Backend::Fs { .. } => (mounted::partial_key(&key), true),
+            _ => (key.clone(), sealing.is_some()),
+        };
+        let md5 = matches!(self.backend, Backend::Gcs);
+        let handle =
+            tokio::spawn(async move { this.run_upload(k, rx, decide_rx, hash, md5).await });
         UploadFeed {
             tx: Some(tx),
             decide: Some(decide_tx),
             handle: Some(handle),
             failed: None,
             stall: self.stall,
+            table: self.table.clone(),
             key,
             sealer,
             sealing,
@@ -436,27 +637,35 @@ impl Remote {
         mut rx: mpsc::Receiver<Bytes>,
         decide: oneshot::Receiver<bool>,
         hash: bool,
+        md5: bool,
     ) -> Result<Sent, String> {
+        // GCS: a resumable upload that never replaces an object (`ifGenerationMatch=0`);
+        // its XML multipart API is not what every GCS-compatible server offers.
         let mut w = self
             .op
             .writer_with(&key)
             .chunk(self.part_size)
             .concurrent(self.concurrency)
+            .if_not_exists(matches!(self.backend, Backend::Gcs))
             .await
             .map_err(|e| self.explain(&e))?;
         let mut etag = EtagCalc::new(self.part_size);
+        let mut whole_md5 = md5.then(Md5::new);
         let mut sha = hash.then(sha2::Sha256::new);
         let mut size = 0u64;
         let mut started = None;
         while let Some(b) = rx.recv().await {
             let started = *started.get_or_insert_with(Instant::now);
             etag.update(&b);
+            if let Some(m) = whole_md5.as_mut() {
+                m.update(&b);
+            }
             if let Some(sha) = sha.as_mut() {
                 sha2::Digest::update(sha, &b);
             }
             size += b.len() as u64;
             if let Err(e) = w.write(b).await {
-                let _ = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
+                self.abort_writer(&mut w, &key).await;
                 return Err(self.explain(&e));
             }
             // rate_limit: the writer starts a part once it is full, so parts leave spaced
@@ -478,6 +687,7 @@ impl Remote {
             Ok(true) => match w.close().await {
                 Ok(_meta) => Ok(Sent {
                     etag,
+                    md5: whole_md5.map(|m| m.finalize().into()),
                     sha256: sha.map(|s| hex::encode(sha2::Digest::finalize(s))),
                     size,
                     sealing: None,
@@ -485,10 +695,14 @@ impl Remote {
                     completing: closing.elapsed(),
                 }),
                 Err(e) => {
-                    let _ = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
+                    self.abort_writer(&mut w, &key).await;
                     Err(self.explain(&e))
                 }
             },
+            _ if matches!(self.backend, Backend::Fs { .. }) => {
+                self.abort_writer(&mut w, &key).await;
+                Err("upload aborted".to_string())
+            }
             _ => {
                 let aborted = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
                 Err(match aborted {
@@ -500,17 +714,51 @@ impl Remote {
         }
     }
 
-    /// Checks a completed object against the size and ETag of what was sent. An object that
-    /// is not what was sent is deleted (the retry uploads from the local file).
-    async fn verify_object(&self, key: &str, sent: Sent) -> Result<Uploaded, String> {
-        let r = self.compare_object(key, sent.size, sent.etag).await;
-        if r.is_err() {
-            let _ = self.op.delete(key).await;
+    /// Aborts a writer; an `fs` partial file (opendal's fs writer cannot abort a direct
+    /// write) is removed.
+    async fn abort_writer(&self, w: &mut opendal::Writer, key: &str) {
+        match &self.backend {
+            Backend::Fs { root } => {
+                let _ = mounted::remove_partial(root, key);
+            }
+            _ => {
+                let _ = tokio::time::timeout(ABORT_TIMEOUT, w.abort()).await;
+            }
         }
+    }
+
+    /// Checks a completed object against the size and ETag of what was sent. An object that
+    /// is not what was sent is deleted (the retry uploads from the local file). On a mounted
+    /// directory the partial file is read back and compared before it is renamed into place.
+    async fn verify_object(&self, key: &str, sent: Sent) -> Result<Uploaded, String> {
+        let r = match &self.backend {
+            Backend::Fs { root } => {
+                let (root, key, sha, size) = (
+                    root.clone(),
+                    key.to_string(),
+                    sent.sha256.clone().unwrap_or_default(),
+                    sent.size,
+                );
+                tokio::task::spawn_blocking(move || mounted::publish(&root, &key, &sha, size))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the check of the copy failed: {e}")))
+                    .map(|()| None)
+            }
+            _ => {
+                let r = self
+                    .compare_object(key, sent.size, sent.etag, sent.md5)
+                    .await;
+                if r.is_err() {
+                    let _ = self.op.delete(key).await;
+                }
+                r
+            }
+        };
         let etag = r?;
         let seconds = sent.transfer.as_secs_f64();
         tracing::info!(
             object = %self.location(key),
+            destination = %self.name,
             bytes = sent.size,
             seconds,
             "uploaded {:.1} MiB in {seconds:.2} s ({:.1} MiB/s), completed in {:.2} s",
@@ -534,6 +782,7 @@ impl Remote {
         key: &str,
         size: u64,
         etag: EtagCalc,
+        md5: Option<[u8; 16]>,
     ) -> Result<Option<String>, String> {
         let meta = self.op.stat(key).await.map_err(|e| self.explain(&e))?;
         if meta.content_length() != size {
@@ -544,9 +793,22 @@ impl Remote {
             ));
         }
         let server = meta.etag().map(str::to_string);
+        // GCS reports the object's MD5 (base64), which its ETag is not.
+        if let (Some(mine), Some(theirs)) = (md5, meta.content_md5()) {
+            use base64::Engine;
+            let mine = base64::engine::general_purpose::STANDARD.encode(mine);
+            if mine != theirs {
+                return Err(format!(
+                    "{} has MD5 {theirs}, but the uploaded bytes give {mine}",
+                    self.location(key)
+                ));
+            }
+        }
+        let kms = matches!(self.backend, Backend::S3 { kms: true, .. });
+        let comparable = matches!(self.backend, Backend::S3 { .. }) && !kms;
         let computed = etag.finish();
         let checked = match server.as_deref() {
-            Some(s) if !self.kms => match etag_matches(s, &computed) {
+            Some(s) if comparable => match etag_matches(s, &computed) {
                 Some(true) => true,
                 Some(false) => {
                     return Err(format!(
@@ -566,11 +828,29 @@ impl Remote {
     /// Writes the JSON sidecar of the object `object_name`.
     pub async fn put_sidecar(&self, object_name: &str, json: Vec<u8>) -> Result<(), String> {
         let key = format!("{}{SIDECAR_SUFFIX}", self.key_for(object_name));
-        self.op
-            .write(&key, json)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.explain(&e))
+        self.write_small(&key, json).await
+    }
+
+    /// One small object in one request; on a mounted directory an atomic, fsynced, 0600
+    /// file.
+    async fn write_small(&self, key: &str, bytes: Vec<u8>) -> Result<(), String> {
+        match &self.backend {
+            Backend::Fs { root } => {
+                let path = root.join(key);
+                tokio::task::spawn_blocking(move || {
+                    crate::fsutil::write_atomic(&path, &bytes, 0o600)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+            }
+            _ => self
+                .op
+                .write(key, bytes)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.explain(&e)),
+        }
     }
 
     /// Snapshot objects under this node's prefix (sidecars and foreign names left out).
@@ -695,10 +975,7 @@ impl Remote {
     pub async fn put_small(&self, name: &str, bytes: Vec<u8>) -> Result<String, String> {
         let key = self.key_for(name);
         let len = bytes.len() as u64;
-        self.op
-            .write(&key, bytes)
-            .await
-            .map_err(|e| self.explain(&e))?;
+        self.write_small(&key, bytes).await?;
         let meta = self.op.stat(&key).await.map_err(|e| self.explain(&e))?;
         if meta.content_length() != len {
             let _ = self.op.delete(&key).await;
@@ -789,6 +1066,8 @@ pub struct UploadFeed {
     handle: Option<JoinHandle<Result<Sent, String>>>,
     failed: Option<String>,
     stall: Duration,
+    /// The destination's table, for messages.
+    table: String,
     key: String,
     sealer: Option<Sealer>,
     sealing: Option<Sealing>,
@@ -835,8 +1114,8 @@ impl UploadFeed {
             }
             Err(_) => {
                 self.failed = Some(format!(
-                    "the object store accepted no data for {:?} (remote_storage.stall_timeout)",
-                    self.stall
+                    "the object store accepted no data for {:?} ({}.stall_timeout)",
+                    self.stall, self.table
                 ));
                 self.tx = None;
             }

@@ -74,6 +74,12 @@ impl RawS3 {
                 }
                 Signer::new(ctx, p, RequestSigner::new("s3", region))
             }
+            Resolved::Secret { .. }
+            | Resolved::GcsChain
+            | Resolved::Anonymous
+            | Resolved::Filesystem => {
+                return Err("open multipart uploads are S3's: no signer for this kind".into())
+            }
             Resolved::AwsChain => Signer::new(
                 ctx,
                 ProvideCredentialChain::new().push(DefaultCredentialProvider::builder().build()),
