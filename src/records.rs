@@ -155,6 +155,9 @@ pub struct RemoteCopy {
     /// `per = "cluster"`: the slot this copy is of, and who holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterCopy>,
+    /// S3 Object Lock: nobody can delete the object before this time; retention waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 fn default_destination() -> String {
@@ -258,7 +261,14 @@ impl RemoteCopy {
             deleted_at: None,
             deleted_reason: None,
             cluster: None,
+            locked_until: None,
         }
+    }
+
+    /// The copy is locked until `until` (Object Lock), or not.
+    pub fn with_lock(mut self, until: Option<DateTime<Utc>>) -> RemoteCopy {
+        self.locked_until = until;
+        self
     }
 
     /// `per = "cluster"`: `uploader` claimed the slot and uploads `location`; confirmed (or

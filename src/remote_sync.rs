@@ -378,6 +378,7 @@ fn retried(c: &mut RemoteCopy, remote: &Remote, up: &Uploaded, now: DateTime<Utc
         up.etag.clone(),
         up.sealed.clone(),
     );
+    c.locked_until = up.locked_until;
 }
 
 /// What a maintenance pass did.
@@ -678,11 +679,49 @@ fn pinned_objects(
         .collect())
 }
 
-/// One remote deletion retention would make now: where, and why.
+/// One remote deletion retention would make now: where, and why; `locked_until` when Object
+/// Lock forbids it yet (retention keeps it until then).
 #[derive(Debug, Clone)]
 pub struct PlannedDeletion {
     pub location: String,
     pub reason: String,
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// Until when the copy `name` at `remote` is still locked at `now` (S3 Object Lock): what
+/// this node's records say, or, for a destination that locks its copies, what the server says
+/// (records lost with a rebuilt node still leave the lock there).
+async fn still_locked(
+    locks: &std::collections::HashMap<String, DateTime<Utc>>,
+    remote: &Remote,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let until = match locks.get(name) {
+        Some(t) => Some(*t),
+        None if remote.locks() => remote
+            .locked_until(&remote.key_for(name))
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    until.filter(|t| *t > now)
+}
+
+/// Object name → locked until, of this node's copies at destination `dest`.
+fn recorded_locks(
+    config: &Config,
+    dest: &str,
+) -> Result<std::collections::HashMap<String, DateTime<Utc>>, String> {
+    Ok(RecordStore::new(&config.state_dir)
+        .load()
+        .map_err(|e| e.to_string())?
+        .records
+        .iter()
+        .filter_map(|r| r.copy(dest))
+        .filter_map(|c| c.locked_until.map(|t| (c.object_name().to_string(), t)))
+        .collect())
 }
 
 /// What remote retention would delete now under `<prefix><member>/` (`etcdguard prune
@@ -698,6 +737,8 @@ pub async fn retention_plan(
     let remote = Remote::open(rc, member)?;
     let objects = listed_snapshots(&remote).await?;
     let pinned = pinned_objects(config, &rc.name)?;
+    let locks = recorded_locks(config, &rc.name)?;
+    let now = crate::clock::now();
     let mut plan = Vec::new();
     for d in retention::remote_deletions_at(
         &objects,
@@ -713,6 +754,7 @@ pub async fn retention_plan(
         plan.push(PlannedDeletion {
             location: remote.location(&key),
             reason: d.reason,
+            locked_until: still_locked(&locks, &remote, &objects[d.index].0, now).await,
         });
     }
     Ok(plan)
@@ -780,6 +822,7 @@ async fn apply_retention(
     // Pinned copies are outside the rule: this node's records say which; a copy's sidecar is
     // asked too before it goes (records lost with a rebuilt node still leave the pin there).
     let pinned = pinned_objects(config, &rc.name)?;
+    let locks = recorded_locks(config, &rc.name)?;
     let now = crate::clock::now();
     let mut deleted = Vec::new();
     let mut reasons = Vec::new();
@@ -787,6 +830,16 @@ async fn apply_retention(
         let name = &objects[d.index].0;
         if let Ok(Record { pin: Some(p), .. }) = remote.read_sidecar(&remote.key_for(name)).await {
             tracing::info!(file = %name, "retention keeps a remote snapshot: {} (its sidecar)", p.describe());
+            continue;
+        }
+        if let Some(until) = still_locked(&locks, &remote, name, now).await {
+            tracing::info!(
+                file = %name,
+                destination = %rc.name,
+                "retention keeps a remote snapshot until {} ({}, but it is under Object Lock until then)",
+                crate::records::rfc3339(until),
+                d.reason
+            );
             continue;
         }
         let gone = remote.delete_snapshot(name).await;

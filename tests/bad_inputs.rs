@@ -832,6 +832,12 @@ fn rows() -> Vec<Row> {
                 "[[destination]]\nname = \"azure\"\ntype = \"azblob\"\ncontainer = \"backups\""
             )
         ),
+        row!("config", "an Object Lock mode without a period", 78, |e| {
+            check(
+            e,
+            "[remote_storage]\nbucket = \"b\"\nregion = \"r\"\nobject_lock_mode = \"COMPLIANCE\""
+        )
+        }),
         row!(
             "config",
             "per = cluster with more than one destination",

@@ -331,3 +331,85 @@ fn an_fs_destination_refuses_a_missing_read_only_or_full_mount_and_leaves_nothin
         assert_eq!(copy(r, "nfs")["state"], "uploaded", "{r:#}");
     }
 }
+
+/// S3 Object Lock on moto: each copy is uploaded with Content-MD5 and given its retention;
+/// the server refuses to delete it; retention keeps it (and says until when) until the lock is
+/// over, then deletes it.
+#[test]
+fn object_lock_keeps_every_copy_until_its_retention_ends_then_retention_deletes_it() {
+    let mut node = Node::start(NEWEST, "cp1");
+    node.etcd.put_keys("lock", 300);
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::moto(dir.path(), None, "plain");
+    s3.boto("s3.create_bucket(Bucket='locked', ObjectLockEnabledForBucket=True)");
+    use_remote(&mut node, &s3, "locked", SECRET_KEY);
+    node.set("remote_storage", "object_lock_mode", "\"GOVERNANCE\"");
+    node.set("remote_storage", "object_lock_period", "\"20s\"");
+    node.set("remote_storage", "keep", "1");
+    node.set("remote_storage", "min_keep", "1");
+    let mut files = Vec::new();
+    for _ in 0..3 {
+        let out = node.snapshot();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let r = node.last_record();
+        assert_eq!(remote_state(&r), "uploaded", "{r:#}");
+        assert!(r["remote"]["lockedUntil"].is_string(), "{r:#}");
+        files.push(r["fileName"].as_str().unwrap().to_string());
+    }
+    let keys: Vec<String> = files.iter().map(|f| format!("prod/cp1/{f}")).collect();
+    // Every copy carries its retention on the server; retention kept all three.
+    for k in &keys {
+        let out = s3.boto(&format!(
+            "h = s3.head_object(Bucket='locked', Key='{k}')\n\
+             out = (h['ObjectLockMode'] + ' ' + h['ObjectLockRetainUntilDate'].isoformat()).encode()"
+        ));
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(text.starts_with("GOVERNANCE 20"), "{k}: {text}");
+    }
+    let listed = s3.keys("locked");
+    for k in &keys {
+        assert!(listed.contains(k), "{k} went: {listed:?}");
+    }
+    // The server itself refuses to delete a locked version, whoever asks.
+    let refused = s3.boto(&format!(
+        "v = s3.head_object(Bucket='locked', Key='{}')['VersionId']\n\
+         try:\n    s3.delete_object(Bucket='locked', Key='{}', VersionId=v)\n    out = b'deleted'\n\
+         except Exception as e:\n    out = str(e).encode()",
+        keys[0], keys[0]
+    ));
+    let refused = String::from_utf8_lossy(&refused).to_string();
+    assert!(refused.contains("AccessDenied"), "{refused}");
+    // The dry run says what waits for its lock, and until when.
+    let out = node.run(&["prune", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for f in &files[..2] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(f.as_str()))
+            .unwrap_or_else(|| panic!("{f} not in:\n{text}"));
+        assert!(
+            line.starts_with("remote: keeps s3://locked/")
+                && line.contains("under Object Lock until"),
+            "{line}"
+        );
+    }
+    // Once the locks are over, retention deletes what its rule selects.
+    let until = node.records()[1]["remote"]["lockedUntil"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let until = chrono::DateTime::parse_from_rfc3339(&until).unwrap();
+    let wait = (until.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    std::thread::sleep(wait + Duration::from_secs(2));
+    let out = node.run(&["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<String> = s3
+        .keys("locked")
+        .into_iter()
+        .filter(|k| !k.ends_with(".json"))
+        .collect();
+    assert_eq!(listed, [keys[2].clone()], "{}", stdout(&out));
+}

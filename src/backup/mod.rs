@@ -209,6 +209,7 @@ pub async fn run_backup(
                 let copy = match r.result {
                     Ok(up) => {
                         RemoteCopy::uploaded(&r.destination, r.location, now, up.etag, up.sealed)
+                            .with_lock(up.locked_until)
                     }
                     Err(e) => {
                         tracing::warn!(destination = %r.destination, error = %e, "remote copy not made now; it will be retried from the local file");
@@ -356,6 +357,8 @@ pub async fn run_remote_maintenance(
 pub struct PruneReport {
     pub local: Vec<(String, String)>,
     pub remote: Vec<(String, String)>,
+    /// Copies the rule would delete but Object Lock keeps (dry run).
+    pub locked: Vec<(String, String)>,
     /// Problems that stopped part of it (the rest was still done).
     pub errors: Vec<String>,
 }
@@ -389,9 +392,21 @@ pub async fn run_prune(config: &Config, dry_run: bool) -> Result<PruneReport, Ba
         {
             for who in remote_sync::retention_prefixes(rc, member) {
                 match remote_sync::retention_plan(config, rc, &who).await {
-                    Ok(plan) => report
-                        .remote
-                        .extend(plan.into_iter().map(|p| (p.location, p.reason))),
+                    Ok(plan) => {
+                        for p in plan {
+                            match p.locked_until {
+                                None => report.remote.push((p.location, p.reason)),
+                                Some(t) => report.locked.push((
+                                    p.location,
+                                    format!(
+                                        "{}, but it is under Object Lock until {}: kept until then",
+                                        p.reason,
+                                        crate::records::rfc3339(t)
+                                    ),
+                                )),
+                            }
+                        }
+                    }
                     Err(e) => report
                         .errors
                         .push(format!("remote retention of {}: {e}", rc.name)),

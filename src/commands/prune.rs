@@ -27,6 +27,9 @@ pub(super) fn run(config_path: Option<&Path>, dry_run: bool) -> CmdResult {
             out.push_str(&format!("{what}: {verb} {place}: {why}\n"));
         }
     }
+    for (place, why) in &report.locked {
+        out.push_str(&format!("remote: keeps {place}: {why}\n"));
+    }
     if config.destinations.is_empty() {
         out = out.replace("remote: nothing to delete\n", "");
     }

@@ -162,6 +162,10 @@ impl Config {
                     }
                 }
             }
+            if let Some(l) = &r.object_lock {
+                let _ = writeln!(w, "object_lock_mode = {}", toml_string(l.mode.as_str()));
+                let _ = writeln!(w, "object_lock_period = {}", toml_string(&human(l.period)));
+            }
             match &r.credentials {
                 Credentials::File(p) => {
                     let _ = writeln!(w, "credentials_file = {}", quoted(p));

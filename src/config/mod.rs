@@ -178,6 +178,8 @@ pub struct DestinationConfig {
     pub insecure_skip_tls_verify: bool,
     /// Server-side encryption header.
     pub sse: Option<Sse>,
+    /// S3 Object Lock: every copy is given this retention when it is uploaded.
+    pub object_lock: Option<ObjectLock>,
     /// Where the access key comes from (see [`Credentials`]).
     pub credentials: Credentials,
     /// Multipart upload part size in bytes.
@@ -200,6 +202,30 @@ pub struct DestinationConfig {
     /// The lease a slot's uploader keeps alive: how soon another node may take a dead
     /// uploader's slot over.
     pub cluster_lease: Duration,
+}
+
+/// S3 Object Lock retention given to each uploaded copy (the bucket must have Object Lock
+/// enabled): nobody, the node's own credentials included, can delete it before `period` is
+/// over (`Governance`: except with the bypass permission).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub period: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
 }
 
 /// Server-side encryption requested for uploads.

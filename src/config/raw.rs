@@ -114,6 +114,9 @@ pub(super) struct RawRemote {
     pub(super) insecure_skip_tls_verify: Option<bool>,
     pub(super) sse: Option<Spanned<String>>,
     pub(super) sse_kms_key_id: Option<Spanned<String>>,
+    /// S3 Object Lock: `GOVERNANCE` or `COMPLIANCE`, and for how long.
+    pub(super) object_lock_mode: Option<Spanned<String>>,
+    pub(super) object_lock_period: Option<Spanned<RawDuration>>,
     pub(super) credentials_file: Option<Spanned<PathBuf>>,
     /// The systemd credential's name (`etcdguard-s3` for `[remote_storage]`, else
     /// `etcdguard-<name>`).

@@ -777,6 +777,53 @@ fn validate_destination(
             "server-side encryption headers are S3's: use [encryption] for every kind",
         );
     }
+    let object_lock = match (r.object_lock_mode, r.object_lock_period) {
+        (None, None) => None,
+        (Some(m), p) => {
+            let mode = match m.get_ref().to_ascii_uppercase().as_str() {
+                "GOVERNANCE" => LockMode::Governance,
+                "COMPLIANCE" => LockMode::Compliance,
+                other => {
+                    v.problem(
+                        Some(m.span()),
+                        &f("object_lock_mode"),
+                        format!("{other:?} is not an Object Lock mode: use \"GOVERNANCE\" or \"COMPLIANCE\""),
+                    );
+                    LockMode::Governance
+                }
+            };
+            if kind != Kind::S3 {
+                v.problem(
+                    Some(m.span()),
+                    &f("object_lock_mode"),
+                    "Object Lock is S3's: for GCS and Azure set a retention policy on the bucket \
+                     or container itself",
+                );
+            }
+            match p {
+                None => {
+                    v.problem(
+                        Some(m.span()),
+                        &f("object_lock_period"),
+                        "is required with object_lock_mode: how long each copy stays locked",
+                    );
+                    None
+                }
+                Some(p) => Some(ObjectLock {
+                    mode,
+                    period: v.duration(Some(p), &f("object_lock_period"), Duration::ZERO),
+                }),
+            }
+        }
+        (None, Some(p)) => {
+            v.problem(
+                Some(p.span()),
+                &f("object_lock_period"),
+                "needs object_lock_mode (\"GOVERNANCE\" or \"COMPLIANCE\")",
+            );
+            None
+        }
+    };
     let credentials = match (r.credentials_file, r.systemd_credential) {
         (Some(c), None) => {
             Credentials::File(v.path(Some(c), &f("credentials_file"), Path::new("")))
@@ -828,6 +875,7 @@ fn validate_destination(
         ca_bundle,
         insecure_skip_tls_verify: r.insecure_skip_tls_verify.unwrap_or(false),
         sse,
+        object_lock,
         credentials,
         part_size,
         concurrency,

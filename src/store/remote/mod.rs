@@ -28,7 +28,7 @@ use opendal::{OperationContext, Operator};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::{DestinationConfig, Kind, Sse};
+use crate::config::{DestinationConfig, Kind, ObjectLock, Sse};
 use crate::encryption::{Encryption, Sealer, Sealing};
 use crate::records::SealedCopy;
 use crate::store::local::{is_snapshot_file_name, sanitize_member};
@@ -72,6 +72,8 @@ pub struct Remote {
     stall: Duration,
     /// `rate_limit`: bytes per second handed to the object store at most.
     rate: Option<u64>,
+    /// S3 Object Lock retention for each copy uploaded.
+    lock: Option<ObjectLock>,
     creds: Resolved,
 }
 
@@ -237,6 +239,8 @@ pub struct Uploaded {
     pub etag: Option<String>,
     /// How the object was sealed, with its own sha256 and size (`[encryption]`).
     pub sealed: Option<SealedCopy>,
+    /// Object Lock: the copy cannot be deleted before this time.
+    pub locked_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What was sent, computed on the way.
@@ -414,6 +418,7 @@ impl Remote {
             concurrency: cfg.concurrency,
             stall: cfg.stall_timeout,
             rate: cfg.rate_limit,
+            lock: cfg.object_lock,
             creds,
         })
     }
@@ -435,6 +440,10 @@ impl Remote {
             .root("/");
         if !cfg.force_path_style {
             b = b.enable_virtual_host_style();
+        }
+        if cfg.object_lock.is_some() {
+            // Object Lock buckets refuse uploads without Content-MD5 (or another checksum).
+            b = b.checksum_algorithm("md5");
         }
         if let Resolved::Static { key, .. } = &creds {
             // Only this key: neither environment nor profiles nor instance metadata may
@@ -755,6 +764,7 @@ impl Remote {
             }
         };
         let etag = r?;
+        let locked_until = self.lock_object(key).await?;
         let seconds = sent.transfer.as_secs_f64();
         tracing::info!(
             object = %self.location(key),
@@ -769,12 +779,56 @@ impl Remote {
         Ok(Uploaded {
             key: key.to_string(),
             etag,
+            locked_until,
             sealed: sent.sealing.map(|sealing| SealedCopy {
                 sealing,
                 object_sha256: sent.sha256.unwrap_or_default(),
                 object_size_bytes: sent.size,
             }),
         })
+    }
+
+    /// With `object_lock`, gives the verified object its retention; a copy that cannot be
+    /// locked is deleted and the upload fails (retried later): a copy meant to be immutable
+    /// is never left deletable.
+    async fn lock_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+        let (Some(lock), Backend::S3 { raw, .. }) = (&self.lock, &self.backend) else {
+            return Ok(None);
+        };
+        let until = crate::clock::now()
+            + chrono::Duration::from_std(lock.period).unwrap_or(chrono::Duration::MAX);
+        match raw.put_retention(key, lock.mode.as_str(), until).await {
+            Ok(()) => Ok(Some(until)),
+            Err(e) => {
+                let _ = self.op.delete(key).await;
+                Err(format!(
+                    "{} could not be given its Object Lock retention ({e}); is Object Lock \
+                     enabled on bucket {}?",
+                    self.location(key),
+                    self.bucket
+                ))
+            }
+        }
+    }
+
+    /// Until when the object at `key` is locked (S3 Object Lock, as the server says);
+    /// `None` for other kinds and unlocked objects.
+    pub async fn locked_until(
+        &self,
+        key: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+        match &self.backend {
+            Backend::S3 { raw, .. } => Ok(raw.retention(key).await?.map(|(_, until)| until)),
+            _ => Ok(None),
+        }
+    }
+
+    /// True when this destination locks its copies (`object_lock`).
+    pub fn locks(&self) -> bool {
+        self.lock.is_some()
     }
 
     async fn compare_object(

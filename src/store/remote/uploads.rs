@@ -158,9 +158,32 @@ impl RawS3 {
     }
 
     async fn send(&self, method: ::http::Method, url: &str) -> Result<(u16, Bytes), String> {
-        let req = ::http::Request::builder()
-            .method(method.clone())
-            .uri(url)
+        self.send_with(method, url, &[], Bytes::new())
+            .await
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// A signed request with `headers` and `body` (its sha256 signed too): status, response
+    /// headers, body.
+    async fn send_with(
+        &self,
+        method: ::http::Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<(u16, ::http::HeaderMap, Bytes), String> {
+        let mut builder = ::http::Request::builder().method(method.clone()).uri(url);
+        for (k, v) in headers {
+            builder = builder.header(*k, v);
+        }
+        if !body.is_empty() {
+            use sha2::Digest;
+            builder = builder.header(
+                "x-amz-content-sha256",
+                hex::encode(sha2::Sha256::digest(&body)),
+            );
+        }
+        let req = builder
             .body(())
             .map_err(|e| format!("bad request URL: {e}"))?;
         let (mut parts, ()) = req.into_parts();
@@ -172,10 +195,78 @@ impl RawS3 {
         for (name, value) in &parts.headers {
             rb = rb.header(name, value);
         }
-        let resp = rb.send().await.map_err(|e| error_chain(&e))?;
+        let resp = rb.body(body).send().await.map_err(|e| error_chain(&e))?;
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(|e| error_chain(&e))?;
-        Ok((status, body))
+        Ok((status, headers, body))
+    }
+
+    /// Object Lock: gives `key` retention `mode` until `until` (PutObjectRetention, with the
+    /// Content-MD5 it requires).
+    pub(super) async fn put_retention(
+        &self,
+        key: &str,
+        mode: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), String> {
+        use base64::Engine;
+        use md5::Digest;
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{mode}</Mode>\
+             <RetainUntilDate>{}</RetainUntilDate></Retention>",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+        let url = format!("{}/{}?retention=", self.bucket_url, encode(key, false));
+        let (status, _, resp) = self
+            .send_with(
+                ::http::Method::PUT,
+                &url,
+                &[
+                    ("content-md5", md5),
+                    ("content-type", "application/xml".to_string()),
+                ],
+                Bytes::from(body),
+            )
+            .await?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!(
+                "PutObjectRetention answered HTTP {status}: {}",
+                super::short(&String::from_utf8_lossy(&resp))
+            ))
+        }
+    }
+
+    /// The Object Lock retention `key` carries, from its HEAD: `(mode, until)`, or `None`.
+    pub(super) async fn retention(
+        &self,
+        key: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>, String> {
+        let url = format!("{}/{}", self.bucket_url, encode(key, false));
+        let (status, headers, _) = self
+            .send_with(::http::Method::HEAD, &url, &[], Bytes::new())
+            .await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        if !(200..300).contains(&status) {
+            return Err(format!("HeadObject answered HTTP {status}"));
+        }
+        let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+        Ok(
+            match (
+                get("x-amz-object-lock-mode"),
+                get("x-amz-object-lock-retain-until-date"),
+            ) {
+                (Some(m), Some(u)) => DateTime::parse_from_rfc3339(u)
+                    .ok()
+                    .map(|t| (m.to_string(), t.with_timezone(&Utc))),
+                _ => None,
+            },
+        )
     }
 }
 
