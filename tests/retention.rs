@@ -281,6 +281,7 @@ fn minute_of(name: &str) -> String {
 
 #[test]
 fn a_simulated_month_of_backups_leaves_exactly_the_tiers_on_every_destination() {
+    // Local copies, an S3 destination and an fs destination, each with its own rule.
     use chrono::{Duration, TimeZone, Utc};
     let mut node = Node::start("3.6", "cp1");
     let dir = tempfile::tempdir().unwrap();
@@ -293,6 +294,12 @@ fn a_simulated_month_of_backups_leaves_exactly_the_tiers_on_every_destination() 
         node.set(section, "keep_monthly", "3");
         node.set(section, "min_keep", "1");
     }
+    // A second destination with a rule of its own: a mount that keeps the newest three.
+    let nfs = crate::util::Tmpfs::new("64m");
+    node.add_destination(&format!(
+        "name = \"nfs\"\ntype = \"fs\"\npath = {:?}\nprefix = \"prod/\"\nkeep_last = 3\nmin_keep = 1\n",
+        nfs.path().display().to_string()
+    ));
     // One backup a day at 15:30 UTC from 25 October to 1 December, then four on 2 December.
     let mut times: Vec<chrono::DateTime<Utc>> = (0..38)
         .map(|d| Utc.with_ymd_and_hms(2026, 10, 25, 15, 30, 0).unwrap() + Duration::days(d))
@@ -332,6 +339,16 @@ fn a_simulated_month_of_backups_leaves_exactly_the_tiers_on_every_destination() 
             "{f}: the remote copy differs"
         );
     }
+    let on_mount: Vec<String> = crate::util::list_dir(&nfs.path().join("prod/cp1"))
+        .iter()
+        .filter(|f| f.ends_with(".db"))
+        .map(|f| minute_of(f))
+        .collect();
+    assert_eq!(
+        on_mount,
+        ["20261202-0930", "20261202-1530", "20261202-2130"],
+        "fs copies (destination.nfs.keep_last = 3)"
+    );
     // Every deleted copy says which rules did not keep it; `records` says why each stays.
     let recs = node.records();
     let gone = recs
