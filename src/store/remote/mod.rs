@@ -144,10 +144,6 @@ pub fn explain(
         format!("cannot connect to {endpoint}: connection refused")
     } else if has("timed out") || has("deadline") || has("timeout reached") {
         format!("the object store at {endpoint} did not answer in time ({table}.stall_timeout)")
-    } else if e.kind() == opendal::ErrorKind::Unexpected && has("No space left") {
-        format!("{endpoint} is full: {}", short(&chain))
-    } else if has("Read-only file system") {
-        format!("{endpoint} is mounted read-only: {}", short(&chain))
     } else {
         format!(
             "object store {endpoint} (bucket {bucket}): {}",
