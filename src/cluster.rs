@@ -39,14 +39,23 @@ pub struct SlotValue {
     pub member: String,
     /// The object's key in the bucket.
     pub object: String,
-    /// `uploading` (bound to the uploader's lease) or `done`.
-    pub state: String,
+    pub state: SlotState,
     pub at: DateTime<Utc>,
+}
+
+/// Where a slot's upload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// Bound to the uploader's lease: gone when the uploader dies.
+    Uploading,
+    /// The copy is verified and has its sidecar; the key outlives the lease.
+    Done,
 }
 
 impl SlotValue {
     pub fn is_done(&self) -> bool {
-        self.state == "done"
+        self.state == SlotState::Done
     }
 }
 
@@ -105,39 +114,72 @@ impl Drop for Held {
 }
 
 fn timed_out(what: &str, t: Duration) -> String {
-    format!("etcd did not answer {what} within {t:?} (no quorum?)")
+    format!("etcd did not answer {what} within {t:?}: it has no quorum (or this member is cut off)")
 }
 
-/// Claims `slot` for this member (`me`, `my_id`) to upload `object`; `ids` are the cluster's
-/// member IDs (the preferred uploader claims at once, the others after [`HEAD_START`];
-/// `head_start` false: at once, as a takeover does). `ttl` is the lease, `timeout` the bound on
-/// every request.
-#[allow(clippy::too_many_arguments)]
-pub async fn claim(
-    client: &mut Client,
-    slot: DateTime<Utc>,
-    me: &str,
-    my_id: u64,
-    ids: &[u64],
-    object: &str,
-    ttl: Duration,
-    timeout: Duration,
-    head_start: bool,
-) -> Claim {
-    if head_start && preferred(slot, ids).is_some_and(|p| p != my_id) {
+/// An error etcd returned for `what`. etcd answers a request it cannot commit with a deadline
+/// or leader error (its own timeout, shorter than ours): that means no quorum, and is said so.
+pub fn refused(what: &str, e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    if [
+        "deadline exceeded",
+        "no leader",
+        "leader changed",
+        "timed out",
+        "unavailable",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+    {
+        format!("etcd has no quorum: {what} could not be committed ({text})")
+    } else {
+        format!("etcd refused {what}: {text}")
+    }
+}
+
+/// When a claim is made: for a scheduled slot (the preferred uploader at once, the others
+/// after [`HEAD_START`]), or at once (a takeover of a slot whose uploader died).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claiming {
+    Scheduled,
+    TakeOver,
+}
+
+/// What a claim asks for: `slot`, for this member (`me`, `my_id`), to upload `object`.
+pub struct ClaimRequest<'a> {
+    pub slot: DateTime<Utc>,
+    pub me: &'a str,
+    pub my_id: u64,
+    /// The cluster's member IDs (who is the slot's preferred uploader); empty for a takeover.
+    pub members: &'a [u64],
+    pub object: &'a str,
+    /// The lease bound to the claim, kept alive while the upload runs.
+    pub ttl: Duration,
+    /// The bound on every request.
+    pub timeout: Duration,
+    pub claiming: Claiming,
+}
+
+/// Claims the request's slot, or learns who has it.
+pub async fn claim(client: &mut Client, req: &ClaimRequest<'_>) -> Claim {
+    let (slot, ttl, timeout) = (req.slot, req.ttl, req.timeout);
+    if req.claiming == Claiming::Scheduled
+        && preferred(slot, req.members).is_some_and(|p| p != req.my_id)
+    {
         tokio::time::sleep(HEAD_START).await;
     }
     let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
     let lease = match tokio::time::timeout(timeout, client.lease_grant(ttl_secs, None)).await {
         Err(_) => return Claim::NoQuorum(timed_out("a lease grant", timeout)),
-        Ok(Err(e)) => return Claim::NoQuorum(format!("etcd refused a lease: {e}")),
+        Ok(Err(e)) => return Claim::NoQuorum(refused("a lease", &e)),
         Ok(Ok(r)) => r.id(),
     };
     let key = slot_key(slot);
     let value = SlotValue {
-        member: me.to_string(),
-        object: object.to_string(),
-        state: "uploading".into(),
+        member: req.me.to_string(),
+        object: req.object.to_string(),
+        state: SlotState::Uploading,
         at: crate::clock::now(),
     };
     let json = serde_json::to_vec(&value).expect("slot value serializes");
@@ -151,7 +193,7 @@ pub async fn claim(
         .or_else([TxnOp::get(key.clone(), None)]);
     let r = match tokio::time::timeout(timeout, client.txn(txn)).await {
         Err(_) => return Claim::NoQuorum(timed_out("the slot's transaction", timeout)),
-        Ok(Err(e)) => return Claim::NoQuorum(format!("the slot's transaction failed: {e}")),
+        Ok(Err(e)) => return Claim::NoQuorum(refused("the slot's transaction", &e)),
         Ok(Ok(r)) => r,
     };
     if !r.succeeded() {
@@ -194,7 +236,7 @@ pub async fn claim(
 /// outlives it), and old slot keys beyond [`KEEP_SLOT_KEYS`] are deleted.
 pub async fn mark_done(client: &mut Client, held: Held, timeout: Duration) -> Result<(), String> {
     let mut value = held.value.clone();
-    value.state = "done".into();
+    value.state = SlotState::Done;
     value.at = crate::clock::now();
     let json = serde_json::to_vec(&value).expect("slot value serializes");
     let key = slot_key(held.slot);

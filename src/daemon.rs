@@ -29,11 +29,11 @@ use tokio::task::JoinHandle;
 
 use crate::backup::{self, BackupError, BackupReport};
 use crate::config::{self, Config, ConfigError};
+use crate::copies;
 use crate::drill::{self, DrillError, DrillOptions, DrillReport};
 use crate::fsutil;
 use crate::metrics;
 use crate::records::{self, Outcome, Record, RecordStore, RemoteState, Trigger};
-use crate::remote_sync;
 use crate::schedule;
 use crate::state::LockError;
 
@@ -74,7 +74,7 @@ struct Daemon {
     running: Option<Running>,
     next: Option<DateTime<Utc>>,
     /// Remote retries and retention (and the start-up pre-flight), never beside a backup.
-    maintenance: Option<JoinHandle<Result<remote_sync::Maintenance, BackupError>>>,
+    maintenance: Option<JoinHandle<Result<copies::Maintenance, LockError>>>,
     /// The last remote problem, for STATUS; cleared by a clean pass.
     remote_problem: Option<String>,
     /// The latest handled `[drill]` slot, and the next one.
@@ -285,14 +285,14 @@ impl Daemon {
         self.drill_tick(now);
         if self.running.is_none()
             && self.maintenance.is_none()
-            && remote_sync::has_due_pending(&self.config, now)
+            && copies::has_due_pending(&self.config, now)
         {
             self.start_maintenance(false);
         }
         // Wake up for the next retry (a cluster slot's copy is looked at every cluster_lease),
         // unless a backup or maintenance runs: their end wakes the loop anyway.
         self.retry_next = if self.running.is_none() && self.maintenance.is_none() {
-            remote_sync::next_pending_at(&self.config).filter(|t| *t > now)
+            copies::next_pending_at(&self.config).filter(|t| *t > now)
         } else {
             None
         };
@@ -304,13 +304,13 @@ impl Daemon {
         }
         let config = self.config.clone();
         self.maintenance = Some(tokio::spawn(async move {
-            backup::run_remote_maintenance(&config, probe).await
+            copies::run_maintenance(&config, probe).await
         }));
     }
 
     fn on_maintenance_done(
         &mut self,
-        res: Result<Result<remote_sync::Maintenance, BackupError>, tokio::task::JoinError>,
+        res: Result<Result<copies::Maintenance, LockError>, tokio::task::JoinError>,
     ) {
         match res {
             Ok(Ok(m)) => {
@@ -320,7 +320,7 @@ impl Daemon {
                     .cloned()
                     .or_else(|| m.retry_failed.first().map(|(f, e)| format!("{f}: {e}")));
             }
-            Ok(Err(BackupError::Lock(LockError::Busy { .. }))) => {}
+            Ok(Err(LockError::Busy { .. })) => {}
             Ok(Err(e)) => tracing::error!("remote maintenance not run: {e}"),
             Err(e) if e.is_cancelled() => {}
             Err(e) => tracing::error!("remote maintenance failed: {e}"),

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::records::{Pin, Record, RecordStore};
-use crate::remote_sync;
 use crate::state::StateDir;
 use crate::store::remote::Remote;
 
@@ -110,7 +109,7 @@ pub async fn set(config: &Config, selector: &str, pin: Option<Pin>) -> Result<Ch
             .as_ref()
             .map_or("", |m| m.name.as_str());
         let written = match Remote::open(rc, member) {
-            Ok(remote) => remote_sync::write_sidecar(&remote, &changed.record).await,
+            Ok(remote) => crate::copies::settle::write_sidecar(&remote, &changed.record).await,
             Err(e) => Err(e),
         };
         if let Err(e) = written {

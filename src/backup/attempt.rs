@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 
 use super::stream::{self, RemoteResult, Targets, Uploads};
-use crate::cluster::{self, Claim, Held, SlotValue, CLUSTER_NODE};
-use crate::config::{Config, DestinationConfig};
+use crate::config::Config;
+use crate::copies::cluster::{self, Decided};
 use crate::etcd::{MemberInfo, StreamLimits};
 use crate::preflight::{self, Target};
 use crate::records::{Member, Snapshot};
@@ -18,76 +18,7 @@ pub(super) struct Success {
     /// One per destination; empty without any, or when another node covers the slot.
     pub remotes: Vec<RemoteResult>,
     /// `per = "cluster"` for a scheduled slot: what the nodes agreed.
-    pub cluster: Option<ClusterOutcome>,
-}
-
-/// What `per = "cluster"` decided for a slot.
-pub(super) enum ClusterOutcome {
-    /// This node claimed the slot and uploaded (or tried to) under `_cluster/`; the slot is
-    /// marked done once the copy is verified.
-    Uploaded {
-        slot: DateTime<Utc>,
-        held: Held,
-        client: Box<etcd_client::Client>,
-    },
-    /// Another node claimed it: its object, done or still uploading.
-    Covered {
-        slot: DateTime<Utc>,
-        value: SlotValue,
-    },
-    /// No transaction was possible: this node's own copy, and why.
-    Fallback { slot: DateTime<Utc>, why: String },
-}
-
-/// Claims `slot` for this member, or learns who has it.
-async fn decide_cluster(
-    channel: &tonic::transport::Channel,
-    rc: &DestinationConfig,
-    me: &Member,
-    my_id: u64,
-    slot: DateTime<Utc>,
-    object: &str,
-    timeout: std::time::Duration,
-) -> ClusterOutcome {
-    let fallback = |why: String| ClusterOutcome::Fallback { slot, why };
-    let mut client = match crate::etcd::client_on(channel.clone()).await {
-        Ok(c) => c,
-        Err(e) => return fallback(format!("no etcd client: {e}")),
-    };
-    let ids: Vec<u64> = match crate::etcd::member_list(&mut client, timeout).await {
-        Ok(list) => list.iter().map(|m| m.id).collect(),
-        Err(e) => return fallback(format!("the member list: {e}")),
-    };
-    match cluster::claim(
-        &mut client,
-        slot,
-        &me.name,
-        my_id,
-        &ids,
-        object,
-        rc.cluster_lease,
-        timeout,
-        true,
-    )
-    .await
-    {
-        Claim::Won(held) => {
-            tracing::info!(slot = %crate::records::rfc3339(slot), "this node uploads the cluster's copy of the slot");
-            ClusterOutcome::Uploaded {
-                slot,
-                held,
-                client: Box::new(client),
-            }
-        }
-        Claim::Taken(value) => {
-            tracing::info!(slot = %crate::records::rfc3339(slot), uploader = %value.member, "another node uploads the cluster's copy of the slot");
-            ClusterOutcome::Covered { slot, value }
-        }
-        Claim::NoQuorum(why) => {
-            tracing::warn!(slot = %crate::records::rfc3339(slot), "no agreement through etcd ({why}): uploading this node's own copy");
-            fallback(why)
-        }
-    }
+    pub cluster: Option<Decided>,
 }
 
 /// Why an attempt failed, with what was known of the member by then.
@@ -215,25 +146,17 @@ pub(super) async fn attempt(
     crate::crashpoint::here("backup:temp-created");
 
     // `per = "cluster"` is allowed with one destination only (config validation).
-    let rc = config.destinations.first();
     let sealing = config.encryption.as_ref();
-    let cluster = match (rc, slot) {
+    let cluster = match (config.primary(), slot) {
         (Some(rc), Some(slot)) if rc.per_cluster => {
-            let object = format!(
-                "{}{}",
-                crate::store::remote::node_prefix(&rc.prefix, CLUSTER_NODE),
-                crate::store::remote::object_name(&file_name, sealing)
-            );
-            let timeout = e.dial_timeout.max(std::time::Duration::from_secs(5));
-            Some(decide_cluster(&channel, rc, &member, info.id, slot, &object, timeout).await)
+            Some(cluster::decide(&channel, config, &member.name, info.id, slot, &file_name).await)
         }
         _ => None,
     };
     // Where this node's copy goes: the cluster's prefix, its own, or nowhere (covered).
     let uploader = match &cluster {
-        Some(ClusterOutcome::Uploaded { .. }) => Some(CLUSTER_NODE),
-        Some(ClusterOutcome::Covered { .. }) => None,
-        _ => Some(member.name.as_str()),
+        Some(d) => d.decision.uploads_under(&member.name),
+        None => Some(member.name.as_str()),
     };
     let mut uploads = match uploader {
         Some(who) => Uploads::start(&config.destinations, sealing, who, &file_name),

@@ -2,7 +2,8 @@
 //! lock → resolve the local member → TLS → stream into a hidden temp file (hashing as it goes)
 //! and, with `[remote_storage]`, into a multipart upload in the same pass → fsync → bbolt check
 //! and status → publish under the final name → complete and verify the upload (or abort it)
-//! → sidecar → record → local retention → remote maintenance (`remote_sync`).
+//! → settle the copies (`copies::settle`: bundle, sidecars) → record → local retention →
+//! remote maintenance (`copies::maintain`).
 //!
 //! Every attempt that gets past the lock leaves exactly one record, successful or failed, and
 //! never a partial file or object: the temp file is removed on every failure path, including
@@ -20,32 +21,14 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::preflight::{self, RemoteCheck};
+use crate::copies;
 use crate::records::{
     MovedAside, Outcome, Pin, Record, RecordStore, RecordsError, RemoteCopy, RemoteState, Trigger,
 };
-use crate::remote_sync;
-use crate::retention::{self, Rule};
+use crate::retention;
 use crate::state::{LockError, StateDir};
 use crate::store::local::LocalStore;
-
-use crate::cluster;
-use crate::config::DestinationConfig;
-use crate::records::ClusterCopy;
-use attempt::{attempt, ClusterOutcome, Failure};
-
-/// How long a node waits before it looks again at a slot another node uploads.
-pub(crate) fn cluster_wait(rc: &DestinationConfig) -> chrono::Duration {
-    chrono::Duration::from_std(rc.cluster_lease).unwrap_or(chrono::Duration::seconds(15))
-}
-
-/// The bound on each request of the slot election.
-pub(crate) fn cluster_timeout(config: &Config) -> std::time::Duration {
-    config
-        .etcd
-        .dial_timeout
-        .max(std::time::Duration::from_secs(5))
-}
+use attempt::{attempt, Failure, Success};
 
 /// Why a run could not even be attempted (nothing recorded).
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +60,7 @@ pub struct BackupReport {
     /// Set when the records file did not parse and was moved aside.
     pub records_moved: Option<MovedAside>,
     /// Remote retention and retries done after the backup.
-    pub remote: Option<remote_sync::Maintenance>,
+    pub remote: Option<copies::Maintenance>,
 }
 
 /// The one structured log line per backup attempt (journald fields when logging there).
@@ -149,117 +132,8 @@ pub async fn run_backup(
         }
     };
     let duration = started.elapsed().as_secs_f64();
-
     let record = match outcome {
-        Ok(s) => {
-            let mut record = Record::backup_succeeded(s.snapshot, trigger, duration);
-            record.pin = pin;
-            let me = record
-                .member
-                .as_ref()
-                .map(|m| m.name.clone())
-                .unwrap_or_default();
-            let (copy_cluster, done) = match s.cluster {
-                None => (None, None),
-                Some(ClusterOutcome::Uploaded { slot, held, client }) => (
-                    Some(ClusterCopy {
-                        slot,
-                        uploader: Some(me.clone()),
-                        fallback: None,
-                    }),
-                    Some((held, client)),
-                ),
-                Some(ClusterOutcome::Fallback { slot, why }) => (
-                    Some(ClusterCopy {
-                        slot,
-                        uploader: Some(me.clone()),
-                        fallback: Some(why),
-                    }),
-                    None,
-                ),
-                Some(ClusterOutcome::Covered { slot, value }) => {
-                    let rc = config
-                        .destinations
-                        .first()
-                        .expect("per cluster needs a destination");
-                    let location = crate::store::remote::location(rc, &value.object);
-                    let cluster = ClusterCopy {
-                        slot,
-                        uploader: Some(value.member.clone()),
-                        fallback: None,
-                    };
-                    let now = crate::clock::now();
-                    let mut copy = RemoteCopy::covered_pending(
-                        &rc.name,
-                        location.clone(),
-                        now,
-                        cluster,
-                        cluster_wait(rc),
-                    );
-                    if value.is_done() {
-                        copy.covered(now, location, value.member);
-                    }
-                    record.set_copy(copy);
-                    (None, None)
-                }
-            };
-            let now = crate::clock::now();
-            let mut opened = Vec::new();
-            for r in s.remotes {
-                let copy = match r.result {
-                    Ok(up) => {
-                        RemoteCopy::uploaded(&r.destination, r.location, now, up.etag, up.sealed)
-                            .with_lock(up.locked_until)
-                    }
-                    Err(e) => {
-                        tracing::warn!(destination = %r.destination, error = %e, "remote copy not made now; it will be retried from the local file");
-                        RemoteCopy::pending(&r.destination, r.location, now, e)
-                    }
-                }
-                .with_cluster(copy_cluster.clone());
-                if copy.may_exist() {
-                    opened.extend(r.remote);
-                }
-                record.set_copy(copy);
-            }
-            // The recovery bundle goes with the primary destination's copy; then every
-            // uploaded copy gets its sidecar, which carries the record, so each destination
-            // alone tells what each object is.
-            let primary = config.destinations.first().map(|d| d.name.as_str());
-            if let Some(remote) = opened.iter().find(|r| Some(r.name()) == primary) {
-                remote_sync::attach_bundle(config, remote, &mut record).await;
-            }
-            let sidecars = futures_util::future::join_all(
-                opened
-                    .iter()
-                    .map(|remote| remote_sync::write_sidecar(remote, &record)),
-            )
-            .await;
-            crate::crashpoint::here("backup:sidecar");
-            for (remote, written) in opened.iter().zip(sidecars) {
-                if let Err(e) = written {
-                    if let Some(c) = record.copy_mut(remote.name()) {
-                        c.retry_later(
-                            crate::clock::now(),
-                            format!("the sidecar could not be written: {e}"),
-                        );
-                    }
-                }
-            }
-            // The cluster's copy of the slot is verified and has its sidecar: the slot is done.
-            if let Some((held, mut client)) = done {
-                let uploaded = record.remotes.iter().any(RemoteCopy::may_exist);
-                if uploaded {
-                    if let Err(e) =
-                        cluster::mark_done(&mut client, held, cluster_timeout(config)).await
-                    {
-                        // Its lease expires; another node finds the object and marks it.
-                        tracing::warn!("the slot's copy is uploaded but not marked done: {e}");
-                    }
-                }
-            }
-            record
-        }
+        Ok(s) => record_success(config, s, trigger, duration, pin).await,
         Err(f) => Record::backup_failed(
             attempt_started,
             trigger,
@@ -269,38 +143,7 @@ pub async fn run_backup(
             duration,
         ),
     };
-
-    let rule = config.local_storage.retention;
-    let succeeded = record.result == Outcome::Success;
-    let rec_for_file = record.clone();
-    let now = crate::clock::now();
-    crate::crashpoint::here("backup:before-record");
-    let ((deleted, records_dropped), moved) = RecordStore::new(&config.state_dir)
-        .update(now, |file| {
-            file.push(rec_for_file);
-            // Deleting only after a success: failing backups never shrink what exists.
-            let deleted = if succeeded {
-                apply_local_retention(&mut file.records, &store, now, rule, &mut warnings)
-            } else {
-                Vec::new()
-            };
-            // After the deletions, so a snapshot whose deletion failed keeps its record.
-            let dropped = retention::trim_history(file, config.history);
-            (deleted, dropped)
-        })
-        .map_err(|source| BackupError::NotRecorded {
-            file: record.local.as_ref().map(|l| l.path.display().to_string()),
-            source,
-        })?;
-    crate::crashpoint::here("backup:recorded");
-    let mut report = BackupReport {
-        record,
-        warnings,
-        deleted,
-        records_dropped,
-        records_moved: moved,
-        remote: None,
-    };
+    let mut report = record_and_retain(config, &store, record, warnings)?;
     // Remote retention and due retries, still under the backup lock; an interrupt stops them.
     // Not after a failed upload: the remote is unwell, the daemon retries later.
     let uploaded = report
@@ -311,195 +154,98 @@ pub async fn run_backup(
     if uploaded && !cancelled {
         let member = report.record.member.as_ref().map(|m| m.name.clone());
         tokio::select! {
-            m = remote_sync::maintain(config, member.as_deref(), false) => report.remote = Some(m),
+            m = copies::maintain(config, member.as_deref(), false) => report.remote = Some(m),
             _ = &mut cancel => {}
         }
     }
     Ok(report)
 }
 
-/// Retries due pending uploads and applies remote retention, under the backup lock (so never
-/// at the same time as a backup). `probe` first checks that the bucket exists and is writable
-/// (the daemon's start-up pre-flight). Busy lock: nothing done.
-pub async fn run_remote_maintenance(
+/// The record of a successful attempt: the copy at each destination (uploaded, or pending
+/// for a retry; with `per = "cluster"`, the slot's facts, or the copy another node covers),
+/// then settled like any upload (bundle, sidecars, the slot marked done).
+async fn record_success(
     config: &Config,
-    probe: bool,
-) -> Result<remote_sync::Maintenance, BackupError> {
-    let _lock = StateDir::new(&config.state_dir).lock_backup()?;
-    let mut m = remote_sync::Maintenance::default();
-    if probe {
-        for (table, checked) in preflight::remote(config, true).await {
-            match checked {
-                Ok(RemoteCheck::Probed(found)) => {
-                    tracing::info!("remote storage pre-flight: {found}")
-                }
-                Ok(RemoteCheck::Opened) => {}
-                Err(e) => {
-                    let e = format!("remote storage pre-flight failed ({table}): {e}");
-                    tracing::error!("{e}");
-                    m.errors.push(e);
-                }
-            }
-        }
-    }
-    // At start-up (probe) every pending upload is tried, whatever its backoff.
-    let more = remote_sync::maintain(config, None, probe).await;
-    m.uploaded = more.uploaded;
-    m.retry_failed = more.retry_failed;
-    m.deleted = more.deleted;
-    m.aborted_uploads = more.aborted_uploads;
-    m.errors.extend(more.errors);
-    Ok(m)
-}
-
-/// What `etcdguard prune` deleted, or with `dry_run` would delete: (where, why) per copy.
-#[derive(Debug, Default)]
-pub struct PruneReport {
-    pub local: Vec<(String, String)>,
-    pub remote: Vec<(String, String)>,
-    /// Copies the rule would delete but Object Lock keeps (dry run).
-    pub locked: Vec<(String, String)>,
-    /// Problems that stopped part of it (the rest was still done).
-    pub errors: Vec<String>,
-}
-
-/// Applies retention now, locally and remotely, without taking a backup (`etcdguard prune`),
-/// under the backup lock. With `dry_run`, only says what would go: no lock, nothing changed.
-pub async fn run_prune(config: &Config, dry_run: bool) -> Result<PruneReport, BackupError> {
-    let store = LocalStore::new(&config.local_storage.path);
-    let rule = config.local_storage.retention;
-    let mut report = PruneReport::default();
-    let records = RecordStore::new(&config.state_dir);
-    if dry_run {
-        let file = records.load()?;
-        let now = crate::clock::now();
-        for d in retention::local_deletions(&file.records, now, rule) {
-            let path = file.records[d.index].local.as_ref().map(|l| l.path.clone());
-            let ours = |p: &std::path::PathBuf| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| *p == store.path_of(n))
-            };
-            if let Some(path) = path.filter(ours) {
-                report.local.push((path.display().to_string(), d.reason));
-            }
-        }
-        let member = remote_sync::newest_member(&file.records);
-        for (rc, member) in config
-            .destinations
-            .iter()
-            .flat_map(|rc| member.iter().map(move |m| (rc, m)))
-        {
-            for who in remote_sync::retention_prefixes(rc, member) {
-                match remote_sync::retention_plan(config, rc, &who).await {
-                    Ok(plan) => {
-                        for p in plan {
-                            match p.locked_until {
-                                None => report.remote.push((p.location, p.reason)),
-                                Some(t) => report.locked.push((
-                                    p.location,
-                                    format!(
-                                        "{}, but it is under Object Lock until {}: kept until then",
-                                        p.reason,
-                                        crate::records::rfc3339(t)
-                                    ),
-                                )),
-                            }
-                        }
-                    }
-                    Err(e) => report
-                        .errors
-                        .push(format!("remote retention of {}: {e}", rc.name)),
-                }
-            }
-        }
-        return Ok(report);
-    }
-    let _lock = StateDir::new(&config.state_dir).lock_backup()?;
+    s: Success,
+    trigger: Trigger,
+    duration: f64,
+    pin: Option<Pin>,
+) -> Record {
+    let mut record = Record::backup_succeeded(s.snapshot, trigger, duration);
+    record.pin = pin;
+    let me = record
+        .member
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
     let now = crate::clock::now();
-    let mut warnings = Vec::new();
-    let local = records
-        .update(now, |file| {
-            let deleted =
-                apply_local_retention(&mut file.records, &store, now, rule, &mut warnings);
-            // The reasons from the records, before the history drops any of them.
-            let why = |name: &String| {
-                file.records
-                    .iter()
-                    .filter_map(|r| r.local.as_ref())
-                    .find(|l| l.path == store.path_of(name))
-                    .and_then(|l| l.deleted_reason.clone())
-                    .unwrap_or_default()
-            };
-            let local: Vec<(String, String)> = deleted
-                .iter()
-                .map(|n| (store.path_of(n).display().to_string(), why(n)))
-                .collect();
-            retention::trim_history(file, config.history);
-            local
-        })?
-        .0;
-    report.local = local;
-    report.errors.extend(warnings);
-    let (remote, errors) = remote_sync::prune(config).await;
-    report.remote = remote;
-    report.errors.extend(errors);
-    Ok(report)
+    let (cluster, claim) = match (s.cluster, config.primary()) {
+        (Some(decided), Some(rc)) => {
+            let (cluster, covered) = copies::cluster::copies_for(&decided.decision, rc, &me, now);
+            if let Some(c) = covered {
+                record.set_copy(c);
+            }
+            (cluster, decided.claim)
+        }
+        _ => (None, None),
+    };
+    let mut uploaded = Vec::new();
+    for r in s.remotes {
+        let copy = match r.result {
+            Ok(up) => RemoteCopy::uploaded(&r.destination, r.location, now, up.etag, up.sealed)
+                .with_lock(up.locked_until),
+            Err(e) => {
+                tracing::warn!(destination = %r.destination, error = %e, "remote copy not made now; it will be retried from the local file");
+                RemoteCopy::pending(&r.destination, r.location, now, e)
+            }
+        }
+        .with_cluster(cluster.clone());
+        if copy.may_exist() {
+            uploaded.extend(r.remote);
+        }
+        record.set_copy(copy);
+    }
+    copies::settle::settle(config, &mut record, &uploaded, claim).await;
+    crate::crashpoint::here("backup:sidecar");
+    record
 }
 
-/// Deletes what the retention policy selects and marks those records. Runs under the records
-/// lock; only files with our name pattern that a record points at are touched.
-fn apply_local_retention(
-    records: &mut [Record],
+/// Writes the attempt's record and, after a success, applies local retention, in one locked
+/// change of the records (failing backups never shrink what exists; a snapshot whose
+/// deletion failed keeps its record).
+fn record_and_retain(
+    config: &Config,
     store: &LocalStore,
-    now: DateTime<Utc>,
-    rule: Rule,
-    warnings: &mut Vec<String>,
-) -> Vec<String> {
-    let mut deleted = Vec::new();
-    for d in retention::local_deletions(records, now, rule) {
-        let rec = &mut records[d.index];
-        // The local file's own name (a sealed copy's ends with `.zst.age`).
-        let Some(local) = rec.local.as_mut() else {
-            continue;
-        };
-        let Some(name) = local
-            .path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        if local.path != store.path_of(&name) {
-            // Recorded in another directory (local_storage.path changed): not ours to touch.
-            continue;
-        }
-        let deleted_file = store.delete(&name);
-        crate::crashpoint::here("retention:file-deleted");
-        match deleted_file {
-            Ok(existed) => {
-                let reason = if existed {
-                    d.reason
-                } else {
-                    format!("{} (the file was already gone)", d.reason)
-                };
-                tracing::info!(file = %name, reason = %reason, "retention deleted local snapshot");
-                local.deleted(now, reason);
-                for r in rec
-                    .remotes
-                    .iter_mut()
-                    .filter(|r| r.state == RemoteState::Pending)
-                {
-                    r.give_up("the local copy was deleted by retention before an upload succeeded");
-                }
-                deleted.push(name);
-            }
-            Err(e) => warnings.push(format!(
-                "retention could not delete {}: {e}",
-                store.path_of(&name).display()
-            )),
-        }
-    }
-    deleted
+    record: Record,
+    mut warnings: Vec<String>,
+) -> Result<BackupReport, BackupError> {
+    let rule = config.local_storage.retention;
+    let succeeded = record.result == Outcome::Success;
+    let rec_for_file = record.clone();
+    let now = crate::clock::now();
+    crate::crashpoint::here("backup:before-record");
+    let ((deleted, records_dropped), moved) = RecordStore::new(&config.state_dir)
+        .update(now, |file| {
+            file.push(rec_for_file);
+            let deleted = if succeeded {
+                copies::local::apply_retention(&mut file.records, store, now, rule, &mut warnings)
+            } else {
+                Vec::new()
+            };
+            let dropped = retention::trim_history(file, config.history);
+            (deleted, dropped)
+        })
+        .map_err(|source| BackupError::NotRecorded {
+            file: record.local.as_ref().map(|l| l.path.display().to_string()),
+            source,
+        })?;
+    crate::crashpoint::here("backup:recorded");
+    Ok(BackupReport {
+        record,
+        warnings,
+        deleted,
+        records_dropped,
+        records_moved: moved,
+        remote: None,
+    })
 }

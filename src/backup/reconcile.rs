@@ -86,11 +86,8 @@ pub(super) fn reconcile(config: &Config, store: &LocalStore) -> Vec<String> {
                 r.etcd_version = None;
                 for rc in &config.destinations {
                     let who = r.member.as_ref().map_or("", |m| m.name.as_str());
-                    let key = format!(
-                        "{}{}",
-                        crate::store::remote::node_prefix(&rc.prefix, who),
-                        crate::store::remote::object_name(name, config.encryption.as_ref())
-                    );
+                    let key =
+                        crate::store::remote::object_key(rc, who, name, config.encryption.as_ref());
                     let mut c = RemoteCopy::pending(
                         &rc.name,
                         crate::store::remote::location(rc, &key),

@@ -387,11 +387,7 @@ impl Uploads {
         let done = futures_util::future::join_all(self.items.into_iter().map(|u| async move {
             let rc = u.config;
             let (Some(r), Some(feed)) = (u.remote, u.feed) else {
-                let key = format!(
-                    "{}{}",
-                    remote::node_prefix(&rc.prefix, who),
-                    remote::object_name(file_name, sealing)
-                );
+                let key = remote::object_key(&rc, who, file_name, sealing);
                 return RemoteResult {
                     destination: rc.name.clone(),
                     remote: None,

@@ -202,14 +202,14 @@ pub(super) fn remote(
     limit: Option<usize>,
 ) -> CmdResult {
     let config = config::load(config_path)?;
-    // The first destination: every node's sidecars are there (and the recovery bundles).
-    let Some(rc) = config.destinations.first() else {
+    // The primary destination: every node's sidecars are there (and the recovery bundles).
+    let Some(rc) = config.primary() else {
         return Err(CommandError::Failed(
             "no [remote_storage] or [[destination]] in the configuration: nothing to list".into(),
         ));
     };
     let mut entries = runtime()?
-        .block_on(crate::remote_sync::list_remote(rc))
+        .block_on(crate::copies::listing::list(rc))
         .map_err(CommandError::Failed)?;
     if let Some(n) = limit {
         entries.truncate(n);
@@ -218,7 +218,7 @@ pub(super) fn remote(
         .load()
         .map(|f| f.records)
         .unwrap_or_default();
-    let known = |e: &crate::remote_sync::RemoteEntry| {
+    let known = |e: &crate::copies::listing::RemoteEntry| {
         local.iter().any(|r| {
             r.file_name == e.record.file_name
                 && r.member.as_ref().map(|m| &m.name) == e.record.member.as_ref().map(|m| &m.name)
@@ -242,8 +242,8 @@ pub(super) fn remote(
         RecordsFormat::Table => {
             if entries.is_empty() {
                 print(&format!(
-                    "no snapshots under s3://{}/{}\n",
-                    rc.bucket, rc.prefix
+                    "no snapshots under {}\n",
+                    crate::store::remote::location(rc, &rc.prefix)
                 ))?;
             } else {
                 let rows: Vec<Vec<String>> = entries
@@ -261,7 +261,7 @@ pub(super) fn remote(
                                 .map(human_size)
                                 .unwrap_or_else(|| "-".into()),
                             if known(e) { "yes" } else { "no" }.to_string(),
-                            format!("s3://{}/{}", rc.bucket, e.key),
+                            e.location.clone(),
                         ]
                     })
                     .collect();

@@ -121,9 +121,8 @@ pub struct LocalStorageConfig {
     pub retention: Rule,
 }
 
-/// The name `[remote_storage]` gets when it names none (and the one records written before
-/// destinations had names carry).
-pub const DEFAULT_DESTINATION: &str = "remote";
+/// The name `[remote_storage]` gets when it names none (the records own it: old records carry it).
+pub use crate::records::DEFAULT_DESTINATION;
 
 /// What kind of storage a destination is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,6 +424,18 @@ impl Config {
             at(m);
         }
         self
+    }
+
+    /// The primary destination: the first one configured (`[remote_storage]`, else the first
+    /// `[[destination]]`). The recovery bundle, `per = "cluster"`, `records --remote` and
+    /// `recover` use it.
+    pub fn primary(&self) -> Option<&DestinationConfig> {
+        self.destinations.first()
+    }
+
+    /// True when `destination` names the primary destination.
+    pub fn is_primary(&self, destination: &str) -> bool {
+        self.primary().is_some_and(|d| d.name == destination)
     }
 }
 

@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, Contents, Entry, Kind};
 use crate::config::Config;
+use crate::copies::listing::{self, RemoteEntry};
 use crate::encryption::Identities;
 use crate::fsutil::{self, under_root};
-use crate::remote_sync::{list_remote, RemoteEntry};
 use crate::restore::guarded::{self, Options};
 use crate::store::local::sanitize_member;
 use crate::store::remote::Remote;
@@ -147,7 +147,7 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, Str
         .clone()
         .or_else(this_host)
         .ok_or("cannot tell this node's member name from the host name: give --node NAME")?;
-    let source = choose(list_remote(rc).await?, &node, opts.record.as_deref())?;
+    let source = choose(listing::list(rc).await?, &node, opts.record.as_deref())?;
     let bundle_copy = source.record.bundle.clone().expect("chosen with a bundle");
     let root = opts.root();
     let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();

@@ -41,6 +41,9 @@ const FEED_DEPTH: usize = 64;
 /// Bound on aborting a multipart upload (a dead server must not hold up anything).
 const ABORT_TIMEOUT: Duration = Duration::from_secs(15);
 const SIDECAR_SUFFIX: &str = ".json";
+/// The node name a shared view is opened with: no node can have it (node names are DNS
+/// labels), so nothing is ever written under it.
+const SHARED: &str = "-";
 
 /// One object in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,6 +283,21 @@ fn scheme(cfg: &DestinationConfig) -> String {
     }
 }
 
+/// The key of snapshot `file_name`'s object at `cfg` under node `who`'s prefix (sealed
+/// suffix with `sealing`): the one spelling of a copy's key.
+pub fn object_key(
+    cfg: &DestinationConfig,
+    who: &str,
+    file_name: &str,
+    sealing: Option<&Encryption>,
+) -> String {
+    format!(
+        "{}{}",
+        node_prefix(&cfg.prefix, who),
+        object_name(file_name, sealing)
+    )
+}
+
 /// A node's prefix in the bucket, `<prefix><member>/`.
 pub fn node_prefix(prefix: &str, member: &str) -> String {
     format!("{prefix}{}/", sanitize_member(member))
@@ -417,6 +435,12 @@ impl Remote {
             lock: cfg.object_lock,
             creds,
         })
+    }
+
+    /// The destination as a whole (every node's prefix under it), for listings across nodes
+    /// and downloads by full key; nothing is written through it.
+    pub fn open_shared(cfg: &DestinationConfig) -> Result<Remote, String> {
+        Remote::open(cfg, SHARED)
     }
 
     /// The S3 operator (static key or the AWS chain, SSE) and the raw calls beside it.
