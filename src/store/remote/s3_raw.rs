@@ -123,7 +123,7 @@ impl RawS3 {
             if !(200..300).contains(&status) {
                 return Err(ListError::Failed(format!(
                     "ListMultipartUploads answered HTTP {status}: {}",
-                    super::short(&String::from_utf8_lossy(&body))
+                    super::explain::short(&String::from_utf8_lossy(&body))
                 )));
             }
             let page = parse_list(&body).map_err(ListError::Failed)?;
@@ -152,7 +152,7 @@ impl RawS3 {
         } else {
             Err(format!(
                 "AbortMultipartUpload answered HTTP {status}: {}",
-                super::short(&String::from_utf8_lossy(&body))
+                super::explain::short(&String::from_utf8_lossy(&body))
             ))
         }
     }
@@ -235,7 +235,7 @@ impl RawS3 {
         } else {
             Err(format!(
                 "PutObjectRetention answered HTTP {status}: {}",
-                super::short(&String::from_utf8_lossy(&resp))
+                super::explain::short(&String::from_utf8_lossy(&resp))
             ))
         }
     }

@@ -14,10 +14,37 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+use super::credentials::Resolved;
+use super::{Backend, Opened};
+use crate::config::DestinationConfig;
 use crate::fsutil;
 use crate::store::local::is_snapshot_file_name;
 
 const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Opens the directory `path` for `node_prefix`: checked first (there, a mount point unless
+/// `require_mount = false`, writable), the node's directory made 0700. Local calls: no HTTP
+/// transport and no retries (an error is the file system's own).
+pub(super) fn open(
+    cfg: &DestinationConfig,
+    path: &Path,
+    require_mount: bool,
+    node_prefix: &str,
+) -> Result<Opened, String> {
+    check(path, require_mount, &cfg.table)?;
+    prepare(path, node_prefix)?;
+    let root = path.display().to_string();
+    let b = opendal::services::Fs::default().root(&root);
+    let op = opendal::Operator::new(b).map_err(|e| format!("{} setup: {e}", cfg.table))?;
+    Ok(Opened {
+        op,
+        backend: Backend::Fs {
+            root: path.to_path_buf(),
+        },
+        endpoint: format!("the directory {root}"),
+        creds: Resolved::Filesystem,
+    })
+}
 
 /// The destination's directory can take copies now, or one sentence saying why not.
 pub(super) fn check(path: &Path, require_mount: bool, table: &str) -> Result<(), String> {
