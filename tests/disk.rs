@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::util::node::Node;
-use crate::util::{etcdguard, list_dir, stderr, stdout, Tmpfs, NEWEST};
+use crate::util::{etcdguard, list_dir, stderr, stdout, wait_until, Tmpfs, NEWEST};
 
 /// An ext4 file system on a loop device, mounted with `errors=remount-ro`: `fail` makes the
 /// kernel turn it read-only under the running writers, as a disk error does on a real node.
@@ -123,14 +123,12 @@ fn no_space_at_each_write_site_and_a_read_only_snapshot_dir() {
     node.set_path("local_storage", "path", &snaps);
     node.set("etcd", "rate_limit", "\"1MiB/s\"");
     let child = node.run_spawn(&["snapshot"]);
-    let start = std::time::Instant::now();
-    while !list_dir(&snaps).iter().any(|n| n.ends_with(".partial")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no partial file appeared"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "a partial file to appear",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || list_dir(&snaps).iter().any(|n| n.ends_with(".partial")),
+    );
     std::thread::sleep(Duration::from_millis(500));
     disk.fail();
     let out = child.wait_with_output().unwrap();

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use crate::remote::{remote_state, run_verbose, s3s_object, use_remote, wait_for, BUCKET};
+use crate::remote::{remote_state, run_verbose, s3s_object, use_remote, BUCKET};
 use crate::util::node::Node;
 use crate::util::s3::{S3Server, SECRET_KEY};
 use crate::util::schema;
 use crate::util::{
     assert_stderr_has, etcd_binary, etcdguard, etcdguard_cmd, list_dir, stderr, stdout, system_bin,
-    NEWEST,
+    wait_until, NEWEST,
 };
 
 /// An age key pair made by `age-keygen`: (identity file, recipient).
@@ -88,9 +88,12 @@ fn retry_with_daemon(node: &Node) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the retried upload", Duration::from_secs(60), || {
-        remote_state(&node.last_record()) == "uploaded"
-    });
+    wait_until(
+        "the retried upload",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || remote_state(&node.last_record()) == "uploaded",
+    );
     let _ = daemon.kill();
     let _ = daemon.wait();
 }

@@ -29,7 +29,7 @@ use crate::restore::tree;
 use crate::util::kubenode::KubeNode;
 use crate::util::node::Node;
 use crate::util::s3::{S3Server, SECRET_KEY};
-use crate::util::{etcdguard, etcdguard_cmd, list_dir, stderr, NEWEST};
+use crate::util::{etcdguard, etcdguard_cmd, list_dir, poll_until, stderr, NEWEST};
 
 struct Rng(u64);
 impl Rng {
@@ -94,12 +94,9 @@ fn run_with(
         .spawn()
         .unwrap();
     if let Some(d) = delay {
-        let start = Instant::now();
-        while start.elapsed() < d {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let exited = poll_until(d, Duration::from_millis(10), || c.try_wait().ok().flatten());
+        if let Some(st) = exited {
+            return st.code();
         }
         let _ = c.kill();
     }

@@ -31,7 +31,8 @@ pub mod storage;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 /// `etcdguard restore-datadir` of `snap` into `dir`, for etcd `version`, as the member `plan`
 /// describes (its bump flags are the caller's, in `extra`).
@@ -159,6 +160,69 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Calls `f` until it gives `Some`, every `every`, for at most `within`: what it gave, or
+/// `None` when it never did (the caller decides what a timeout means). `f` runs at least once,
+/// and once more after the last pause.
+pub fn poll_until<T>(
+    within: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = f() {
+            return Some(t);
+        }
+        if start.elapsed() >= within {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Waits until `done` holds, asking every `every`; after `within` fails the test saying it
+/// timed out after `within` waiting for `what`.
+pub fn wait_until(what: &str, within: Duration, every: Duration, mut done: impl FnMut() -> bool) {
+    if poll_until(within, every, || done().then_some(())).is_none() {
+        panic!("timed out after {within:?} waiting for {what}");
+    }
+}
+
+/// Waits up to 30 s until `name`, spawned as `child` with its output in `log`, accepts
+/// connections on 127.0.0.1:`port`; fails the test with that log when it exits first.
+pub fn wait_listening(name: &str, child: &mut Child, port: u16, log: &Path) {
+    let what = format!("{name} to listen");
+    wait_until(
+        &what,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "{name} exited ({st}): {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        },
+    );
+}
+
+/// Stops `child`: SIGTERM, then SIGKILL when it has not exited within `grace`; reaps it.
+pub fn terminate(mut child: Child, grace: Duration) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let exited = poll_until(grace, Duration::from_millis(50), || {
+        child.try_wait().ok().flatten()
+    });
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// Runs the etcdguard binary with `args`, a clean environment for its logs, and returns
