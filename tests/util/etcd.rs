@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 
-use super::{etcd_binary, etcdctl_tls, free_port, poll_until, rt, terminate};
+use super::{etcd_binary, etcdctl_tls, free_port, poll_until, rt, terminate, Rng};
 
 pub struct EtcdServer {
     pub version: String,
@@ -273,16 +273,9 @@ impl EtcdServer {
     pub fn put_mib(&self, prefix: &str, mib: usize) {
         rt().block_on(async {
             let mut c = self.client().await.unwrap();
-            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
             for i in 0..mib {
-                let value: Vec<u8> = (0..1 << 20)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+                let value = rng.bytes(1 << 20);
                 c.put(format!("/registry/{prefix}/{i:06}"), value, None)
                     .await
                     .unwrap();

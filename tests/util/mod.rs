@@ -162,6 +162,42 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A small seeded pseudo-random generator (xorshift64*): one seed, one sequence, so a run can
+/// be repeated from the seed it printed. Not for anything secret.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded with `seed` (made odd: the state must never be zero).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+
+    /// `n` bytes of the sequence (incompressible data).
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..n.div_ceil(8))
+            .flat_map(|_| self.next_u64().to_le_bytes())
+            .collect();
+        v.truncate(n);
+        v
+    }
+}
+
 /// Calls `f` until it gives `Some`, every `every`, for at most `within`: what it gave, or
 /// `None` when it never did (the caller decides what a timeout means). `f` runs at least once,
 /// and once more after the last pause.
