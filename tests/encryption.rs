@@ -13,8 +13,8 @@ use crate::util::node::Node;
 use crate::util::s3::{S3Server, SECRET_KEY};
 use crate::util::schema;
 use crate::util::{
-    assert_stderr_has, etcd_binary, etcdguard, etcdguard_cmd, list_dir, stderr, stdout, system_bin,
-    wait_until, NEWEST,
+    assert_stderr_has, etcd_binary, etcdguard, etcdguard_cmd, list_dir, restore_datadir_args,
+    stderr, stdout, system_bin, wait_until, NEWEST, PEER_URL,
 };
 
 /// An age key pair made by `age-keygen`: (identity file, recipient).
@@ -100,20 +100,10 @@ fn retry_with_daemon(node: &Node) {
 
 /// `restore-datadir` of the sealed `snapshot`, opened with `identity`, into `data_dir`.
 fn restore_datadir_with(snapshot: &Path, identity: &Path, data_dir: &Path) -> Output {
-    etcdguard(&[
-        "restore-datadir",
-        snapshot.to_str().unwrap(),
-        "--identity",
-        identity.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--name",
-        "cp1",
-        "--initial-advertise-peer-urls",
-        "https://127.0.0.1:2380",
-        "--initial-cluster-token",
-        "t",
-    ])
+    let identity = ["--identity", identity.to_str().unwrap()];
+    etcdguard(&restore_datadir_args(
+        snapshot, data_dir, "cp1", PEER_URL, "t", &identity,
+    ))
 }
 
 /// No key material of `files` appears in `out` (stdout and stderr).

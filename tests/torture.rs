@@ -29,7 +29,9 @@ use crate::restore::tree;
 use crate::util::kubenode::KubeNode;
 use crate::util::node::Node;
 use crate::util::s3::{S3Server, SECRET_KEY};
-use crate::util::{etcdguard, etcdguard_cmd, list_dir, poll_until, stderr, Rng, NEWEST};
+use crate::util::{
+    etcdguard, etcdguard_cmd, list_dir, poll_until, restore_datadir_args, stderr, Rng, NEWEST,
+};
 
 const BACKUP_POINTS: [&str; 9] = [
     "backup:temp-created",
@@ -201,18 +203,14 @@ fn restore_node(snapshot: &std::path::Path) -> KubeNode {
             .next()
             .unwrap()
     );
-    let out = etcdguard(&[
-        "restore-datadir",
-        snapshot.to_str().unwrap(),
-        "--data-dir",
-        node.path("var/lib/etcd").to_str().unwrap(),
-        "--name",
+    let out = etcdguard(&restore_datadir_args(
+        snapshot,
+        &node.path("var/lib/etcd"),
         "cp1",
-        "--initial-advertise-peer-urls",
         &peer,
-        "--initial-cluster-token",
         "old-cluster",
-    ]);
+        &[],
+    ));
     assert!(out.status.success(), "{}", stderr(&out));
     node
 }

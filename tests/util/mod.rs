@@ -29,10 +29,41 @@ pub mod s3;
 pub mod schema;
 pub mod storage;
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
+
+/// The peer URL the single-member restores advertise.
+pub const PEER_URL: &str = "https://127.0.0.1:2380";
+
+/// The `etcdguard restore-datadir` command line of `snap` into `data_dir` for the member `name`
+/// advertising `peer_url` in the cluster `token`, then `extra` (`--initial-cluster`,
+/// `--target-version`, the bump flags, `--identity`, ...).
+pub fn restore_datadir_args(
+    snap: &Path,
+    data_dir: &Path,
+    name: &str,
+    peer_url: &str,
+    token: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = vec![
+        "restore-datadir".to_string(),
+        snap.display().to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--name".into(),
+        name.into(),
+        "--initial-advertise-peer-urls".into(),
+        peer_url.into(),
+        "--initial-cluster-token".into(),
+        token.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
 
 /// `etcdguard restore-datadir` of `snap` into `dir`, for etcd `version`, as the member `plan`
 /// describes (its bump flags are the caller's, in `extra`).
@@ -43,24 +74,20 @@ pub fn restore_datadir(
     version: &str,
     extra: &[&str],
 ) -> Output {
-    let (snap, dir) = (snap.display().to_string(), dir.display().to_string());
-    let mut args = vec![
-        "restore-datadir",
-        &snap,
-        "--data-dir",
-        &dir,
-        "--name",
+    let mut args = restore_datadir_args(
+        snap,
+        dir,
         &plan.name,
-        "--initial-cluster",
-        &plan.initial_cluster,
-        "--initial-advertise-peer-urls",
         &plan.advertise_peer_urls,
-        "--initial-cluster-token",
         &plan.token,
-        "--target-version",
-        version,
-    ];
-    args.extend_from_slice(extra);
+        &[
+            "--initial-cluster",
+            &plan.initial_cluster,
+            "--target-version",
+            version,
+        ],
+    );
+    args.extend(extra.iter().map(|a| a.to_string()));
     etcdguard(&args)
 }
 
@@ -263,16 +290,16 @@ pub fn terminate(mut child: Child, grace: Duration) {
 
 /// Runs the etcdguard binary with `args`, a clean environment for its logs, and returns
 /// its output.
-pub fn etcdguard(args: &[&str]) -> Output {
+pub fn etcdguard<S: AsRef<OsStr>>(args: &[S]) -> Output {
     etcdguard_cmd(args).output().expect("run etcdguard")
 }
 
-pub fn etcdguard_cmd(args: &[&str]) -> Command {
+pub fn etcdguard_cmd<S: AsRef<OsStr>>(args: &[S]) -> Command {
     etcdguard_cmd_of(Path::new(env!("CARGO_BIN_EXE_etcdguard")), args)
 }
 
 /// Like `etcdguard_cmd`, for a copy of the binary at `bin`.
-pub fn etcdguard_cmd_of(bin: &Path, args: &[&str]) -> Command {
+pub fn etcdguard_cmd_of<S: AsRef<OsStr>>(bin: &Path, args: &[S]) -> Command {
     let mut c = Command::new(bin);
     c.args(args)
         .env_remove("ETCDGUARD_CONFIG")
