@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -13,6 +13,7 @@ use crate::util::proxy::{Faults, Proxy};
 use crate::util::schema;
 use crate::util::{
     assert_stderr_has, db_buckets, etcd_binary, etcdguard_cmd, free_port, list_dir, stderr, stdout,
+    wait_until,
 };
 
 fn mode(p: &Path) -> u32 {
@@ -262,14 +263,12 @@ fn tls_and_connection_failures_are_recorded_clearly() {
 
 /// Waits until a hidden partial snapshot exists in `dir`.
 fn wait_for_partial(dir: &Path, limit: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if list_dir(dir).iter().any(|n| n.ends_with(".partial")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("no partial snapshot appeared in {}", dir.display());
+    wait_until(
+        &format!("a partial snapshot to appear in {}", dir.display()),
+        limit,
+        Duration::from_millis(20),
+        || list_dir(dir).iter().any(|n| n.ends_with(".partial")),
+    );
 }
 
 #[test]

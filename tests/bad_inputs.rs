@@ -12,7 +12,7 @@ use crate::util::etcd::EtcdServer;
 use crate::util::manifest::EtcdPod;
 use crate::util::pki::Pki;
 use crate::util::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
-use crate::util::{etcdguard_cmd, stderr, NEWEST};
+use crate::util::{etcdguard_cmd, restore_datadir_args, stderr, NEWEST, PEER_URL};
 
 /// A kubeadm-style node without a running etcd: PKI, manifest, a valid config, a snapshot.
 struct Env {
@@ -494,69 +494,26 @@ fn rows() -> Vec<Row> {
             "flags",
             "a target version etcdguard does not build for",
             2,
-            |e| s(&[
-                "restore-datadir",
-                e.snapshot.to_str().unwrap(),
-                "--data-dir",
-                "/tmp/x",
-                "--name",
+            |e| restore_datadir_args(
+                &e.snapshot,
+                Path::new("/tmp/x"),
                 "n",
-                "--initial-advertise-peer-urls",
-                "https://127.0.0.1:2380",
-                "--initial-cluster-token",
+                PEER_URL,
                 "t",
-                "--target-version",
-                "3.4"
-            ])
+                &["--target-version", "3.4"]
+            )
         ),
         row!("flags", "a bump without --mark-compacted", 2, |e| {
-            let d = e.p("dd1").display().to_string();
-            s(&[
-                "restore-datadir",
-                e.snapshot.to_str().unwrap(),
-                "--data-dir",
-                &d,
-                "--name",
-                "n",
-                "--initial-advertise-peer-urls",
-                "https://127.0.0.1:2380",
-                "--initial-cluster-token",
-                "t",
-                "--bump-revision",
-                "1000",
-            ])
+            let extra = ["--bump-revision", "1000"];
+            restore_datadir_args(&e.snapshot, &e.p("dd1"), "n", PEER_URL, "t", &extra)
         }),
         row!("flags", "a member not in --initial-cluster", 2, |e| {
-            let d = e.p("dd2").display().to_string();
-            s(&[
-                "restore-datadir",
-                e.snapshot.to_str().unwrap(),
-                "--data-dir",
-                &d,
-                "--name",
-                "cp9",
-                "--initial-cluster",
-                "cp1=https://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "https://127.0.0.1:2380",
-                "--initial-cluster-token",
-                "t",
-            ])
+            let extra = ["--initial-cluster", "cp1=https://127.0.0.1:2380"];
+            restore_datadir_args(&e.snapshot, &e.p("dd2"), "cp9", PEER_URL, "t", &extra)
         }),
         row!("flags", "a peer URL with a path", 2, |e| {
-            let d = e.p("dd3").display().to_string();
-            s(&[
-                "restore-datadir",
-                e.snapshot.to_str().unwrap(),
-                "--data-dir",
-                &d,
-                "--name",
-                "n",
-                "--initial-advertise-peer-urls",
-                "https://127.0.0.1:2380/etcd",
-                "--initial-cluster-token",
-                "t",
-            ])
+            let peer = "https://127.0.0.1:2380/etcd";
+            restore_datadir_args(&e.snapshot, &e.p("dd3"), "n", peer, "t", &[])
         }),
         row!("flags", "inspect --revision without --get", 2, |e| s(&[
             "inspect",
@@ -682,18 +639,7 @@ fn rows() -> Vec<Row> {
             |e| {
                 let d = e.p("full");
                 std::fs::create_dir_all(d.join("member")).unwrap();
-                s(&[
-                    "restore-datadir",
-                    e.snapshot.to_str().unwrap(),
-                    "--data-dir",
-                    d.to_str().unwrap(),
-                    "--name",
-                    "n",
-                    "--initial-advertise-peer-urls",
-                    "https://127.0.0.1:2380",
-                    "--initial-cluster-token",
-                    "t",
-                ])
+                restore_datadir_args(&e.snapshot, &d, "n", PEER_URL, "t", &[])
             }
         ),
         row!(
@@ -947,9 +893,7 @@ fn every_bad_input_of_the_catalogue_gets_its_exit_code_and_message() {
         let args = (r.run)(&e);
         let state = e.p("var/lib/etcdguard");
         let before = crate::util::list_dir(&state);
-        let out = etcdguard_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
-            .output()
-            .unwrap();
+        let out = etcdguard_cmd(&args).output().unwrap();
         let msg = message(&e, &stderr(&out));
         let code = out.status.code().unwrap_or(-1);
         if code != r.exit {

@@ -15,7 +15,7 @@ use crate::util::etcd::{EtcdServer, MemberSpec};
 use crate::util::manifest::EtcdPod;
 use crate::util::pki::Pki;
 use crate::util::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
-use crate::util::{etcdguard_cmd, free_port, schema, stderr, NEWEST};
+use crate::util::{etcdguard_cmd, free_port, schema, stderr, wait_until, NEWEST};
 
 struct Member {
     root: tempfile::TempDir,
@@ -189,13 +189,8 @@ fn three_nodes(s3: &S3Server, schedule: &str, extra: &str) -> (tempfile::TempDir
     (shared, members)
 }
 
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How often the waits look.
+const EVERY: Duration = Duration::from_millis(200);
 
 /// Snapshot objects (not sidecars) under `prefix` in the bucket.
 fn objects(s3: &S3Server, prefix: &str) -> Vec<String> {
@@ -232,9 +227,12 @@ fn one_copy_per_slot_for_three_nodes_with_skewed_clocks_and_own_copies_without_q
             .cloned()
             .collect()
     };
-    wait_until(Duration::from_secs(120), "ten confirmed slots", || {
-        confirmed(&members).len() >= 10
-    });
+    wait_until(
+        "ten confirmed slots",
+        Duration::from_secs(120),
+        EVERY,
+        || confirmed(&members).len() >= 10,
+    );
     for m in &mut members {
         m.stop(nix::sys::signal::Signal::SIGTERM);
     }
@@ -318,7 +316,7 @@ fn one_copy_per_slot_for_three_nodes_with_skewed_clocks_and_own_copies_without_q
     members[2].etcd.stop();
     let before = members[0].by_slot().len();
     members[0].start(0);
-    wait_until(Duration::from_secs(60), "a copy of its own", || {
+    wait_until("a copy of its own", Duration::from_secs(60), EVERY, || {
         members[0].by_slot().values().any(|r| {
             r["remote"]["cluster"]["fallback"].is_string() && r["remote"]["state"] == "uploaded"
         })
@@ -363,7 +361,7 @@ fn a_killed_uploader_s_slot_is_taken_over_within_the_bound() {
     }
     // The slot's uploader, from the slot key (state uploading).
     let mut uploader = None;
-    wait_until(Duration::from_secs(60), "a claimed slot", || {
+    wait_until("a claimed slot", Duration::from_secs(60), EVERY, || {
         let out = members[0].etcd.etcdctl(&[
             "get",
             "--prefix",
@@ -391,17 +389,22 @@ fn a_killed_uploader_s_slot_is_taken_over_within_the_bound() {
     let state = |r: &Value| r["remote"]["state"].as_str().unwrap_or("").to_string();
     // Another node completes the slot (its copy uploaded under the cluster's prefix) and the
     // third confirms it.
-    wait_until(Duration::from_secs(60), "the slot taken over", || {
-        let recs: Vec<Option<(String, Value)>> =
-            others.iter().map(|&j| first(&members[j])).collect();
-        let [Some((a, ra)), Some((b, rb))] = [recs[0].clone(), recs[1].clone()] else {
-            return false;
-        };
-        let states = [state(&ra), state(&rb)];
-        a == b
-            && states.contains(&"uploaded".to_string())
-            && states.iter().all(|s| s == "uploaded" || s == "covered")
-    });
+    wait_until(
+        "the slot taken over",
+        Duration::from_secs(60),
+        EVERY,
+        || {
+            let recs: Vec<Option<(String, Value)>> =
+                others.iter().map(|&j| first(&members[j])).collect();
+            let [Some((a, ra)), Some((b, rb))] = [recs[0].clone(), recs[1].clone()] else {
+                return false;
+            };
+            let states = [state(&ra), state(&rb)];
+            a == b
+                && states.contains(&"uploaded".to_string())
+                && states.iter().all(|s| s == "uploaded" || s == "covered")
+        },
+    );
     let took = killed.elapsed();
     for m in &mut members {
         m.stop(nix::sys::signal::Signal::SIGTERM);

@@ -3,11 +3,11 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::node::Node;
 use crate::util::proxy::{Faults, Proxy};
-use crate::util::{etcdguard_cmd, list_dir, NEWEST};
+use crate::util::{etcdguard_cmd, list_dir, poll_until, wait_until, NEWEST};
 
 /// The notify socket systemd would own, and everything received on it.
 struct Notify {
@@ -39,17 +39,20 @@ impl Notify {
 
     /// Waits until a message satisfying `f` arrives (or was received already, at index >= from).
     fn wait_for(&mut self, from: usize, limit: Duration, f: impl Fn(&str) -> bool) -> usize {
-        let start = Instant::now();
-        loop {
-            if let Some(i) = self.got.iter().skip(from).position(|m| f(m)) {
-                return from + i;
+        // No pause between looks: drain() waits for the socket's read timeout.
+        let found = poll_until(limit, Duration::ZERO, || {
+            let i = self.got.iter().skip(from).position(|m| f(m));
+            if i.is_none() {
+                self.drain();
             }
-            assert!(
-                start.elapsed() < limit,
-                "no matching notify message; got {:#?}",
+            i
+        });
+        match found {
+            Some(i) => from + i,
+            None => panic!(
+                "no matching notify message in {limit:?}; got {:#?}",
                 self.got
-            );
-            self.drain();
+            ),
         }
     }
 }
@@ -64,13 +67,8 @@ fn spawn_daemon(node: &Node, notify: &Notify) -> Child {
         .unwrap()
 }
 
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How often the waits look.
+const EVERY: Duration = Duration::from_millis(100);
 
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
@@ -103,7 +101,7 @@ fn daemon_schedules_notifies_reloads_skips_and_stops_cleanly() {
         "{:?}",
         notify.got[ready]
     );
-    wait_until(Duration::from_secs(15), "a scheduled backup", || {
+    wait_until("a scheduled backup", Duration::from_secs(15), EVERY, || {
         records_where(&node, |r| {
             r["trigger"] == "schedule" && r["result"] == "Success"
         }) >= 1
@@ -117,7 +115,7 @@ fn daemon_schedules_notifies_reloads_skips_and_stops_cleanly() {
         "{}",
         notify.got[status]
     );
-    wait_until(Duration::from_secs(5), "the metrics file", || {
+    wait_until("the metrics file", Duration::from_secs(5), EVERY, || {
         std::fs::read_to_string(&metrics)
             .is_ok_and(|t| t.contains("etcdguard_last_result{destination=\"local\"} 1"))
     });
@@ -147,9 +145,12 @@ fn daemon_schedules_notifies_reloads_skips_and_stops_cleanly() {
     );
     notify.wait_for(reloading, Duration::from_secs(5), |m| m.contains("READY=1"));
     let before = records_where(&node, |r| r["trigger"] == "schedule");
-    wait_until(Duration::from_secs(10), "backups to continue", || {
-        records_where(&node, |r| r["trigger"] == "schedule") > before
-    });
+    wait_until(
+        "backups to continue",
+        Duration::from_secs(10),
+        EVERY,
+        || records_where(&node, |r| r["trigger"] == "schedule") > before,
+    );
 
     // A good reload that pauses: STATUS says so and no scheduled backups happen.
     std::fs::write(&node.config, format!("paused = true\n{good_config}")).unwrap();
@@ -173,7 +174,7 @@ fn daemon_schedules_notifies_reloads_skips_and_stops_cleanly() {
     );
     node.set("etcd", "endpoint", &format!("{:?}", slow.url()));
     signal(&daemon, nix::sys::signal::Signal::SIGHUP);
-    wait_until(Duration::from_secs(15), "a skipped slot", || {
+    wait_until("a skipped slot", Duration::from_secs(15), EVERY, || {
         records_where(&node, |r| {
             r["result"] == "Skipped"
                 && r["reason"]
@@ -227,9 +228,12 @@ fn daemon_takes_one_catch_up_backup_for_slots_missed_while_down() {
     // Hourly: 72 slots were missed.
     let notify = Notify::new(node.root.path());
     let mut daemon = spawn_daemon(&node, &notify);
-    wait_until(Duration::from_secs(15), "the catch-up backup", || {
-        records_where(&node, |_| true) >= 1
-    });
+    wait_until(
+        "the catch-up backup",
+        Duration::from_secs(15),
+        EVERY,
+        || records_where(&node, |_| true) >= 1,
+    );
     std::thread::sleep(Duration::from_secs(3));
     let recs = node.records();
     assert_eq!(recs.len(), 1, "{recs:#?}");
@@ -337,7 +341,7 @@ fn daemon_runs_scheduled_drills_records_them_and_the_metrics_carry_them() {
 
     // Drills on their own slots, recorded, each of the newest backup, and never a skipped
     // backup slot because of one.
-    wait_until(Duration::from_secs(40), "two passed drills", || {
+    wait_until("two passed drills", Duration::from_secs(40), EVERY, || {
         records_where(&node, |r| {
             r["trigger"] == "drill" && r["result"] == "Success"
         }) >= 2
@@ -365,7 +369,7 @@ fn daemon_runs_scheduled_drills_records_them_and_the_metrics_carry_them() {
         "{}",
         notify.got[status]
     );
-    wait_until(Duration::from_secs(10), "drill metrics", || {
+    wait_until("drill metrics", Duration::from_secs(10), EVERY, || {
         std::fs::read_to_string(&metrics).is_ok_and(|t| t.contains("etcdguard_last_drill_result 1"))
     });
     let text = std::fs::read_to_string(&metrics).unwrap();

@@ -14,7 +14,7 @@ use crate::remote::{remote_state, use_remote, BUCKET};
 use crate::util::node::Node;
 use crate::util::s3::{S3Server, SECRET_KEY};
 use crate::util::storage::{Azurite, FakeGcs, AZURE_ACCOUNT};
-use crate::util::{etcdguard_cmd, stderr, stdout, Tmpfs, NEWEST};
+use crate::util::{etcdguard_cmd, poll_until, stderr, stdout, Tmpfs, NEWEST};
 
 fn sha256(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
@@ -212,22 +212,17 @@ fn four_destinations_get_byte_identical_copies_and_a_server_killed_mid_upload_de
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
-        let r = node
+    let within = Duration::from_secs(60);
+    let mut r = serde_json::Value::Null;
+    let retried = poll_until(within, Duration::from_millis(200), || {
+        r = node
             .records()
             .into_iter()
             .find(|r| r["fileName"] == file2.as_str())
             .unwrap();
-        if copy(&r, "azure")["state"] == "uploaded" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "not retried: {r:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        (copy(&r, "azure")["state"] == "uploaded").then_some(())
+    });
+    assert!(retried.is_some(), "not retried in {within:?}: {r:#}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::util::node::Node;
-use crate::util::{etcdguard, list_dir, stderr, stdout, Tmpfs, NEWEST};
+use crate::util::{
+    etcdguard, list_dir, restore_datadir_args, stderr, stdout, wait_until, Tmpfs, NEWEST, PEER_URL,
+};
 
 /// An ext4 file system on a loop device, mounted with `errors=remount-ro`: `fail` makes the
 /// kernel turn it read-only under the running writers, as a disk error does on a real node.
@@ -123,14 +125,12 @@ fn no_space_at_each_write_site_and_a_read_only_snapshot_dir() {
     node.set_path("local_storage", "path", &snaps);
     node.set("etcd", "rate_limit", "\"1MiB/s\"");
     let child = node.run_spawn(&["snapshot"]);
-    let start = std::time::Instant::now();
-    while !list_dir(&snaps).iter().any(|n| n.ends_with(".partial")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no partial file appeared"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "a partial file to appear",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || list_dir(&snaps).iter().any(|n| n.ends_with(".partial")),
+    );
     std::thread::sleep(Duration::from_millis(500));
     disk.fail();
     let out = child.wait_with_output().unwrap();
@@ -209,18 +209,7 @@ fn no_space_at_each_write_site_and_a_read_only_snapshot_dir() {
     //    dir has no room: each refused or failed, nothing left there.
     let tiny = Tmpfs::new("1m");
     let d = tiny.path().join("data");
-    let out = etcdguard(&[
-        "restore-datadir",
-        good.to_str().unwrap(),
-        "--data-dir",
-        d.to_str().unwrap(),
-        "--name",
-        "cp1",
-        "--initial-advertise-peer-urls",
-        "https://127.0.0.1:2380",
-        "--initial-cluster-token",
-        "t",
-    ]);
+    let out = etcdguard(&restore_datadir_args(&good, &d, "cp1", PEER_URL, "t", &[]));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("No space left on device"),

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use crate::remote::{remote_state, run_verbose, s3s_object, use_remote, wait_for, BUCKET};
+use crate::remote::{remote_state, run_verbose, s3s_object, use_remote, BUCKET};
 use crate::util::node::Node;
 use crate::util::s3::{S3Server, SECRET_KEY};
 use crate::util::schema;
 use crate::util::{
-    assert_stderr_has, etcd_binary, etcdguard, etcdguard_cmd, list_dir, stderr, stdout, system_bin,
-    NEWEST,
+    assert_stderr_has, etcd_binary, etcdguard, etcdguard_cmd, list_dir, restore_datadir_args,
+    stderr, stdout, system_bin, wait_until, NEWEST, PEER_URL,
 };
 
 /// An age key pair made by `age-keygen`: (identity file, recipient).
@@ -88,29 +88,22 @@ fn retry_with_daemon(node: &Node) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the retried upload", Duration::from_secs(60), || {
-        remote_state(&node.last_record()) == "uploaded"
-    });
+    wait_until(
+        "the retried upload",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || remote_state(&node.last_record()) == "uploaded",
+    );
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
 
 /// `restore-datadir` of the sealed `snapshot`, opened with `identity`, into `data_dir`.
 fn restore_datadir_with(snapshot: &Path, identity: &Path, data_dir: &Path) -> Output {
-    etcdguard(&[
-        "restore-datadir",
-        snapshot.to_str().unwrap(),
-        "--identity",
-        identity.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--name",
-        "cp1",
-        "--initial-advertise-peer-urls",
-        "https://127.0.0.1:2380",
-        "--initial-cluster-token",
-        "t",
-    ])
+    let identity = ["--identity", identity.to_str().unwrap()];
+    etcdguard(&restore_datadir_args(
+        snapshot, data_dir, "cp1", PEER_URL, "t", &identity,
+    ))
 }
 
 /// No key material of `files` appears in `out` (stdout and stderr).

@@ -18,7 +18,7 @@ use crate::util::pki::Pki;
 use crate::util::schema;
 use crate::util::{
     assert_stderr_has, db_buckets, etcd_binary, etcdguard, free_port, list_dir, restore_datadir,
-    stderr, stdout,
+    restore_datadir_args, stderr, stdout, PEER_URL,
 };
 
 const WAL: &str = "member/wal/0000000000000000-0000000000000000.wal";
@@ -707,42 +707,23 @@ fn bad_input_is_refused_and_nothing_is_created() {
     let flipped = write("flipped.db", &flipped);
     let raw = write("raw.db", &bytes[..bytes.len() - 32]);
     let target = work.path().join("out");
-    let full = |snap: &Path, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = vec![
-            "restore-datadir".into(),
-            snap.display().to_string(),
-            "--data-dir".into(),
-            target.display().to_string(),
-            "--initial-cluster-token".into(),
-            "t".into(),
-        ];
-        v.extend(extra.iter().map(|x| x.to_string()));
-        v
+    // restore-datadir of `snap` into the target as `name` advertising `peer`, then `extra`.
+    let full = |snap: &Path, name: &str, peer: &str, extra: &[&str]| {
+        restore_datadir_args(snap, &target, name, peer, "t", extra)
     };
-    let ok = [
-        "--name",
-        "n1",
-        "--initial-advertise-peer-urls",
-        "https://127.0.0.1:2380",
-    ];
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
         (
-            full(&flipped, &ok),
+            full(&flipped, "n1", PEER_URL, &[]),
             1,
             "is corrupt: its sha256 trailer says",
         ),
-        (full(&raw, &ok), 1, "has no sha256 trailer"),
+        (full(&raw, "n1", PEER_URL, &[]), 1, "has no sha256 trailer"),
         (
             full(
                 snap,
-                &[
-                    "--name",
-                    "n9",
-                    "--initial-cluster",
-                    "n1=https://127.0.0.1:2380",
-                    "--initial-advertise-peer-urls",
-                    "https://127.0.0.1:2380",
-                ],
+                "n9",
+                PEER_URL,
+                &["--initial-cluster", "n1=https://127.0.0.1:2380"],
             ),
             2,
             "couldn't find local name \"n9\"",
@@ -750,97 +731,49 @@ fn bad_input_is_refused_and_nothing_is_created() {
         (
             full(
                 snap,
+                "n1",
+                PEER_URL,
                 &[
-                    "--name",
-                    "n1",
                     "--initial-cluster",
                     "n1=https://127.0.0.1:2380,n2=https://127.0.0.1:2380",
-                    "--initial-advertise-peer-urls",
-                    "https://127.0.0.1:2380",
                 ],
             ),
             2,
             "appears twice",
         ),
         (
-            full(
-                snap,
-                &[
-                    "--name",
-                    "n1",
-                    "--initial-advertise-peer-urls",
-                    "https://127.0.0.1:2380/x",
-                ],
-            ),
+            full(snap, "n1", "https://127.0.0.1:2380/x", &[]),
             2,
             "must not contain a path",
         ),
+        (full(snap, "n1", "127.0.0.1:2380", &[]), 2, "not a URL"),
         (
-            full(
-                snap,
-                &[
-                    "--name",
-                    "n1",
-                    "--initial-advertise-peer-urls",
-                    "127.0.0.1:2380",
-                ],
-            ),
-            2,
-            "not a URL",
-        ),
-        (
-            full(
-                snap,
-                &[
-                    "--name",
-                    "n1",
-                    "--initial-advertise-peer-urls",
-                    "https://127.0.0.1:2380",
-                    "--bump-revision",
-                    "10",
-                ],
-            ),
+            full(snap, "n1", PEER_URL, &["--bump-revision", "10"]),
             2,
             "--mark-compacted is required",
         ),
         (
-            full(
-                snap,
-                &[
-                    "--name",
-                    "n1",
-                    "--initial-advertise-peer-urls",
-                    "https://127.0.0.1:2380",
-                    "--mark-compacted",
-                ],
-            ),
+            full(snap, "n1", PEER_URL, &["--mark-compacted"]),
             2,
             "needs --bump-revision",
         ),
     ];
     let before = list_dir(work.path());
     for (args, code, needle) in cases {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = etcdguard(&a);
-        assert_eq!(out.status.code(), Some(code), "{a:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(needle), "{a:?}: {}", stderr(&out));
-        assert_eq!(list_dir(work.path()), before, "{a:?} left something behind");
+        let out = etcdguard(&args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            list_dir(work.path()),
+            before,
+            "{args:?} left something behind"
+        );
     }
     // A raw db with the explicit flag is fine.
-    let out = etcdguard(
-        &full(&raw, &[&ok[..], &["--skip-hash-check"]].concat())
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let out = etcdguard(&full(&raw, "n1", PEER_URL, &["--skip-hash-check"]));
     assert!(out.status.success(), "{}", stderr(&out));
     // A target that is not empty is refused and left exactly as it was.
-    let out = etcdguard(
-        &full(snap, &ok)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let out = etcdguard(&full(snap, "n1", PEER_URL, &[]));
     assert_eq!(out.status.code(), Some(1));
     assert_stderr_has(&out, "is not empty");
     assert_eq!(list_dir(&target), ["member"]);

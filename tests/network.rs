@@ -13,7 +13,7 @@ use crate::remote::{remote_state, use_remote, BUCKET};
 use crate::util::node::Node;
 use crate::util::proxy::{Fault, FaultProxy};
 use crate::util::s3::{S3Server, SECRET_KEY};
-use crate::util::{etcdguard, etcdguard_cmd, stderr, NEWEST};
+use crate::util::{etcdguard, etcdguard_cmd, poll_until, stderr, wait_until, NEWEST};
 
 const SLOW_DOWN: Fault = Fault::Http {
     status: 503,
@@ -203,10 +203,11 @@ fn s3_behind_a_hostile_network_leaves_copies_pending_then_completes_them() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
+    let within = Duration::from_secs(90);
+    let mut left: Vec<&String> = Vec::new();
+    let retried = poll_until(within, Duration::from_millis(200), || {
         let recs = node.records();
-        let left: Vec<&String> = pending
+        left = pending
             .iter()
             .filter(|f| {
                 !recs
@@ -216,16 +217,13 @@ fn s3_behind_a_hostile_network_leaves_copies_pending_then_completes_them() {
             .collect();
         // The start-up run aborts what the failed uploads left open once the retries are
         // done.
-        if left.is_empty() && s3.open_multipart_uploads(BUCKET) == 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "not retried: {left:?}, {} multipart uploads open",
-            s3.open_multipart_uploads(BUCKET)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        (left.is_empty() && s3.open_multipart_uploads(BUCKET) == 0).then_some(())
+    });
+    assert!(
+        retried.is_some(),
+        "not retried in {within:?}: {left:?}, {} multipart uploads open",
+        s3.open_multipart_uploads(BUCKET)
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -317,15 +315,10 @@ fn a_daemon_lives_through_hundreds_of_network_faults_without_leaking() {
     let pid = daemon.id();
     let faults = || etcd.faulted() + remote.faulted();
     let wait_for = |n: u64, limit: Duration| {
-        let started = Instant::now();
-        while faults() < n {
-            assert!(
-                started.elapsed() < limit,
-                "only {} faults in {limit:?}",
-                faults()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let reached = poll_until(limit, Duration::from_millis(100), || {
+            (faults() >= n).then_some(())
+        });
+        assert!(reached.is_some(), "only {} faults in {limit:?}", faults());
     };
     // CI: 100 faults (two minutes); by hand, ETCDGUARD_NETWORK_FAULTS=300 or more.
     let target: u64 = std::env::var("ETCDGUARD_NETWORK_FAULTS")
@@ -336,16 +329,16 @@ fn a_daemon_lives_through_hundreds_of_network_faults_without_leaking() {
     let base = usage(pid);
     let mut peak = base;
     let started = Instant::now();
-    while faults() < target + 30 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5 * target),
-            "only {} faults",
-            faults()
-        );
+    let within = Duration::from_secs(5 * target);
+    let reached = poll_until(within, Duration::from_millis(250), || {
+        if faults() >= target + 30 {
+            return Some(());
+        }
         let now = usage(pid);
         peak = (peak.0.max(now.0), peak.1.max(now.1), peak.2.max(now.2));
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        None
+    });
+    assert!(reached.is_some(), "only {} faults in {within:?}", faults());
     let end = usage(pid);
     eprintln!(
         "{} faults (etcd {}, S3 {}) in {:.0} s; fds {} -> {} (peak {}), threads {} -> {} (peak {}), \
@@ -380,21 +373,17 @@ fn a_daemon_lives_through_hundreds_of_network_faults_without_leaking() {
     assert!(records_at_clear > 0);
     etcd.clear();
     remote.clear();
-    let started = Instant::now();
-    loop {
-        let recs = node.records();
-        if recs[records_at_clear.min(recs.len())..]
-            .iter()
-            .any(|r| r["result"] == "Success" && remote_state(r) == "uploaded")
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no clean backup after the faults cleared"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "a clean backup after the faults cleared",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let recs = node.records();
+            recs[records_at_clear.min(recs.len())..]
+                .iter()
+                .any(|r| r["result"] == "Success" && remote_state(r) == "uploaded")
+        },
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -11,7 +11,7 @@ use crate::util::proxy::{Faults, Proxy};
 use crate::util::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 use crate::util::schema;
 use crate::util::{
-    assert_stderr_has, etcd_binary, etcdguard_cmd, list_dir, stderr, stdout, NEWEST,
+    assert_stderr_has, etcd_binary, etcdguard_cmd, list_dir, stderr, stdout, wait_until, NEWEST,
 };
 
 pub(crate) const BUCKET: &str = "etcd-backups";
@@ -272,13 +272,8 @@ fn wrong_key_and_unknown_bucket_give_one_clear_error_and_the_local_backup_succee
     assert_stderr_has(&check, "chmod 0600");
 }
 
-pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How often the waits look.
+const EVERY: Duration = Duration::from_millis(100);
 
 #[test]
 fn s3_stopped_or_killed_mid_upload_leaves_no_object_and_the_retry_uploads_it() {
@@ -302,11 +297,16 @@ fn s3_stopped_or_killed_mid_upload_leaves_no_object_and_the_retry_uploads_it() {
         let before = slow
             .downstream_bytes
             .load(std::sync::atomic::Ordering::SeqCst);
-        wait_for("the stream to start", Duration::from_secs(20), || {
-            slow.downstream_bytes
-                .load(std::sync::atomic::Ordering::SeqCst)
-                > before + (2 << 20)
-        });
+        wait_until(
+            "the stream to start",
+            Duration::from_secs(20),
+            EVERY,
+            || {
+                slow.downstream_bytes
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    > before + (2 << 20)
+            },
+        );
         match *how {
             "SIGSTOP" => s3.signal(nix::sys::signal::Signal::SIGSTOP),
             _ => s3.kill(),
@@ -335,7 +335,7 @@ fn s3_stopped_or_killed_mid_upload_leaves_no_object_and_the_retry_uploads_it() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for("the retried upload", Duration::from_secs(60), || {
+        wait_until("the retried upload", Duration::from_secs(60), EVERY, || {
             node.records()
                 .iter()
                 .find(|r| r["fileName"] == file.as_str())
@@ -405,7 +405,7 @@ fn backups_killed_mid_upload_leave_open_uploads_that_the_next_run_aborts() {
     node.set("etcd", "rate_limit", "\"2MiB/s\"");
     for kill in 1..=2 {
         let mut child = node.run_spawn(&["snapshot"]);
-        wait_for("the upload to open", Duration::from_secs(30), || {
+        wait_until("the upload to open", Duration::from_secs(30), EVERY, || {
             if let Some(status) = child.try_wait().unwrap() {
                 let mut err = String::new();
                 std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();

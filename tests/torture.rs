@@ -29,23 +29,9 @@ use crate::restore::tree;
 use crate::util::kubenode::KubeNode;
 use crate::util::node::Node;
 use crate::util::s3::{S3Server, SECRET_KEY};
-use crate::util::{etcdguard, etcdguard_cmd, list_dir, stderr, NEWEST};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
+use crate::util::{
+    etcdguard, etcdguard_cmd, list_dir, poll_until, restore_datadir_args, stderr, Rng, NEWEST,
+};
 
 const BACKUP_POINTS: [&str; 9] = [
     "backup:temp-created",
@@ -94,12 +80,9 @@ fn run_with(
         .spawn()
         .unwrap();
     if let Some(d) = delay {
-        let start = Instant::now();
-        while start.elapsed() < d {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let exited = poll_until(d, Duration::from_millis(10), || c.try_wait().ok().flatten());
+        if let Some(st) = exited {
+            return st.code();
         }
         let _ = c.kill();
     }
@@ -220,18 +203,14 @@ fn restore_node(snapshot: &std::path::Path) -> KubeNode {
             .next()
             .unwrap()
     );
-    let out = etcdguard(&[
-        "restore-datadir",
-        snapshot.to_str().unwrap(),
-        "--data-dir",
-        node.path("var/lib/etcd").to_str().unwrap(),
-        "--name",
+    let out = etcdguard(&restore_datadir_args(
+        snapshot,
+        &node.path("var/lib/etcd"),
         "cp1",
-        "--initial-advertise-peer-urls",
         &peer,
-        "--initial-cluster-token",
         "old-cluster",
-    ]);
+        &[],
+    ));
     assert!(out.status.success(), "{}", stderr(&out));
     node
 }
@@ -320,7 +299,7 @@ fn crash_campaign_kills_everywhere_and_nothing_is_lost_or_half_done() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut node = Node::start(NEWEST, "cp1");
     // By hand, a larger database (ETCDGUARD_TORTURE_KEYS=12000: ~15 MiB) makes the uploads
     // multipart, so random kills leave open multipart uploads for the next run to abort.

@@ -2,11 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 
-use super::{etcd_binary, etcdctl_tls, free_port, rt};
+use super::{etcd_binary, etcdctl_tls, free_port, poll_until, rt, terminate, Rng};
 
 pub struct EtcdServer {
     pub version: String,
@@ -104,14 +104,11 @@ impl EtcdServer {
 
     /// Waits until etcd ≥ 3.6 reports a storage version; panics with the log if it never does.
     pub fn wait_storage_version(&self, limit: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if !self.storage_version().is_empty() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
+        let set = poll_until(limit, Duration::from_millis(200), || {
+            (!self.storage_version().is_empty()).then_some(())
+        });
+        assert!(
+            set.is_some(),
             "etcd {} set no storage version within {limit:?}; log tail:\n{}",
             self.version,
             self.log_tail()
@@ -120,17 +117,16 @@ impl EtcdServer {
 
     /// Waits until a linearizable read succeeds (the member is in a cluster with a leader).
     pub fn wait_healthy(&mut self, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
+        poll_until(limit, Duration::from_millis(200), || {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return false;
+                return Some(false);
             }
-            if self.etcdctl(&["endpoint", "health"]).status.success() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
+            self.etcdctl(&["endpoint", "health"])
+                .status
+                .success()
+                .then_some(true)
+        })
+        .unwrap_or(false)
     }
 
     fn spawn(&mut self, initial_cluster: &str) {
@@ -179,10 +175,9 @@ impl EtcdServer {
     }
 
     pub fn wait_ready(&mut self, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
+        poll_until(limit, Duration::from_millis(100), || {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return false; // exited (port taken?)
+                return Some(false); // exited (port taken?)
             }
             let ok = rt().block_on(async {
                 match tokio::time::timeout(Duration::from_secs(2), self.client()).await {
@@ -190,12 +185,9 @@ impl EtcdServer {
                     _ => false,
                 }
             });
-            if ok {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
+            ok.then_some(true)
+        })
+        .unwrap_or(false)
     }
 
     pub fn log_tail(&self) -> String {
@@ -212,20 +204,8 @@ impl EtcdServer {
 
     /// Stops etcd (SIGTERM, then SIGKILL after 10 s) and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            terminate(c, Duration::from_secs(10));
         }
     }
 
@@ -293,16 +273,9 @@ impl EtcdServer {
     pub fn put_mib(&self, prefix: &str, mib: usize) {
         rt().block_on(async {
             let mut c = self.client().await.unwrap();
-            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
             for i in 0..mib {
-                let value: Vec<u8> = (0..1 << 20)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+                let value = rng.bytes(1 << 20);
                 c.put(format!("/registry/{prefix}/{i:06}"), value, None)
                     .await
                     .unwrap();

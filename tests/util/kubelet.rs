@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use etcdguard::kubeadm::EtcdManifest;
 
-use super::etcd_binary;
+use super::{etcd_binary, terminate, wait_until};
 
 #[derive(Default)]
 struct State {
@@ -72,22 +72,6 @@ fn image_minor(text: &str) -> String {
     format!("{major}.{minor}")
 }
 
-fn stop_child(mut c: Child) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(c.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(15) {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-}
-
 fn secure_port(text: &str) -> u16 {
     text.lines()
         .find_map(|l| l.trim().strip_prefix("- --secure-port="))
@@ -125,7 +109,7 @@ impl Kubelet {
                 let running_text = s.etcd.as_ref().map(|(_, t)| t.clone());
                 if running_text.is_some() && running_text != etcd {
                     let (c, _) = s.etcd.take().unwrap();
-                    stop_child(c);
+                    terminate(c, Duration::from_secs(15));
                 }
                 if s.etcd.is_none() && restart_at.is_none_or(|t| Instant::now() >= t) {
                     if let Some(text) = &etcd {
@@ -157,7 +141,7 @@ impl Kubelet {
             }
             let mut s = st.lock().unwrap();
             if let Some((c, _)) = s.etcd.take() {
-                stop_child(c);
+                terminate(c, Duration::from_secs(15));
             }
             s.apiserver = None;
         });
@@ -173,24 +157,23 @@ impl Kubelet {
     /// Waits until the runner acted on the manifest dir as it is now, then stops watching it.
     pub fn settle_and_pause(&self) {
         let dir = self.root.join("etc/kubernetes/manifests");
-        let start = Instant::now();
-        loop {
-            let etcd = std::fs::read_to_string(dir.join("etcd.yaml")).ok();
-            let api = std::fs::read_to_string(dir.join("kube-apiserver.yaml")).ok();
-            {
+        wait_until(
+            "the runner to settle",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || {
+                let etcd = std::fs::read_to_string(dir.join("etcd.yaml")).ok();
+                let api = std::fs::read_to_string(dir.join("kube-apiserver.yaml")).ok();
                 let s = self.state.lock().unwrap();
                 let etcd_ok = s.etcd.as_ref().map(|(_, t)| t.clone()) == etcd;
-                if s.seen == (etcd.clone(), api.clone()) && etcd_ok {
+                if s.seen == (etcd.clone(), api) && etcd_ok {
+                    // Paused under the lock, as the runner saw it settled.
                     self.paused.store(true, Ordering::SeqCst);
-                    return;
+                    return true;
                 }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "runner did not settle"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                false
+            },
+        );
     }
 
     pub fn resume(&self) {

@@ -5,12 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::kubelet::Kubelet;
 use super::manifest::EtcdPod;
 use super::pki::Pki;
-use super::{etcdctl_tls, etcdguard, free_port};
+use super::{etcdctl_tls, etcdguard, free_port, poll_until};
 
 pub struct KubeNode {
     pub root: tempfile::TempDir,
@@ -150,16 +150,18 @@ impl KubeNode {
 
     /// Waits until a linearizable read succeeds.
     pub fn wait_healthy(&self, limit: Duration) {
-        let start = Instant::now();
-        while !self.etcdctl(&["endpoint", "health"]).status.success() {
-            assert!(
-                start.elapsed() < limit,
-                "etcd on {} not healthy; log: {}",
-                self.name,
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let healthy = poll_until(limit, Duration::from_millis(200), || {
+            self.etcdctl(&["endpoint", "health"])
+                .status
+                .success()
+                .then_some(())
+        });
+        assert!(
+            healthy.is_some(),
+            "etcd on {} not healthy in {limit:?}; log: {}",
+            self.name,
+            self.log_tail()
+        );
     }
 
     pub fn log_tail(&self) -> String {

@@ -29,9 +29,41 @@ pub mod s3;
 pub mod schema;
 pub mod storage;
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+/// The peer URL the single-member restores advertise.
+pub const PEER_URL: &str = "https://127.0.0.1:2380";
+
+/// The `etcdguard restore-datadir` command line of `snap` into `data_dir` for the member `name`
+/// advertising `peer_url` in the cluster `token`, then `extra` (`--initial-cluster`,
+/// `--target-version`, the bump flags, `--identity`, ...).
+pub fn restore_datadir_args(
+    snap: &Path,
+    data_dir: &Path,
+    name: &str,
+    peer_url: &str,
+    token: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = vec![
+        "restore-datadir".to_string(),
+        snap.display().to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--name".into(),
+        name.into(),
+        "--initial-advertise-peer-urls".into(),
+        peer_url.into(),
+        "--initial-cluster-token".into(),
+        token.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
 
 /// `etcdguard restore-datadir` of `snap` into `dir`, for etcd `version`, as the member `plan`
 /// describes (its bump flags are the caller's, in `extra`).
@@ -42,24 +74,20 @@ pub fn restore_datadir(
     version: &str,
     extra: &[&str],
 ) -> Output {
-    let (snap, dir) = (snap.display().to_string(), dir.display().to_string());
-    let mut args = vec![
-        "restore-datadir",
-        &snap,
-        "--data-dir",
-        &dir,
-        "--name",
+    let mut args = restore_datadir_args(
+        snap,
+        dir,
         &plan.name,
-        "--initial-cluster",
-        &plan.initial_cluster,
-        "--initial-advertise-peer-urls",
         &plan.advertise_peer_urls,
-        "--initial-cluster-token",
         &plan.token,
-        "--target-version",
-        version,
-    ];
-    args.extend_from_slice(extra);
+        &[
+            "--initial-cluster",
+            &plan.initial_cluster,
+            "--target-version",
+            version,
+        ],
+    );
+    args.extend(extra.iter().map(|a| a.to_string()));
     etcdguard(&args)
 }
 
@@ -161,18 +189,117 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A small seeded pseudo-random generator (xorshift64*): one seed, one sequence, so a run can
+/// be repeated from the seed it printed. Not for anything secret.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded with `seed` (made odd: the state must never be zero).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+
+    /// `n` bytes of the sequence (incompressible data).
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..n.div_ceil(8))
+            .flat_map(|_| self.next_u64().to_le_bytes())
+            .collect();
+        v.truncate(n);
+        v
+    }
+}
+
+/// Calls `f` until it gives `Some`, every `every`, for at most `within`: what it gave, or
+/// `None` when it never did (the caller decides what a timeout means). `f` runs at least once,
+/// and once more after the last pause.
+pub fn poll_until<T>(
+    within: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = f() {
+            return Some(t);
+        }
+        if start.elapsed() >= within {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Waits until `done` holds, asking every `every`; after `within` fails the test saying it
+/// timed out after `within` waiting for `what`.
+pub fn wait_until(what: &str, within: Duration, every: Duration, mut done: impl FnMut() -> bool) {
+    if poll_until(within, every, || done().then_some(())).is_none() {
+        panic!("timed out after {within:?} waiting for {what}");
+    }
+}
+
+/// Waits up to 30 s until `name`, spawned as `child` with its output in `log`, accepts
+/// connections on 127.0.0.1:`port`; fails the test with that log when it exits first.
+pub fn wait_listening(name: &str, child: &mut Child, port: u16, log: &Path) {
+    let what = format!("{name} to listen");
+    wait_until(
+        &what,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "{name} exited ({st}): {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        },
+    );
+}
+
+/// Stops `child`: SIGTERM, then SIGKILL when it has not exited within `grace`; reaps it.
+pub fn terminate(mut child: Child, grace: Duration) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let exited = poll_until(grace, Duration::from_millis(50), || {
+        child.try_wait().ok().flatten()
+    });
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Runs the etcdguard binary with `args`, a clean environment for its logs, and returns
 /// its output.
-pub fn etcdguard(args: &[&str]) -> Output {
+pub fn etcdguard<S: AsRef<OsStr>>(args: &[S]) -> Output {
     etcdguard_cmd(args).output().expect("run etcdguard")
 }
 
-pub fn etcdguard_cmd(args: &[&str]) -> Command {
+pub fn etcdguard_cmd<S: AsRef<OsStr>>(args: &[S]) -> Command {
     etcdguard_cmd_of(Path::new(env!("CARGO_BIN_EXE_etcdguard")), args)
 }
 
 /// Like `etcdguard_cmd`, for a copy of the binary at `bin`.
-pub fn etcdguard_cmd_of(bin: &Path, args: &[&str]) -> Command {
+pub fn etcdguard_cmd_of<S: AsRef<OsStr>>(bin: &Path, args: &[S]) -> Command {
     let mut c = Command::new(bin);
     c.args(args)
         .env_remove("ETCDGUARD_CONFIG")

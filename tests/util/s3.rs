@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{cache_bin, free_port};
+use super::{cache_bin, free_port, poll_until, wait_listening};
 
 pub const ACCESS_KEY: &str = "AKIAETCDGUARDTEST01";
 pub const SECRET_KEY: &str = "etcdguard-test-secret-key-0123456789";
@@ -100,22 +100,8 @@ impl S3Server {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.child = Some(cmd.spawn().expect("spawn S3 server"));
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "{} exited ({st}): {}",
-                    self.kind,
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{} did not listen",
-                self.kind
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = self.child.as_mut().unwrap();
+        wait_listening(self.kind, child, port, &self.log);
     }
 
     /// Sends an unsigned request (moto without auth) and returns (status, body). TLS is not
@@ -144,19 +130,18 @@ impl S3Server {
     }
 
     fn create_bucket_unsigned(&self, bucket: &str) {
-        let start = Instant::now();
-        loop {
-            let (code, body) = self.unsigned("PUT", &format!("/{bucket}"));
-            if code == 200 {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "cannot create bucket {bucket} on {}: {code} {body}",
-                self.kind
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let within = Duration::from_secs(30);
+        let mut last = (0, String::new());
+        let created = poll_until(within, Duration::from_millis(200), || {
+            last = self.unsigned("PUT", &format!("/{bucket}"));
+            (last.0 == 200).then_some(())
+        });
+        let (code, body) = last;
+        assert!(
+            created.is_some(),
+            "cannot create bucket {bucket} on {} in {within:?}: {code} {body}",
+            self.kind
+        );
     }
 
     /// Runs a boto3 snippet (the AWS SDK for Python, installed with moto) against this server

@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{cache_bin, free_port};
+use super::{cache_bin, free_port, poll_until, wait_listening};
 
 /// Azurite's well-known development account and key (public, documented by Microsoft).
 pub const AZURE_ACCOUNT: &str = "devstoreaccount1";
@@ -59,22 +59,8 @@ impl Process {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.program.display()));
         self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "{} exited ({st}): {}",
-                    self.name,
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{} did not listen",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = self.child.as_mut().unwrap();
+        wait_listening(self.name, child, self.port, &self.log);
     }
 
     fn kill(&mut self) {
@@ -135,18 +121,17 @@ impl Azurite {
             container: container.to_string(),
             proc,
         };
-        let started = Instant::now();
-        loop {
-            let (code, body) = a.call("PUT", &format!("/{container}"), "restype=container");
-            if code == 201 || code == 409 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "cannot create container {container}: {code} {body}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let within = Duration::from_secs(30);
+        let mut last = (0, String::new());
+        let created = poll_until(within, Duration::from_millis(200), || {
+            last = a.call("PUT", &format!("/{container}"), "restype=container");
+            (last.0 == 201 || last.0 == 409).then_some(())
+        });
+        let (code, body) = last;
+        assert!(
+            created.is_some(),
+            "cannot create container {container} in {within:?}: {code} {body}"
+        );
         a
     }
 
