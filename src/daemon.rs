@@ -110,75 +110,13 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
             config.state_dir.display()
         ))
     })?;
-    let store = RecordStore::new(&config.state_dir);
-    let now = crate::clock::now();
-    let (remembered, drill_remembered) = match store.load() {
-        Ok(f) => (f.daemon.last_handled_slot, f.daemon.last_drill_slot),
-        Err(e) => {
-            // Not fatal: the next backup moves a corrupt file aside and says so.
-            tracing::error!("{e}");
-            (None, None)
-        }
-    };
-    // First start (or a drill schedule just added): no drill was missed yet.
-    let drill_handled = drill_remembered.unwrap_or_else(|| {
-        let t = config
-            .drill
-            .schedule
-            .as_ref()
-            .and_then(|s| s.latest_at_or_before(now, &config.timezone))
-            .unwrap_or(now);
-        persist_drill_slot(&store, t);
-        t
-    });
-    let last_handled = match remembered {
-        Some(t) => t,
-        None => {
-            // First start: nothing was missed yet.
-            let t = config
-                .schedule
-                .latest_at_or_before(now, &config.timezone)
-                .unwrap_or(now);
-            persist_slot(&store, t);
-            t
-        }
-    };
-    let mut d = Daemon {
-        config_path,
-        config,
-        store,
-        last_handled,
-        running: None,
-        next: None,
-        maintenance: None,
-        remote_problem: None,
-        drill_handled,
-        drill_next: None,
-        drilling: None,
-        retry_next: None,
-    };
+    let mut d = Daemon::new(config_path, config);
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Fatal(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Fatal(e.to_string()))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| DaemonError::Fatal(e.to_string()))?;
     let interval = tick_interval();
-    tracing::info!(
-        schedule = d.config.schedule.expression(),
-        timezone = %d.config.timezone,
-        paused = d.config.paused,
-        "etcdguard daemon started"
-    );
-    if d.config.paused {
-        tracing::warn!("configuration is paused: no scheduled backups until paused = false");
-    }
-    // The same pre-flight as `config check`; not fatal (etcd may start after us at boot).
-    let found = crate::preflight::local(&d.config);
-    for (field, problem) in &found.problems {
-        tracing::error!("pre-flight: {field}: {problem}; backups fail until this is fixed");
-    }
-    for w in &found.warnings {
-        tracing::warn!("pre-flight: {w}");
-    }
+    d.say_started();
     d.on_tick();
     // Pre-flight of the bucket and any uploads left pending, right away.
     d.start_maintenance(true);
@@ -221,20 +159,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
 
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     tracing::info!("stopping");
-    if let Some(m) = d.maintenance.take() {
-        m.abort();
-        let _ = m.await;
-    }
-    if let Some(r) = d.drilling.take() {
-        r.cancel.store(true, Ordering::SeqCst);
-        let res = r.handle.await;
-        d.on_drill_done(r.slot, res);
-    }
-    if let Some(r) = d.running.take() {
-        let _ = r.cancel.send(());
-        let res = r.handle.await;
-        d.on_backup_done(r.slot, res);
-    }
+    d.stop().await;
     Ok(())
 }
 
@@ -259,6 +184,92 @@ fn persist_slot(store: &RecordStore, slot: DateTime<Utc>) {
 }
 
 impl Daemon {
+    /// The daemon of `config`, with the slots it handled last (remembered across restarts;
+    /// on a first start, or a drill schedule just added, nothing was missed yet).
+    fn new(config_path: Option<PathBuf>, config: Config) -> Daemon {
+        let store = RecordStore::new(&config.state_dir);
+        let now = crate::clock::now();
+        let (remembered, drill_remembered) = match store.load() {
+            Ok(f) => (f.daemon.last_handled_slot, f.daemon.last_drill_slot),
+            Err(e) => {
+                // Not fatal: the next backup moves a corrupt file aside and says so.
+                tracing::error!("{e}");
+                (None, None)
+            }
+        };
+        let drill_handled = drill_remembered.unwrap_or_else(|| {
+            let t = config
+                .drill
+                .schedule
+                .as_ref()
+                .and_then(|s| s.latest_at_or_before(now, &config.timezone))
+                .unwrap_or(now);
+            persist_drill_slot(&store, t);
+            t
+        });
+        let last_handled = remembered.unwrap_or_else(|| {
+            let t = config
+                .schedule
+                .latest_at_or_before(now, &config.timezone)
+                .unwrap_or(now);
+            persist_slot(&store, t);
+            t
+        });
+        Daemon {
+            config_path,
+            config,
+            store,
+            last_handled,
+            running: None,
+            next: None,
+            maintenance: None,
+            remote_problem: None,
+            drill_handled,
+            drill_next: None,
+            drilling: None,
+            retry_next: None,
+        }
+    }
+
+    /// The start-up lines: the schedule, and the same pre-flight as `config check` (not
+    /// fatal: etcd may start after us at boot).
+    fn say_started(&self) {
+        tracing::info!(
+            schedule = self.config.schedule.expression(),
+            timezone = %self.config.timezone,
+            paused = self.config.paused,
+            "etcdguard daemon started"
+        );
+        if self.config.paused {
+            tracing::warn!("configuration is paused: no scheduled backups until paused = false");
+        }
+        let found = crate::preflight::local(&self.config);
+        for (field, problem) in &found.problems {
+            tracing::error!("pre-flight: {field}: {problem}; backups fail until this is fixed");
+        }
+        for w in &found.warnings {
+            tracing::warn!("pre-flight: {w}");
+        }
+    }
+
+    /// Stops what runs: maintenance aborted, a drill and a backup cancelled and recorded.
+    async fn stop(&mut self) {
+        if let Some(m) = self.maintenance.take() {
+            m.abort();
+            let _ = m.await;
+        }
+        if let Some(r) = self.drilling.take() {
+            r.cancel.store(true, Ordering::SeqCst);
+            let res = r.handle.await;
+            self.on_drill_done(r.slot, res);
+        }
+        if let Some(r) = self.running.take() {
+            let _ = r.cancel.send(());
+            let res = r.handle.await;
+            self.on_backup_done(r.slot, res);
+        }
+    }
+
     /// One look at the wall clock: handle a due slot, compute the next.
     fn on_tick(&mut self) {
         let now = crate::clock::now();

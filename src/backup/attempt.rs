@@ -117,26 +117,8 @@ pub(super) async fn attempt(
         member: Some(member.clone()),
         etcd_version: Some(info.version.clone()),
     };
-    if let Some(manifest_name) = &target.manifest_name {
-        if !info.name.is_empty() && manifest_name != &info.name {
-            return Err(fail(format!(
-                "etcd at {ep} is member {:?}, but the manifest {} names this node's member \
-                 {manifest_name:?}; refusing to back up another member",
-                info.name,
-                e.manifest.display()
-            )));
-        }
-    }
-
-    // One file name per second: wait out a name that is already taken (back-to-back runs).
-    let (at, file_name) = loop {
-        let at = crate::clock::now();
-        let name = snapshot_file_name(at, &member.name);
-        if !store.path_of(&name).exists() {
-            break (at, name);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    same_member(config, &target, &info).map_err(fail)?;
+    let (at, file_name) = free_file_name(store, &member.name).await;
     let (temp, file) = store.create_temp(&file_name).map_err(|err| {
         fail(format!(
             "cannot create a snapshot file in {}: {err}",
@@ -187,29 +169,69 @@ pub(super) async fn attempt(
         Some(who) => uploads.finish(sealing, who, &file_name).await,
         None => Vec::new(),
     };
+    Ok(Success {
+        snapshot: snapshot_of(published, at, file_name, member, info, health),
+        remotes,
+        cluster,
+    })
+}
+
+/// Refuses a member other than the one the manifest names for this node.
+fn same_member(config: &Config, target: &Target, info: &MemberInfo) -> Result<(), String> {
+    match &target.manifest_name {
+        Some(manifest_name) if !info.name.is_empty() && manifest_name != &info.name => {
+            Err(format!(
+                "etcd at {} is member {:?}, but the manifest {} names this node's member \
+                 {manifest_name:?}; refusing to back up another member",
+                target.endpoint,
+                info.name,
+                config.etcd.manifest.display()
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// One file name per second: waits out a name that is already taken (back-to-back runs).
+async fn free_file_name(store: &LocalStore, member: &str) -> (DateTime<Utc>, String) {
+    loop {
+        let at = crate::clock::now();
+        let name = snapshot_file_name(at, member);
+        if !store.path_of(&name).exists() {
+            return (at, name);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// What the record says of a published snapshot.
+fn snapshot_of(
+    published: stream::Published,
+    at: DateTime<Utc>,
+    file_name: String,
+    member: Member,
+    info: MemberInfo,
+    health: crate::records::Health,
+) -> Snapshot {
     let stream::Published {
         streamed,
         status,
         path,
         sealed,
     } = published;
-    Ok(Success {
-        snapshot: Snapshot {
-            at,
-            file_name,
-            path,
-            member,
-            etcd_version: info.version,
-            storage_version: Some(info.storage_version).filter(|v| !v.is_empty()),
-            snapshot_version: Some(streamed.version).filter(|v| !v.is_empty()),
-            // The snapshot's own revision, as `etcdutl snapshot status` reports it.
-            revision: status.revision,
-            size_bytes: streamed.file_len,
-            sha256: hex::encode(streamed.file_sha256),
-            local_sealed: sealed,
-            health: Some(health),
-        },
-        remotes,
-        cluster,
-    })
+    Snapshot {
+        at,
+        file_name,
+        path,
+        member,
+        etcd_version: info.version,
+        storage_version: Some(info.storage_version).filter(|v| !v.is_empty()),
+        snapshot_version: Some(streamed.version).filter(|v| !v.is_empty()),
+        // The snapshot's own revision, as `etcdutl snapshot status` reports it.
+        revision: status.revision,
+        size_bytes: streamed.file_len,
+        sha256: hex::encode(streamed.file_sha256),
+        local_sealed: sealed,
+        health: Some(health),
+    }
 }

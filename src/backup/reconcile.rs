@@ -6,8 +6,6 @@
 //! writes its sidecar); one that does not verify is renamed out of the snapshot pattern and
 //! said so. Temp files (`.partial`) are `attempt`'s to remove.
 
-use chrono::Utc;
-
 use crate::config::Config;
 use crate::records::{CopyState, Member, Record, RecordStore, RemoteCopy, Snapshot, Trigger};
 use crate::store::local::{is_snapshot_file_name, snapshot_time, LocalStore};
@@ -58,45 +56,8 @@ pub(super) fn reconcile(config: &Config, store: &LocalStore) -> Vec<String> {
             ));
             continue;
         }
-        match crate::etcddb::verify_snapshot_file(&path, false, None) {
-            Ok(report) => {
-                let member = name.get(30..name.len() - 3).unwrap_or("").to_string();
-                let mut r = Record::backup_succeeded(
-                    Snapshot {
-                        at: snapshot_time(name).unwrap_or_else(Utc::now),
-                        file_name: name.clone(),
-                        path: path.clone(),
-                        member: Member {
-                            name: member,
-                            id: None,
-                            endpoint: String::new(),
-                        },
-                        etcd_version: String::new(),
-                        storage_version: report.storage_version.clone(),
-                        snapshot_version: report.storage_version.clone(),
-                        revision: report.revision,
-                        size_bytes: report.size_bytes,
-                        sha256: report.sha256.clone().unwrap_or_default(),
-                        local_sealed: None,
-                        health: None,
-                    },
-                    Trigger::Adopted,
-                    0.0,
-                );
-                r.etcd_version = None;
-                for rc in &config.destinations {
-                    let who = r.member.as_ref().map_or("", |m| m.name.as_str());
-                    let key =
-                        crate::store::remote::object_key(rc, who, name, config.encryption.as_ref());
-                    let mut c = RemoteCopy::pending(
-                        &rc.name,
-                        crate::store::remote::location(rc, &key),
-                        crate::clock::now(),
-                        "adopted: uploaded (again) from the local file with its sidecar".into(),
-                    );
-                    c.next_attempt_at = Some(crate::clock::now());
-                    r.set_copy(c);
-                }
+        match adopt(config, name, &path) {
+            Ok(r) => {
                 said.push(format!(
                     "{} was published by a run killed before it recorded it: it verifies, and is \
                      adopted as record {}",
@@ -105,26 +66,81 @@ pub(super) fn reconcile(config: &Config, store: &LocalStore) -> Vec<String> {
                 ));
                 adopted.push(r);
             }
-            Err(e) => {
-                let aside = path.with_file_name(format!(
-                    "{name}.unverified-{}",
-                    crate::clock::now().format("%Y%m%dT%H%M%SZ")
-                ));
-                let moved = std::fs::rename(&path, &aside);
-                said.push(format!(
-                    "{} is a snapshot no record knows, and it does not verify ({e}); {}",
-                    path.display(),
-                    match moved {
-                        Ok(()) => format!("moved aside to {}", aside.display()),
-                        Err(m) => format!("it could not be moved aside: {m}"),
-                    }
-                ));
-            }
+            Err(e) => said.push(set_aside(name, &path, &e)),
         }
     }
-    if gone.is_empty() && adopted.is_empty() {
-        return said;
+    if !gone.is_empty() || !adopted.is_empty() {
+        said.extend(record(config, &gone, adopted));
     }
+    said
+}
+
+/// The record of a published snapshot no record knows, when it verifies: adopted, its copy at
+/// every destination pending (due now), so the retry uploads it with its sidecar.
+fn adopt(config: &Config, name: &str, path: &std::path::Path) -> Result<Record, String> {
+    let report =
+        crate::etcddb::verify_snapshot_file(path, false, None).map_err(|e| e.to_string())?;
+    let member = name.get(30..name.len() - 3).unwrap_or("").to_string();
+    let mut r = Record::backup_succeeded(
+        Snapshot {
+            at: snapshot_time(name).unwrap_or_else(crate::clock::now),
+            file_name: name.to_string(),
+            path: path.to_path_buf(),
+            member: Member {
+                name: member,
+                id: None,
+                endpoint: String::new(),
+            },
+            etcd_version: String::new(),
+            storage_version: report.storage_version.clone(),
+            snapshot_version: report.storage_version.clone(),
+            revision: report.revision,
+            size_bytes: report.size_bytes,
+            sha256: report.sha256.clone().unwrap_or_default(),
+            local_sealed: None,
+            health: None,
+        },
+        Trigger::Adopted,
+        0.0,
+    );
+    r.etcd_version = None;
+    let now = crate::clock::now();
+    for rc in &config.destinations {
+        let who = r.member.as_ref().map_or("", |m| m.name.as_str());
+        let key = crate::store::remote::object_key(rc, who, name, config.encryption.as_ref());
+        let mut c = RemoteCopy::pending(
+            &rc.name,
+            crate::store::remote::location(rc, &key),
+            now,
+            "adopted: uploaded (again) from the local file with its sidecar".into(),
+        );
+        c.next_attempt_at = Some(now);
+        r.set_copy(c);
+    }
+    Ok(r)
+}
+
+/// A published snapshot no record knows that does not verify (`why`): renamed out of the
+/// snapshot pattern; what was done, as one sentence.
+fn set_aside(name: &str, path: &std::path::Path, why: &str) -> String {
+    let aside = path.with_file_name(format!(
+        "{name}.unverified-{}",
+        crate::clock::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let moved = std::fs::rename(path, &aside);
+    format!(
+        "{} is a snapshot no record knows, and it does not verify ({why}); {}",
+        path.display(),
+        match moved {
+            Ok(()) => format!("moved aside to {}", aside.display()),
+            Err(m) => format!("it could not be moved aside: {m}"),
+        }
+    )
+}
+
+/// Records what reconciliation found: the records `gone` (their local file vanished) marked
+/// deleted, the `adopted` ones appended. What was said.
+fn record(config: &Config, gone: &[String], adopted: Vec<Record>) -> Option<String> {
     let now = crate::clock::now();
     let update = RecordStore::new(&config.state_dir).update(now, |f| {
         for r in f.records.iter_mut().filter(|r| gone.contains(&r.id)) {
@@ -149,15 +165,11 @@ pub(super) fn reconcile(config: &Config, store: &LocalStore) -> Vec<String> {
         }
     });
     match update {
-        Ok(_) => {
-            if !gone.is_empty() {
-                said.push(format!(
-                    "{} record(s) named local files that were gone: marked deleted",
-                    gone.len()
-                ));
-            }
-        }
-        Err(e) => said.push(format!("what a killed run left could not be recorded: {e}")),
+        Ok(_) if gone.is_empty() => None,
+        Ok(_) => Some(format!(
+            "{} record(s) named local files that were gone: marked deleted",
+            gone.len()
+        )),
+        Err(e) => Some(format!("what a killed run left could not be recorded: {e}")),
     }
-    said
 }
