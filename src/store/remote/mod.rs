@@ -58,6 +58,8 @@ pub struct ObjectInfo {
 #[derive(Clone)]
 pub struct Remote {
     op: Operator,
+    /// The kind's name, as the configuration says it.
+    kind: &'static str,
     /// The destination's name, and its table for messages (`destination.<name>`).
     name: String,
     table: String,
@@ -221,6 +223,7 @@ impl Remote {
         };
         Ok(Remote {
             op,
+            kind: cfg.kind.as_str(),
             name: cfg.name.clone(),
             table: cfg.table.clone(),
             backend,
@@ -292,12 +295,7 @@ impl Remote {
 
     /// The kind of storage (`s3`, `gcs`, `azblob`, `fs`).
     pub fn kind(&self) -> &'static str {
-        match self.backend {
-            Backend::S3 { .. } => "s3",
-            Backend::Gcs => "gcs",
-            Backend::Azblob => "azblob",
-            Backend::Fs { .. } => "fs",
-        }
+        self.kind
     }
 
     pub fn credentials(&self) -> &Resolved {
