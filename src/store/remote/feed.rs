@@ -1,5 +1,6 @@
-//! The sending side of an upload: what the snapshot stream (or a retry reading the local
-//! file) hands its bytes to, sealed on the way with `[encryption]`.
+//! The sending side of an upload: starting one (the writer of `upload.rs` spawned beside the
+//! caller) and the [`UploadFeed`] the snapshot stream (or a retry reading the local file) hands
+//! its bytes to, sealed on the way with `[encryption]`, completed or aborted on its word.
 
 use std::time::Duration;
 
@@ -8,8 +9,74 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::upload::{Sent, Uploaded, ABORT_TIMEOUT};
-use super::Remote;
-use crate::encryption::{Sealer, Sealing};
+use super::{fs, object_name, Backend, Remote};
+use crate::encryption::{Encryption, Sealer, Sealing};
+
+/// Bytes in flight between the etcd stream and the upload: small, so memory stays flat; a
+/// remote that cannot keep up makes the upload fall back to a retry from the local file.
+const FEED_DEPTH: usize = 64;
+
+impl Remote {
+    /// Starts a multipart upload of snapshot `file_name` fed by [`UploadFeed::send`] with the
+    /// snapshot's bytes. With `sealing`, what is sent is compressed and encrypted on the way
+    /// and the object is named with the sealed suffix; if sealing cannot start, nothing is
+    /// uploaded (fail closed).
+    pub fn start_upload(
+        &self,
+        file_name: &str,
+        sealing: Option<&Encryption>,
+    ) -> Result<UploadFeed, String> {
+        let sealer = sealing
+            .map(|e| {
+                e.sealer()
+                    .map_err(|err| format!("encryption cannot start, nothing uploaded: {err}"))
+            })
+            .transpose()?;
+        Ok(self.start_object(
+            &object_name(file_name, sealing),
+            sealer,
+            sealing.map(Encryption::describe),
+        ))
+    }
+
+    /// Starts the upload of a file that is sealed already (an `encrypt_local` copy), as it
+    /// is, under its own name: the node cannot open it, and need not.
+    pub fn start_upload_sealed(&self, object_name: &str, sealing: Sealing) -> UploadFeed {
+        self.start_object(object_name, None, Some(sealing))
+    }
+
+    fn start_object(
+        &self,
+        object_name: &str,
+        sealer: Option<Sealer>,
+        sealing: Option<Sealing>,
+    ) -> UploadFeed {
+        let (tx, rx) = mpsc::channel::<Bytes>(FEED_DEPTH);
+        let (decide_tx, decide_rx) = oneshot::channel();
+        let key = self.key_for(object_name);
+        let this = self.clone();
+        // A mounted directory is written under a hidden partial name, read back and checked,
+        // then renamed into place (`verify_object`): its sha256 is needed then.
+        let (k, hash) = match &self.backend {
+            Backend::Fs { .. } => (fs::partial_key(&key), true),
+            _ => (key.clone(), sealing.is_some()),
+        };
+        let md5 = matches!(self.backend, Backend::Gcs);
+        let handle =
+            tokio::spawn(async move { this.run_upload(k, rx, decide_rx, hash, md5).await });
+        UploadFeed {
+            tx: Some(tx),
+            decide: Some(decide_tx),
+            handle: Some(handle),
+            failed: None,
+            stall: self.stall,
+            table: self.table.clone(),
+            key,
+            sealer,
+            sealing,
+        }
+    }
+}
 
 /// The sending side of an upload that runs next to a snapshot stream. Sending never fails
 /// the snapshot: a remote that errs or stalls only ends the upload (the reason is kept).

@@ -1,5 +1,5 @@
-//! The upload engine every kind shares: a writer fed from the snapshot stream (or the local
-//! file) through an [`UploadFeed`], paced by `rate_limit`, hashed on the way (the multipart
+//! The upload engine every kind shares: the writer task fed from the snapshot stream (or the
+//! local file) through an `UploadFeed` (`feed.rs`), paced by `rate_limit`, hashed on the way (the multipart
 //! ETag, GCS's MD5, a sealed or mounted copy's sha256), completed only on the caller's word
 //! and then checked against what was sent ([`Remote::verify_object`]), locked where the
 //! destination asks for Object Lock. What differs by kind is asked of the kind's file.
@@ -10,16 +10,12 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use tokio::sync::{mpsc, oneshot};
 
-use super::feed::UploadFeed;
 use super::s3::EtagCalc;
-use super::{fs, gcs, object_name, s3, Backend, Remote};
-use crate::encryption::{Encryption, Sealer, Sealing};
+use super::{fs, gcs, s3, Backend, Remote};
+use crate::encryption::Sealing;
 use crate::records::SealedCopy;
 
 const MIB: f64 = (1u64 << 20) as f64;
-/// Bytes in flight between the etcd stream and the upload: small, so memory stays flat; a
-/// remote that cannot keep up makes the upload fall back to a retry from the local file.
-const FEED_DEPTH: usize = 64;
 /// Bound on aborting a multipart upload (a dead server must not hold up anything).
 pub(super) const ABORT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -52,67 +48,7 @@ pub(super) struct Sent {
 }
 
 impl Remote {
-    /// Starts a multipart upload of snapshot `file_name` fed by [`UploadFeed::send`] with the
-    /// snapshot's bytes. With `sealing`, what is sent is compressed and encrypted on the way
-    /// and the object is named with the sealed suffix; if sealing cannot start, nothing is
-    /// uploaded (fail closed).
-    pub fn start_upload(
-        &self,
-        file_name: &str,
-        sealing: Option<&Encryption>,
-    ) -> Result<UploadFeed, String> {
-        let sealer = sealing
-            .map(|e| {
-                e.sealer()
-                    .map_err(|err| format!("encryption cannot start, nothing uploaded: {err}"))
-            })
-            .transpose()?;
-        Ok(self.start_object(
-            &object_name(file_name, sealing),
-            sealer,
-            sealing.map(Encryption::describe),
-        ))
-    }
-
-    /// Starts the upload of a file that is sealed already (an `encrypt_local` copy), as it
-    /// is, under its own name: the node cannot open it, and need not.
-    pub fn start_upload_sealed(&self, object_name: &str, sealing: Sealing) -> UploadFeed {
-        self.start_object(object_name, None, Some(sealing))
-    }
-
-    fn start_object(
-        &self,
-        object_name: &str,
-        sealer: Option<Sealer>,
-        sealing: Option<Sealing>,
-    ) -> UploadFeed {
-        let (tx, rx) = mpsc::channel::<Bytes>(FEED_DEPTH);
-        let (decide_tx, decide_rx) = oneshot::channel();
-        let key = self.key_for(object_name);
-        let this = self.clone();
-        // A mounted directory is written under a hidden partial name, read back and checked,
-        // then renamed into place (`verify_object`): its sha256 is needed then.
-        let (k, hash) = match &self.backend {
-            Backend::Fs { .. } => (fs::partial_key(&key), true),
-            _ => (key.clone(), sealing.is_some()),
-        };
-        let md5 = matches!(self.backend, Backend::Gcs);
-        let handle =
-            tokio::spawn(async move { this.run_upload(k, rx, decide_rx, hash, md5).await });
-        UploadFeed {
-            tx: Some(tx),
-            decide: Some(decide_tx),
-            handle: Some(handle),
-            failed: None,
-            stall: self.stall,
-            table: self.table.clone(),
-            key,
-            sealer,
-            sealing,
-        }
-    }
-
-    async fn run_upload(
+    pub(super) async fn run_upload(
         &self,
         key: String,
         mut rx: mpsc::Receiver<Bytes>,
