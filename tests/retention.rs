@@ -373,9 +373,10 @@ fn a_simulated_month_of_backups_leaves_exactly_the_tiers_on_every_destination() 
     // changes nothing; prune then deletes exactly that, locally and remotely.
     let out = run_at(&node, now, &["prune", "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Each destination's lines carry its own name.
     assert_eq!(
         stdout(&out),
-        "local: nothing to delete\nremote: nothing to delete\n"
+        "local: nothing to delete\nremote: nothing to delete\nnfs: nothing to delete\n"
     );
     for section in ["local_storage", "remote_storage"] {
         node.set(section, "keep_weekly", "2");
@@ -385,7 +386,7 @@ fn a_simulated_month_of_backups_leaves_exactly_the_tiers_on_every_destination() 
     assert!(out.status.success(), "{}", stderr(&out));
     let said = stdout(&out);
     let lines: Vec<&str> = said.lines().collect();
-    assert_eq!(lines.len(), 2, "{said}");
+    assert_eq!(lines.len(), 3, "{said}");
     assert!(lines[0].starts_with("local: would delete "), "{said}");
     assert!(lines[0].contains("snapshot-etcd-20261122-1530"), "{said}");
     assert!(
@@ -394,6 +395,7 @@ fn a_simulated_month_of_backups_leaves_exactly_the_tiers_on_every_destination() 
     );
     assert!(lines[1].starts_with("remote: would delete s3://"), "{said}");
     assert!(lines[1].contains("remote_storage.keep_weekly"), "{said}");
+    assert_eq!(lines[2], "nfs: nothing to delete", "{said}");
     assert_eq!(crate::util::list_dir(&node.snapshot_dir()).len(), 7);
     assert_eq!(
         std::fs::read(node.state_dir().join("records.json")).unwrap(),
@@ -419,7 +421,7 @@ fn a_simulated_month_of_backups_leaves_exactly_the_tiers_on_every_destination() 
     let out = run_at(&node, now, &["prune", "--dry-run"]);
     assert_eq!(
         stdout(&out),
-        "local: nothing to delete\nremote: nothing to delete\n",
+        "local: nothing to delete\nremote: nothing to delete\nnfs: nothing to delete\n",
         "prune is idempotent"
     );
 }
