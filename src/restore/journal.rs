@@ -160,7 +160,7 @@ impl Journal {
         self.steps.push(StepEntry {
             step,
             state,
-            at: Utc::now(),
+            at: crate::clock::now(),
         });
         self.save()?;
         if state == StepState::Done {

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, Contents, Entry, Kind};
+use crate::clock;
 use crate::config::Config;
 use crate::encryption::Identities;
 use crate::fsutil::{self, under_root};
@@ -150,7 +151,7 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, Str
     let source = choose(list_remote(rc).await?, &node, opts.record.as_deref())?;
     let bundle_copy = source.record.bundle.clone().expect("chosen with a bundle");
     let root = opts.root();
-    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let stamp = clock::stamp(clock::now());
     let work = config.state_dir.join("recover").join(&stamp);
     // The work dir holds the opened bundle (key material): a failure removes it.
     let opened = open_bundle(rc, &bundle_copy, &ids, &work).await;
@@ -364,7 +365,7 @@ pub async fn execute(config: &Config, p: &Plan, restore_opts: &Options) -> Resul
     let mut j = RecoverJournal {
         version: 1,
         id: p.stamp.clone(),
-        started_at: Utc::now(),
+        started_at: clock::now(),
         state: RecoverState::InProgress,
         record_id: p.source.record.id.clone(),
         snapshot_key: p.source.key.clone(),
