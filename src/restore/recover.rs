@@ -25,6 +25,7 @@ use crate::encryption::Identities;
 use crate::fsutil::{self, under_root};
 use crate::remote_sync::{list_remote, RemoteEntry};
 use crate::restore::guarded::{self, Options};
+use crate::state::StateDir;
 use crate::store::local::sanitize_member;
 use crate::store::remote::Remote;
 
@@ -152,7 +153,7 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, Str
     let bundle_copy = source.record.bundle.clone().expect("chosen with a bundle");
     let root = opts.root();
     let stamp = clock::stamp(clock::now());
-    let work = config.state_dir.join("recover").join(&stamp);
+    let work = StateDir::new(&config.state_dir).recover_dir().join(&stamp);
     // The work dir holds the opened bundle (key material): a failure removes it.
     let opened = open_bundle(rc, &bundle_copy, &ids, &work).await;
     let contents = opened.inspect_err(|_| {
@@ -491,7 +492,7 @@ pub async fn rollback(
     config: &Config,
     restore_opts: &Options,
 ) -> Result<RecoverRolledBack, String> {
-    let dir = config.state_dir.join("recover");
+    let dir = StateDir::new(&config.state_dir).recover_dir();
     let mut stamps: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| format!("no recover journal under {}: {e}", dir.display()))?
         .filter_map(Result::ok)
