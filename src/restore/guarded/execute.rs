@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::super::journal::{Journal, JournalState, Paths, PlanRecord, Step};
+use super::super::journal::{Journal, JournalFile, JournalState, Paths, PlanRecord, Step};
 use super::super::probe;
 use super::node::put_back_apiserver;
 use super::prepare::Prepared;
