@@ -19,3 +19,9 @@ pub fn now() -> DateTime<Utc> {
     });
     Utc::now() + off
 }
+
+/// The stamp that names journals and restore backup dirs: UTC to the millisecond
+/// (`20261203T101500.123Z`), so names sort by time and two in one second differ.
+pub fn stamp(at: DateTime<Utc>) -> String {
+    at.format("%Y%m%dT%H%M%S%.3fZ").to_string()
+}

@@ -3,9 +3,9 @@
 //! writes. `config check`, every backup and the daemon's start-up ask them here, so they ask
 //! the same questions and give the same answers. `config.rs` stays pure parsing.
 
-use chrono::Utc;
 use tonic::transport::Channel;
 
+use crate::clock;
 use crate::config::{Config, EtcdConfig};
 use crate::etcd::{self, MemberInfo, Phase, TlsError, TlsMaterial};
 use crate::kubeadm::EtcdManifest;
@@ -65,7 +65,7 @@ pub fn resolve_target(config: &Config) -> Result<Target, String> {
 
 /// The CA, client certificate and key of `[etcd]`, read and checked now.
 pub fn etcd_tls(e: &EtcdConfig) -> Result<TlsMaterial, TlsError> {
-    TlsMaterial::load(&e.ca_cert, &e.client_cert, &e.client_key, Utc::now())
+    TlsMaterial::load(&e.ca_cert, &e.client_cert, &e.client_key, clock::now())
 }
 
 /// What the local checks found.

@@ -6,7 +6,10 @@
 //!   of them touches snapshots, the bucket or etcd's data dir at a time. It holds the holder's
 //!   pid, which the `Busy` error names;
 //! - `restore-downloads/`: snapshots a restore fetched from the bucket;
-//! - `drill.lock`: held for a whole restore drill (one at a time; it never blocks a backup).
+//! - `recover/<stamp>/`: one `recover` run's work dir (its bundle, the files it put back,
+//!   the files it replaced, its journal);
+//! - `drill.lock`: held for a whole restore drill (one at a time; it never blocks a backup);
+//! - `snapshots/` and `drill/`: the defaults of `local_storage.path` and `drill.scratch_dir`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,6 +21,9 @@ const RECORDS_LOCK: &str = "records.lock";
 const BACKUP_LOCK: &str = "backup.lock";
 const DOWNLOADS_DIR: &str = "restore-downloads";
 const DRILL_LOCK: &str = "drill.lock";
+const RECOVER_DIR: &str = "recover";
+const SNAPSHOTS_DIR: &str = "snapshots";
+const DRILL_DIR: &str = "drill";
 
 /// How often a waiting restore looks at the lock again.
 const LOCK_POLL: Duration = Duration::from_secs(2);
@@ -58,6 +64,29 @@ impl StateDir {
     /// Where a restore downloads a remote snapshot to.
     pub fn downloads(&self) -> PathBuf {
         self.dir.join(DOWNLOADS_DIR)
+    }
+
+    /// Where `recover` keeps its work dirs, one per run (`<stamp>/`).
+    pub fn recover_dir(&self) -> PathBuf {
+        self.dir.join(RECOVER_DIR)
+    }
+
+    /// The default of `local_storage.path`.
+    #[expect(
+        dead_code,
+        reason = "config/validate.rs still spells this default; it moves here next"
+    )]
+    pub fn default_snapshots_dir(&self) -> PathBuf {
+        self.dir.join(SNAPSHOTS_DIR)
+    }
+
+    /// The default of `drill.scratch_dir`.
+    #[expect(
+        dead_code,
+        reason = "config/validate.rs still spells this default; it moves here next"
+    )]
+    pub fn default_drill_scratch_dir(&self) -> PathBuf {
+        self.dir.join(DRILL_DIR)
     }
 
     /// Takes the backup lock now (creating the directory 0700), or says who holds it.

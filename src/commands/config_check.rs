@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use chrono::Utc;
-
 use super::output::print;
 use super::{runtime, CmdResult};
 use crate::config::{self, ConfigError, Problem};
@@ -52,7 +50,10 @@ pub(super) fn run(config_path: Option<&Path>, check_remote: bool) -> CmdResult {
     if let Some(ep) = &endpoint {
         out.push_str(&format!("# etcd endpoint in use: {ep}\n"));
     }
-    if let Some(next) = config.schedule.next_after(Utc::now(), &config.timezone) {
+    if let Some(next) = config
+        .schedule
+        .next_after(crate::clock::now(), &config.timezone)
+    {
         out.push_str(&format!(
             "# next scheduled backup: {}{}\n",
             records::rfc3339(next),

@@ -6,8 +6,6 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use chrono::Utc;
-
 use super::output::{print, print_json};
 use super::{interrupted, runtime, CmdResult};
 use crate::cli::InspectFormat;
@@ -56,7 +54,7 @@ pub(super) fn run(config_path: Option<&Path>, a: Args) -> CmdResult {
     }
     let next = config
         .schedule
-        .next_after(Utc::now(), &config.timezone)
+        .next_after(crate::clock::now(), &config.timezone)
         .filter(|_| !config.paused);
     if let Err(e) = crate::metrics::refresh(&config, next) {
         tracing::error!("{e}");

@@ -136,7 +136,7 @@ fn ns_cell(ns: &str) -> String {
     }
 }
 
-fn auth_text(f: &crate::etcddb::keyspace::Facts) -> String {
+fn auth_text(f: &keyspace::Facts) -> String {
     format!(
         "{} ({} users, {} roles)",
         if f.auth_enabled {
@@ -151,6 +151,20 @@ fn auth_text(f: &crate::etcddb::keyspace::Facts) -> String {
 
 /// The human form of a summary. Pure.
 pub(crate) fn summary_text(path: &Path, s: &Summary) -> String {
+    let mut out = facts_text(path, s);
+    if s.resources.is_empty() {
+        out.push_str("\nno keys\n");
+        return out;
+    }
+    out.push_str(&resources_text(s));
+    out.push_str(&namespaces_text(s));
+    out.push_str(&largest_text(s));
+    out.push_str(&deleted_text(s));
+    out
+}
+
+/// The head of a summary: revision, versions, totals, members, alarms, leases, auth.
+fn facts_text(path: &Path, s: &Summary) -> String {
     let f = &s.facts;
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut out = format!(
@@ -159,14 +173,7 @@ pub(crate) fn summary_text(path: &Path, s: &Summary) -> String {
          {} revisions in all\n",
         path.display(),
         f.revision,
-        match (f.compact_revision, f.scheduled_compact_revision) {
-            (Some(c), Some(sc)) if sc > c => {
-                format!(" (compacted at {c}; compaction to {sc} resumes when etcd starts)")
-            }
-            (Some(c), _) => format!(" (compacted at {c})"),
-            (None, Some(sc)) => format!(" (compaction to {sc} resumes when etcd starts)"),
-            (None, None) => " (never compacted)".into(),
-        },
+        compaction_note(f),
         opt(&f.storage_version),
         opt(&f.cluster_version),
         s.totals.keys,
@@ -174,6 +181,31 @@ pub(crate) fn summary_text(path: &Path, s: &Summary) -> String {
         s.totals.deleted,
         f.revisions,
     );
+    out.push_str(&members_text(f));
+    out.push_str(&format!(
+        "  alarms            {}\n  leases            {}\n  auth              {}\n",
+        alarms_cell(f),
+        leases_cell(s),
+        auth_text(f),
+    ));
+    out
+}
+
+/// What follows the revision: where compaction stands.
+fn compaction_note(f: &keyspace::Facts) -> String {
+    match (f.compact_revision, f.scheduled_compact_revision) {
+        (Some(c), Some(sc)) if sc > c => {
+            format!(" (compacted at {c}; compaction to {sc} resumes when etcd starts)")
+        }
+        (Some(c), _) => format!(" (compacted at {c})"),
+        (None, Some(sc)) => format!(" (compaction to {sc} resumes when etcd starts)"),
+        (None, None) => " (never compacted)".into(),
+    }
+}
+
+/// One line per member (the first one titled), then the removed members if any.
+fn members_text(f: &keyspace::Facts) -> String {
+    let mut out = String::new();
     for (i, m) in f.members.iter().enumerate() {
         out.push_str(&format!(
             "  {}  {} {:x} {}{}\n",
@@ -198,37 +230,40 @@ pub(crate) fn summary_text(path: &Path, s: &Summary) -> String {
             f.removed_members.join(", ")
         ));
     }
-    out.push_str(&format!(
-        "  alarms            {}\n  leases            {}\n  auth              {}\n",
-        if f.alarms.is_empty() {
-            "none".to_string()
-        } else {
-            format!(
-                "{} (they survive a restore: `etcdctl alarm disarm`)",
-                f.alarms.join(", ")
-            )
-        },
-        match s.leases.len() {
-            0 => "none".to_string(),
-            n => format!(
-                "{n} ({} with keys attached)",
-                s.leases.iter().filter(|l| l.keys > 0).count()
-            ),
-        },
-        auth_text(f),
-    ));
-    if s.resources.is_empty() {
-        out.push_str("\nno keys\n");
-        return out;
+    out
+}
+
+fn alarms_cell(f: &keyspace::Facts) -> String {
+    if f.alarms.is_empty() {
+        "none".to_string()
+    } else {
+        format!(
+            "{} (they survive a restore: `etcdctl alarm disarm`)",
+            f.alarms.join(", ")
+        )
     }
-    out.push_str(&format!(
+}
+
+fn leases_cell(s: &Summary) -> String {
+    match s.leases.len() {
+        0 => "none".to_string(),
+        n => format!(
+            "{n} ({} with keys attached)",
+            s.leases.iter().filter(|l| l.keys > 0).count()
+        ),
+    }
+}
+
+/// The table of resources (or prefixes), with its title.
+fn resources_text(s: &Summary) -> String {
+    let mut out = format!(
         "\n{}\n",
         if s.kubernetes_keys > 0 {
             "BY RESOURCE (Kubernetes /registry/ layout; bytes are value bytes)"
         } else {
             "BY PREFIX (bytes are value bytes)"
         }
-    ));
+    );
     let rows: Vec<Vec<String>> = s
         .resources
         .iter()
@@ -255,7 +290,12 @@ pub(crate) fn summary_text(path: &Path, s: &Summary) -> String {
         &rows,
         &["NAMESPACES", "DELETED"],
     ));
-    let ns_rows: Vec<Vec<String>> = s
+    out
+}
+
+/// The table of namespaced resources per namespace; empty when there are none.
+fn namespaces_text(s: &Summary) -> String {
+    let rows: Vec<Vec<String>> = s
         .resources
         .iter()
         .flat_map(|r| {
@@ -273,47 +313,60 @@ pub(crate) fn summary_text(path: &Path, s: &Summary) -> String {
                 })
         })
         .collect();
-    if !ns_rows.is_empty() {
-        out.push_str("\nBY NAMESPACE\n");
-        out.push_str(&table_for_stdout(
-            &["RESOURCE", "NAMESPACE", "KEYS", "BYTES", "DELETED"],
-            &ns_rows,
-            &["DELETED"],
-        ));
+    if rows.is_empty() {
+        return String::new();
     }
-    if !s.largest.is_empty() {
-        out.push_str("\nLARGEST OBJECTS\n");
-        let rows: Vec<Vec<String>> = s
-            .largest
-            .iter()
-            .map(|l| {
-                vec![
-                    human_size(l.bytes),
-                    l.mod_revision.to_string(),
-                    l.key.clone(),
-                ]
-            })
-            .collect();
-        out.push_str(&table_for_stdout(
-            &["BYTES", "MOD REVISION", "KEY"],
-            &rows,
-            &["MOD REVISION"],
-        ));
+    let mut out = "\nBY NAMESPACE\n".to_string();
+    out.push_str(&table_for_stdout(
+        &["RESOURCE", "NAMESPACE", "KEYS", "BYTES", "DELETED"],
+        &rows,
+        &["DELETED"],
+    ));
+    out
+}
+
+/// The largest objects; empty when there are none.
+fn largest_text(s: &Summary) -> String {
+    if s.largest.is_empty() {
+        return String::new();
     }
-    if !s.deleted_keys.is_empty() {
-        out.push_str(&format!(
-            "\nDELETED SINCE THE LAST COMPACTION (newest {} of {}; `--get KEY --revision N` \
-             reads an older value)\n",
-            s.deleted_keys.len(),
-            s.totals.deleted
-        ));
-        let rows: Vec<Vec<String>> = s
-            .deleted_keys
-            .iter()
-            .map(|d| vec![d.deleted_at.to_string(), d.key.clone()])
-            .collect();
-        out.push_str(&table_for_stdout(&["DELETED AT", "KEY"], &rows, &[]));
+    let mut out = "\nLARGEST OBJECTS\n".to_string();
+    let rows: Vec<Vec<String>> = s
+        .largest
+        .iter()
+        .map(|l| {
+            vec![
+                human_size(l.bytes),
+                l.mod_revision.to_string(),
+                l.key.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table_for_stdout(
+        &["BYTES", "MOD REVISION", "KEY"],
+        &rows,
+        &["MOD REVISION"],
+    ));
+    out
+}
+
+/// The newest deletes since the last compaction; empty when there are none.
+fn deleted_text(s: &Summary) -> String {
+    if s.deleted_keys.is_empty() {
+        return String::new();
     }
+    let mut out = format!(
+        "\nDELETED SINCE THE LAST COMPACTION (newest {} of {}; `--get KEY --revision N` \
+         reads an older value)\n",
+        s.deleted_keys.len(),
+        s.totals.deleted
+    );
+    let rows: Vec<Vec<String>> = s
+        .deleted_keys
+        .iter()
+        .map(|d| vec![d.deleted_at.to_string(), d.key.clone()])
+        .collect();
+    out.push_str(&table_for_stdout(&["DELETED AT", "KEY"], &rows, &[]));
     out
 }
 

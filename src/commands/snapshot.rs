@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use super::output::print;
 use super::{interrupted, runtime, CmdResult};
-use crate::backup::{self, BackupError};
-use crate::config;
+use crate::backup::{self, BackupError, BackupReport};
+use crate::config::{self, Config};
 use crate::exit::CommandError;
-use crate::records::{Outcome, Pin, Trigger};
+use crate::records::{Outcome, Pin, Record, RemoteState, Trigger};
 use crate::state::LockError;
 
 pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) -> CmdResult {
@@ -22,9 +22,27 @@ pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) 
             "configuration is paused: scheduled backups are off; this manual backup runs anyway"
         );
     }
-    let report = runtime()?
+    let report = backup_now(&config, pin)?;
+    after_backup(&config, &report);
+    let r = &report.record;
+    match r.result {
+        Outcome::Success => {
+            print_success(&report)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Failed | Outcome::Skipped => Err(CommandError::Failed(format!(
+            "backup {} failed: {}",
+            r.id,
+            r.reason.as_deref().unwrap_or("unknown reason")
+        ))),
+    }
+}
+
+/// The backup run, the same as the daemon's; its errors as this command reports them.
+fn backup_now(config: &Config, pin: Option<Pin>) -> Result<BackupReport, CommandError> {
+    runtime()?
         .block_on(backup::run_backup(
-            &config,
+            config,
             Trigger::Manual,
             None,
             pin,
@@ -35,7 +53,11 @@ pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) 
                 CommandError::Failed(e.to_string())
             }
             other => CommandError::Failed(format!("backup not attempted: {other}")),
-        })?;
+        })
+}
+
+/// What follows every recorded attempt: the metrics file, the warnings, the log line.
+fn after_backup(config: &Config, report: &BackupReport) {
     if let Some(moved) = &report.records_moved {
         tracing::error!("{moved}");
     }
@@ -43,101 +65,107 @@ pub(super) fn run(config_path: Option<&Path>, pin: bool, label: Option<String>) 
         .schedule
         .next_after(crate::clock::now(), &config.timezone)
         .filter(|_| !config.paused);
-    if let Err(e) = crate::metrics::refresh(&config, next) {
+    if let Err(e) = crate::metrics::refresh(config, next) {
         tracing::error!("{e}");
     }
     for w in &report.warnings {
         tracing::warn!("{w}");
     }
+    backup::log_record(&report.record);
+}
+
+/// The report of a successful backup: the snapshot, its copies and bundle, then what
+/// retention and remote maintenance did.
+fn print_success(report: &BackupReport) -> Result<(), CommandError> {
     let r = &report.record;
-    backup::log_record(r);
-    match r.result {
-        Outcome::Success => {
-            let path = r.local.as_ref().map(|l| l.path.display().to_string());
-            print(&format!(
-                "backup {} succeeded: {} ({} bytes, revision {}, sha256 {})\n",
-                r.id,
-                path.unwrap_or_default(),
-                r.size_bytes.unwrap_or(0),
-                r.revision.unwrap_or(0),
-                r.sha256.as_deref().unwrap_or("")
-            ))?;
-            for w in r.health.iter().flat_map(|h| &h.warnings) {
-                print(&format!("etcd health: {w}\n"))?;
-            }
-            if let Some(p) = &r.pin {
-                print(&format!(
-                    "{}: kept by every retention until `etcdguard unpin {}`\n",
-                    p.describe(),
-                    r.id
-                ))?;
-            }
-            let named = r.remotes.len() > 1;
-            for c in &r.remotes {
-                use crate::records::RemoteState;
-                let at = if named {
-                    format!(" at {}", c.destination)
-                } else {
-                    String::new()
-                };
-                match c.state {
-                    RemoteState::Uploaded => print(&format!(
-                        "remote copy{at} {}{}\n",
-                        c.location,
-                        if c.sealed.is_some() {
-                            " (compressed and encrypted)"
-                        } else {
-                            ""
-                        }
-                    ))?,
-                    _ => print(&format!(
-                        "remote copy{at} NOT made yet ({}); it will be retried: {}\n",
-                        c.location,
-                        c.last_error.as_deref().unwrap_or("unknown error")
-                    ))?,
-                }
-            }
-            if let Some(b) = &r.bundle {
-                use crate::records::RemoteState;
-                match b.state {
-                    RemoteState::Uploaded => print(&format!(
-                        "recovery bundle {} ({} files)\n",
-                        b.location, b.files
-                    ))?,
-                    _ => print(&format!(
-                        "recovery bundle NOT made: {}\n",
-                        b.last_error.as_deref().unwrap_or("unknown error")
-                    ))?,
-                }
-            }
-            for d in &report.deleted {
-                print(&format!("retention deleted {d}\n"))?;
-            }
-            if let Some(m) = &report.remote {
-                for f in &m.uploaded {
-                    print(&format!("pending remote copy uploaded: {f}\n"))?;
-                }
-                for f in &m.deleted {
-                    print(&format!("remote retention deleted {f}\n"))?;
-                }
-                for u in &m.aborted_uploads {
-                    print(&format!(
-                        "aborted a multipart upload left open by an interrupted backup: {u}\n"
-                    ))?;
-                }
-            }
-            if report.records_dropped > 0 {
-                tracing::info!(
-                    dropped = report.records_dropped,
-                    "dropped old records beyond the [records] history limits"
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Outcome::Failed | Outcome::Skipped => Err(CommandError::Failed(format!(
-            "backup {} failed: {}",
-            r.id,
-            r.reason.as_deref().unwrap_or("unknown reason")
-        ))),
+    let path = r.local.as_ref().map(|l| l.path.display().to_string());
+    print(&format!(
+        "backup {} succeeded: {} ({} bytes, revision {}, sha256 {})\n",
+        r.id,
+        path.unwrap_or_default(),
+        r.size_bytes.unwrap_or(0),
+        r.revision.unwrap_or(0),
+        r.sha256.as_deref().unwrap_or("")
+    ))?;
+    for w in r.health.iter().flat_map(|h| &h.warnings) {
+        print(&format!("etcd health: {w}\n"))?;
     }
+    if let Some(p) = &r.pin {
+        print(&format!(
+            "{}: kept by every retention until `etcdguard unpin {}`\n",
+            p.describe(),
+            r.id
+        ))?;
+    }
+    print_copies(r)?;
+    print_maintenance(report)?;
+    if report.records_dropped > 0 {
+        tracing::info!(
+            dropped = report.records_dropped,
+            "dropped old records beyond the [records] history limits"
+        );
+    }
+    Ok(())
+}
+
+/// Each destination's copy (named when there are several), then the recovery bundle.
+fn print_copies(r: &Record) -> Result<(), CommandError> {
+    let named = r.remotes.len() > 1;
+    for c in &r.remotes {
+        let at = if named {
+            format!(" at {}", c.destination)
+        } else {
+            String::new()
+        };
+        match c.state {
+            RemoteState::Uploaded => print(&format!(
+                "remote copy{at} {}{}\n",
+                c.location,
+                if c.sealed.is_some() {
+                    " (compressed and encrypted)"
+                } else {
+                    ""
+                }
+            ))?,
+            _ => print(&format!(
+                "remote copy{at} NOT made yet ({}); it will be retried: {}\n",
+                c.location,
+                c.last_error.as_deref().unwrap_or("unknown error")
+            ))?,
+        }
+    }
+    if let Some(b) = &r.bundle {
+        match b.state {
+            RemoteState::Uploaded => print(&format!(
+                "recovery bundle {} ({} files)\n",
+                b.location, b.files
+            ))?,
+            _ => print(&format!(
+                "recovery bundle NOT made: {}\n",
+                b.last_error.as_deref().unwrap_or("unknown error")
+            ))?,
+        }
+    }
+    Ok(())
+}
+
+/// Local retention's deletions, then the remote maintenance of the same run.
+fn print_maintenance(report: &BackupReport) -> Result<(), CommandError> {
+    for d in &report.deleted {
+        print(&format!("retention deleted {d}\n"))?;
+    }
+    if let Some(m) = &report.remote {
+        for f in &m.uploaded {
+            print(&format!("pending remote copy uploaded: {f}\n"))?;
+        }
+        for f in &m.deleted {
+            print(&format!("remote retention deleted {f}\n"))?;
+        }
+        for u in &m.aborted_uploads {
+            print(&format!(
+                "aborted a multipart upload left open by an interrupted backup: {u}\n"
+            ))?;
+        }
+    }
+    Ok(())
 }

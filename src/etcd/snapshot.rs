@@ -14,9 +14,8 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::etcddb::TRAILER_LEN;
 use crate::exit::error_chain;
-
-pub const TRAILER_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
@@ -90,7 +89,7 @@ impl TrailerCheck {
                 Ok(())
             }
             State::AwaitTrailer => {
-                if blob.len() != TRAILER_LEN {
+                if blob.len() as u64 != TRAILER_LEN {
                     return Err(SnapshotError::BadTrailerLength { len: blob.len() });
                 }
                 let db: [u8; 32] = self.hasher.clone().finalize().into();
@@ -126,7 +125,7 @@ impl TrailerCheck {
             State::Done => Ok((
                 self.db_sha256.expect("set in Done"),
                 self.file_sha256.expect("set in Done"),
-                self.data_len + TRAILER_LEN as u64,
+                self.data_len + TRAILER_LEN,
             )),
         }
     }

@@ -34,6 +34,7 @@ pub use status::{status, DbStatus, StatusError};
 
 /// etcdutl's rule for "this file carries a sha256 trailer" (restore-spec A.2).
 pub const SECTOR: u64 = 512;
+/// The raw sha256 after the bbolt data: a snapshot's trailer, as etcd streams and writes it.
 pub const TRAILER_LEN: u64 = 32;
 const READ_BUF: usize = 1 << 20;
 

@@ -2,7 +2,11 @@
 //! taken and again when it is done, so a restore killed at any point leaves enough to roll
 //! back — or to see what happened. It lives in the restore's backup directory, next to the
 //! untouched copies of the manifests.
+//!
+//! The step machinery is shared: [`JournalFile::step`] is the one way a journaled flow takes a
+//! step, for the restore's [`Journal`] and for `recover`'s own journal (its [`RecoverStep`]s).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -38,8 +42,14 @@ pub enum Step {
     ApiserverRestored,
 }
 
-impl Step {
-    pub fn name(self) -> &'static str {
+/// A step of a journaled flow, typed: its name is what the journal says (kebab-case) and what
+/// `ETCDGUARD_TEST_CRASH_AFTER` kills after.
+pub(crate) trait JournalStep: Copy + PartialEq {
+    fn name(self) -> &'static str;
+}
+
+impl JournalStep for Step {
+    fn name(self) -> &'static str {
         match self {
             Step::ApiserverStopped => "apiserver-stopped",
             Step::EtcdManifestMoved => "etcd-manifest-moved",
@@ -54,6 +64,25 @@ impl Step {
     }
 }
 
+/// The steps of `recover` around the restore's own journal, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoverStep {
+    /// The bundle's files put back on the node (replaced ones kept first).
+    FilesPlaced,
+    /// The guarded restore of the snapshot ran to its end.
+    Restored,
+}
+
+impl JournalStep for RecoverStep {
+    fn name(self) -> &'static str {
+        match self {
+            RecoverStep::FilesPlaced => "files-placed",
+            RecoverStep::Restored => "restored",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepState {
@@ -61,10 +90,11 @@ pub enum StepState {
     Done,
 }
 
+/// One line of a journal: `step` is now `state`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StepEntry {
-    pub step: Step,
+pub struct StepEntry<S = Step> {
+    pub step: S,
     pub state: StepState,
     pub at: DateTime<Utc>,
 }
@@ -136,73 +166,96 @@ pub struct Journal {
     pub outcome: Option<String>,
 }
 
-impl Journal {
-    pub fn path(&self) -> PathBuf {
-        self.paths.backup_dir.join(JOURNAL_FILE)
-    }
+/// A journal as a file: the whole document is saved (atomically, 0600) each time a step is
+/// marked, so it always says how far its flow got.
+pub(crate) trait JournalFile: Serialize {
+    type Step: JournalStep;
 
-    pub fn save(&self) -> std::io::Result<()> {
+    /// Where the journal is saved.
+    fn path(&self) -> PathBuf;
+    fn steps(&self) -> &[StepEntry<Self::Step>];
+    fn steps_mut(&mut self) -> &mut Vec<StepEntry<Self::Step>>;
+
+    /// Writes the whole journal (atomic, 0600).
+    fn save(&self) -> std::io::Result<()> {
         let mut json = serde_json::to_vec_pretty(self).expect("journal serializes");
         json.push(b'\n');
         fsutil::write_atomic(&self.path(), &json, fsutil::PRIVATE_FILE_MODE)
     }
 
+    /// Runs one journaled step: marked started, `work` awaited, marked done. The one way a
+    /// journaled flow (the restore, `recover`) takes a step.
+    async fn step<T>(
+        &mut self,
+        step: Self::Step,
+        work: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        let journal = |e: std::io::Error| format!("journal: {e}");
+        mark(self, step, StepState::Started).map_err(journal)?;
+        let out = work.await?;
+        mark(self, step, StepState::Done).map_err(journal)?;
+        Ok(out)
+    }
+
+    fn done(&self, step: Self::Step) -> bool {
+        self.steps()
+            .iter()
+            .any(|e| e.step == step && e.state == StepState::Done)
+    }
+
+    fn started(&self, step: Self::Step) -> bool {
+        self.steps().iter().any(|e| e.step == step)
+    }
+}
+
+/// Records the state of `step` and saves; a step is written as started before it is taken and
+/// as done after.
+fn mark<J: JournalFile + ?Sized>(
+    j: &mut J,
+    step: J::Step,
+    state: StepState,
+) -> std::io::Result<()> {
+    j.steps_mut().push(StepEntry {
+        step,
+        state,
+        at: crate::clock::now(),
+    });
+    j.save()?;
+    if state == StepState::Done {
+        crash_point(step);
+    }
+    Ok(())
+}
+
+impl JournalFile for Journal {
+    type Step = Step;
+
+    fn path(&self) -> PathBuf {
+        self.paths.backup_dir.join(JOURNAL_FILE)
+    }
+
+    fn steps(&self) -> &[StepEntry] {
+        &self.steps
+    }
+
+    fn steps_mut(&mut self) -> &mut Vec<StepEntry> {
+        &mut self.steps
+    }
+}
+
+impl Journal {
     pub fn load(path: &Path) -> Result<Journal, String> {
         let bytes = std::fs::read(path)
             .map_err(|e| format!("cannot read restore journal {}: {e}", path.display()))?;
         serde_json::from_slice(&bytes)
             .map_err(|e| format!("restore journal {} does not parse: {e}", path.display()))
     }
-
-    /// Records the state of `step` and saves; a step is written as started before it is
-    /// taken and as done after.
-    fn mark(&mut self, step: Step, state: StepState) -> std::io::Result<()> {
-        self.steps.push(StepEntry {
-            step,
-            state,
-            at: Utc::now(),
-        });
-        self.save()?;
-        if state == StepState::Done {
-            crash_point(step);
-        }
-        Ok(())
-    }
-
-    /// Runs one journaled step: marked started, `work` awaited, marked done. The one way a
-    /// restore or its rollback takes a step, so the journal always says how far it got.
-    pub async fn step<T>(
-        &mut self,
-        step: Step,
-        work: impl std::future::Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
-        let journal = |e: std::io::Error| format!("journal: {e}");
-        self.mark(step, StepState::Started).map_err(journal)?;
-        let out = work.await?;
-        self.mark(step, StepState::Done).map_err(journal)?;
-        Ok(out)
-    }
-
-    pub fn done(&self, step: Step) -> bool {
-        self.steps
-            .iter()
-            .any(|e| e.step == step && e.state == StepState::Done)
-    }
-
-    pub fn started(&self, step: Step) -> bool {
-        self.steps.iter().any(|e| e.step == step)
-    }
 }
 
 /// Test hook: `ETCDGUARD_TEST_CRASH_AFTER=<step>` kills the process (SIGKILL, no cleanup) right
 /// after that step is journaled as done, so tests can prove a rollback from every point.
-fn crash_point(step: Step) {
-    crash_at(step.name());
-}
-
-/// The same hook for a step named `name` (the steps of `recover`).
-pub(crate) fn crash_at(name: &str) {
-    crate::crashpoint::here(name);
+fn crash_point(step: impl JournalStep) {
+    crate::crashpoint::here(step.name());
 }
 
 /// The newest journal under `tmp_dir` (by its directory's name, which sorts by time).

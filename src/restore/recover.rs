@@ -18,16 +18,21 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::journal::{JournalFile, RecoverStep, StepEntry, JOURNAL_FILE};
 use crate::bundle::{self, Contents, Entry, Kind};
+use crate::clock;
 use crate::config::Config;
 use crate::copies::listing::{self, RemoteEntry};
 use crate::encryption::Identities;
 use crate::fsutil::{self, under_root};
 use crate::restore::guarded::{self, Options};
+use crate::state::StateDir;
 use crate::store::local::sanitize_member;
 use crate::store::remote::Remote;
 
-const JOURNAL: &str = "journal.json";
+/// Version 2: typed steps with their time (`{step, state, at}`), as the restore's journal has
+/// them; version 1 kept `[step, state]` pairs.
+const JOURNAL_VERSION: u32 = 2;
 
 /// What the operator asked for.
 #[derive(Debug, Clone)]
@@ -98,32 +103,69 @@ struct RecoverJournal {
     root: PathBuf,
     data_dir: PathBuf,
     placements: Vec<Placement>,
-    /// Step names with `started` / `done`.
-    steps: Vec<(String, String)>,
+    steps: Vec<StepEntry<RecoverStep>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     outcome: Option<String>,
+    /// The work dir the journal is saved in (not written: it is where the file is).
+    #[serde(skip)]
+    work: PathBuf,
+}
+
+impl JournalFile for RecoverJournal {
+    type Step = RecoverStep;
+
+    fn path(&self) -> PathBuf {
+        self.work.join(JOURNAL_FILE)
+    }
+
+    fn steps(&self) -> &[StepEntry<RecoverStep>] {
+        &self.steps
+    }
+
+    fn steps_mut(&mut self) -> &mut Vec<StepEntry<RecoverStep>> {
+        &mut self.steps
+    }
 }
 
 impl RecoverJournal {
-    fn save(&self, work: &Path) -> Result<(), String> {
-        let mut json = serde_json::to_vec_pretty(self).expect("journal serializes");
-        json.push(b'\n');
-        fsutil::write_atomic(&work.join(JOURNAL), &json, fsutil::PRIVATE_FILE_MODE)
-            .map_err(|e| format!("journal: {e}"))
+    /// Saves, with an error for the operator.
+    fn write(&self) -> Result<(), String> {
+        self.save().map_err(|e| format!("journal: {e}"))
     }
 
-    fn mark(&mut self, work: &Path, step: &str, state: &str) -> Result<(), String> {
-        self.steps.push((step.to_string(), state.to_string()));
-        self.save(work)?;
-        if state == "done" {
-            super::journal::crash_at(step);
-        }
-        Ok(())
+    /// The journal in `work`; one written by an etcdguard before version 2 is read too, so a
+    /// recover it left can still be rolled back.
+    fn load(work: &Path) -> Result<RecoverJournal, String> {
+        let bytes = std::fs::read(work.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
+        let mut j = match serde_json::from_slice::<RecoverJournal>(&bytes) {
+            Ok(j) => j,
+            Err(e) => from_version_1(&bytes)
+                .ok_or_else(|| format!("recover journal {} does not parse: {e}", work.display()))?,
+        };
+        j.work = work.to_owned();
+        Ok(j)
     }
+}
 
-    fn started(&self, step: &str) -> bool {
-        self.steps.iter().any(|(s, _)| s == step)
+/// A version 1 journal, read as version 2: its `[step, state]` pairs become typed steps, timed
+/// at the journal's start (their own time was not written).
+fn from_version_1(bytes: &[u8]) -> Option<RecoverJournal> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let obj = v.as_object_mut()?;
+    if obj.get("version")? != 1 {
+        return None;
     }
+    obj.insert("version".into(), JOURNAL_VERSION.into());
+    let at = obj.get("startedAt")?.clone();
+    let steps = obj.get_mut("steps")?.as_array_mut()?;
+    for s in steps.iter_mut() {
+        let (step, state) = match s.as_array()?.as_slice() {
+            [step, state] => (step.clone(), state.clone()),
+            _ => return None,
+        };
+        *s = serde_json::json!({ "step": step, "state": state, "at": at });
+    }
+    serde_json::from_value(v).ok()
 }
 
 fn this_host() -> Option<String> {
@@ -150,8 +192,8 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, Str
     let source = choose(listing::list(rc).await?, &node, opts.record.as_deref())?;
     let bundle_copy = source.record.bundle.clone().expect("chosen with a bundle");
     let root = opts.root();
-    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
-    let work = config.state_dir.join("recover").join(&stamp);
+    let stamp = clock::stamp(clock::now());
+    let work = StateDir::new(&config.state_dir).recover_dir().join(&stamp);
     // The work dir holds the opened bundle (key material): a failure removes it.
     let opened = open_bundle(rc, &bundle_copy, &ids, &work).await;
     let contents = opened.inspect_err(|_| {
@@ -362,9 +404,9 @@ pub async fn execute(config: &Config, p: &Plan, restore_opts: &Options) -> Resul
         return Err(format!("{r}; nothing was changed"));
     }
     let mut j = RecoverJournal {
-        version: 1,
+        version: JOURNAL_VERSION,
         id: p.stamp.clone(),
-        started_at: Utc::now(),
+        started_at: clock::now(),
         state: RecoverState::InProgress,
         record_id: p.source.record.id.clone(),
         snapshot_key: p.source.key.clone(),
@@ -373,8 +415,9 @@ pub async fn execute(config: &Config, p: &Plan, restore_opts: &Options) -> Resul
         placements: p.placements.clone(),
         steps: Vec::new(),
         outcome: None,
+        work: p.work.clone(),
     };
-    j.save(&p.work)?;
+    j.write()?;
     let result = steps(config, p, restore_opts, &mut j).await;
     match &result {
         Ok(_) => {
@@ -383,7 +426,7 @@ pub async fn execute(config: &Config, p: &Plan, restore_opts: &Options) -> Resul
         }
         Err(e) => j.outcome = Some(e.clone()),
     }
-    j.save(&p.work)?;
+    j.write()?;
     result
 }
 
@@ -394,25 +437,26 @@ async fn steps(
     j: &mut RecoverJournal,
 ) -> Result<String, String> {
     let root = restore_opts.root();
-    j.mark(&p.work, "files-placed", "started")?;
-    place_files(&root, &p.placements, &p.work)?;
-    j.mark(&p.work, "files-placed", "done")?;
-
-    j.mark(&p.work, "restored", "started")?;
-    let mut opts = restore_opts.clone();
-    opts.source = p.source.key.clone();
-    opts.no_wait = true;
-    let session = guarded::begin(config, &opts)
-        .await
-        .map_err(|e| format!("the restore did not start: {e}"))?;
-    let plan = session.plan_text();
-    if !session.prepared().ok() {
-        return Err(format!("the restore's guards refused:\n{plan}"));
-    }
-    let restored = session.execute().await;
-    restored.map_err(|e| format!("the restore failed: {e}"))?;
-    j.mark(&p.work, "restored", "done")?;
-    Ok(plan)
+    j.step(RecoverStep::FilesPlaced, async {
+        place_files(&root, &p.placements, &p.work)
+    })
+    .await?;
+    j.step(RecoverStep::Restored, async {
+        let mut opts = restore_opts.clone();
+        opts.source = p.source.key.clone();
+        opts.no_wait = true;
+        let session = guarded::begin(config, &opts)
+            .await
+            .map_err(|e| format!("the restore did not start: {e}"))?;
+        let plan = session.plan_text();
+        if !session.prepared().ok() {
+            return Err(format!("the restore's guards refused:\n{plan}"));
+        }
+        let restored = session.execute().await;
+        restored.map_err(|e| format!("the restore failed: {e}"))?;
+        Ok(plan)
+    })
+    .await
 }
 
 /// Places the bundle's entries under `root` in order (directories before their contents):
@@ -490,24 +534,22 @@ pub async fn rollback(
     config: &Config,
     restore_opts: &Options,
 ) -> Result<RecoverRolledBack, String> {
-    let dir = config.state_dir.join("recover");
+    let dir = StateDir::new(&config.state_dir).recover_dir();
     let mut stamps: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| format!("no recover journal under {}: {e}", dir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.join(JOURNAL).is_file())
+        .filter(|p| p.join(JOURNAL_FILE).is_file())
         .collect();
     stamps.sort();
     let work = stamps
         .pop()
         .ok_or_else(|| format!("no recover journal under {}", dir.display()))?;
-    let bytes = std::fs::read(work.join(JOURNAL)).map_err(|e| e.to_string())?;
-    let mut j: RecoverJournal = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("recover journal {} does not parse: {e}", work.display()))?;
+    let mut j = RecoverJournal::load(&work)?;
     if j.state == RecoverState::RolledBack {
         return Ok(RecoverRolledBack::Already(work));
     }
-    if j.started("restored") {
+    if j.started(RecoverStep::Restored) {
         let mut opts = restore_opts.clone();
         opts.no_wait = true;
         match guarded::rollback(config, &opts, None).await {
@@ -528,7 +570,7 @@ pub async fn rollback(
     undo_files(&j.root, &j.placements, &work)?;
     j.state = RecoverState::RolledBack;
     j.outcome = Some("rolled back".into());
-    j.save(&work)?;
+    j.write()?;
     Ok(RecoverRolledBack::Now(work))
 }
 
@@ -559,4 +601,81 @@ fn undo_files(root: &Path, placements: &[Placement], work: &Path) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal(work: &Path) -> RecoverJournal {
+        RecoverJournal {
+            version: JOURNAL_VERSION,
+            id: "20261203T101500.123Z".into(),
+            started_at: clock::now(),
+            state: RecoverState::InProgress,
+            record_id: "r1".into(),
+            snapshot_key: "k".into(),
+            root: PathBuf::from("/"),
+            data_dir: PathBuf::from("/var/lib/etcd"),
+            placements: Vec::new(),
+            steps: Vec::new(),
+            outcome: None,
+            work: work.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn steps_are_journaled_typed_private_and_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        let mut j = journal(d.path());
+        j.step(RecoverStep::FilesPlaced, async { Ok(()) })
+            .await
+            .unwrap();
+        let failed = j
+            .step(RecoverStep::Restored, async { Err::<(), _>("no".into()) })
+            .await;
+        assert_eq!(failed, Err("no".to_string()));
+        let path = d.path().join(JOURNAL_FILE);
+        assert_eq!(fsutil::mode_of(&path).unwrap(), 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"step\": \"files-placed\""), "{text}");
+        let back = RecoverJournal::load(d.path()).unwrap();
+        assert_eq!(back.work, d.path());
+        assert!(back.done(RecoverStep::FilesPlaced));
+        assert!(back.started(RecoverStep::Restored));
+        assert!(!back.done(RecoverStep::Restored));
+    }
+
+    #[test]
+    fn a_version_1_journal_still_rolls_back() {
+        let d = tempfile::tempdir().unwrap();
+        let v1 = r#"{
+  "version": 1,
+  "id": "20261203T101500.123Z",
+  "startedAt": "2026-12-03T10:15:00.123Z",
+  "state": "in-progress",
+  "recordId": "r1",
+  "snapshotKey": "k",
+  "root": "/",
+  "dataDir": "/var/lib/etcd",
+  "placements": [],
+  "steps": [
+    ["files-placed", "started"],
+    ["files-placed", "done"],
+    ["restored", "started"]
+  ]
+}
+"#;
+        std::fs::write(d.path().join(JOURNAL_FILE), v1).unwrap();
+        let j = RecoverJournal::load(d.path()).unwrap();
+        assert!(j.done(RecoverStep::FilesPlaced));
+        assert!(j.started(RecoverStep::Restored));
+        assert!(!j.done(RecoverStep::Restored));
+        assert_eq!(j.steps[0].at, j.started_at);
+        assert_eq!(j.version, JOURNAL_VERSION);
+
+        std::fs::write(d.path().join(JOURNAL_FILE), b"{\"steps\": [").unwrap();
+        let e = RecoverJournal::load(d.path()).err().unwrap();
+        assert!(e.contains("does not parse: EOF"), "{e}");
+    }
 }

@@ -370,10 +370,7 @@ pub fn build_data_dir(
         _ => PathBuf::from("."),
     };
     fsutil::create_private_dir_all(&parent).map_err(write_err(&parent))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let stamp = u64::try_from(crate::clock::now().timestamp()).unwrap_or(0);
     let mut staging = Staging {
         path: staging_path(&parent, &name, stamp),
         published: false,

@@ -6,9 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::Utc;
-
-use super::super::journal::{Journal, JournalState, Paths, PlanRecord, Step};
+use super::super::journal::{Journal, JournalFile, JournalState, Paths, PlanRecord, Step};
 use super::super::probe;
 use super::node::put_back_apiserver;
 use super::prepare::Prepared;
@@ -78,7 +76,7 @@ fn new_journal(p: &Prepared, paths: Paths, stamp: &str) -> Journal {
     Journal {
         version: 1,
         id: stamp.to_string(),
-        started_at: Utc::now(),
+        started_at: crate::clock::now(),
         state: JournalState::InProgress,
         snapshot: p.snapshot.clone(),
         snapshot_sha256: p

@@ -21,9 +21,8 @@ mod wait;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-
 use super::journal::{self, Journal, JournalState};
+use crate::clock;
 use crate::config::Config;
 use crate::fsutil::{under_root, LockGuard};
 use crate::records::{Member, Record, RecordStore, Trigger};
@@ -84,7 +83,7 @@ pub async fn begin<'a>(config: &'a Config, opts: &'a Options) -> Result<Session<
         config,
         opts,
         prepared,
-        stamp: Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string(),
+        stamp: clock::stamp(clock::now()),
         started,
         _lock: lock,
     })
@@ -188,7 +187,7 @@ fn record(
     });
     let rec = Record::restore(
         trigger,
-        Utc::now(),
+        clock::now(),
         snapshot,
         member,
         j.map(|j| (j.plan.revision, j.snapshot_sha256.clone())),

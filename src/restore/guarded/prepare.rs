@@ -4,8 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::Utc;
-
 use super::guards::{self, Guard, Live, Verdict};
 use super::node::{load_node, Node};
 use super::wait::PROBE_TIMEOUT;
@@ -197,7 +195,7 @@ fn plan_of(name: &str, advertise: &str, opts: &Options) -> RestorePlan {
         token: opts
             .token
             .clone()
-            .unwrap_or_else(|| format!("etcd-restore-{}", Utc::now().timestamp())),
+            .unwrap_or_else(|| format!("etcd-restore-{}", crate::clock::now().timestamp())),
         bump_revision: opts.bump_revision,
         mark_compacted: opts.bump_revision > 0,
     }

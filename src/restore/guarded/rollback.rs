@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::super::journal::{Journal, JournalState};
+use super::super::journal::{Journal, JournalFile, JournalState};
 use super::super::probe;
 use super::node::put_back_apiserver;
 use super::wait::{wait_healthy, wait_until, Expect};
