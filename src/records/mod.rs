@@ -437,7 +437,7 @@ pub fn new_record_id(now: DateTime<Utc>) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let mix = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
-    format!("{}-{mix:04x}", now.format("%Y%m%dT%H%M%S%.3fZ"))
+    format!("{}-{mix:04x}", crate::clock::stamp(now))
 }
 
 /// RFC 3339 UTC with seconds, as the records file and tables show it.

@@ -132,7 +132,7 @@ impl RecordStore {
                 let to = self.path.with_file_name(format!(
                     "{}.corrupt-{}",
                     crate::state::RECORDS_FILE,
-                    now.format("%Y%m%dT%H%M%S%.3fZ")
+                    crate::clock::stamp(now)
                 ));
                 std::fs::rename(&self.path, &to).map_err(io)?;
                 (

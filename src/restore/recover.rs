@@ -179,7 +179,7 @@ fn this_host() -> Option<String> {
 /// nothing on the node (the work dir under the state dir holds the download).
 pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, String> {
     // The recovery bundle goes with the first destination's copies.
-    let rc = config.destinations.first().ok_or(
+    let rc = config.primary().ok_or(
         "no [remote_storage] or [[destination]] in the configuration: recover finds the node's \
          backups and their bundles at the first destination",
     )?;
@@ -272,7 +272,7 @@ async fn open_bundle(
         .strip_prefix(&format!("s3://{}/", rc.bucket))
         .unwrap_or(&copy.location);
     let sealed = work.join("bundle.tar.age");
-    let (_, got) = Remote::open(rc, "-")?.download(key, &sealed).await?;
+    let (_, got) = Remote::open_shared(rc)?.download(key, &sealed).await?;
     if let Some(want) = &copy.object_sha256 {
         if &got != want {
             return Err(format!(

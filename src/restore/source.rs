@@ -135,7 +135,7 @@ pub async fn locate_into(
                 .strip_prefix(&crate::store::remote::location(rc, ""))
                 .map(|k| (rc, k))
         })
-        .or_else(|| config.destinations.first().map(|rc| (rc, source)));
+        .or_else(|| config.primary().map(|rc| (rc, source)));
     if let Some((rc, key)) = at {
         let name = key.rsplit('/').next().unwrap_or("");
         if crate::store::local::is_snapshot_file_name(name) {
@@ -189,7 +189,7 @@ async fn download(
     record: Option<Record>,
     dir: &Path,
 ) -> Result<Located, String> {
-    let remote = Remote::open(rc, "-")?;
+    let remote = Remote::open_shared(rc)?;
     fsutil::create_private_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let name = key.rsplit('/').next().unwrap_or("snapshot.db");
     let dest = dir.join(format!("{}-{name}", std::process::id()));
