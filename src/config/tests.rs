@@ -421,3 +421,6 @@ fn tiers_keep_last_and_their_problems() {
         e[0]
     );
 }
+
+/// The display and the problems of whole files, compared byte for byte.
+mod pinned;
