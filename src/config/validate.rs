@@ -1,7 +1,7 @@
 //! From the file's model to the effective `Config`: defaults filled in, every problem
 //! collected with its position and field instead of stopping at the first.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -11,46 +11,89 @@ use super::raw::*;
 use super::validator::Validator;
 use super::*;
 
+/// The whole file, table by table. Each step reports its own problems, in this order.
 pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
-    let schedule = match raw.schedule {
-        None => Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses"),
-        Some(s) => match Schedule::parse_with(s.get_ref(), v.allow_seconds) {
-            Ok(sch) => sch,
-            Err(e) => {
-                v.problem(Some(s.span()), "schedule", e);
-                Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses")
-            }
-        },
-    };
-    let timezone = match raw.timezone {
-        None => Zone::Utc,
-        Some(s) => match Zone::parse(s.get_ref()) {
-            Ok(z) => z,
-            Err(e) => {
-                v.problem(Some(s.span()), "timezone", e);
-                Zone::Utc
-            }
-        },
-    };
+    let schedule = validate_schedule(raw.schedule, v);
+    let timezone = validate_timezone(raw.timezone, v);
     let state_dir = v.path(raw.state_dir, "state_dir", Path::new(DEFAULT_STATE_DIR));
-    let metrics_file = raw.metrics_file.map(|m| {
-        let span = m.span();
-        let p = v.path(Some(m), "metrics_file", Path::new(""));
-        if p.extension().is_none_or(|e| e != "prom") {
-            v.problem(
-                Some(span),
-                "metrics_file",
-                format!(
-                    "{:?} must end in .prom: node_exporter's textfile collector reads only \
-                     *.prom files",
-                    p.display().to_string()
-                ),
-            );
-        }
-        p
-    });
+    let metrics_file = raw.metrics_file.map(|m| validate_metrics_file(m, v));
+    let etcd = validate_etcd(raw.etcd.unwrap_or_default(), v);
+    let local_storage = validate_local_storage(
+        raw.local_storage.unwrap_or_default(),
+        &state_dir,
+        timezone,
+        v,
+    );
+    let destinations = validate_destinations(raw.remote_storage, raw.destination, v, timezone);
+    let encryption = raw.encryption.map(|e| validate_encryption(e, v));
+    let kept_sealed = encryption.is_some() && !destinations.is_empty();
+    let bundle = raw.bundle.map(|b| validate_bundle(b, kept_sealed, v));
+    let drill = validate_drill(raw.drill, &state_dir, &destinations, &encryption, v);
+    let history = validate_records(raw.records.unwrap_or_default(), v);
+    Config {
+        source: v.file.map(Path::to_owned),
+        schedule,
+        timezone,
+        paused: raw.paused.unwrap_or(false),
+        catch_up: raw.catch_up.unwrap_or(true),
+        state_dir,
+        metrics_file,
+        etcd,
+        local_storage,
+        destinations,
+        history,
+        encryption,
+        bundle,
+        drill,
+    }
+}
 
-    let e = raw.etcd.unwrap_or_default();
+/// `schedule`: a cron expression (6 fields with seconds only in tests), by default every 6 hours.
+fn validate_schedule(raw: Option<Spanned<String>>, v: &mut Validator<'_>) -> Schedule {
+    let default = || Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses");
+    let Some(s) = raw else { return default() };
+    match Schedule::parse_with(s.get_ref(), v.allow_seconds) {
+        Ok(sch) => sch,
+        Err(e) => {
+            v.problem(Some(s.span()), "schedule", e);
+            default()
+        }
+    }
+}
+
+/// `timezone`: an IANA name or "local"; UTC by default.
+fn validate_timezone(raw: Option<Spanned<String>>, v: &mut Validator<'_>) -> Zone {
+    let Some(s) = raw else { return Zone::Utc };
+    match Zone::parse(s.get_ref()) {
+        Ok(z) => z,
+        Err(e) => {
+            v.problem(Some(s.span()), "timezone", e);
+            Zone::Utc
+        }
+    }
+}
+
+/// `metrics_file`: an absolute path ending in `.prom`.
+fn validate_metrics_file(m: Spanned<PathBuf>, v: &mut Validator<'_>) -> PathBuf {
+    let span = m.span();
+    let p = v.path(Some(m), "metrics_file", Path::new(""));
+    if p.extension().is_none_or(|e| e != "prom") {
+        v.problem(
+            Some(span),
+            "metrics_file",
+            format!(
+                "{:?} must end in .prom: node_exporter's textfile collector reads only \
+                 *.prom files",
+                p.display().to_string()
+            ),
+        );
+    }
+    p
+}
+
+/// `[etcd]`: the manifest, the endpoint, the TLS files and the bounds on a snapshot stream;
+/// kubeadm's paths by default.
+fn validate_etcd(e: RawEtcd, v: &mut Validator<'_>) -> EtcdConfig {
     let endpoint = e.endpoint.and_then(|ep| {
         let span = ep.span();
         match validate_endpoint(ep.get_ref()) {
@@ -61,7 +104,7 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
             }
         }
     });
-    let etcd = EtcdConfig {
+    EtcdConfig {
         manifest: v.path(e.manifest, "etcd.manifest", Path::new(DEFAULT_MANIFEST)),
         endpoint,
         ca_cert: v.path(e.ca_cert, "etcd.ca_cert", Path::new(DEFAULT_CA_CERT)),
@@ -83,10 +126,18 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         ),
         dial_timeout: v.duration(e.dial_timeout, "etcd.dial_timeout", Duration::from_secs(10)),
         rate_limit: v.rate(e.rate_limit, "etcd.rate_limit"),
-    };
+    }
+}
 
-    let l = raw.local_storage.unwrap_or_default();
-    let local_storage = LocalStorageConfig {
+/// `[local_storage]`: where the snapshots are kept (under the state dir by default), and for
+/// how long (a week by default).
+fn validate_local_storage(
+    l: RawLocal,
+    state_dir: &Path,
+    zone: Zone,
+    v: &mut Validator<'_>,
+) -> LocalStorageConfig {
+    LocalStorageConfig {
         path: v.path(l.path, "local_storage.path", &state_dir.join("snapshots")),
         retention: v.retention(
             "local_storage",
@@ -94,44 +145,47 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
             raw_counts!(l),
             l.min_keep,
             Duration::from_secs(7 * 24 * 3600),
-            timezone,
+            zone,
         ),
-    };
+    }
+}
 
-    let destinations = validate_destinations(raw.remote_storage, raw.destination, v, timezone);
+/// `[bundle]`: the node's root and more paths to take. A bundle holds the cluster's CA keys:
+/// it needs `[encryption]` and a destination to be `kept_sealed`.
+fn validate_bundle(
+    b: Spanned<RawBundle>,
+    kept_sealed: bool,
+    v: &mut Validator<'_>,
+) -> BundleConfig {
+    let span = b.span();
+    let b = b.into_inner();
+    if !kept_sealed {
+        v.problem(
+            Some(span),
+            "bundle",
+            "a recovery bundle holds the cluster's CA keys: it needs [encryption] (it is \
+             never written unencrypted) and [remote_storage] or a [[destination]] (where \
+             it is kept)",
+        );
+    }
+    BundleConfig {
+        root: v.path(b.root, "bundle.root", Path::new("/")),
+        extra_paths: b
+            .extra_paths
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| v.path(Some(p), "bundle.extra_paths", Path::new("")))
+            .collect(),
+    }
+}
 
-    let encryption = raw.encryption.map(|e| validate_encryption(e, v));
-    let bundle = raw.bundle.map(|b| {
-        let span = b.span();
-        let b = b.into_inner();
-        if encryption.is_none() || destinations.is_empty() {
-            v.problem(
-                Some(span),
-                "bundle",
-                "a recovery bundle holds the cluster's CA keys: it needs [encryption] (it is \
-                 never written unencrypted) and [remote_storage] or a [[destination]] (where \
-                 it is kept)",
-            );
-        }
-        BundleConfig {
-            root: v.path(b.root, "bundle.root", Path::new("/")),
-            extra_paths: b
-                .extra_paths
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| v.path(Some(p), "bundle.extra_paths", Path::new("")))
-                .collect(),
-        }
-    });
-
-    let drill = validate_drill(raw.drill, &state_dir, &destinations, &encryption, v);
-
-    let rec = raw.records.unwrap_or_default();
+/// `[records]`: how many records of successful and of failed backups the history keeps.
+fn validate_records(rec: RawRecords, v: &mut Validator<'_>) -> HistoryLimits {
     let mut limit = |raw: Option<Spanned<i64>>, field: &str, default: usize| {
         raw.and_then(|r| v.count(&r, field, "how many such records the history keeps"))
             .unwrap_or(default)
     };
-    let history = HistoryLimits {
+    HistoryLimits {
         successful: limit(
             rec.successful_history_limit,
             "records.successful_history_limit",
@@ -142,23 +196,6 @@ pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
             "records.failed_history_limit",
             100,
         ),
-    };
-
-    Config {
-        source: v.file.map(Path::to_owned),
-        schedule,
-        timezone,
-        paused: raw.paused.unwrap_or(false),
-        catch_up: raw.catch_up.unwrap_or(true),
-        state_dir,
-        metrics_file,
-        etcd,
-        local_storage,
-        destinations,
-        history,
-        encryption,
-        bundle,
-        drill,
     }
 }
 
