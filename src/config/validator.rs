@@ -18,6 +18,14 @@ pub(super) struct Validator<'a> {
     pub(super) problems: Vec<Problem>,
 }
 
+/// A store's `keep` (or `keep_last`): the count, and where it was written.
+struct Keep {
+    count: Option<usize>,
+    span: Option<Range<usize>>,
+    /// The name it was written under.
+    field: String,
+}
+
 impl Validator<'_> {
     pub(super) fn problem(
         &mut self,
@@ -78,7 +86,42 @@ impl Validator<'_> {
         default_ttl: Duration,
         zone: Zone,
     ) -> Rule {
-        let (keep, keep_field) = match (counts.keep, counts.keep_last) {
+        let RawCounts {
+            keep,
+            keep_last,
+            hourly,
+            daily,
+            weekly,
+            monthly,
+        } = counts;
+        let keep = self.keep(section, keep, keep_last);
+        let tiers = self.tiers(section, hourly, daily, weekly, monthly);
+        let ttl = match ttl {
+            None if keep.span.is_some() || tiers.any() => None,
+            None => Some(default_ttl),
+            Some(raw) => match raw.get_ref() {
+                RawDuration::Text(t) if t.trim() == "forever" => None,
+                _ => Some(self.duration(Some(raw), &format!("{section}.ttl"), default_ttl)),
+            },
+        };
+        let min_keep = self.min_keep(section, min_keep, &keep);
+        Rule {
+            ttl,
+            keep: keep.count,
+            tiers,
+            zone,
+            min_keep,
+        }
+    }
+
+    /// `keep`, or `keep_last`, another name for it (not both).
+    fn keep(
+        &mut self,
+        section: &str,
+        keep: Option<Spanned<i64>>,
+        keep_last: Option<Spanned<i64>>,
+    ) -> Keep {
+        let (raw, field) = match (keep, keep_last) {
             (Some(k), Some(l)) => {
                 self.problem(
                     Some(l.span()),
@@ -94,9 +137,21 @@ impl Validator<'_> {
             (None, Some(l)) => (Some(l), format!("{section}.keep_last")),
             (None, None) => (None, format!("{section}.keep")),
         };
-        let keep_span = keep.as_ref().map(Spanned::span);
-        let keep = keep
-            .and_then(|k| self.count(&k, &keep_field, "the number of newest good snapshots kept"));
+        let span = raw.as_ref().map(Spanned::span);
+        let count =
+            raw.and_then(|k| self.count(&k, &field, "the number of newest good snapshots kept"));
+        Keep { count, span, field }
+    }
+
+    /// `keep_hourly`, `keep_daily`, `keep_weekly` and `keep_monthly`.
+    fn tiers(
+        &mut self,
+        section: &str,
+        hourly: Option<Spanned<i64>>,
+        daily: Option<Spanned<i64>>,
+        weekly: Option<Spanned<i64>>,
+        monthly: Option<Spanned<i64>>,
+    ) -> Tiers {
         let mut tier = |raw: Option<Spanned<i64>>, p: Period| {
             raw.and_then(|r| {
                 self.count(
@@ -106,51 +161,38 @@ impl Validator<'_> {
                 )
             })
         };
-        let tiers = Tiers {
-            hourly: tier(counts.hourly, Period::Hour),
-            daily: tier(counts.daily, Period::Day),
-            weekly: tier(counts.weekly, Period::Week),
-            monthly: tier(counts.monthly, Period::Month),
-        };
-        let ttl = match ttl {
-            None if keep_span.is_some() || tiers.any() => None,
-            None => Some(default_ttl),
-            Some(raw) => match raw.get_ref() {
-                RawDuration::Text(t) if t.trim() == "forever" => None,
-                _ => Some(self.duration(Some(raw), &format!("{section}.ttl"), default_ttl)),
-            },
-        };
-        let min_keep = match min_keep {
-            None => keep.map_or(3, |k| k.min(3)),
-            Some(raw) => {
-                let n = self
-                    .count(
-                        &raw,
-                        &format!("{section}.min_keep"),
-                        "the number of newest good snapshots that are never deleted",
-                    )
-                    .unwrap_or(1);
-                if keep.is_some_and(|k| k < n) {
-                    self.problem(
-                        keep_span.clone(),
-                        &keep_field,
-                        format!(
-                            "keep ({}) must be at least min_keep ({n}): min_keep snapshots \
-                             are never deleted",
-                            keep.unwrap_or(0)
-                        ),
-                    );
-                }
-                n
-            }
-        };
-        Rule {
-            ttl,
-            keep,
-            tiers,
-            zone,
-            min_keep,
+        Tiers {
+            hourly: tier(hourly, Period::Hour),
+            daily: tier(daily, Period::Day),
+            weekly: tier(weekly, Period::Week),
+            monthly: tier(monthly, Period::Month),
         }
+    }
+
+    /// `min_keep`: 3 by default, or `keep` when that is smaller; never more than `keep`.
+    fn min_keep(&mut self, section: &str, raw: Option<Spanned<i64>>, keep: &Keep) -> usize {
+        let Some(raw) = raw else {
+            return keep.count.map_or(3, |k| k.min(3));
+        };
+        let n = self
+            .count(
+                &raw,
+                &format!("{section}.min_keep"),
+                "the number of newest good snapshots that are never deleted",
+            )
+            .unwrap_or(1);
+        if keep.count.is_some_and(|k| k < n) {
+            self.problem(
+                keep.span.clone(),
+                &keep.field,
+                format!(
+                    "keep ({}) must be at least min_keep ({n}): min_keep snapshots are never \
+                     deleted",
+                    keep.count.unwrap_or(0)
+                ),
+            );
+        }
+        n
     }
 
     /// A rate such as `"50MiB/s"`, in bytes per second.
