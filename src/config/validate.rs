@@ -1,6 +1,7 @@
 //! From the file's model to the effective `Config`: defaults filled in, every problem
 //! collected with its position and field instead of stopping at the first.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use super::destination::validate_destinations;
 use super::raw::*;
 use super::validator::Validator;
 use super::*;
+use crate::encryption::{parse_recipients_file, Recipient, DEFAULT_ZSTD_LEVEL};
 
 /// The whole file, table by table. Each step reports its own problems, in this order.
 pub(super) fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
@@ -217,38 +219,8 @@ fn validate_drill(
         etcd_binary: None,
         timeout: None,
     });
-    let schedule =
-        d.schedule.and_then(
-            |s| match Schedule::parse_with(s.get_ref(), v.allow_seconds) {
-                Ok(sch) => Some(sch),
-                Err(e) => {
-                    v.problem(Some(s.span()), "drill.schedule", e);
-                    None
-                }
-            },
-        );
-    let source = match d.source.as_ref().map(|s| s.get_ref().as_str()) {
-        None | Some("local") => DrillSource::Local,
-        Some("remote") => {
-            if remote.is_empty() {
-                v.problem(
-                    d.source.as_ref().map(Spanned::span),
-                    "drill.source",
-                    "\"remote\" needs [remote_storage] or a [[destination]]: there is no \
-                     remote copy to drill",
-                );
-            }
-            DrillSource::Remote
-        }
-        Some(other) => {
-            v.problem(
-                d.source.as_ref().map(Spanned::span),
-                "drill.source",
-                format!("{other:?} is not a drill source: use \"local\" or \"remote\""),
-            );
-            DrillSource::Local
-        }
-    };
+    let schedule = d.schedule.and_then(|s| drill_schedule(s, v));
+    let source = drill_source(d.source, !remote.is_empty(), v);
     let identity = d
         .identity
         .map(|p| v.path(Some(p), "drill.identity", Path::new("")));
@@ -276,53 +248,118 @@ fn validate_drill(
     }
 }
 
+/// `drill.schedule`: when the daemon drills.
+fn drill_schedule(s: Spanned<String>, v: &mut Validator<'_>) -> Option<Schedule> {
+    match Schedule::parse_with(s.get_ref(), v.allow_seconds) {
+        Ok(sch) => Some(sch),
+        Err(e) => {
+            v.problem(Some(s.span()), "drill.schedule", e);
+            None
+        }
+    }
+}
+
+/// `drill.source`: "local" (the default) or "remote", which needs a destination.
+fn drill_source(
+    raw: Option<Spanned<String>>,
+    has_remote: bool,
+    v: &mut Validator<'_>,
+) -> DrillSource {
+    let Some(s) = raw else {
+        return DrillSource::Local;
+    };
+    match s.get_ref().as_str() {
+        "local" => DrillSource::Local,
+        "remote" => {
+            if !has_remote {
+                v.problem(
+                    Some(s.span()),
+                    "drill.source",
+                    "\"remote\" needs [remote_storage] or a [[destination]]: there is no \
+                     remote copy to drill",
+                );
+            }
+            DrillSource::Remote
+        }
+        other => {
+            v.problem(
+                Some(s.span()),
+                "drill.source",
+                format!("{other:?} is not a drill source: use \"local\" or \"remote\""),
+            );
+            DrillSource::Local
+        }
+    }
+}
+
 /// `[encryption]`: recipients inline and from `recipients_file` (read now, so a bad one is a
 /// configuration error and nothing is ever sent unencrypted), and the compression.
 fn validate_encryption(e: Spanned<RawEncryption>, v: &mut Validator<'_>) -> Encryption {
-    use crate::encryption::{parse_recipients_file, Recipient, DEFAULT_ZSTD_LEVEL};
     let section = e.span();
     let e = e.into_inner();
+    Encryption {
+        recipients: recipients(e.recipients, e.recipients_file, section, v),
+        compression: compression(e.compression, e.compression_level, v),
+        encrypt_local: e.encrypt_local.unwrap_or(false),
+    }
+}
+
+/// `recipients` and the ones in `recipients_file`: at least one.
+fn recipients(
+    inline: Option<Vec<Spanned<String>>>,
+    file: Option<Spanned<PathBuf>>,
+    section: Range<usize>,
+    v: &mut Validator<'_>,
+) -> Vec<Recipient> {
     let before = v.problems.len();
     let mut recipients = Vec::new();
-    for r in e.recipients.unwrap_or_default() {
+    for r in inline.unwrap_or_default() {
         match Recipient::parse(r.get_ref()) {
             Ok(p) => recipients.push(p),
             Err(msg) => v.problem(Some(r.span()), "encryption.recipients", msg),
         }
     }
-    if let Some(f) = e.recipients_file {
-        let span = f.span();
-        let path = v.path(Some(f), "encryption.recipients_file", Path::new(""));
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match parse_recipients_file(&text) {
-                Ok(mut more) => recipients.append(&mut more),
-                Err((line, msg)) => v.problem(
-                    Some(span),
-                    "encryption.recipients_file",
-                    format!("{}:{line}: {msg}", path.display()),
-                ),
-            },
-            Err(err) => v.problem(
-                Some(span),
-                "encryption.recipients_file",
-                format!(
-                    "cannot read {}: {err}; with [encryption] nothing leaves the node until its \
-                     recipients can be read",
-                    path.display()
-                ),
-            ),
-        }
+    if let Some(f) = file {
+        recipients.extend(recipients_file(f, v));
     }
     if recipients.is_empty() && v.problems.len() == before {
         v.problem(
-            Some(section.clone()),
+            Some(section),
             "encryption.recipients",
             "no recipients: give `recipients = [\"age1…\"]` or `recipients_file`, the public \
              keys whose holders may decrypt the backups",
         );
     }
     recipients.dedup();
-    let level = match e.compression_level {
+    recipients
+}
+
+/// `recipients_file`, read now.
+fn recipients_file(f: Spanned<PathBuf>, v: &mut Validator<'_>) -> Vec<Recipient> {
+    let span = f.span();
+    let path = v.path(Some(f), "encryption.recipients_file", Path::new(""));
+    let problem = match std::fs::read_to_string(&path) {
+        Ok(text) => match parse_recipients_file(&text) {
+            Ok(recipients) => return recipients,
+            Err((line, msg)) => format!("{}:{line}: {msg}", path.display()),
+        },
+        Err(err) => format!(
+            "cannot read {}: {err}; with [encryption] nothing leaves the node until its \
+             recipients can be read",
+            path.display()
+        ),
+    };
+    v.problem(Some(span), "encryption.recipients_file", problem);
+    Vec::new()
+}
+
+/// `compression` ("zstd", the default, or "none") and `compression_level`.
+fn compression(
+    raw: Option<Spanned<String>>,
+    level: Option<Spanned<i64>>,
+    v: &mut Validator<'_>,
+) -> Compression {
+    let level = match level {
         None => DEFAULT_ZSTD_LEVEL,
         Some(l) => match i32::try_from(*l.get_ref()) {
             Ok(n @ 1..=19) => n,
@@ -336,22 +373,17 @@ fn validate_encryption(e: Spanned<RawEncryption>, v: &mut Validator<'_>) -> Encr
             }
         },
     };
-    let compression = match e.compression.as_ref().map(|c| c.get_ref().as_str()) {
+    match raw.as_ref().map(|c| c.get_ref().as_str()) {
         None | Some("zstd") => Compression::Zstd(level),
         Some("none") => Compression::None,
         Some(other) => {
             v.problem(
-                e.compression.as_ref().map(Spanned::span),
+                raw.as_ref().map(Spanned::span),
                 "encryption.compression",
                 format!("{other:?} is not a compression: use \"zstd\" or \"none\""),
             );
             Compression::Zstd(level)
         }
-    };
-    Encryption {
-        recipients,
-        compression,
-        encrypt_local: e.encrypt_local.unwrap_or(false),
     }
 }
 
