@@ -1,41 +1,91 @@
 //! The effective configuration printed back as TOML, every default filled in and secrets
 //! redacted (`config check`).
+//!
+//! Each table is a list of lines, `key = value` or `# note`, built from the configuration
+//! in the order they are shown; one loop writes them all.
 
+use std::fmt::{self, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::retention::Period;
+
+/// One line of a table.
+enum Line {
+    /// `key = value`, the value already written as TOML.
+    Set(&'static str, String),
+    /// `# text`: what an unset key means, or what a value implies.
+    Note(String),
+}
+
+/// `key = value`.
+fn set(key: &'static str, value: impl fmt::Display) -> Option<Line> {
+    Some(Line::Set(key, value.to_string()))
+}
+
+/// An optional key: its line when it has a value, no line when not.
+fn set_some(key: &'static str, value: Option<String>) -> Option<Line> {
+    value.map(|v| Line::Set(key, v))
+}
+
+/// An optional key: its line when it has a value, else a note saying what unset means.
+fn set_or_note(key: &'static str, value: Option<String>, unset: &str) -> Option<Line> {
+    Some(value.map_or_else(|| Line::Note(unset.to_string()), |v| Line::Set(key, v)))
+}
+
+fn note(text: impl Into<String>) -> Option<Line> {
+    Some(Line::Note(text.into()))
+}
+
+/// A note shown only `when` it applies.
+fn note_if(when: bool, text: impl Into<String>) -> Option<Line> {
+    when.then(|| Line::Note(text.into()))
+}
+
+/// One table of the display: its heading after a blank line, then its lines (`None`, an
+/// optional key left unset, shows nothing). The top-level keys have no heading; a table that
+/// is absent is a heading that is a note.
+struct Section {
+    heading: Option<String>,
+    lines: Vec<Option<Line>>,
+}
+
+impl Section {
+    fn new(heading: &str, lines: Vec<Option<Line>>) -> Section {
+        Section {
+            heading: Some(heading.to_string()),
+            lines,
+        }
+    }
+
+    /// A table that is not in the configuration, and what that means.
+    fn absent(note: &str) -> Section {
+        Section {
+            heading: Some(format!("# {note}")),
+            lines: Vec::new(),
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        if let Some(heading) = &self.heading {
+            let _ = writeln!(out, "\n{heading}");
+        }
+        for line in self.lines.iter().flatten() {
+            let _ = match line {
+                Line::Set(key, value) => writeln!(out, "{key} = {value}"),
+                Line::Note(text) => writeln!(out, "# {text}"),
+            };
+        }
+    }
+}
 
 fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-fn write_rule(w: &mut String, rule: &Rule) {
-    use std::fmt::Write;
-    let ttl = rule.ttl.map_or_else(|| "forever".to_string(), human);
-    let _ = writeln!(w, "ttl = {}", toml_string(&ttl));
-    if let Some(k) = rule.keep {
-        let _ = writeln!(w, "keep = {k}");
-    }
-    for p in crate::retention::Period::ALL {
-        if let Some(n) = rule.tiers.get(p) {
-            let _ = writeln!(w, "{} = {n}", p.field());
-        }
-    }
-    let _ = writeln!(w, "min_keep = {}", rule.min_keep);
-    if rule.tiers.any() {
-        let _ = writeln!(
-            w,
-            "# hours, days, weeks (ISO, from Monday) and months in the timezone {}",
-            toml_string(&rule.zone.to_string())
-        );
-    }
-    if rule.keeps_forever() {
-        let _ = writeln!(
-            w,
-            "# neither ttl nor a keep rule: snapshots here are never deleted"
-        );
-    }
+fn duration(d: Duration) -> String {
+    toml_string(&human(d))
 }
 
 fn quoted(p: &Path) -> String {
@@ -46,221 +96,293 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// Bytes per second.
+fn rate(r: u64) -> String {
+    format!("\"{r}B/s\"")
+}
+
 impl Config {
     /// The effective configuration as TOML, every default filled in. Secrets (remote
     /// credentials, once they exist) are replaced by `"<redacted>"`.
     pub fn to_redacted_toml(&self) -> String {
-        let mut out = String::new();
-        let w = &mut out;
-        use std::fmt::Write;
-        let _ = writeln!(w, "schedule = {}", toml_string(self.schedule.expression()));
-        let _ = writeln!(w, "timezone = {}", toml_string(&self.timezone.to_string()));
-        let _ = writeln!(w, "paused = {}", self.paused);
-        let _ = writeln!(w, "catch_up = {}", self.catch_up);
-        let _ = writeln!(w, "state_dir = {}", quoted(&self.state_dir));
-        match &self.metrics_file {
-            Some(m) => {
-                let _ = writeln!(w, "metrics_file = {}", quoted(m));
-            }
-            None => {
-                let _ = writeln!(w, "# metrics_file unset: no Prometheus textfile");
-            }
-        }
-        let e = &self.etcd;
-        let _ = writeln!(w, "\n[etcd]");
-        let _ = writeln!(w, "manifest = {}", quoted(&e.manifest));
-        match &e.endpoint {
-            Some(ep) => {
-                let _ = writeln!(w, "endpoint = {}", toml_string(ep));
-            }
-            None => {
-                let _ = writeln!(w, "# endpoint: the loopback client URL in the manifest");
-            }
-        }
-        let _ = writeln!(w, "ca_cert = {}", quoted(&e.ca_cert));
-        let _ = writeln!(w, "client_cert = {}", quoted(&e.client_cert));
-        let _ = writeln!(w, "client_key = {}", quoted(&e.client_key));
-        let _ = writeln!(w, "timeout = {}", toml_string(&human(e.timeout)));
-        let _ = writeln!(
-            w,
-            "stall_timeout = {}",
-            toml_string(&human(e.stall_timeout))
-        );
-        let _ = writeln!(w, "dial_timeout = {}", toml_string(&human(e.dial_timeout)));
-        match e.rate_limit {
-            Some(r) => {
-                let _ = writeln!(w, "rate_limit = \"{}B/s\"", r);
-            }
-            None => {
-                let _ = writeln!(
-                    w,
-                    "# rate_limit unset: the snapshot is read as fast as etcd sends"
-                );
-            }
-        }
-        let l = &self.local_storage;
-        let _ = writeln!(w, "\n[local_storage]");
-        let _ = writeln!(w, "path = {}", quoted(&l.path));
-        write_rule(w, &l.retention);
+        let mut sections = vec![
+            self.top_level(),
+            etcd(&self.etcd),
+            local_storage(&self.local_storage),
+        ];
         if self.destinations.is_empty() {
-            let _ = writeln!(
-                w,
-                "\n# no [remote_storage] and no [[destination]]: local copies only"
-            );
+            sections.push(Section::absent(
+                "no [remote_storage] and no [[destination]]: local copies only",
+            ));
         }
-        for r in &self.destinations {
-            // Every destination in the new form: [remote_storage] is the first, named as its
-            // `name` says (`remote` by default), its systemd credential `etcdguard-s3`.
-            let _ = writeln!(w, "\n[[destination]]");
-            let _ = writeln!(w, "name = {}", toml_string(&r.name));
-            let _ = writeln!(w, "type = {}", toml_string(r.kind.as_str()));
-            match &r.kind {
-                Kind::S3 => {
-                    let _ = writeln!(w, "bucket = {}", toml_string(&r.bucket));
-                    let _ = writeln!(w, "region = {}", toml_string(&r.region));
-                }
-                Kind::Gcs { anonymous } => {
-                    let _ = writeln!(w, "bucket = {}", toml_string(&r.bucket));
-                    if *anonymous {
-                        let _ = writeln!(w, "anonymous = true  # NO CREDENTIALS");
-                    }
-                }
-                Kind::Azblob { account } => {
-                    let _ = writeln!(w, "container = {}", toml_string(&r.bucket));
-                    let _ = writeln!(w, "account_name = {}", toml_string(account));
-                }
-                Kind::Fs {
-                    path,
-                    require_mount,
-                } => {
-                    let _ = writeln!(w, "path = {}", quoted(path));
-                    let _ = writeln!(w, "require_mount = {require_mount}");
-                }
-            }
-            if let Some(ep) = &r.endpoint {
-                let _ = writeln!(w, "endpoint = {}", toml_string(ep));
-            }
-            let _ = writeln!(w, "prefix = {}", toml_string(&r.prefix));
-            if r.kind == Kind::S3 {
-                let _ = writeln!(w, "force_path_style = {}", r.force_path_style);
-            }
-            if let Some(ca) = &r.ca_bundle {
-                let _ = writeln!(w, "ca_bundle = {}", quoted(ca));
-            }
-            if r.insecure_skip_tls_verify {
-                let _ = writeln!(w, "insecure_skip_tls_verify = true  # TLS NOT VERIFIED");
-            }
-            match &r.sse {
-                None => {}
-                Some(Sse::S3Managed) => {
-                    let _ = writeln!(w, "sse = \"AES256\"");
-                }
-                Some(Sse::Kms(key)) => {
-                    let _ = writeln!(w, "sse = \"aws:kms\"");
-                    if let Some(k) = key {
-                        let _ = writeln!(w, "sse_kms_key_id = {}", toml_string(k));
-                    }
-                }
-            }
-            if let Some(l) = &r.object_lock {
-                let _ = writeln!(w, "object_lock_mode = {}", toml_string(l.mode.as_str()));
-                let _ = writeln!(w, "object_lock_period = {}", toml_string(&human(l.period)));
-            }
-            match &r.credentials {
-                Credentials::File(p) => {
-                    let _ = writeln!(w, "credentials_file = {}", quoted(p));
-                }
-                Credentials::SystemdOrDefault(name) => {
-                    let _ = writeln!(w, "systemd_credential = {}", toml_string(name));
-                    let _ = writeln!(
-                        w,
-                        "# credentials: $CREDENTIALS_DIRECTORY/{name} (systemd \
-                         LoadCredential=), else {}",
-                        match r.kind {
-                            Kind::S3 => "the AWS chain (environment, profile, instance role)",
-                            Kind::Gcs { .. } => "GCS application default credentials",
-                            Kind::Azblob { .. } => "none: a key is required",
-                            Kind::Fs { .. } => "none needed (the file system's permissions)",
-                        }
-                    );
-                }
-            }
-            let _ = writeln!(w, "part_size = {}", r.part_size);
-            let _ = writeln!(w, "concurrency = {}", r.concurrency);
-            let _ = writeln!(w, "timeout = {}", toml_string(&human(r.timeout)));
-            let _ = writeln!(
-                w,
-                "stall_timeout = {}",
-                toml_string(&human(r.stall_timeout))
-            );
-            if let Some(rate) = r.rate_limit {
-                let _ = writeln!(w, "rate_limit = \"{rate}B/s\"");
-            }
-            write_rule(w, &r.retention);
-            let _ = writeln!(
-                w,
-                "per = {}",
-                toml_string(if r.per_cluster { "cluster" } else { "node" })
-            );
-            if r.per_cluster {
-                let _ = writeln!(
-                    w,
-                    "cluster_lease = {}",
-                    toml_string(&human(r.cluster_lease))
-                );
-            }
+        sections.extend(self.destinations.iter().map(destination));
+        sections.push(encryption(self.encryption.as_ref()));
+        sections.extend(self.bundle.as_ref().map(bundle));
+        sections.push(drill(&self.drill));
+        sections.push(records(&self.history));
+        let mut out = String::new();
+        for section in &sections {
+            section.render(&mut out);
         }
-        match &self.encryption {
-            None => {
-                let _ = writeln!(w, "\n# [encryption] absent: copies are the plain snapshot");
-            }
-            Some(e) => {
-                let _ = writeln!(w, "\n[encryption]");
-                let _ = writeln!(w, "# copies are sealed as <snapshot>.db{}", e.suffix());
-                let _ = writeln!(w, "recipients = [");
-                for r in &e.recipients {
-                    let _ = writeln!(w, "  {},", toml_string(r.text()));
-                }
-                let _ = writeln!(w, "]");
-                let _ = writeln!(w, "compression = {}", toml_string(e.compression.name()));
-                if let Compression::Zstd(l) = e.compression {
-                    let _ = writeln!(w, "compression_level = {l}");
-                }
-                let _ = writeln!(w, "encrypt_local = {}", e.encrypt_local);
-            }
-        }
-        if let Some(b) = &self.bundle {
-            let _ = writeln!(w, "\n[bundle]");
-            let _ = writeln!(w, "root = {}", quoted(&b.root));
-            let list: Vec<String> = b.extra_paths.iter().map(|p| quoted(p)).collect();
-            let _ = writeln!(w, "extra_paths = [{}]", list.join(", "));
-        }
-        let d = &self.drill;
-        let _ = writeln!(w, "\n[drill]");
-        match &d.schedule {
-            Some(s) => {
-                let _ = writeln!(w, "schedule = {}", toml_string(s.expression()));
-            }
-            None => {
-                let _ = writeln!(w, "# no schedule: drills only by hand (`etcdguard drill`)");
-            }
-        }
-        let source = match d.source {
-            crate::config::DrillSource::Local => "local",
-            crate::config::DrillSource::Remote => "remote",
-        };
-        let _ = writeln!(w, "source = {}", toml_string(source));
-        let _ = writeln!(w, "scratch_dir = {}", quoted(&d.scratch_dir));
-        if let Some(i) = &d.identity {
-            let _ = writeln!(w, "identity = {}", quoted(i));
-        }
-        if let Some(b) = &d.etcd_binary {
-            let _ = writeln!(w, "etcd_binary = {}", quoted(b));
-        }
-        let _ = writeln!(w, "timeout = {}", toml_string(&human(d.timeout)));
-        let _ = writeln!(w, "\n[records]");
-        let _ = writeln!(w, "successful_history_limit = {}", self.history.successful);
-        let _ = writeln!(w, "failed_history_limit = {}", self.history.failed);
         out
     }
+
+    fn top_level(&self) -> Section {
+        Section {
+            heading: None,
+            lines: vec![
+                set("schedule", toml_string(self.schedule.expression())),
+                set("timezone", toml_string(&self.timezone.to_string())),
+                set("paused", self.paused),
+                set("catch_up", self.catch_up),
+                set("state_dir", quoted(&self.state_dir)),
+                set_or_note(
+                    "metrics_file",
+                    self.metrics_file.as_deref().map(quoted),
+                    "metrics_file unset: no Prometheus textfile",
+                ),
+            ],
+        }
+    }
+}
+
+fn etcd(e: &EtcdConfig) -> Section {
+    Section::new(
+        "[etcd]",
+        vec![
+            set("manifest", quoted(&e.manifest)),
+            set_or_note(
+                "endpoint",
+                e.endpoint.as_deref().map(toml_string),
+                "endpoint: the loopback client URL in the manifest",
+            ),
+            set("ca_cert", quoted(&e.ca_cert)),
+            set("client_cert", quoted(&e.client_cert)),
+            set("client_key", quoted(&e.client_key)),
+            set("timeout", duration(e.timeout)),
+            set("stall_timeout", duration(e.stall_timeout)),
+            set("dial_timeout", duration(e.dial_timeout)),
+            set_or_note(
+                "rate_limit",
+                e.rate_limit.map(rate),
+                "rate_limit unset: the snapshot is read as fast as etcd sends",
+            ),
+        ],
+    )
+}
+
+fn local_storage(l: &LocalStorageConfig) -> Section {
+    let mut lines = vec![set("path", quoted(&l.path))];
+    lines.extend(retention(&l.retention));
+    Section::new("[local_storage]", lines)
+}
+
+/// `ttl`, the count rules and `min_keep` of a store, and what they imply.
+fn retention(rule: &Rule) -> Vec<Option<Line>> {
+    let ttl = rule.ttl.map_or_else(|| "forever".to_string(), human);
+    let mut lines = vec![
+        set("ttl", toml_string(&ttl)),
+        set_some("keep", rule.keep.map(|k| k.to_string())),
+    ];
+    lines
+        .extend(Period::ALL.map(|p| set_some(p.field(), rule.tiers.get(p).map(|n| n.to_string()))));
+    lines.extend([
+        set("min_keep", rule.min_keep),
+        note_if(
+            rule.tiers.any(),
+            format!(
+                "hours, days, weeks (ISO, from Monday) and months in the timezone {}",
+                toml_string(&rule.zone.to_string())
+            ),
+        ),
+        note_if(
+            rule.keeps_forever(),
+            "neither ttl nor a keep rule: snapshots here are never deleted",
+        ),
+    ]);
+    lines
+}
+
+/// Every destination in the new form: `[remote_storage]` is the first, named as its `name`
+/// says (`remote` by default), its systemd credential `etcdguard-s3`.
+fn destination(r: &DestinationConfig) -> Section {
+    let mut lines = vec![
+        set("name", toml_string(&r.name)),
+        set("type", toml_string(r.kind.as_str())),
+    ];
+    lines.extend(kind_keys(r));
+    lines.extend([
+        set_some("endpoint", r.endpoint.as_deref().map(toml_string)),
+        set("prefix", toml_string(&r.prefix)),
+        set_some(
+            "force_path_style",
+            (r.kind == Kind::S3).then(|| r.force_path_style.to_string()),
+        ),
+        set_some("ca_bundle", r.ca_bundle.as_deref().map(quoted)),
+        set_some(
+            "insecure_skip_tls_verify",
+            r.insecure_skip_tls_verify
+                .then(|| "true  # TLS NOT VERIFIED".to_string()),
+        ),
+        set_some("sse", r.sse.as_ref().map(sse_name)),
+        set_some(
+            "sse_kms_key_id",
+            match &r.sse {
+                Some(Sse::Kms(Some(key))) => Some(toml_string(key)),
+                _ => None,
+            },
+        ),
+        set_some(
+            "object_lock_mode",
+            r.object_lock.map(|l| toml_string(l.mode.as_str())),
+        ),
+        set_some(
+            "object_lock_period",
+            r.object_lock.map(|l| duration(l.period)),
+        ),
+    ]);
+    lines.extend(credentials(r));
+    lines.extend([
+        set("part_size", r.part_size),
+        set("concurrency", r.concurrency),
+        set("timeout", duration(r.timeout)),
+        set("stall_timeout", duration(r.stall_timeout)),
+        set_some("rate_limit", r.rate_limit.map(rate)),
+    ]);
+    lines.extend(retention(&r.retention));
+    lines.extend([
+        set(
+            "per",
+            toml_string(if r.per_cluster { "cluster" } else { "node" }),
+        ),
+        set_some(
+            "cluster_lease",
+            r.per_cluster.then(|| duration(r.cluster_lease)),
+        ),
+    ]);
+    Section::new("[[destination]]", lines)
+}
+
+/// The keys of the destination's kind of storage.
+fn kind_keys(r: &DestinationConfig) -> Vec<Option<Line>> {
+    match &r.kind {
+        Kind::S3 => vec![
+            set("bucket", toml_string(&r.bucket)),
+            set("region", toml_string(&r.region)),
+        ],
+        Kind::Gcs { anonymous } => vec![
+            set("bucket", toml_string(&r.bucket)),
+            set_some(
+                "anonymous",
+                anonymous.then(|| "true  # NO CREDENTIALS".to_string()),
+            ),
+        ],
+        Kind::Azblob { account } => vec![
+            set("container", toml_string(&r.bucket)),
+            set("account_name", toml_string(account)),
+        ],
+        Kind::Fs {
+            path,
+            require_mount,
+        } => vec![
+            set("path", quoted(path)),
+            set("require_mount", require_mount),
+        ],
+    }
+}
+
+fn sse_name(sse: &Sse) -> String {
+    toml_string(match sse {
+        Sse::S3Managed => "AES256",
+        Sse::Kms(_) => "aws:kms",
+    })
+}
+
+/// `credentials_file`, or `systemd_credential` and where the credentials come from without it.
+fn credentials(r: &DestinationConfig) -> Vec<Option<Line>> {
+    let name = match &r.credentials {
+        Credentials::File(p) => return vec![set("credentials_file", quoted(p))],
+        Credentials::SystemdOrDefault(name) => name,
+    };
+    let otherwise = match r.kind {
+        Kind::S3 => "the AWS chain (environment, profile, instance role)",
+        Kind::Gcs { .. } => "GCS application default credentials",
+        Kind::Azblob { .. } => "none: a key is required",
+        Kind::Fs { .. } => "none needed (the file system's permissions)",
+    };
+    vec![
+        set("systemd_credential", toml_string(name)),
+        note(format!(
+            "credentials: $CREDENTIALS_DIRECTORY/{name} (systemd LoadCredential=), else \
+             {otherwise}"
+        )),
+    ]
+}
+
+fn encryption(e: Option<&Encryption>) -> Section {
+    let Some(e) = e else {
+        return Section::absent("[encryption] absent: copies are the plain snapshot");
+    };
+    let recipients: String = e
+        .recipients
+        .iter()
+        .map(|r| format!("  {},\n", toml_string(r.text())))
+        .collect();
+    let level = match e.compression {
+        Compression::Zstd(level) => Some(level.to_string()),
+        _ => None,
+    };
+    Section::new(
+        "[encryption]",
+        vec![
+            note(format!("copies are sealed as <snapshot>.db{}", e.suffix())),
+            set("recipients", format!("[\n{recipients}]")),
+            set("compression", toml_string(e.compression.name())),
+            set_some("compression_level", level),
+            set("encrypt_local", e.encrypt_local),
+        ],
+    )
+}
+
+fn bundle(b: &BundleConfig) -> Section {
+    let extra: Vec<String> = b.extra_paths.iter().map(|p| quoted(p)).collect();
+    Section::new(
+        "[bundle]",
+        vec![
+            set("root", quoted(&b.root)),
+            set("extra_paths", format!("[{}]", extra.join(", "))),
+        ],
+    )
+}
+
+fn drill(d: &DrillConfig) -> Section {
+    let source = match d.source {
+        DrillSource::Local => "local",
+        DrillSource::Remote => "remote",
+    };
+    Section::new(
+        "[drill]",
+        vec![
+            set_or_note(
+                "schedule",
+                d.schedule.as_ref().map(|s| toml_string(s.expression())),
+                "no schedule: drills only by hand (`etcdguard drill`)",
+            ),
+            set("source", toml_string(source)),
+            set("scratch_dir", quoted(&d.scratch_dir)),
+            set_some("identity", d.identity.as_deref().map(quoted)),
+            set_some("etcd_binary", d.etcd_binary.as_deref().map(quoted)),
+            set("timeout", duration(d.timeout)),
+        ],
+    )
+}
+
+fn records(h: &HistoryLimits) -> Section {
+    Section::new(
+        "[records]",
+        vec![
+            set("successful_history_limit", h.successful),
+            set("failed_history_limit", h.failed),
+        ],
+    )
 }

@@ -6,15 +6,19 @@
 //! instead of stopping at the first. Nothing here touches the network; file checks that go
 //! beyond parsing (certificates, the manifest, the bucket) live in `preflight`.
 //!
-//! `raw` is the file's model, `validate` turns it into a `Config`, `display` prints it back
-//! with secrets redacted.
+//! `raw` is the file's model, `validate` turns it into a `Config` (the destinations in
+//! `destination`, single values checked by the `Validator` of `validator`), `display` prints
+//! it back with secrets redacted.
 
+mod destination;
 mod display;
 mod raw;
 mod validate;
+mod validator;
 
 use raw::RawConfig;
-use validate::{validate, Validator};
+use validate::validate;
+use validator::Validator;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -421,3 +421,47 @@ fn tiers_keep_last_and_their_problems() {
         e[0]
     );
 }
+
+/// The display and the problems of whole files, compared byte for byte.
+mod pinned;
+
+#[test]
+fn recipients_file_is_read_now() {
+    let r = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    let dir = std::env::temp_dir().join(format!("etcdguard-recipients-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.txt");
+    std::fs::write(&good, format!("# ops\n{r}\n")).unwrap();
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, format!("{r}\nage1bad\n")).unwrap();
+    let missing = dir.join("missing.txt");
+
+    let c = parse(
+        &format!("[encryption]\nrecipients = [{r:?}]\nrecipients_file = {good:?}\n"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.encryption.unwrap().recipients.len(),
+        1,
+        "the same key once"
+    );
+    let e = errs(&format!("[encryption]\nrecipients_file = {bad:?}\n"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    let prefix = format!(
+        "/etc/x.toml:2:19: encryption.recipients_file: {}:2: ",
+        bad.display()
+    );
+    assert!(e[0].starts_with(&prefix), "{e:?}");
+    let e = errs(&format!("[encryption]\nrecipients_file = {missing:?}\n"));
+    assert_eq!(
+        e,
+        [format!(
+            "/etc/x.toml:2:19: encryption.recipients_file: cannot read {}: No such file or \
+             directory (os error 2); with [encryption] nothing leaves the node until its \
+             recipients can be read",
+            missing.display()
+        )]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
