@@ -72,19 +72,11 @@ impl StateDir {
     }
 
     /// The default of `local_storage.path`.
-    #[expect(
-        dead_code,
-        reason = "config/validate.rs still spells this default; it moves here next"
-    )]
     pub fn default_snapshots_dir(&self) -> PathBuf {
         self.dir.join(SNAPSHOTS_DIR)
     }
 
     /// The default of `drill.scratch_dir`.
-    #[expect(
-        dead_code,
-        reason = "config/validate.rs still spells this default; it moves here next"
-    )]
     pub fn default_drill_scratch_dir(&self) -> PathBuf {
         self.dir.join(DRILL_DIR)
     }

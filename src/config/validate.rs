@@ -140,7 +140,11 @@ fn validate_local_storage(
     v: &mut Validator<'_>,
 ) -> LocalStorageConfig {
     LocalStorageConfig {
-        path: v.path(l.path, "local_storage.path", &state_dir.join("snapshots")),
+        path: v.path(
+            l.path,
+            "local_storage.path",
+            &crate::state::StateDir::new(state_dir).default_snapshots_dir(),
+        ),
         retention: v.retention(
             "local_storage",
             l.ttl,
@@ -239,7 +243,11 @@ fn validate_drill(
     DrillConfig {
         schedule,
         source,
-        scratch_dir: v.path(d.scratch_dir, "drill.scratch_dir", &state_dir.join("drill")),
+        scratch_dir: v.path(
+            d.scratch_dir,
+            "drill.scratch_dir",
+            &crate::state::StateDir::new(state_dir).default_drill_scratch_dir(),
+        ),
         identity,
         etcd_binary: d
             .etcd_binary
