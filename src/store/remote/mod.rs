@@ -368,14 +368,18 @@ impl Remote {
         }
     }
 
-    /// Snapshot objects under this node's prefix (sidecars and foreign names left out).
-    pub async fn list_node(&self) -> Result<Vec<ObjectInfo>, String> {
-        let entries = self
-            .op
+    /// Everything directly under this node's prefix.
+    async fn node_entries(&self) -> Result<Vec<opendal::Entry>, String> {
+        self.op
             .list_with(&self.node_prefix)
             .recursive(false)
             .await
-            .map_err(|e| self.explain(&e))?;
+            .map_err(|e| self.explain(&e))
+    }
+
+    /// Snapshot objects under this node's prefix (sidecars and foreign names left out).
+    pub async fn list_node(&self) -> Result<Vec<ObjectInfo>, String> {
+        let entries = self.node_entries().await?;
         let mut out = Vec::new();
         for e in entries {
             let key = e.path().to_string();
@@ -400,12 +404,7 @@ impl Remote {
     /// Deletes this node's sidecars whose snapshot object is gone (a run killed between
     /// deleting the object and its sidecar); the keys deleted.
     pub async fn delete_orphan_sidecars(&self) -> Result<Vec<String>, String> {
-        let entries = self
-            .op
-            .list_with(&self.node_prefix)
-            .recursive(false)
-            .await
-            .map_err(|e| self.explain(&e))?;
+        let entries = self.node_entries().await?;
         let keys: Vec<String> = entries.iter().map(|e| e.path().to_string()).collect();
         let mut deleted = Vec::new();
         for k in &keys {
