@@ -635,7 +635,7 @@ mod tests {
     }
 
     fn drill_record(ts: &str, ok: bool, source: &str, snapshot_at: &str) -> Record {
-        use crate::records::{Drill, DrillCheck};
+        use crate::records::{Drill, DrillCheck, Verdict};
         Record::drill(
             at(ts),
             None,
@@ -647,7 +647,7 @@ mod tests {
                 target_version: Some("3.7".into()),
                 checks: vec![DrillCheck {
                     name: "wal".into(),
-                    result: if ok { "passed" } else { "failed" }.into(),
+                    result: if ok { Verdict::Passed } else { Verdict::Failed },
                     detail: "x".into(),
                 }],
             },

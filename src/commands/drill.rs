@@ -102,7 +102,9 @@ pub(crate) fn drill_text(r: &Record) -> String {
     for c in &d.checks {
         out.push_str(&format!(
             "  {:<7}  {:<width$}  {}\n",
-            c.result, c.name, c.detail
+            c.result.as_str(),
+            c.name,
+            c.detail
         ));
     }
     out

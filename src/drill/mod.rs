@@ -28,6 +28,7 @@ use crate::fsutil;
 use crate::kubeadm::EtcdManifest;
 use crate::records::{
     self, Drill, DrillCheck, Member, MovedAside, Outcome, Record, RecordStore, RecordsError,
+    Verdict,
 };
 use crate::restore::datadir::{self, BuildOptions, RestorePlan};
 use crate::state::{LockError, StateDir};
@@ -80,10 +81,10 @@ struct Run {
 }
 
 impl Run {
-    fn push(&mut self, name: &str, result: &str, detail: String) {
+    fn push(&mut self, name: &str, result: Verdict, detail: String) {
         self.checks.push(DrillCheck {
             name: name.to_string(),
-            result: result.to_string(),
+            result,
             detail,
         });
     }
@@ -95,16 +96,20 @@ impl Run {
         f: impl FnOnce() -> Result<(T, String), String>,
     ) -> Option<T> {
         if self.failed {
-            self.push(name, "skipped", "not run: an earlier check failed".into());
+            self.push(
+                name,
+                Verdict::Skipped,
+                "not run: an earlier check failed".into(),
+            );
             return None;
         }
         match f() {
             Ok((v, detail)) => {
-                self.push(name, "passed", detail);
+                self.push(name, Verdict::Passed, detail);
                 Some(v)
             }
             Err(e) => {
-                self.push(name, "failed", e);
+                self.push(name, Verdict::Failed, e);
                 self.failed = true;
                 None
             }
@@ -597,7 +602,7 @@ fn drill_dir(
     match binary {
         None => run.push(
             "etcd-start",
-            "skipped",
+            Verdict::Skipped,
             "off: set [drill] etcd_binary to start an etcd of this node's version on the \
              built dir"
                 .into(),

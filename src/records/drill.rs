@@ -26,7 +26,47 @@ pub struct Drill {
 #[serde(rename_all = "camelCase")]
 pub struct DrillCheck {
     pub name: String,
-    /// `passed`, `failed`, or `skipped` (an earlier check failed, or it is off).
-    pub result: String,
+    pub result: Verdict,
     pub detail: String,
+}
+
+/// What one drill check found; written as the lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Passed,
+    Failed,
+    /// Not run: an earlier check failed, or the check is off.
+    Skipped,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+            Verdict::Skipped => "skipped",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_written_as_the_strings_records_always_had() {
+        for (v, s) in [
+            (Verdict::Passed, "passed"),
+            (Verdict::Failed, "failed"),
+            (Verdict::Skipped, "skipped"),
+        ] {
+            assert_eq!(serde_json::to_value(v).unwrap(), s);
+            assert_eq!(v.as_str(), s);
+            assert_eq!(serde_json::from_value::<Verdict>(s.into()).unwrap(), v);
+        }
+        let json = r#"{"source":"local","checks":[{"name":"wal","result":"failed","detail":"d"}]}"#;
+        let d: Drill = serde_json::from_str(json).unwrap();
+        assert_eq!(serde_json::to_string(&d).unwrap(), json);
+    }
 }
