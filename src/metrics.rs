@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::fsutil;
-use crate::records::{Outcome, RecordStore, RecordsFile, Trigger};
+use crate::records::{DrillOrigin, Outcome, RecordStore, RecordsFile, Trigger};
 use crate::retention::{self, Rule};
 
 /// node_exporter usually runs as its own user: the metrics file is world-readable. It holds no
@@ -241,8 +241,8 @@ fn drills(out: &mut String, file: &RecordsFile, ctx: &Context) {
     }
     let mut verified = Vec::new();
     for (dest, label) in [
-        ("local", "{destination=\"local\"}"),
-        ("remote", "{destination=\"remote\"}"),
+        (DrillOrigin::Local, "{destination=\"local\"}"),
+        (DrillOrigin::Remote, "{destination=\"remote\"}"),
     ] {
         let newest = drills()
             .filter(|r| r.result == Outcome::Success)
@@ -634,7 +634,7 @@ mod tests {
             .with_timezone(&Utc)
     }
 
-    fn drill_record(ts: &str, ok: bool, source: &str, snapshot_at: &str) -> Record {
+    fn drill_record(ts: &str, ok: bool, source: DrillOrigin, snapshot_at: &str) -> Record {
         use crate::records::{Drill, DrillCheck, Verdict};
         Record::drill(
             at(ts),
@@ -642,7 +642,7 @@ mod tests {
             None,
             Drill {
                 snapshot_id: None,
-                source: source.into(),
+                source,
                 snapshot_timestamp: Some(at(snapshot_at)),
                 target_version: Some("3.7".into()),
                 checks: vec![DrillCheck {
@@ -669,13 +669,13 @@ mod tests {
         f.push(drill_record(
             "2026-05-01T10:30:00Z",
             true,
-            "local",
+            DrillOrigin::Local,
             "2026-05-01T10:00:00Z",
         ));
         f.push(drill_record(
             "2026-05-01T11:30:00Z",
             false,
-            "remote",
+            DrillOrigin::Remote,
             "2026-05-01T11:00:00Z",
         ));
         let text = render(&f, &ctx(false, None));
@@ -770,7 +770,7 @@ mod tests {
         f.push(drill_record(
             "2026-05-01T10:30:00Z",
             true,
-            "local",
+            DrillOrigin::Local,
             "2026-05-01T10:00:00Z",
         ));
         let text = render(&f, &Context::of(&config, Some(Utc::now()), Utc::now()));

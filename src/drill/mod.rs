@@ -27,8 +27,8 @@ use crate::etcdversion::{self, Compat, Minor};
 use crate::fsutil;
 use crate::kubeadm::EtcdManifest;
 use crate::records::{
-    self, Drill, DrillCheck, Member, MovedAside, Outcome, Record, RecordStore, RecordsError,
-    Verdict,
+    self, Drill, DrillCheck, DrillOrigin, Member, MovedAside, Outcome, Record, RecordStore,
+    RecordsError, Verdict,
 };
 use crate::restore::datadir::{self, BuildOptions, RestorePlan};
 use crate::state::{LockError, StateDir};
@@ -161,7 +161,7 @@ struct Chosen {
     /// Its name for humans.
     shown: String,
     record: Option<Record>,
-    source: &'static str,
+    source: DrillOrigin,
     _open: Option<File>,
     _unsealed: Option<Unsealed>,
 }
@@ -265,7 +265,7 @@ pub fn run_drill(
             .as_ref()
             .and_then(|c| c.record.as_ref())
             .map(|r| r.id.clone()),
-        source: chosen.as_ref().map_or("none", |c| c.source).to_string(),
+        source: chosen.as_ref().map_or(DrillOrigin::None, |c| c.source),
         snapshot_timestamp: chosen
             .as_ref()
             .and_then(|c| c.record.as_ref())
@@ -311,11 +311,11 @@ fn choose(
             shown: found.path.display().to_string(),
             path: found.path,
             source: if downloaded {
-                "remote"
+                DrillOrigin::Remote
             } else if record.is_some() {
-                "local"
+                DrillOrigin::Local
             } else {
-                "file"
+                DrillOrigin::File
             },
             record,
             _open: None,
@@ -361,7 +361,7 @@ fn choose(
                         shown: via.clone(),
                         path: found.path,
                         record: Some(r.clone()),
-                        source: "remote",
+                        source: DrillOrigin::Remote,
                         _open: None,
                         _unsealed: None,
                     },
@@ -377,9 +377,9 @@ fn choose(
             r.id,
             r.file_name.as_deref().unwrap_or("?"),
             records::rfc3339(r.backup_timestamp),
-            chosen.source
+            chosen.source.as_str()
         ),
-        None => format!("{} ({})", chosen.shown, chosen.source),
+        None => format!("{} ({})", chosen.shown, chosen.source.as_str()),
     };
     if let Some(via) = downloaded {
         detail.push_str(&format!(
@@ -440,7 +440,7 @@ fn open_newest_local(config: &Config) -> Result<Option<Chosen>, String> {
                     path: PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
                     shown: path.display().to_string(),
                     record: Some(r.clone()),
-                    source: "local",
+                    source: DrillOrigin::Local,
                     _open: Some(f),
                     _unsealed: None,
                 }))

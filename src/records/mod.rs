@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use copy::{
     BundleCopy, ClusterCopy, CopyState, LocalCopy, RemoteCopy, RemoteState, SealedCopy,
 };
-pub use drill::{Drill, DrillCheck, Verdict};
+pub use drill::{Drill, DrillCheck, DrillOrigin, Verdict};
 pub use health::Health;
 pub use store::{MovedAside, RecordStore, RecordsError};
 
