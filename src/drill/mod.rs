@@ -11,29 +11,28 @@
 //! `/proc/self/fd`), so retention deleting it meanwhile changes nothing.
 
 mod checks;
+mod choose;
 mod start;
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, DrillSource};
-use crate::encryption::{self, Identities, Unsealed};
+use crate::config::Config;
 use crate::etcddb::{self, SnapshotFileReport};
 use crate::etcdversion::{self, Compat, Minor};
 use crate::fsutil;
 use crate::kubeadm::EtcdManifest;
 use crate::records::{
-    self, Drill, DrillCheck, DrillOrigin, Member, MovedAside, Outcome, Record, RecordStore,
-    RecordsError, Verdict,
+    Drill, DrillCheck, DrillOrigin, Member, MovedAside, Outcome, Record, RecordStore, RecordsError,
+    Verdict,
 };
 use crate::restore::datadir::{self, BuildOptions, RestorePlan};
 use crate::state::{LockError, StateDir};
 
 use checks::{DbContent, NodeIdentity};
+use choose::{choose, Chosen};
 
 /// Test-only: damage the built data dir before it is checked (`consistent-index`), to show
 /// that the checks catch an engine that builds a wrong dir.
@@ -152,18 +151,6 @@ impl Drop for Scratch {
             tracing::error!(dir = %self.path.display(), "cannot remove the drill's scratch dir: {e}");
         }
     }
-}
-
-/// The snapshot a drill restores, open for the whole drill.
-struct Chosen {
-    /// What is read (a plain snapshot): a file, `/proc/self/fd/N`, or the opened copy.
-    path: PathBuf,
-    /// Its name for humans.
-    shown: String,
-    record: Option<Record>,
-    source: DrillOrigin,
-    _open: Option<File>,
-    _unsealed: Option<Unsealed>,
 }
 
 /// This node: who it is, and the etcd it runs.
@@ -288,168 +275,6 @@ pub fn run_drill(
         record,
         records_moved: moved,
     })
-}
-
-/// The newest good record's snapshot of this node, by `[drill] source`.
-fn choose(
-    config: &Config,
-    opts: &DrillOptions,
-    records: &[Record],
-    scratch: &Path,
-    handle: &tokio::runtime::Handle,
-) -> Result<(Chosen, String), String> {
-    let located = if let Some(s) = &opts.snapshot {
-        let found = handle.block_on(crate::restore::source::locate_into(
-            config,
-            Path::new("/"),
-            s,
-            scratch,
-        ))?;
-        let record = records.iter().find(|r| r.id == *s).cloned();
-        let downloaded = found.path.starts_with(scratch);
-        let chosen = Chosen {
-            shown: found.path.display().to_string(),
-            path: found.path,
-            source: if downloaded {
-                DrillOrigin::Remote
-            } else if record.is_some() {
-                DrillOrigin::Local
-            } else {
-                DrillOrigin::File
-            },
-            record,
-            _open: None,
-            _unsealed: None,
-        };
-        (chosen, None)
-    } else {
-        let remote = opts.remote || config.drill.source == DrillSource::Remote;
-        let local = (!remote)
-            .then(|| open_newest_local(config))
-            .transpose()?
-            .flatten();
-        match local {
-            Some(c) => (c, None),
-            None => {
-                let r = records
-                    .iter()
-                    .rev()
-                    .filter(|r| r.trigger.is_backup())
-                    .find(|r| r.remotes.iter().any(|c| c.may_exist()))
-                    .ok_or_else(|| {
-                        if remote {
-                            "no remote copy to drill: this node's records list no uploaded copy"
-                                .to_string()
-                        } else {
-                            "no good snapshot to drill: this node's records list neither a local \
-                             snapshot nor a remote copy"
-                                .to_string()
-                        }
-                    })?;
-                let Some((_, copy)) = crate::restore::source::remote_copy_of(config, r) else {
-                    return Err(format!(
-                        "record {} has only remote copies, and none is at a configured \
-                         destination",
-                        r.id
-                    ));
-                };
-                let via = copy.location.clone();
-                let found =
-                    handle.block_on(crate::restore::source::download_copy(config, r, scratch))?;
-                (
-                    Chosen {
-                        shown: via.clone(),
-                        path: found.path,
-                        record: Some(r.clone()),
-                        source: DrillOrigin::Remote,
-                        _open: None,
-                        _unsealed: None,
-                    },
-                    Some(via),
-                )
-            }
-        }
-    };
-    let (mut chosen, downloaded) = located;
-    let mut detail = match &chosen.record {
-        Some(r) => format!(
-            "record {} ({}, taken {}), {} copy",
-            r.id,
-            r.file_name.as_deref().unwrap_or("?"),
-            records::rfc3339(r.backup_timestamp),
-            chosen.source.as_str()
-        ),
-        None => format!("{} ({})", chosen.shown, chosen.source.as_str()),
-    };
-    if let Some(via) = downloaded {
-        detail.push_str(&format!(
-            ", downloaded from {via} and checked against its record"
-        ));
-    }
-    // A sealed copy is opened into the scratch dir with the identity.
-    if encryption::is_sealed(&chosen.path).map_err(|e| format!("{}: {e}", chosen.shown))? {
-        let id = opts
-            .identity
-            .as_ref()
-            .or(config.drill.identity.as_ref())
-            .ok_or_else(|| {
-                format!(
-                    "{} is encrypted: give [drill] identity (or --identity) with a key that \
-                     opens it",
-                    chosen.shown
-                )
-            })?;
-        let ids = Identities::load(id)?;
-        let u = Unsealed::create(&chosen.path, Some(&ids), scratch)
-            .map_err(|e| format!("{}: {e}", chosen.shown))?;
-        if let Some(want) = chosen.record.as_ref().and_then(|r| r.sha256.as_deref()) {
-            if u.sha256() != want {
-                return Err(format!(
-                    "{} opens to a snapshot with sha256 {}, but its record says {want}",
-                    chosen.shown,
-                    u.sha256()
-                ));
-            }
-        }
-        detail.push_str(&format!(", opened with {}", id.display()));
-        chosen.path = u.path().to_owned();
-        chosen._unsealed = Some(u);
-    }
-    Ok((chosen, detail))
-}
-
-/// The newest good local snapshot, opened (a file retention deletes between reading the
-/// records and opening it is looked for again).
-fn open_newest_local(config: &Config) -> Result<Option<Chosen>, String> {
-    for _ in 0..3 {
-        let records = RecordStore::new(&config.state_dir)
-            .load()
-            .map_err(|e| e.to_string())?
-            .records;
-        let Some(r) = records
-            .iter()
-            .rev()
-            .find(|r| r.trigger.is_backup() && r.is_good_local())
-        else {
-            return Ok(None);
-        };
-        let path = &r.local.as_ref().expect("good local").path;
-        match File::open(path) {
-            Ok(f) => {
-                return Ok(Some(Chosen {
-                    path: PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
-                    shown: path.display().to_string(),
-                    record: Some(r.clone()),
-                    source: DrillOrigin::Local,
-                    _open: Some(f),
-                    _unsealed: None,
-                }))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
-        }
-    }
-    Err("the newest local snapshots kept disappearing while the drill opened them".into())
 }
 
 /// The checks from the snapshot's integrity to the optional etcd start. Returns the target
