@@ -12,6 +12,7 @@
 
 mod checks;
 mod choose;
+mod damage;
 mod start;
 
 use std::path::{Path, PathBuf};
@@ -36,9 +37,6 @@ use crate::state::{LockError, StateDir};
 use checks::{DbContent, NodeIdentity};
 use choose::{choose, Chosen};
 
-/// Test-only: damage the built data dir before it is checked (`consistent-index`), to show
-/// that the checks catch an engine that builds a wrong dir.
-pub const TEST_DAMAGE_ENV: &str = "ETCDGUARD_TEST_DRILL_DAMAGE";
 const SCRATCH_PREFIX: &str = "drill-";
 
 /// What the operator (or the schedule) asked for.
@@ -338,9 +336,7 @@ fn drill_dir(d: &Drilling, run: &mut Run, cancel: &AtomicBool) -> Option<Minor> 
     if interrupted() {
         return None;
     }
-    if std::env::var(TEST_DAMAGE_ENV).as_deref() == Ok("consistent-index") {
-        damage_consistent_index(&data_dir.join("member/snap/db"));
-    }
+    damage::apply(&data_dir);
     check_built(run, &source, &data_dir, &built.cluster)?;
     if interrupted() {
         return None;
@@ -543,33 +539,6 @@ fn start_etcd(
         )
         .map(|detail| ((), detail))
     });
-}
-
-/// Test-only damage: the built db's consistent index one past the WAL's commit, as an engine
-/// that got it wrong would leave it.
-fn damage_consistent_index(db_path: &Path) {
-    use crate::etcddb::writer::{self, Change, Item};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(db_path)
-        .expect("test damage: open the built db");
-    let len = f.metadata().expect("test damage: stat").len();
-    let db = etcddb::Db::open(f, len).expect("test damage: a db");
-    let status = etcddb::status(&db).expect("test damage: status");
-    let ci = status.consistent_index.unwrap_or(0) + 1;
-    let term = status.term.unwrap_or(1);
-    writer::commit(
-        &db,
-        &[(
-            etcddb::schema::META,
-            Change::Put(vec![
-                Item::new(etcddb::schema::CONSISTENT_INDEX, &ci.to_be_bytes()),
-                Item::new(etcddb::schema::TERM, &term.to_be_bytes()),
-            ]),
-        )],
-    )
-    .expect("test damage: commit");
 }
 
 /// The one structured log line per drill (journald fields when logging there).
