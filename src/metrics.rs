@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::fsutil;
-use crate::records::{DrillOrigin, Outcome, RecordStore, RecordsFile, Trigger};
+use crate::records::{DrillOrigin, Outcome, Record, RecordStore, RecordsFile, Stats, Trigger};
 use crate::retention::{self, Rule};
 
 /// node_exporter usually runs as its own user: the metrics file is world-readable. It holds no
@@ -183,24 +183,10 @@ fn freshness(out: &mut String, file: &RecordsFile, ctx: &Context) {
     );
 }
 
-/// Restore drills: the last one, the last that passed, and the newest snapshot per
-/// destination a drill proved restorable.
+/// Restore drills: the counts, the last one, the last that passed, and the newest snapshot
+/// per destination a drill proved restorable.
 fn drills(out: &mut String, file: &RecordsFile, ctx: &Context) {
-    let drills = || {
-        file.records
-            .iter()
-            .rev()
-            .filter(|r| r.trigger == Trigger::Drill)
-    };
-    let s = &file.stats;
-    let _ = writeln!(
-        out,
-        "# HELP etcdguard_drills_total Restore drills by result.\n\
-         # TYPE etcdguard_drills_total counter\n\
-         etcdguard_drills_total{{result=\"success\"}} {}\n\
-         etcdguard_drills_total{{result=\"failed\"}} {}",
-        s.drill_success, s.drill_failed
-    );
+    drills_total(out, &file.stats);
     if let Some(m) = ctx.drill_max_age {
         gauge(
             out,
@@ -210,9 +196,43 @@ fn drills(out: &mut String, file: &RecordsFile, ctx: &Context) {
             &[("", m.as_secs().to_string())],
         );
     }
-    let Some(last) = drills().next() else {
+    let Some(last) = drill_records(file).next() else {
         return;
     };
+    last_drill(out, last);
+    if let Some(ok) = drill_records(file).find(|r| r.result == Outcome::Success) {
+        gauge(
+            out,
+            "etcdguard_last_drill_success_timestamp_seconds",
+            "Time of the last restore drill that passed.",
+            &[("", secs(ok.backup_timestamp))],
+        );
+    }
+    last_verified(out, file);
+}
+
+/// The drill records, newest first.
+fn drill_records(file: &RecordsFile) -> impl Iterator<Item = &Record> {
+    file.records
+        .iter()
+        .rev()
+        .filter(|r| r.trigger == Trigger::Drill)
+}
+
+/// `etcdguard_drills_total`, from the records file's counters.
+fn drills_total(out: &mut String, s: &Stats) {
+    let _ = writeln!(
+        out,
+        "# HELP etcdguard_drills_total Restore drills by result.\n\
+         # TYPE etcdguard_drills_total counter\n\
+         etcdguard_drills_total{{result=\"success\"}} {}\n\
+         etcdguard_drills_total{{result=\"failed\"}} {}",
+        s.drill_success, s.drill_failed
+    );
+}
+
+/// The last drill's time, result and duration.
+fn last_drill(out: &mut String, last: &Record) {
     gauge(
         out,
         "etcdguard_last_drill_timestamp_seconds",
@@ -231,23 +251,20 @@ fn drills(out: &mut String, file: &RecordsFile, ctx: &Context) {
         "Duration of the last restore drill.",
         &[("", format!("{:.3}", last.duration_seconds))],
     );
-    if let Some(ok) = drills().find(|r| r.result == Outcome::Success) {
-        gauge(
-            out,
-            "etcdguard_last_drill_success_timestamp_seconds",
-            "Time of the last restore drill that passed.",
-            &[("", secs(ok.backup_timestamp))],
-        );
-    }
+}
+
+/// `etcdguard_last_verified_timestamp_seconds`: the backup time of the newest snapshot a
+/// passed drill restored, per destination (local or remote); nothing when none did.
+fn last_verified(out: &mut String, file: &RecordsFile) {
     let mut verified = Vec::new();
-    for (dest, label) in [
+    for (origin, label) in [
         (DrillOrigin::Local, "{destination=\"local\"}"),
         (DrillOrigin::Remote, "{destination=\"remote\"}"),
     ] {
-        let newest = drills()
+        let newest = drill_records(file)
             .filter(|r| r.result == Outcome::Success)
             .filter_map(|r| r.drill.as_ref())
-            .filter(|d| d.source == dest)
+            .filter(|d| d.source == origin)
             .filter_map(|d| d.snapshot_timestamp)
             .max();
         if let Some(t) = newest {
