@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::fsutil;
-use crate::records::{Outcome, RecordStore, RecordsFile, Trigger};
+use crate::records::{DrillOrigin, Outcome, Record, RecordStore, RecordsFile, Stats, Trigger};
 use crate::retention::{self, Rule};
 
 /// node_exporter usually runs as its own user: the metrics file is world-readable. It holds no
@@ -183,24 +183,10 @@ fn freshness(out: &mut String, file: &RecordsFile, ctx: &Context) {
     );
 }
 
-/// Restore drills: the last one, the last that passed, and the newest snapshot per
-/// destination a drill proved restorable.
+/// Restore drills: the counts, the last one, the last that passed, and the newest snapshot
+/// per destination a drill proved restorable.
 fn drills(out: &mut String, file: &RecordsFile, ctx: &Context) {
-    let drills = || {
-        file.records
-            .iter()
-            .rev()
-            .filter(|r| r.trigger == Trigger::Drill)
-    };
-    let s = &file.stats;
-    let _ = writeln!(
-        out,
-        "# HELP etcdguard_drills_total Restore drills by result.\n\
-         # TYPE etcdguard_drills_total counter\n\
-         etcdguard_drills_total{{result=\"success\"}} {}\n\
-         etcdguard_drills_total{{result=\"failed\"}} {}",
-        s.drill_success, s.drill_failed
-    );
+    drills_total(out, &file.stats);
     if let Some(m) = ctx.drill_max_age {
         gauge(
             out,
@@ -210,9 +196,43 @@ fn drills(out: &mut String, file: &RecordsFile, ctx: &Context) {
             &[("", m.as_secs().to_string())],
         );
     }
-    let Some(last) = drills().next() else {
+    let Some(last) = drill_records(file).next() else {
         return;
     };
+    last_drill(out, last);
+    if let Some(ok) = drill_records(file).find(|r| r.result == Outcome::Success) {
+        gauge(
+            out,
+            "etcdguard_last_drill_success_timestamp_seconds",
+            "Time of the last restore drill that passed.",
+            &[("", secs(ok.backup_timestamp))],
+        );
+    }
+    last_verified(out, file);
+}
+
+/// The drill records, newest first.
+fn drill_records(file: &RecordsFile) -> impl Iterator<Item = &Record> {
+    file.records
+        .iter()
+        .rev()
+        .filter(|r| r.trigger == Trigger::Drill)
+}
+
+/// `etcdguard_drills_total`, from the records file's counters.
+fn drills_total(out: &mut String, s: &Stats) {
+    let _ = writeln!(
+        out,
+        "# HELP etcdguard_drills_total Restore drills by result.\n\
+         # TYPE etcdguard_drills_total counter\n\
+         etcdguard_drills_total{{result=\"success\"}} {}\n\
+         etcdguard_drills_total{{result=\"failed\"}} {}",
+        s.drill_success, s.drill_failed
+    );
+}
+
+/// The last drill's time, result and duration.
+fn last_drill(out: &mut String, last: &Record) {
     gauge(
         out,
         "etcdguard_last_drill_timestamp_seconds",
@@ -231,23 +251,20 @@ fn drills(out: &mut String, file: &RecordsFile, ctx: &Context) {
         "Duration of the last restore drill.",
         &[("", format!("{:.3}", last.duration_seconds))],
     );
-    if let Some(ok) = drills().find(|r| r.result == Outcome::Success) {
-        gauge(
-            out,
-            "etcdguard_last_drill_success_timestamp_seconds",
-            "Time of the last restore drill that passed.",
-            &[("", secs(ok.backup_timestamp))],
-        );
-    }
+}
+
+/// `etcdguard_last_verified_timestamp_seconds`: the backup time of the newest snapshot a
+/// passed drill restored, per destination (local or remote); nothing when none did.
+fn last_verified(out: &mut String, file: &RecordsFile) {
     let mut verified = Vec::new();
-    for (dest, label) in [
-        ("local", "{destination=\"local\"}"),
-        ("remote", "{destination=\"remote\"}"),
+    for (origin, label) in [
+        (DrillOrigin::Local, "{destination=\"local\"}"),
+        (DrillOrigin::Remote, "{destination=\"remote\"}"),
     ] {
-        let newest = drills()
+        let newest = drill_records(file)
             .filter(|r| r.result == Outcome::Success)
             .filter_map(|r| r.drill.as_ref())
-            .filter(|d| d.source == dest)
+            .filter(|d| d.source == origin)
             .filter_map(|d| d.snapshot_timestamp)
             .max();
         if let Some(t) = newest {
@@ -634,20 +651,20 @@ mod tests {
             .with_timezone(&Utc)
     }
 
-    fn drill_record(ts: &str, ok: bool, source: &str, snapshot_at: &str) -> Record {
-        use crate::records::{Drill, DrillCheck};
+    fn drill_record(ts: &str, ok: bool, source: DrillOrigin, snapshot_at: &str) -> Record {
+        use crate::records::{Drill, DrillCheck, Verdict};
         Record::drill(
             at(ts),
             None,
             None,
             Drill {
                 snapshot_id: None,
-                source: source.into(),
+                source,
                 snapshot_timestamp: Some(at(snapshot_at)),
                 target_version: Some("3.7".into()),
                 checks: vec![DrillCheck {
                     name: "wal".into(),
-                    result: if ok { "passed" } else { "failed" }.into(),
+                    result: if ok { Verdict::Passed } else { Verdict::Failed },
                     detail: "x".into(),
                 }],
             },
@@ -669,13 +686,13 @@ mod tests {
         f.push(drill_record(
             "2026-05-01T10:30:00Z",
             true,
-            "local",
+            DrillOrigin::Local,
             "2026-05-01T10:00:00Z",
         ));
         f.push(drill_record(
             "2026-05-01T11:30:00Z",
             false,
-            "remote",
+            DrillOrigin::Remote,
             "2026-05-01T11:00:00Z",
         ));
         let text = render(&f, &ctx(false, None));
@@ -770,7 +787,7 @@ mod tests {
         f.push(drill_record(
             "2026-05-01T10:30:00Z",
             true,
-            "local",
+            DrillOrigin::Local,
             "2026-05-01T10:00:00Z",
         ));
         let text = render(&f, &Context::of(&config, Some(Utc::now()), Utc::now()));

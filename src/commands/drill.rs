@@ -89,8 +89,8 @@ pub(crate) fn drill_text(r: &Record) -> String {
         r.file_name.as_deref().unwrap_or("no snapshot"),
         d.snapshot_id
             .as_ref()
-            .map(|i| format!(" (record {i}, {} copy)", d.source))
-            .unwrap_or_else(|| format!(" ({})", d.source)),
+            .map(|i| format!(" (record {i}, {} copy)", d.source.as_str()))
+            .unwrap_or_else(|| format!(" ({})", d.source.as_str())),
         d.target_version
             .as_ref()
             .map(|v| format!(", built for etcd {v}"))
@@ -100,7 +100,9 @@ pub(crate) fn drill_text(r: &Record) -> String {
     for c in &d.checks {
         out.push_str(&format!(
             "  {:<7}  {:<width$}  {}\n",
-            c.result, c.name, c.detail
+            c.result.as_str(),
+            c.name,
+            c.detail
         ));
     }
     out

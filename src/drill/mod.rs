@@ -11,32 +11,32 @@
 //! `/proc/self/fd`), so retention deleting it meanwhile changes nothing.
 
 mod checks;
+mod choose;
+mod damage;
 mod start;
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, DrillSource};
-use crate::encryption::{self, Identities, Unsealed};
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
 use crate::etcddb::{self, SnapshotFileReport};
 use crate::etcdversion::{self, Compat, Minor};
 use crate::fsutil;
 use crate::kubeadm::EtcdManifest;
 use crate::records::{
-    self, Drill, DrillCheck, Member, MovedAside, Outcome, Record, RecordStore, RecordsError,
+    Drill, DrillCheck, DrillOrigin, Member, MovedAside, Outcome, Record, RecordStore, RecordsError,
+    Verdict,
 };
-use crate::restore::datadir::{self, BuildOptions, RestorePlan};
+use crate::restore::datadir::{self, BuildOptions, BuildReport, Cluster, RestorePlan};
 use crate::state::{LockError, StateDir};
 
 use checks::{DbContent, NodeIdentity};
+use choose::{choose, Chosen};
 
-/// Test-only: damage the built data dir before it is checked (`consistent-index`), to show
-/// that the checks catch an engine that builds a wrong dir.
-pub const TEST_DAMAGE_ENV: &str = "ETCDGUARD_TEST_DRILL_DAMAGE";
 const SCRATCH_PREFIX: &str = "drill-";
 
 /// What the operator (or the schedule) asked for.
@@ -80,10 +80,10 @@ struct Run {
 }
 
 impl Run {
-    fn push(&mut self, name: &str, result: &str, detail: String) {
+    fn push(&mut self, name: &str, result: Verdict, detail: String) {
         self.checks.push(DrillCheck {
             name: name.to_string(),
-            result: result.to_string(),
+            result,
             detail,
         });
     }
@@ -95,16 +95,20 @@ impl Run {
         f: impl FnOnce() -> Result<(T, String), String>,
     ) -> Option<T> {
         if self.failed {
-            self.push(name, "skipped", "not run: an earlier check failed".into());
+            self.push(
+                name,
+                Verdict::Skipped,
+                "not run: an earlier check failed".into(),
+            );
             return None;
         }
         match f() {
             Ok((v, detail)) => {
-                self.push(name, "passed", detail);
+                self.push(name, Verdict::Passed, detail);
                 Some(v)
             }
             Err(e) => {
-                self.push(name, "failed", e);
+                self.push(name, Verdict::Failed, e);
                 self.failed = true;
                 None
             }
@@ -147,18 +151,6 @@ impl Drop for Scratch {
             tracing::error!(dir = %self.path.display(), "cannot remove the drill's scratch dir: {e}");
         }
     }
-}
-
-/// The snapshot a drill restores, open for the whole drill.
-struct Chosen {
-    /// What is read (a plain snapshot): a file, `/proc/self/fd/N`, or the opened copy.
-    path: PathBuf,
-    /// Its name for humans.
-    shown: String,
-    record: Option<Record>,
-    source: &'static str,
-    _open: Option<File>,
-    _unsealed: Option<Unsealed>,
 }
 
 /// This node: who it is, and the etcd it runs.
@@ -237,43 +229,28 @@ pub fn run_drill(
     };
     let mut target = None;
     if let (Some(node), Some(scratch), Some(chosen)) = (&node, &scratch, &chosen) {
-        target = drill_dir(
-            config, opts, &mut run, node, scratch, chosen, &cancel, handle,
-        );
+        let d = Drilling {
+            config,
+            opts,
+            node,
+            scratch,
+            chosen,
+            handle,
+        };
+        target = drill_dir(&d, &mut run, &cancel);
     }
     if cancel.load(Ordering::SeqCst) {
         return Err(DrillError::Interrupted("shutdown".into()));
     }
     drop(scratch);
-    let snapshot = chosen.as_ref().map(|c| {
-        (
-            c.record
-                .as_ref()
-                .and_then(|r| r.file_name.clone())
-                .unwrap_or_else(|| c.shown.clone()),
-            c.record.as_ref().and_then(|r| r.revision),
-            c.record.as_ref().and_then(|r| r.sha256.clone()),
-        )
-    });
-    let drill = Drill {
-        snapshot_id: chosen
-            .as_ref()
-            .and_then(|c| c.record.as_ref())
-            .map(|r| r.id.clone()),
-        source: chosen.as_ref().map_or("none", |c| c.source).to_string(),
-        snapshot_timestamp: chosen
-            .as_ref()
-            .and_then(|c| c.record.as_ref())
-            .map(|r| r.backup_timestamp),
-        target_version: target.map(|m: Minor| m.to_string()),
-        checks: run.checks,
-    };
-    let member = node.as_ref().map(|n| Member {
-        name: n.identity.name.clone(),
-        id: n.identity.member_id.map(|i| format!("{i:x}")),
-        endpoint: String::new(),
-    });
-    let record = Record::drill(started, member, snapshot, drill, t0.elapsed().as_secs_f64());
+    let record = drill_record(
+        started,
+        t0,
+        node.as_ref(),
+        chosen.as_ref(),
+        target,
+        run.checks,
+    );
     let history = config.history;
     let (_, moved) = store.update(crate::clock::now(), |f| {
         f.push(record.clone());
@@ -285,186 +262,95 @@ pub fn run_drill(
     })
 }
 
-/// The newest good record's snapshot of this node, by `[drill] source`.
-fn choose(
-    config: &Config,
-    opts: &DrillOptions,
-    records: &[Record],
-    scratch: &Path,
-    handle: &tokio::runtime::Handle,
-) -> Result<(Chosen, String), String> {
-    let located = if let Some(s) = &opts.snapshot {
-        let found = handle.block_on(crate::restore::source::locate_into(
-            config,
-            Path::new("/"),
-            s,
-            scratch,
-        ))?;
-        let record = records.iter().find(|r| r.id == *s).cloned();
-        let downloaded = found.path.starts_with(scratch);
-        let chosen = Chosen {
-            shown: found.path.display().to_string(),
-            path: found.path,
-            source: if downloaded {
-                "remote"
-            } else if record.is_some() {
-                "local"
-            } else {
-                "file"
-            },
-            record,
-            _open: None,
-            _unsealed: None,
-        };
-        (chosen, None)
-    } else {
-        let remote = opts.remote || config.drill.source == DrillSource::Remote;
-        let local = (!remote)
-            .then(|| open_newest_local(config))
-            .transpose()?
-            .flatten();
-        match local {
-            Some(c) => (c, None),
-            None => {
-                let r = records
-                    .iter()
-                    .rev()
-                    .filter(|r| r.trigger.is_backup())
-                    .find(|r| r.remotes.iter().any(|c| c.may_exist()))
-                    .ok_or_else(|| {
-                        if remote {
-                            "no remote copy to drill: this node's records list no uploaded copy"
-                                .to_string()
-                        } else {
-                            "no good snapshot to drill: this node's records list neither a local \
-                             snapshot nor a remote copy"
-                                .to_string()
-                        }
-                    })?;
-                let Some((_, copy)) = crate::restore::source::remote_copy_of(config, r) else {
-                    return Err(format!(
-                        "record {} has only remote copies, and none is at a configured \
-                         destination",
-                        r.id
-                    ));
-                };
-                let via = copy.location.clone();
-                let found =
-                    handle.block_on(crate::restore::source::download_copy(config, r, scratch))?;
-                (
-                    Chosen {
-                        shown: via.clone(),
-                        path: found.path,
-                        record: Some(r.clone()),
-                        source: "remote",
-                        _open: None,
-                        _unsealed: None,
-                    },
-                    Some(via),
-                )
-            }
-        }
+/// The record of a drill started at `started` (`t0`): the snapshot chosen, if any, the version
+/// its dir was built for, if it got that far, and every check's verdict.
+fn drill_record(
+    started: DateTime<Utc>,
+    t0: Instant,
+    node: Option<&NodeFacts>,
+    chosen: Option<&Chosen>,
+    target: Option<Minor>,
+    checks: Vec<DrillCheck>,
+) -> Record {
+    let snapshot = chosen.map(|c| {
+        (
+            c.record
+                .as_ref()
+                .and_then(|r| r.file_name.clone())
+                .unwrap_or_else(|| c.shown.clone()),
+            c.record.as_ref().and_then(|r| r.revision),
+            c.record.as_ref().and_then(|r| r.sha256.clone()),
+        )
+    });
+    let record = chosen.and_then(|c| c.record.as_ref());
+    let drill = Drill {
+        snapshot_id: record.map(|r| r.id.clone()),
+        source: chosen.map_or(DrillOrigin::None, |c| c.source),
+        snapshot_timestamp: record.map(|r| r.backup_timestamp),
+        target_version: target.map(|m| m.to_string()),
+        checks,
     };
-    let (mut chosen, downloaded) = located;
-    let mut detail = match &chosen.record {
-        Some(r) => format!(
-            "record {} ({}, taken {}), {} copy",
-            r.id,
-            r.file_name.as_deref().unwrap_or("?"),
-            records::rfc3339(r.backup_timestamp),
-            chosen.source
-        ),
-        None => format!("{} ({})", chosen.shown, chosen.source),
-    };
-    if let Some(via) = downloaded {
-        detail.push_str(&format!(
-            ", downloaded from {via} and checked against its record"
-        ));
-    }
-    // A sealed copy is opened into the scratch dir with the identity.
-    if encryption::is_sealed(&chosen.path).map_err(|e| format!("{}: {e}", chosen.shown))? {
-        let id = opts
-            .identity
-            .as_ref()
-            .or(config.drill.identity.as_ref())
-            .ok_or_else(|| {
-                format!(
-                    "{} is encrypted: give [drill] identity (or --identity) with a key that \
-                     opens it",
-                    chosen.shown
-                )
-            })?;
-        let ids = Identities::load(id)?;
-        let u = Unsealed::create(&chosen.path, Some(&ids), scratch)
-            .map_err(|e| format!("{}: {e}", chosen.shown))?;
-        if let Some(want) = chosen.record.as_ref().and_then(|r| r.sha256.as_deref()) {
-            if u.sha256() != want {
-                return Err(format!(
-                    "{} opens to a snapshot with sha256 {}, but its record says {want}",
-                    chosen.shown,
-                    u.sha256()
-                ));
-            }
-        }
-        detail.push_str(&format!(", opened with {}", id.display()));
-        chosen.path = u.path().to_owned();
-        chosen._unsealed = Some(u);
-    }
-    Ok((chosen, detail))
+    let member = node.map(|n| Member {
+        name: n.identity.name.clone(),
+        id: n.identity.member_id.map(|i| format!("{i:x}")),
+        endpoint: String::new(),
+    });
+    Record::drill(started, member, snapshot, drill, t0.elapsed().as_secs_f64())
 }
 
-/// The newest good local snapshot, opened (a file retention deletes between reading the
-/// records and opening it is looked for again).
-fn open_newest_local(config: &Config) -> Result<Option<Chosen>, String> {
-    for _ in 0..3 {
-        let records = RecordStore::new(&config.state_dir)
-            .load()
-            .map_err(|e| e.to_string())?
-            .records;
-        let Some(r) = records
-            .iter()
-            .rev()
-            .find(|r| r.trigger.is_backup() && r.is_good_local())
-        else {
-            return Ok(None);
-        };
-        let path = &r.local.as_ref().expect("good local").path;
-        match File::open(path) {
-            Ok(f) => {
-                return Ok(Some(Chosen {
-                    path: PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
-                    shown: path.display().to_string(),
-                    record: Some(r.clone()),
-                    source: "local",
-                    _open: Some(f),
-                    _unsealed: None,
-                }))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
-        }
+/// What every step of one drill reads: the configuration, the request, this node, the
+/// scratch dir and the chosen snapshot.
+struct Drilling<'a> {
+    config: &'a Config,
+    opts: &'a DrillOptions,
+    node: &'a NodeFacts,
+    scratch: &'a Scratch,
+    chosen: &'a Chosen,
+    handle: &'a tokio::runtime::Handle,
+}
+
+impl Drilling<'_> {
+    /// `e` naming the snapshot as humans know it rather than by the path read.
+    fn shown(&self, e: String) -> String {
+        e.replace(&self.chosen.path.display().to_string(), &self.chosen.shown)
     }
-    Err("the newest local snapshots kept disappearing while the drill opened them".into())
 }
 
 /// The checks from the snapshot's integrity to the optional etcd start. Returns the target
 /// version the dir was built for.
-#[allow(clippy::too_many_arguments)]
-fn drill_dir(
-    config: &Config,
-    opts: &DrillOptions,
-    run: &mut Run,
-    node: &NodeFacts,
-    scratch: &Scratch,
-    chosen: &Chosen,
-    cancel: &AtomicBool,
-    handle: &tokio::runtime::Handle,
-) -> Option<Minor> {
-    let shown = |e: String| e.replace(&chosen.path.display().to_string(), &chosen.shown);
+fn drill_dir(d: &Drilling, run: &mut Run, cancel: &AtomicBool) -> Option<Minor> {
     let interrupted = || cancel.load(Ordering::SeqCst);
-    let report: SnapshotFileReport = run.check("integrity", || {
+    let report = check_integrity(d, run)?;
+    if interrupted() {
+        return None;
+    }
+    let source: DbContent = run.check("cluster", || {
+        let c = checks::content(&d.chosen.path).map_err(|e| d.shown(e))?;
+        let detail = checks::of_this_cluster(&c, &d.node.identity)?;
+        Ok((c, detail))
+    })?;
+    let target = check_version(d, run, &report)?;
+    check_space(d, run, &report)?;
+    let data_dir = d.scratch.path.join("data");
+    let built = build(d, run, target, &data_dir)?;
+    if interrupted() {
+        return None;
+    }
+    damage::apply(&data_dir);
+    check_built(run, &source, &data_dir, &built.cluster)?;
+    if interrupted() {
+        return None;
+    }
+    start_etcd(d, run, &source, &built.cluster, target, &data_dir);
+    Some(target)
+}
+
+/// The snapshot's sha256 trailer (and its record's sha256) and bbolt consistency.
+fn check_integrity(d: &Drilling, run: &mut Run) -> Option<SnapshotFileReport> {
+    let chosen = d.chosen;
+    run.check("integrity", || {
         let r = etcddb::verify_snapshot_file(&chosen.path, false, None)
-            .map_err(|e| shown(e.to_string()))?;
+            .map_err(|e| d.shown(e.to_string()))?;
         let vs_record = match chosen.record.as_ref().and_then(|r| r.sha256.as_deref()) {
             Some(want) if Some(want) != r.sha256.as_deref() => {
                 return Err(format!(
@@ -477,26 +363,24 @@ fn drill_dir(
             Some(_) => ", = its record's",
             None => "",
         };
-        let d = format!(
+        let detail = format!(
             "sha256 trailer ok{vs_record}; bbolt consistent; revision {}, {} keys, {} bytes",
             r.revision, r.live_keys, r.total_size
         );
-        Ok((r, d))
-    })?;
-    if interrupted() {
-        return None;
-    }
-    let source: DbContent = run.check("cluster", || {
-        let c = checks::content(&chosen.path).map_err(shown)?;
-        let d = checks::of_this_cluster(&c, &node.identity)?;
-        Ok((c, d))
-    })?;
+        Ok((r, detail))
+    })
+}
+
+/// The etcd version the dir is built for (this node's, else the snapshot's nearest), and that
+/// a restore of this snapshot onto it would pass.
+fn check_version(d: &Drilling, run: &mut Run, report: &SnapshotFileReport) -> Option<Minor> {
     let snapshot_version = Minor::of_snapshot(
         report.storage_version.as_deref(),
         report.cluster_version.as_deref(),
     );
-    let target = run.check("version", || {
-        let target = node
+    run.check("version", || {
+        let target = d
+            .node
             .minor
             .or_else(|| snapshot_version.map(|(a, b)| Minor::nearest(a, b)))
             .unwrap_or(Minor::V3_5);
@@ -506,15 +390,20 @@ fn drill_dir(
                 "a restore onto this node's etcd {target} would be refused: {why}"
             )),
         }
-    })?;
+    })
+}
+
+/// Room in the scratch dir for the data dir a restore of this snapshot builds.
+fn check_space(d: &Drilling, run: &mut Run, report: &SnapshotFileReport) -> Option<()> {
+    let scratch = &d.scratch.path;
     run.check("space", || {
-        let need = crate::restore::guarded::space_needed(&report);
-        let (free, _) = fsutil::free_space(&scratch.path)?;
+        let need = crate::restore::guarded::space_needed(report);
+        let (free, _) = fsutil::free_space(scratch)?;
         if free < need {
             return Err(format!(
                 "{} has {} MiB free; building the data dir needs {} MiB (set [drill] \
                  scratch_dir to a disk with room)",
-                scratch.path.display(),
+                scratch.display(),
                 free >> 20,
                 need >> 20
             ));
@@ -523,44 +412,53 @@ fn drill_dir(
             (),
             format!("{} MiB free, {} MiB needed", free >> 20, need >> 20),
         ))
-    })?;
-    let peers = node.identity.peer_urls.join(",");
+    })
+}
+
+/// Builds `data_dir` for etcd `target` with the native engine: this node alone, a drill
+/// token, no revision bump.
+fn build(d: &Drilling, run: &mut Run, target: Minor, data_dir: &Path) -> Option<BuildReport> {
+    let identity = &d.node.identity;
+    let peers = identity.peer_urls.join(",");
     let plan = RestorePlan {
-        name: node.identity.name.clone(),
-        initial_cluster: RestorePlan::single_member_cluster(&node.identity.name, &peers),
+        name: identity.name.clone(),
+        initial_cluster: RestorePlan::single_member_cluster(&identity.name, &peers),
         advertise_peer_urls: peers,
         token: format!("etcdguard-drill-{}", crate::clock::now().timestamp()),
         bump_revision: 0,
         mark_compacted: false,
     };
-    let data_dir = scratch.path.join("data");
-    let built = run.check("build", || {
+    run.check("build", || {
         let r = datadir::build_data_dir(
-            &chosen.path,
+            &d.chosen.path,
             &plan,
-            &data_dir,
+            data_dir,
             BuildOptions {
                 skip_hash_check: false,
                 target: Some(target),
                 force: false,
             },
         )
-        .map_err(|e| shown(e.to_string()))?;
-        let d = format!(
+        .map_err(|e| d.shown(e.to_string()))?;
+        let detail = format!(
             "data dir for etcd {target} built by the native engine (member {} {:x}, cluster {:x})",
             r.cluster.this().name,
             r.cluster.this().id,
             r.cluster.cluster_id
         );
-        Ok((r, d))
-    })?;
-    if interrupted() {
-        return None;
-    }
-    if std::env::var(TEST_DAMAGE_ENV).as_deref() == Ok("consistent-index") {
-        damage_consistent_index(&data_dir.join("member/snap/db"));
-    }
-    let cluster = &built.cluster;
+        Ok((r, detail))
+    })
+}
+
+/// The built dir read back as a starting etcd reads it: its db against the snapshot's
+/// (`source`), the WAL, the consistent index, the `.snap` and the members. `None` when its db
+/// cannot be read.
+fn check_built(
+    run: &mut Run,
+    source: &DbContent,
+    data_dir: &Path,
+    cluster: &Cluster,
+) -> Option<()> {
     let db_path = data_dir.join("member/snap/db");
     let content = run.check("db", || {
         let c = checks::content(&db_path)?;
@@ -568,96 +466,79 @@ fn drill_dir(
         Ok((c, d))
     })?;
     run.check("content", || {
-        checks::content_equal(&source, &content).map(|d| ((), d))
+        checks::content_equal(source, &content).map(|d| ((), d))
     });
     run.check("revision", || {
-        checks::revision_equal(&source, &content).map(|d| ((), d))
+        checks::revision_equal(source, &content).map(|d| ((), d))
     });
     let wal = run.check("wal", || {
-        checks::wal(&data_dir, cluster).map(|(d, w)| (w, d))
+        checks::wal(data_dir, cluster).map(|(d, w)| (w, d))
     });
     if let Some(w) = &wal {
         run.check("consistent-index", || {
             checks::consistent_index(&content, w).map(|d| ((), d))
         });
         run.check("snap", || {
-            checks::snap(&data_dir, cluster, w).map(|d| ((), d))
+            checks::snap(data_dir, cluster, w).map(|d| ((), d))
         });
     }
     run.check("members", || {
         checks::members(&content, cluster).map(|d| ((), d))
     });
-    if interrupted() {
-        return None;
-    }
-    let binary = opts
+    Some(())
+}
+
+/// The optional real etcd (`--etcd-binary` or `[drill] etcd_binary`) started on the built
+/// dir and compared with the snapshot; skipped when none is set.
+fn start_etcd(
+    d: &Drilling,
+    run: &mut Run,
+    source: &DbContent,
+    cluster: &Cluster,
+    target: Minor,
+    data_dir: &Path,
+) {
+    let config = d.config;
+    let binary = d
+        .opts
         .etcd_binary
         .as_ref()
         .or(config.drill.etcd_binary.as_ref());
-    match binary {
-        None => run.push(
+    let Some(b) = binary else {
+        run.push(
             "etcd-start",
-            "skipped",
+            Verdict::Skipped,
             "off: set [drill] etcd_binary to start an etcd of this node's version on the \
              built dir"
                 .into(),
-        ),
-        Some(b) => {
-            run.check("etcd-start", || {
-                let tls = crate::preflight::etcd_tls(&config.etcd).map_err(|e| e.to_string())?;
-                // etcd resumes a pending compaction at start: its hash counts from there.
-                let compact = source.compact.max(source.scheduled);
-                let db = crate::etcddb::keyspace::open(&chosen.path).map_err(shown)?;
-                let expected = start::Expected {
-                    member_id: cluster.this().id,
-                    cluster_id: cluster.cluster_id,
-                    revision: source.revision,
-                    kv_hash: crate::inspect::hash_kv(&db, compact).map_err(shown)?,
-                };
-                start::start_and_compare(
-                    handle,
-                    b,
-                    target,
-                    &node.identity.name,
-                    &data_dir,
-                    &scratch.path.join("etcd.log"),
-                    &node.manifest,
-                    &tls,
-                    &expected,
-                    config.drill.timeout,
-                )
-                .map(|d| ((), d))
-            });
-        }
-    }
-    Some(target)
-}
-
-/// Test-only damage: the built db's consistent index one past the WAL's commit, as an engine
-/// that got it wrong would leave it.
-fn damage_consistent_index(db_path: &Path) {
-    use crate::etcddb::writer::{self, Change, Item};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(db_path)
-        .expect("test damage: open the built db");
-    let len = f.metadata().expect("test damage: stat").len();
-    let db = etcddb::Db::open(f, len).expect("test damage: a db");
-    let status = etcddb::status(&db).expect("test damage: status");
-    let ci = status.consistent_index.unwrap_or(0) + 1;
-    let term = status.term.unwrap_or(1);
-    writer::commit(
-        &db,
-        &[(
-            etcddb::schema::META,
-            Change::Put(vec![
-                Item::new(etcddb::schema::CONSISTENT_INDEX, &ci.to_be_bytes()),
-                Item::new(etcddb::schema::TERM, &term.to_be_bytes()),
-            ]),
-        )],
-    )
-    .expect("test damage: commit");
+        );
+        return;
+    };
+    run.check("etcd-start", || {
+        let tls = crate::preflight::etcd_tls(&config.etcd).map_err(|e| e.to_string())?;
+        // etcd resumes a pending compaction at start: its hash counts from there.
+        let compact = source.compact.max(source.scheduled);
+        let db = crate::etcddb::keyspace::open(&d.chosen.path).map_err(|e| d.shown(e))?;
+        let expected = start::Expected {
+            member_id: cluster.this().id,
+            cluster_id: cluster.cluster_id,
+            revision: source.revision,
+            kv_hash: crate::inspect::hash_kv(&db, compact).map_err(|e| d.shown(e))?,
+        };
+        start::start_and_compare(
+            d.handle,
+            b,
+            target,
+            &d.node.identity.name,
+            data_dir,
+            &d.scratch.path.join("etcd.log"),
+            &d.node.manifest,
+            &tls,
+            &expected,
+            config.drill.timeout,
+        )
+        .map(|detail| ((), detail))
+    });
 }
 
 /// The one structured log line per drill (journald fields when logging there).

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::etcd::{self, TlsMaterial};
+use crate::etcd::{self, MemberInfo, TlsMaterial};
 use crate::etcdversion::{major_minor, Minor};
 use crate::kubeadm::EtcdManifest;
 
@@ -76,6 +76,8 @@ fn server_tls(manifest: &EtcdManifest) -> Result<[PathBuf; 3], String> {
     ])
 }
 
+/// Starts etcd `binary` (of `target`'s minor) on the built `data_dir`, waits for it to answer
+/// and compares its answer with `expected`; it is killed whatever happened. The check's detail.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn start_and_compare(
     handle: &tokio::runtime::Handle,
@@ -89,6 +91,16 @@ pub(super) fn start_and_compare(
     expected: &Expected,
     timeout: Duration,
 ) -> Result<String, String> {
+    let version = version_of(binary, target)?;
+    let mut started = spawn(binary, version, name, data_dir, log, manifest)?;
+    let (info, (hash, compact)) =
+        wait_for_answer(handle, &mut started, client_tls, expected, timeout)?;
+    compare(&started.version, &info, hash, compact, expected)
+}
+
+/// The binary's etcd version, which must be of `target`'s minor (the version a restore
+/// would run).
+fn version_of(binary: &Path, target: Minor) -> Result<String, String> {
     let (version, minor) = binary_minor(binary)?;
     if minor != Some(target) {
         return Err(format!(
@@ -97,6 +109,40 @@ pub(super) fn start_and_compare(
             binary.display()
         ));
     }
+    Ok(version)
+}
+
+/// A started etcd: killed when dropped.
+struct Started<'a> {
+    running: Running,
+    /// What `etcd --version` said.
+    version: String,
+    /// Its client URL, `https://127.0.0.1:<port>`.
+    url: String,
+    /// Its output.
+    log: &'a Path,
+}
+
+impl Started<'_> {
+    /// The last lines of its log.
+    fn log_tail(&self) -> String {
+        let t = std::fs::read_to_string(self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+}
+
+/// Starts `binary` on `data_dir` as member `name`: loopback ports, the node's server TLS
+/// with client certificates required, its output to `log`, none of the host's `ETCD*`
+/// variables.
+fn spawn<'a>(
+    binary: &Path,
+    version: String,
+    name: &str,
+    data_dir: &Path,
+    log: &'a Path,
+    manifest: &EtcdManifest,
+) -> Result<Started<'a>, String> {
     let [cert, key, ca] = server_tls(manifest)?;
     let (client_port, peer_port) = (free_port()?, free_port()?);
     let url = format!("https://127.0.0.1:{client_port}");
@@ -135,33 +181,46 @@ pub(super) fn start_and_compare(
             cmd.env_remove(k);
         }
     }
-    let mut running = Running(
+    let running = Running(
         cmd.spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?,
     );
-    let log_tail = || {
-        let t = std::fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join("\n")
-    };
+    Ok(Started {
+        running,
+        version,
+        url,
+        log,
+    })
+}
+
+/// Asks the started etcd for its member facts and its hashkv at the expected revision until
+/// it answers, exits, or `timeout` passes.
+fn wait_for_answer(
+    handle: &tokio::runtime::Handle,
+    started: &mut Started,
+    client_tls: &TlsMaterial,
+    expected: &Expected,
+    timeout: Duration,
+) -> Result<(MemberInfo, (u32, i64)), String> {
+    let version = &started.version;
     let deadline = Instant::now() + timeout;
     let mut last_error = String::from("no answer yet");
-    let answer = loop {
-        if let Ok(Some(status)) = running.0.try_wait() {
+    loop {
+        if let Ok(Some(status)) = started.running.0.try_wait() {
             return Err(format!(
                 "etcd {version} exited ({status}) on the built data dir; its log ends:\n{}",
-                log_tail()
+                started.log_tail()
             ));
         }
         if Instant::now() > deadline {
             return Err(format!(
                 "etcd {version} did not answer within {timeout:?} ({last_error}); its log \
                  ends:\n{}",
-                log_tail()
+                started.log_tail()
             ));
         }
         let asked = handle.block_on(async {
-            let mut c = etcd::connect(&url, client_tls, Duration::from_secs(2))
+            let mut c = etcd::connect(&started.url, client_tls, Duration::from_secs(2))
                 .await
                 .map_err(|e| e.to_string())?;
             let info = etcd::member_info(&mut c, Duration::from_secs(5))
@@ -173,14 +232,24 @@ pub(super) fn start_and_compare(
             Ok::<_, String>((info, hash))
         });
         match asked {
-            Ok(a) => break a,
+            Ok(a) => return Ok(a),
             Err(e) => {
                 last_error = e;
                 std::thread::sleep(Duration::from_millis(300));
             }
         }
-    };
-    let (info, (hash, compact)) = answer;
+    }
+}
+
+/// The started etcd's answer against what the plan and the snapshot say: its member and
+/// cluster IDs, its revision and its hashkv (`compact`: its compact revision).
+fn compare(
+    version: &str,
+    info: &MemberInfo,
+    hash: u32,
+    compact: i64,
+    expected: &Expected,
+) -> Result<String, String> {
     if (info.id, info.cluster_id) != (expected.member_id, expected.cluster_id) {
         return Err(format!(
             "etcd {version} came up as member {:x} of cluster {:x}; the plan is member {:x} of \

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use copy::{
     BundleCopy, ClusterCopy, CopyState, LocalCopy, RemoteCopy, RemoteState, SealedCopy,
 };
-pub use drill::{Drill, DrillCheck};
+pub use drill::{Drill, DrillCheck, DrillOrigin, Verdict};
 pub use health::Health;
 pub use store::{MovedAside, RecordStore, RecordsError};
 
@@ -236,7 +236,7 @@ impl Record {
         let failed = drill
             .checks
             .iter()
-            .find(|c| c.result == "failed")
+            .find(|c| c.result == Verdict::Failed)
             .map(|c| format!("drill check `{}` failed: {}", c.name, c.detail));
         let (file_name, revision, sha256) = match snapshot {
             Some((f, r, s)) => (Some(f), r, s),
