@@ -49,16 +49,7 @@ pub(super) fn run(config_path: Option<&Path>, a: Args) -> CmdResult {
     let report = report
         .map_err(|e| CommandError::Failed(format!("the drill failed to run: {e}")))?
         .map_err(|e| CommandError::Failed(e.to_string()))?;
-    if let Some(moved) = &report.records_moved {
-        tracing::error!("{moved}");
-    }
-    let next = config
-        .schedule
-        .next_after(crate::clock::now(), &config.timezone)
-        .filter(|_| !config.paused);
-    if let Err(e) = crate::metrics::refresh(&config, next) {
-        tracing::error!("{e}");
-    }
+    super::after_recorded_run(&config, report.records_moved.as_ref());
     let r = &report.record;
     drill::log_record(r);
     match a.format {

@@ -152,6 +152,21 @@ fn open_sealed(
 /// Two worker threads: the etcd stream (TLS, file, sha256) and the upload (TLS, MD5 of the
 /// parts) run side by side on a control-plane node's spare core; idle workers park and do not
 /// wake up.
+/// After a run that wrote a record (a backup, a drill): a records file that did not parse and
+/// was moved aside is said, and the metrics file is written anew.
+fn after_recorded_run(config: &crate::config::Config, moved: Option<&crate::records::MovedAside>) {
+    if let Some(moved) = moved {
+        tracing::error!("{moved}");
+    }
+    let next = config
+        .schedule
+        .next_after(crate::clock::now(), &config.timezone)
+        .filter(|_| !config.paused);
+    if let Err(e) = crate::metrics::refresh(config, next) {
+        tracing::error!("{e}");
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -58,16 +58,7 @@ fn backup_now(config: &Config, pin: Option<Pin>) -> Result<BackupReport, Command
 
 /// What follows every recorded attempt: the metrics file, the warnings, the log line.
 fn after_backup(config: &Config, report: &BackupReport) {
-    if let Some(moved) = &report.records_moved {
-        tracing::error!("{moved}");
-    }
-    let next = config
-        .schedule
-        .next_after(crate::clock::now(), &config.timezone)
-        .filter(|_| !config.paused);
-    if let Err(e) = crate::metrics::refresh(config, next) {
-        tracing::error!("{e}");
-    }
+    super::after_recorded_run(config, report.records_moved.as_ref());
     for w in &report.warnings {
         tracing::warn!("{w}");
     }
