@@ -20,6 +20,13 @@ pub fn now() -> DateTime<Utc> {
     Utc::now() + off
 }
 
+/// The machine's own clock, never offset: what TLS handshakes (rustls, etcd, the object
+/// stores) judge certificates by, so a certificate is checked against it too. A test that
+/// moves [`now`] a month back must not make a fresh certificate "not yet valid".
+pub fn machine_now() -> DateTime<Utc> {
+    Utc::now()
+}
+
 /// The stamp that names journals and restore backup dirs: UTC to the millisecond
 /// (`20261203T101500.123Z`), so names sort by time and two in one second differ.
 pub fn stamp(at: DateTime<Utc>) -> String {
