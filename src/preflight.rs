@@ -66,7 +66,12 @@ pub fn resolve_target(config: &Config) -> Result<Target, String> {
 /// The CA, client certificate and key of `[etcd]`, read and checked now (by the clock the
 /// TLS handshake itself uses).
 pub fn etcd_tls(e: &EtcdConfig) -> Result<TlsMaterial, TlsError> {
-    TlsMaterial::load(&e.ca_cert, &e.client_cert, &e.client_key, clock::machine_now())
+    TlsMaterial::load(
+        &e.ca_cert,
+        &e.client_cert,
+        &e.client_key,
+        clock::machine_now(),
+    )
 }
 
 /// What the local checks found.
