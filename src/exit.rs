@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use crate::config::ConfigError;
 
-/// The operation was attempted and failed (a backup, a restore, a verify).
+/// The operation was attempted and failed (a backup, a restore, a verify), or what it had to
+/// say could not be written (stdout or stderr: `stdio.rs`).
 pub const EXIT_FAILED: u8 = 1;
 /// Bad flags or arguments (clap's own usage errors exit 2 too).
 pub const EXIT_USAGE: u8 = 2;

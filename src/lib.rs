@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod kubeadm;
 pub mod logging;
 pub mod restore;
+pub mod stdio;
 pub mod store;
 
 mod backup;

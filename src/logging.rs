@@ -66,7 +66,7 @@ pub fn init() {
     let _ = registry
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(crate::stdio::LogWriter)
                 .with_ansi(false),
         )
         .try_init();

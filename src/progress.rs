@@ -54,7 +54,8 @@ impl Progress {
     pub fn finish(&self) {
         if let Some(b) = &self.0 {
             b.finish();
-            eprintln!();
+            // A bar is drawn only on a terminal; a failed newline is remembered like any.
+            let _ = crate::stdio::err(b"\n");
         }
     }
 }

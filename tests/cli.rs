@@ -254,3 +254,66 @@ fn one_exit_code_table_for_help_man_page_and_readme() {
     let usage = etcdguard(&["no-such-command"]);
     assert_eq!(usage.status.code(), Some(2));
 }
+
+/// Runs `etcdguard args` with stdout (`out`) or stderr sent to /dev/full.
+fn to_full(args: &[&str], stdout_full: bool) -> std::process::Output {
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let mut cmd = etcdguard_cmd(args);
+    if stdout_full {
+        cmd.stdout(full());
+    } else {
+        cmd.stderr(full());
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn output_that_cannot_be_written_exits_1_and_never_panics() {
+    let node = Node::start("3.5", "cp1");
+    assert!(node.snapshot().status.success());
+    let good = node.snapshot_dir().join(&node.snapshot_files()[0]);
+    let good = good.to_str().unwrap();
+    // stdout to a full disk: exit 1, and stderr says what could not be written.
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["verify", good],
+        &["verify", good, "--output", "json"],
+    ] {
+        let out = to_full(args, true);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} >/dev/full: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("standard output"),
+            "{args:?} >/dev/full: {}",
+            stderr(&out)
+        );
+    }
+    // stderr to a full disk: an error that cannot be said keeps its own exit code (never 101,
+    // a panic); a command that worked but whose log lines were lost exits 1.
+    let out = to_full(&["verify", "/nonexistent/snapshot.db"], false);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let out = to_full(&["bogus-command"], false);
+    assert_eq!(out.status.code(), Some(1), "a usage error nobody can read");
+    let out = to_full(
+        &["--config", node.config.to_str().unwrap(), "snapshot"],
+        false,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    // A reader that stops early is not a failure.
+    let mut child = etcdguard_cmd(&["--help"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::output::print;
+use super::output::{print, say};
 use super::{runtime, CmdResult};
 use crate::config::{self, ConfigError, Problem};
 use crate::exit::CommandError;
@@ -29,7 +29,7 @@ pub(super) fn run(config_path: Option<&Path>, check_remote: bool) -> CmdResult {
     }
     for (table, checked) in runtime()?.block_on(preflight::remote(&config, check_remote)) {
         match checked {
-            Ok(RemoteCheck::Probed(found)) => eprintln!("destination: {found}"),
+            Ok(RemoteCheck::Probed(found)) => say(&format!("destination: {found}\n"))?,
             Ok(RemoteCheck::Opened) => {}
             Err(e) => problems.push(problem(&table, e)),
         }

@@ -1,20 +1,21 @@
 //! Everything a command prints goes through here: stdout for results (a closed pipe is a normal
 //! end), JSON pretty-printed with a final newline, plain-text tables.
 
-use std::io::Write;
-
 use serde::Serialize;
 
 use crate::exit::CommandError;
 
 /// Writes to stdout; a closed pipe (`etcdguard records | head`) is a normal end.
 pub(crate) fn print(text: &str) -> Result<(), CommandError> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(CommandError::Failed(format!("cannot write output: {e}"))),
-    }
+    crate::stdio::out(text.as_bytes())
+        .map_err(|e| CommandError::Failed(format!("cannot write to standard output: {e}")))
+}
+
+/// Writes to stderr what a person must read before an answer or after a refusal (a restore's
+/// plan); a failure is the command's.
+pub(crate) fn say(text: &str) -> Result<(), CommandError> {
+    crate::stdio::err(text.as_bytes())
+        .map_err(|e| CommandError::Failed(format!("cannot write to standard error: {e}")))
 }
 
 /// Pretty JSON and a newline.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::output::print;
+use super::output::{print, say};
 use super::restore::{confirm, node_config, node_config_file};
 use super::{runtime, CmdResult};
 use crate::cli::RecoverArgs;
@@ -71,14 +71,18 @@ pub(super) fn run(config_path: Option<&Path>, a: &RecoverArgs) -> CmdResult {
         return Ok(ExitCode::SUCCESS);
     }
     if !plan.refusals.is_empty() {
-        eprint!("{text}");
+        let said = say(&text);
         let _ = std::fs::remove_dir_all(&plan.work);
+        said?;
         return Err(CommandError::Failed(
             "recover refused (above); nothing was changed".into(),
         ));
     }
     if a.yes {
-        eprint!("{text}");
+        if let Err(e) = say(&text) {
+            let _ = std::fs::remove_dir_all(&plan.work);
+            return Err(e);
+        }
     } else if let Err(e) = confirm(
         &text,
         "recover",

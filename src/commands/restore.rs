@@ -2,11 +2,11 @@
 //! `restore::guarded`; this file reads the configuration (under `--root`), shows the plan, asks
 //! for confirmation and prints the outcome.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::output::print;
+use super::output::{print, say};
 use super::{runtime, CmdResult};
 use crate::cli::RestoreArgs;
 use crate::config::{self, Config};
@@ -79,13 +79,13 @@ pub(super) fn run(config_path: Option<&Path>, a: &RestoreArgs) -> CmdResult {
         return Ok(ExitCode::SUCCESS);
     }
     if !ok {
-        eprint!("{text}");
+        say(&text)?;
         return Err(CommandError::Failed(
             "guards failed (above); nothing was changed".into(),
         ));
     }
     if a.yes {
-        eprint!("{text}");
+        say(&text)?;
     } else {
         confirm(
             &text,
@@ -142,9 +142,9 @@ pub(super) fn confirm(plan_text: &str, word: &str, warning: &str) -> Result<(), 
             "no terminal to confirm the {word} on: review it with --dry-run, then pass --yes"
         ));
     }
-    let mut out = std::io::stderr();
-    let _ = write!(out, "{plan_text}\n{warning} Type '{word}' to go ahead: ");
-    let _ = out.flush();
+    // A plan nobody could read is not confirmed.
+    crate::stdio::err(format!("{plan_text}\n{warning} Type '{word}' to go ahead: ").as_bytes())
+        .map_err(|e| format!("cannot write the plan to standard error: {e}"))?;
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
