@@ -40,6 +40,14 @@ link_test_cache() {
   fi
 }
 
+# kill_tree PID: PID and everything it started (children first), if still running.
+kill_tree() {
+  local p=$1 c
+  [ -n "$p" ] || return 0
+  for c in $(pgrep -P "$p" 2>/dev/null); do kill_tree "$c"; done
+  kill "$p" 2>/dev/null || true
+}
+
 # A TCP port that was free on 127.0.0.1 a moment ago.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

@@ -59,32 +59,36 @@ fn etcd_behind_a_hostile_network_fails_clearly_in_bounded_time_then_works() {
         stderr(&out)
     );
 
-    // (fault, what the record's reason says). The bound: the dial and stall timeouts (2 s
-    // each) and the time the stream takes here. A server that accepts and never answers used
-    // to hold the TLS handshake forever (tonic's connect timeout bounds only TCP).
-    let cases = [
-        (Fault::Reset { after: 0 }, "cannot talk to etcd at"),
-        (Fault::Reset { after: 1 << 20 }, "connection reset"),
+    // (fault, what the record's reason says: any of these). The bound: the dial and stall
+    // timeouts (2 s each) and the time the stream takes here. A server that accepts and never
+    // answers used to hold the TLS handshake forever (tonic's connect timeout bounds only TCP).
+    // A connection cut mid-stream reads as a reset or as a close without TLS close_notify,
+    // depending on when the reset reaches the reader (a busy machine sees the second): both
+    // say the connection was cut.
+    let cut: &[&str] = &["connection reset", "peer closed connection"];
+    let cases: [(Fault, &[&str]); 7] = [
+        (Fault::Reset { after: 0 }, &["cannot talk to etcd at"]),
+        (Fault::Reset { after: 1 << 20 }, cut),
         (
             Fault::HalfOpen { after: 0 },
-            "no TLS handshake completed within 2s (etcd.dial_timeout)",
+            &["no TLS handshake completed within 2s (etcd.dial_timeout)"],
         ),
         (
             Fault::HalfOpen { after: 1 << 20 },
-            "etcd sent nothing for 2s (etcd.stall_timeout)",
+            &["etcd sent nothing for 2s (etcd.stall_timeout)"],
         ),
         (
             Fault::Blackhole,
-            "no TLS handshake completed within 2s (etcd.dial_timeout)",
+            &["no TLS handshake completed within 2s (etcd.dial_timeout)"],
         ),
-        (Fault::Truncate { after: 1 << 20 }, "peer closed connection"),
+        (Fault::Truncate { after: 1 << 20 }, cut),
         (
             Fault::Corrupt { at: 1 << 20 },
-            "cannot decrypt peer's message",
+            &["cannot decrypt peer's message"],
         ),
     ];
     let mut table = Vec::new();
-    for (fault, needle) in cases {
+    for (fault, needles) in cases {
         proxy.set(fault.clone());
         let before = node.snapshot_files();
         let records_before = node.records().len();
@@ -98,7 +102,10 @@ fn etcd_behind_a_hostile_network_fails_clearly_in_bounded_time_then_works() {
         let r = recs.last().unwrap();
         assert_eq!(r["result"], "Failed", "{fault:?}: {r:#}");
         let reason = r["reason"].as_str().unwrap().to_string();
-        assert!(reason.contains(needle), "{fault:?}: {reason}");
+        assert!(
+            needles.iter().any(|n| reason.contains(n)),
+            "{fault:?}: {reason}"
+        );
         assert!(
             took < Duration::from_secs(10),
             "{fault:?} took {took:?}: {reason}"
