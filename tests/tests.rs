@@ -16,6 +16,7 @@ mod drill;
 mod encryption;
 mod engine;
 mod inspect;
+mod kubernetes;
 mod network;
 mod recover;
 mod remote;

@@ -3,8 +3,11 @@
 //! manifest's command, container paths mapped to the host paths of its hostPath volumes (under
 //! the node's root), run by the cached etcd binary of the image tag's minor version (an
 //! `etcd:3.6.8-0` image runs the 3.6 binary); it changes → etcd restarts; it goes → etcd is stopped (SIGTERM).
-//! `kube-apiserver.yaml` → a listener on its `--secure-port`, so "the API server stopped" can
-//! be observed. An etcd that exits is started again after a second (a crash loop).
+//! `kube-apiserver.yaml` → the real kube-apiserver when the manifest is kubeadm's whole one
+//! (it names `--etcd-servers`; `kubeapi.rs` writes it), run from its command with the same
+//! path mapping; otherwise (the short manifest of the tests that stop at etcd) a listener on
+//! its `--secure-port`, so "the API server stopped" can be observed. A process that exits is
+//! started again after a second (a crash loop), as the kubelet does.
 //!
 //! Tests can pause it (it then ignores the manifest dir) to look at a node between steps.
 
@@ -17,12 +20,21 @@ use std::time::{Duration, Instant};
 
 use etcdguard::kubeadm::EtcdManifest;
 
+use super::kubeapi::kube_binary;
 use super::{etcd_binary, terminate, wait_until};
+
+/// What runs for a kube-apiserver manifest.
+enum ApiServer {
+    /// The short manifest: a listener on its port (held open; dropping it closes the port).
+    Listener(#[expect(dead_code, reason = "held for its open port")] TcpListener),
+    /// kubeadm's manifest: the real API server.
+    Process(Child),
+}
 
 #[derive(Default)]
 struct State {
     etcd: Option<(Child, String)>,
-    apiserver: Option<(TcpListener, String)>,
+    apiserver: Option<(ApiServer, String)>,
     /// The manifest texts the runner has acted on (None: no pod).
     seen: (Option<String>, Option<String>),
 }
@@ -35,9 +47,11 @@ pub struct Kubelet {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The etcd command line of a manifest, with container paths turned into host paths.
-fn host_command(root: &Path, text: &str) -> Vec<String> {
-    let m = EtcdManifest::parse(text, Path::new("etcd.yaml")).expect("runner: manifest parses");
+/// The command line of `program`'s container in a manifest, with container paths turned into
+/// host paths.
+fn host_command(root: &Path, text: &str, program: &str) -> Vec<String> {
+    let m = EtcdManifest::parse_container(text, Path::new("manifest.yaml"), program)
+        .expect("runner: manifest parses");
     let map = |v: &str| -> String {
         for (vol, mount) in &m.mounts {
             let mount = mount.trim_end_matches('/');
@@ -79,6 +93,29 @@ fn secure_port(text: &str) -> u16 {
         .expect("kube-apiserver manifest with --secure-port")
 }
 
+/// Starts what a kube-apiserver manifest says (its `n`th start: `kube-apiserver-<n>.log`).
+fn start_apiserver(root: &Path, text: &str, n: u32) -> ApiServer {
+    if !text.contains("--etcd-servers=") {
+        let l = TcpListener::bind(("127.0.0.1", secure_port(text))).unwrap();
+        return ApiServer::Listener(l);
+    }
+    let log = std::fs::File::create(root.join(format!("kube-apiserver-{n}.log"))).unwrap();
+    let child = Command::new(kube_binary("kube-apiserver"))
+        .args(host_command(root, text, "kube-apiserver"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("runner: spawn kube-apiserver");
+    ApiServer::Process(child)
+}
+
+fn stop_apiserver(a: Option<(ApiServer, String)>) {
+    if let Some((ApiServer::Process(c), _)) = a {
+        terminate(c, Duration::from_secs(15));
+    }
+}
+
 impl Kubelet {
     pub fn start(root: &Path) -> Kubelet {
         let stop = Arc::new(AtomicBool::new(false));
@@ -89,6 +126,7 @@ impl Kubelet {
             let dir = r.join("etc/kubernetes/manifests");
             let mut log_n = 0;
             let mut restart_at: Option<Instant> = None;
+            let (mut api_n, mut api_restart_at): (u32, Option<Instant>) = (0, None);
             while !sp.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(100));
                 if ps.load(Ordering::SeqCst) {
@@ -117,7 +155,7 @@ impl Kubelet {
                         let log =
                             std::fs::File::create(r.join(format!("etcd-{log_n}.log"))).unwrap();
                         let child = Command::new(etcd_binary(&image_minor(text), "etcd"))
-                            .args(host_command(&r, text))
+                            .args(host_command(&r, text, "etcd"))
                             .args(["--logger", "zap", "--log-level", "warn"])
                             .stdin(Stdio::null())
                             .stdout(log.try_clone().unwrap())
@@ -129,21 +167,32 @@ impl Kubelet {
                     }
                 }
                 // kube-apiserver
-                let api_running = s.apiserver.as_ref().map(|(_, t)| t.clone());
-                if api_running != api {
+                let api_exited = match s.apiserver.as_mut() {
+                    Some((ApiServer::Process(c), _)) => matches!(c.try_wait(), Ok(Some(_))),
+                    _ => false,
+                };
+                if api_exited {
                     s.apiserver = None;
+                    api_restart_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+                let api_running = s.apiserver.as_ref().map(|(_, t)| t.clone());
+                if api_running.is_some() && api_running != api {
+                    stop_apiserver(s.apiserver.take());
+                }
+                if s.apiserver.is_none() && api_restart_at.is_none_or(|t| Instant::now() >= t) {
                     if let Some(text) = &api {
-                        let l = TcpListener::bind(("127.0.0.1", secure_port(text))).unwrap();
-                        s.apiserver = Some((l, text.clone()));
+                        api_n += 1;
+                        s.apiserver = Some((start_apiserver(&r, text, api_n), text.clone()));
+                        api_restart_at = None;
                     }
                 }
                 s.seen = (etcd, api);
             }
             let mut s = st.lock().unwrap();
+            stop_apiserver(s.apiserver.take());
             if let Some((c, _)) = s.etcd.take() {
                 terminate(c, Duration::from_secs(15));
             }
-            s.apiserver = None;
         });
         Kubelet {
             root: root.to_owned(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use super::kubeapi::{write_control_plane, Kubectl};
 use super::kubelet::Kubelet;
 use super::manifest::EtcdPod;
 use super::pki::Pki;
@@ -113,6 +114,26 @@ impl KubeNode {
         }
     }
 
+    /// A kubeadm 1.37 node (etcd 3.7) whose kubelet stand-in runs a real kube-apiserver on
+    /// its etcd, with the control plane's PKI, `admin.conf` and Secrets encrypted at rest.
+    pub fn with_apiserver(name: &str, seed: u64) -> KubeNode {
+        let node = KubeNode::with_etcd("3.7", name, None, None, None);
+        write_control_plane(node.root.path(), node.client_port, free_port(), seed);
+        node
+    }
+
+    /// kubectl as the node's admin (`etc/kubernetes/admin.conf`).
+    pub fn kubectl(&self) -> Kubectl {
+        Kubectl {
+            kubeconfig: self.path("etc/kubernetes/admin.conf"),
+        }
+    }
+
+    /// The last lines of the newest kube-apiserver log.
+    pub fn apiserver_log_tail(&self) -> String {
+        self.newest_log_tail("kube-apiserver-")
+    }
+
     pub fn start(&mut self) {
         self.kubelet = Some(Kubelet::start(self.root.path()));
     }
@@ -165,17 +186,30 @@ impl KubeNode {
     }
 
     pub fn log_tail(&self) -> String {
+        self.newest_log_tail("etcd-")
+    }
+
+    fn newest_log_tail(&self, prefix: &str) -> String {
         let mut logs: Vec<PathBuf> = std::fs::read_dir(self.root.path())
             .unwrap()
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            // A process restarted a moment ago has said nothing yet: the last one that did.
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
             .collect();
-        logs.sort();
+        // etcd-10.log after etcd-9.log.
+        logs.sort_by_key(|p| (p.as_os_str().len(), p.clone()));
         logs.last()
             .map(|l| {
                 let t = std::fs::read_to_string(l).unwrap_or_default();
-                t.lines().rev().take(8).collect::<Vec<_>>().join("\n")
+                let lines: Vec<&str> = t.lines().collect();
+                lines[lines.len().saturating_sub(12)..].join("\n")
             })
             .unwrap_or_default()
     }

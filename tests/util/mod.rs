@@ -19,6 +19,7 @@ macro_rules! per_version {
 }
 
 pub mod etcd;
+pub mod kubeapi;
 pub mod kubelet;
 pub mod kubenode;
 pub mod manifest;

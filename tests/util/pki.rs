@@ -66,6 +66,21 @@ impl Pki {
         }
     }
 
+    /// The CA already in `dir` (`ca.crt`/`ca.key`, made by [`Pki::ca_only`] with common name
+    /// `cn`), to issue more certificates from.
+    pub fn load(dir: &Path, cn: &str) -> Pki {
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Pki {
+            dir: dir.to_owned(),
+            ca_params: p,
+            ca_key,
+        }
+    }
+
     /// Issues `<name>.crt`/`<name>.key` signed by this CA, valid from yesterday for
     /// `valid_days` days (negative: already expired).
     pub fn issue(
@@ -77,9 +92,27 @@ impl Pki {
         client: bool,
         valid_days: i64,
     ) -> (PathBuf, PathBuf) {
+        self.issue_in(name, cn, None, sans, server, client, valid_days)
+    }
+
+    /// [`Pki::issue`] with an organization (`O=`, a Kubernetes group) when `org` is given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_in(
+        &self,
+        name: &str,
+        cn: &str,
+        org: Option<&str>,
+        sans: &[&str],
+        server: bool,
+        client: bool,
+        valid_days: i64,
+    ) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(o) = org {
+            p.distinguished_name.push(DnType::OrganizationName, o);
+        }
         for s in sans {
             p.subject_alt_names
                 .push(match s.parse::<std::net::IpAddr>() {
