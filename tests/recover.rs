@@ -177,7 +177,7 @@ fn remove_all_but(dir: &Path, keep: &[&str]) {
 
 /// Removes everything under `root` but the etcdguard configs (the node's, and the test's
 /// backup config).
-fn wipe(root: &Path) {
+pub(crate) fn wipe(root: &Path) {
     remove_all_but(root, &["backup.toml", "etc"]);
     remove_all_but(&root.join("etc"), &["etcdguard"]);
 }
