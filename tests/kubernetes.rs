@@ -446,3 +446,141 @@ fn recover_of_a_wiped_node_brings_its_api_server_back_with_secrets_and_tokens() 
         "system:serviceaccount:team-a:robot"
     );
 }
+
+/// Three control-plane nodes, each API server on its own etcd member: every member restored
+/// from the same snapshot with one plan, and then every node's API server serves the same
+/// objects, the snapshot's, with its Secrets decrypted.
+#[test]
+fn three_control_plane_nodes_restored_serve_the_same_objects_from_every_api_server() {
+    let pki = tempfile::tempdir().unwrap();
+    crate::util::pki::Pki::create(pki.path());
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| (crate::util::free_port(), crate::util::free_port()))
+        .collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("cp{}=https://127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = vec![KubeNode::control_plane_member(
+        "cp1",
+        pki.path(),
+        ports[0],
+        &cluster,
+        None,
+    )];
+    let first = nodes[0].root.path().to_path_buf();
+    for (i, p) in ports.iter().enumerate().skip(1) {
+        nodes.push(KubeNode::control_plane_member(
+            &format!("cp{}", i + 1),
+            pki.path(),
+            *p,
+            &cluster,
+            Some(&first),
+        ));
+    }
+    for n in &mut nodes {
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_healthy(Duration::from_secs(90));
+    }
+    for n in &nodes {
+        n.kubectl()
+            .wait_ready(Duration::from_secs(180), || n.apiserver_log_tail());
+    }
+    let k = nodes[0].kubectl();
+    k.ok(&["create", "namespace", "team-a"]);
+    k.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=blue",
+    ]);
+    k.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+    ]);
+    let at_backup = objects(&k, "namespaces,configmaps,secrets");
+    let out = nodes[0].etcdguard(&["snapshot"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recs: serde_json::Value = serde_json::from_slice(
+        &nodes[0]
+            .etcdguard(&["records", "--output", "json", "--limit", "1"])
+            .stdout,
+    )
+    .unwrap();
+    let file = recs[0]["local"]["path"].as_str().unwrap().to_string();
+    k.ok(&["delete", "namespace", "team-a", "--wait=false"]);
+    nodes[1].kubectl().ok(&["create", "namespace", "team-lost"]);
+
+    let token = "etcd-restore-three-apiservers";
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let (file, cluster) = (file.clone(), cluster.clone());
+                s.spawn(move || {
+                    n.restore(&[
+                        "--snapshot",
+                        &file,
+                        "--yes",
+                        "--force",
+                        "--initial-cluster",
+                        &cluster,
+                        "--initial-cluster-token",
+                        token,
+                        "--timeout",
+                        "180s",
+                    ])
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (n, out) in nodes.iter().zip(&outs) {
+        assert!(
+            out.status.success(),
+            "{}: {}\n{}",
+            n.name,
+            stderr(out),
+            n.log_tail()
+        );
+    }
+    use base64::Engine;
+    for n in &nodes {
+        let k = n.kubectl();
+        k.wait_ready(Duration::from_secs(180), || n.apiserver_log_tail());
+        assert_eq!(
+            objects(&k, "namespaces,configmaps,secrets"),
+            at_backup,
+            "{}",
+            n.name
+        );
+        let pw = k.ok(&[
+            "-n",
+            "team-a",
+            "get",
+            "secret",
+            "db",
+            "-o",
+            "jsonpath={.data.password}",
+        ]);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(pw.trim())
+                .unwrap(),
+            b"s3cret",
+            "{}",
+            n.name
+        );
+    }
+}

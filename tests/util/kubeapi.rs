@@ -189,6 +189,63 @@ pub fn write_control_plane(root: &Path, etcd_port: u16, secure_port: u16, seed: 
     );
 }
 
+/// Lays out under `root` the control plane of another node of the cluster whose first node
+/// is at `first`: the same cluster, front-proxy and service-account keys, the same
+/// EncryptionConfiguration, an `admin.conf` pointing at this node's API server, and the
+/// manifest for this node's ports (kubeadm's `join --control-plane` with uploaded certs).
+pub fn join_control_plane(root: &Path, first: &Path, etcd_port: u16, secure_port: u16) {
+    let (from, to) = (first.join("etc/kubernetes"), root.join("etc/kubernetes"));
+    for f in [
+        "ca.crt",
+        "ca.key",
+        "apiserver.crt",
+        "apiserver.key",
+        "apiserver-kubelet-client.crt",
+        "apiserver-kubelet-client.key",
+        "front-proxy-ca.crt",
+        "front-proxy-ca.key",
+        "front-proxy-client.crt",
+        "front-proxy-client.key",
+        "sa.key",
+        "sa.pub",
+    ] {
+        std::fs::copy(from.join("pki").join(f), to.join("pki").join(f)).unwrap();
+    }
+    let etcd = Pki::load(&to.join("pki/etcd"), "etcd-ca");
+    let (c, k) = etcd.issue(
+        "apiserver-etcd-client",
+        "kube-apiserver-etcd-client",
+        &[],
+        false,
+        true,
+        365,
+    );
+    for (f, name) in [
+        (c, "apiserver-etcd-client.crt"),
+        (k, "apiserver-etcd-client.key"),
+    ] {
+        std::fs::rename(f, to.join("pki").join(name)).unwrap();
+    }
+    write_private(
+        &to.join("enc/enc.yaml"),
+        &std::fs::read_to_string(from.join("enc/enc.yaml")).unwrap(),
+    );
+    let admin = std::fs::read_to_string(from.join("admin.conf")).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    write_private(
+        &to.join("admin.conf"),
+        &admin.replace(&server, &format!("https://127.0.0.1:{secure_port}")),
+    );
+    write_private(
+        &to.join("manifests/kube-apiserver.yaml"),
+        &apiserver_manifest(secure_port, etcd_port),
+    );
+}
+
 /// kubectl with a node's `admin.conf` (or another kubeconfig).
 pub struct Kubectl {
     pub kubeconfig: PathBuf,

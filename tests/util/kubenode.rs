@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use super::kubeapi::{write_control_plane, Kubectl};
+use super::kubeapi::{join_control_plane, write_control_plane, Kubectl};
 use super::kubelet::Kubelet;
 use super::manifest::EtcdPod;
 use super::pki::Pki;
@@ -119,6 +119,24 @@ impl KubeNode {
     pub fn with_apiserver(name: &str, seed: u64) -> KubeNode {
         let node = KubeNode::with_etcd("3.7", name, None, None, None);
         write_control_plane(node.root.path(), node.client_port, free_port(), seed);
+        node
+    }
+
+    /// A member of a three-node kubeadm 1.37 control plane whose first node is `first`
+    /// (`None`: this is the first), each node's API server on its own etcd member (stacked
+    /// etcd), sharing the cluster's keys; `pki` is the etcd PKI all members share.
+    pub fn control_plane_member(
+        name: &str,
+        pki: &Path,
+        ports: (u16, u16),
+        initial_cluster: &str,
+        first: Option<&Path>,
+    ) -> KubeNode {
+        let node = KubeNode::with_etcd("3.7", name, Some(pki), Some(ports), Some(initial_cluster));
+        match first {
+            None => write_control_plane(node.root.path(), node.client_port, free_port(), 13),
+            Some(f) => join_control_plane(node.root.path(), f, node.client_port, free_port()),
+        }
         node
     }
 
