@@ -417,3 +417,55 @@ fn object_lock_keeps_every_copy_until_its_retention_ends_then_retention_deletes_
         .collect();
     assert_eq!(listed, [keys[2].clone()], "{}", stdout(&out));
 }
+
+/// A copy that reached a destination which never replaces an object (an fs mount: no-replace
+/// rename; GCS: create-only uploads), but whose record or sidecar did not follow (here: the
+/// run killed right after the uploads completed), is adopted by the next run once it reads
+/// back as the snapshot, not uploaded again (which could never succeed there).
+#[test]
+fn a_copy_already_at_a_create_only_destination_is_adopted_not_uploaded_again() {
+    let mut node = Node::start(NEWEST, "cp1");
+    node.etcd.put_keys("adopt", 300);
+    let nfs = Tmpfs::new("64m");
+    node.add_destination(&fs_destination(nfs.path()));
+    let mut all = vec!["--config", node.config.to_str().unwrap(), "snapshot"];
+    let out = crate::util::etcdguard_cmd(&all)
+        .env("ETCDGUARD_TEST_CRASH_AFTER", "backup:uploaded")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
+    let dir = nfs.path().join("prod/cp1");
+    let there = crate::util::list_dir(&dir);
+    assert_eq!(there.len(), 1, "the object, no sidecar: {there:?}");
+    let object = dir.join(&there[0]);
+    let bytes = std::fs::read(&object).unwrap();
+
+    all.truncate(3);
+    let out = crate::util::etcdguard_cmd(&all).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let adopted = node
+        .records()
+        .into_iter()
+        .find(|r| r["trigger"] == "adopted")
+        .expect("the killed run's snapshot adopted");
+    let c = copy(&adopted, "nfs");
+    assert_eq!(c["state"], "uploaded", "{adopted:#}");
+    assert!(
+        c["location"].as_str().unwrap().ends_with(&there[0]),
+        "{c:#}"
+    );
+    assert_eq!(
+        std::fs::read(&object).unwrap(),
+        bytes,
+        "the object was not replaced"
+    );
+    assert!(
+        dir.join(format!("{}.json", there[0])).is_file(),
+        "its sidecar"
+    );
+    assert_eq!(
+        std::fs::read(node.snapshot_dir().join(&there[0])).unwrap(),
+        bytes
+    );
+}

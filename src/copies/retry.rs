@@ -113,7 +113,16 @@ async fn upload_record(
         Ok(r) => r,
         Err(e) => return Step::Failed(e),
     };
-    let up = match upload_from_file(&remote, rc, config, local, name, sha).await {
+    let existing = match remote.creates_only() {
+        true => already_there(&remote, config, rec, rc).await,
+        false => Ok(None),
+    };
+    let made = match existing {
+        Ok(Some(up)) => Ok(up),
+        Ok(None) => upload_from_file(&remote, rc, config, local, name, sha).await,
+        Err(e) => Err(e),
+    };
+    let up = match made {
         Ok(up) => up,
         // Dropping a claim lets its lease expire: the next try (here or on another node)
         // takes the slot over again.
@@ -134,6 +143,74 @@ async fn upload_record(
             bundle: done.bundle,
         },
         None => Step::Failed("the record has no copy at this destination".into()),
+    }
+}
+
+/// At a destination that never replaces an object, the copy a run made before its record or
+/// sidecar could follow (killed, a sidecar that failed): adopted when it reads back as the
+/// bytes the record expects; an object there that is not, or cannot be compared (sealed
+/// without a record of its sealed bytes), is an error that says so, never replaced.
+async fn already_there(
+    remote: &Remote,
+    config: &Config,
+    rec: &Record,
+    rc: &DestinationConfig,
+) -> Result<Option<Uploaded>, String> {
+    let (Some(name), Some(local)) = (&rec.file_name, &rec.local) else {
+        return Ok(None);
+    };
+    // Which object the retry would make, and what its bytes must be.
+    let (object, expected, sealed) = match &local.sealed {
+        Some(s) => {
+            let own = local
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| name.clone());
+            let want = (s.object_size_bytes, s.object_sha256.clone());
+            (own, Some(want), Some(s.clone()))
+        }
+        None => {
+            let object = crate::store::remote::object_name(name, config.encryption.as_ref());
+            match (
+                &config.encryption,
+                rec.copy(&rc.name).and_then(|c| c.sealed.clone()),
+            ) {
+                (None, _) => (object, rec.size_bytes.zip(rec.sha256.clone()), None),
+                (Some(_), Some(s)) => (
+                    object,
+                    Some((s.object_size_bytes, s.object_sha256.clone())),
+                    Some(s),
+                ),
+                (Some(_), None) => (object, None, None),
+            }
+        }
+    };
+    let key = remote.key_for(&object);
+    let Some((size, sha256)) = remote.sha256_of(&key).await? else {
+        return Ok(None);
+    };
+    let location = remote.location(&key);
+    match expected {
+        Some((want_size, want_sha)) if size == want_size && sha256 == want_sha => {
+            tracing::info!(object = %location, destination = %rc.name, "the copy is at the destination already: adopted, not uploaded again");
+            Ok(Some(Uploaded {
+                key,
+                etag: None,
+                sealed,
+                locked_until: None,
+            }))
+        }
+        Some((want_size, want_sha)) => Err(format!(
+            "{location} is there already with {size} bytes and sha256 {sha256}, not this \
+             snapshot's {want_size} bytes with sha256 {want_sha}; this destination never \
+             replaces an object: remove it, and the next retry uploads the snapshot"
+        )),
+        None => Err(format!(
+            "{location} is there already, sealed, and its bytes cannot be compared with \
+             anything this node recorded; this destination never replaces an object: check it \
+             opens (`etcdguard decrypt`) and remove it, and the next retry uploads the snapshot"
+        )),
     }
 }
 

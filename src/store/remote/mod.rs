@@ -452,6 +452,33 @@ impl Remote {
         }
     }
 
+    /// True for kinds that never replace an object (GCS's create-only uploads, an fs mount's
+    /// no-replace rename): a copy already there cannot be uploaded again, only adopted.
+    pub fn creates_only(&self) -> bool {
+        matches!(self.backend, Backend::Gcs | Backend::Fs { .. })
+    }
+
+    /// The size and sha256 of the object at `key`, read whole (streamed); `None` when there
+    /// is no such object.
+    pub async fn sha256_of(&self, key: &str) -> Result<Option<(u64, String)>, String> {
+        use futures_util::StreamExt;
+        if !self.exists(key).await? {
+            return Ok(None);
+        }
+        let reader = self.op.reader(key).await.map_err(|e| self.explain(&e))?;
+        let mut stream = reader
+            .into_bytes_stream(..)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        let (mut n, mut sha) = (0u64, <sha2::Sha256 as sha2::Digest>::new());
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("reading {} broke: {e}", self.location(key)))?;
+            n += chunk.len() as u64;
+            sha2::Digest::update(&mut sha, &chunk);
+        }
+        Ok(Some((n, hex::encode(sha2::Digest::finalize(sha)))))
+    }
+
     /// The record in the sidecar of the snapshot at `key`.
     pub async fn read_sidecar(&self, key: &str) -> Result<crate::records::Record, String> {
         let bytes = self
