@@ -181,13 +181,29 @@ pub fn etcd_binary(version_prefix: &str, binary: &str) -> PathBuf {
 /// use it; the engine, backup and restore tests run every supported minor.
 pub const NEWEST: &str = "3.7";
 
-/// A port that was free on 127.0.0.1 a moment ago.
+/// A port free on 127.0.0.1 now, never handed out before in this run. The ports come from
+/// below the kernel's ephemeral range (32768 and up), in turn: the tests run in one process,
+/// so two tests never get the same port, and no outgoing connection or port-0 listener of
+/// another test (an API server, a storage server) takes one a test let go of and expects to
+/// stay free (a restore checks that etcd's ports are closed).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20000;
+    const HIGH: u32 = 32000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        LOW + std::process::id() % 4000,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (LOW + (n - LOW) % (HIGH - LOW)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A small seeded pseudo-random generator (xorshift64*): one seed, one sequence, so a run can
