@@ -116,21 +116,7 @@ pub fn write_control_plane(root: &Path, etcd_port: u16, secure_port: u16, seed: 
         true,
         365,
     );
-    let etcd = Pki::load(&pki_dir.join("etcd"), "etcd-ca");
-    let (c, k) = etcd.issue(
-        "apiserver-etcd-client",
-        "kube-apiserver-etcd-client",
-        &[],
-        false,
-        true,
-        365,
-    );
-    for (from, to) in [
-        (c, "apiserver-etcd-client.crt"),
-        (k, "apiserver-etcd-client.key"),
-    ] {
-        std::fs::rename(from, pki_dir.join(to)).unwrap();
-    }
+    etcd_client_cert(&pki_dir);
     let front = Pki::ca_only(&pki_dir.join("front-proxy"), "front-proxy-ca");
     front.issue(
         "front-proxy-client",
@@ -189,6 +175,26 @@ pub fn write_control_plane(root: &Path, etcd_port: u16, secure_port: u16, seed: 
     );
 }
 
+/// The API server's etcd client certificate, `apiserver-etcd-client.{crt,key}` in `pki_dir`,
+/// signed by the etcd CA in `pki_dir/etcd`.
+fn etcd_client_cert(pki_dir: &Path) {
+    let etcd = Pki::load(&pki_dir.join("etcd"), "etcd-ca");
+    let (c, k) = etcd.issue(
+        "apiserver-etcd-client",
+        "kube-apiserver-etcd-client",
+        &[],
+        false,
+        true,
+        365,
+    );
+    for (from, to) in [
+        (c, "apiserver-etcd-client.crt"),
+        (k, "apiserver-etcd-client.key"),
+    ] {
+        std::fs::rename(from, pki_dir.join(to)).unwrap();
+    }
+}
+
 /// Lays out under `root` the control plane of another node of the cluster whose first node
 /// is at `first`: the same cluster, front-proxy and service-account keys, the same
 /// EncryptionConfiguration, an `admin.conf` pointing at this node's API server, and the
@@ -211,21 +217,7 @@ pub fn join_control_plane(root: &Path, first: &Path, etcd_port: u16, secure_port
     ] {
         std::fs::copy(from.join("pki").join(f), to.join("pki").join(f)).unwrap();
     }
-    let etcd = Pki::load(&to.join("pki/etcd"), "etcd-ca");
-    let (c, k) = etcd.issue(
-        "apiserver-etcd-client",
-        "kube-apiserver-etcd-client",
-        &[],
-        false,
-        true,
-        365,
-    );
-    for (f, name) in [
-        (c, "apiserver-etcd-client.crt"),
-        (k, "apiserver-etcd-client.key"),
-    ] {
-        std::fs::rename(f, to.join("pki").join(name)).unwrap();
-    }
+    etcd_client_cert(&to.join("pki"));
     write_private(
         &to.join("enc/enc.yaml"),
         &std::fs::read_to_string(from.join("enc/enc.yaml")).unwrap(),
