@@ -129,6 +129,11 @@ pub enum Command {
         /// [default: `[drill] etcd_binary`; off when neither is set]
         #[arg(long, value_name = "PATH")]
         etcd_binary: Option<PathBuf>,
+        /// Also start this kube-apiserver on that etcd and list every resource type the
+        /// snapshot holds through it [default: `[drill] apiserver_binary`; off when neither
+        /// is set; needs an etcd binary]
+        #[arg(long, value_name = "PATH")]
+        apiserver_binary: Option<PathBuf>,
         #[arg(long, short, value_enum, default_value_t = InspectFormat::Table)]
         output: InspectFormat,
     },

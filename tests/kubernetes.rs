@@ -584,3 +584,169 @@ fn three_control_plane_nodes_restored_serve_the_same_objects_from_every_api_serv
         );
     }
 }
+
+/// The drill reaches the API server when asked: a kube-apiserver started on the drill's etcd
+/// lists every resource type of the snapshot with `inspect`'s counts, and a Secret under a key
+/// the node's encryption config no longer has fails the drill, naming the key. The scratch dir
+/// is empty afterwards.
+#[test]
+fn a_drill_lists_the_snapshot_through_a_real_api_server_and_names_a_secret_it_cannot_decrypt() {
+    eprintln!("kube-apiserver: {}", apiserver_version());
+    let mut node = KubeNode::with_apiserver("cp1", 17);
+    // The drill reads the files the manifests name where the host has them: here under the
+    // node's root (a real node's are under /).
+    for m in ["etcd.yaml", "kube-apiserver.yaml"] {
+        let path = node.path(&format!("etc/kubernetes/manifests/{m}"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let root = node.root.path().display().to_string();
+        std::fs::write(
+            &path,
+            text.replace(
+                "path: /etc/kubernetes",
+                &format!("path: {root}/etc/kubernetes"),
+            ),
+        )
+        .unwrap();
+    }
+    node.start();
+    node.wait_healthy(Duration::from_secs(60));
+    let k = node.kubectl();
+    k.wait_ready(Duration::from_secs(120), || node.apiserver_log_tail());
+    k.ok(&["create", "namespace", "team-a"]);
+    k.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+    ]);
+    k.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=blue",
+    ]);
+    k.apply(WIDGETS_CRD);
+    crate::util::wait_until(
+        "the Widget CRD to be established",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || {
+            k.run(&["get", "widgets.example.com", "-A"])
+                .status
+                .success()
+        },
+    );
+    k.apply(&widget("small", 1));
+    k.apply(&widget("large", 9));
+    let out = node.etcdguard(&["snapshot"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let etcd = crate::util::etcd_binary("3.7", "etcd");
+    let apiserver = crate::util::kubeapi::kube_binary("kube-apiserver");
+    let drill = |with_etcd: bool| {
+        let mut args = vec!["drill", "--output", "json"];
+        if with_etcd {
+            args.extend(["--etcd-binary", etcd.to_str().unwrap()]);
+        }
+        args.extend(["--apiserver-binary", apiserver.to_str().unwrap()]);
+        let out = node.etcdguard(&args);
+        let r: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        let api = r["drill"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "apiserver")
+            .unwrap_or_else(|| panic!("no apiserver check: {r:#}"))
+            .clone();
+        (out.status.code(), r, api)
+    };
+    let scratch_is_empty = || {
+        assert_eq!(
+            crate::util::list_dir(&node.path("var/lib/etcdguard/drill")),
+            Vec::<String>::new()
+        )
+    };
+
+    let (code, r, api) = drill(true);
+    assert_eq!(
+        (code, r["result"].as_str()),
+        (Some(0), Some("Success")),
+        "{r:#}"
+    );
+    assert_eq!(api["result"], "passed", "{r:#}");
+    let detail = api["detail"].as_str().unwrap();
+    eprintln!("apiserver check: {detail}");
+    for want in [
+        "kube-apiserver v1.37",
+        "widgets.example.com 2",
+        "customresourcedefinitions.apiextensions.k8s.io 1",
+        "namespaces ",
+        "secrets ",
+        "configmaps ",
+    ] {
+        assert!(detail.contains(want), "{want} not in {detail}");
+    }
+    scratch_is_empty();
+
+    // Without an etcd to read, the API server check says what to set.
+    let (code, _, api) = drill(false);
+    assert_eq!(code, Some(1));
+    assert_eq!(api["result"], "failed");
+    assert!(
+        api["detail"].as_str().unwrap().contains("etcd_binary"),
+        "{api:#}"
+    );
+
+    // The encryption key that sealed the snapshot's Secrets rotated away without being kept:
+    // a restore would bring back Secrets nobody can read, and the drill says which.
+    let enc = node.path("etc/kubernetes/enc/enc.yaml");
+    let text = std::fs::read_to_string(&enc).unwrap();
+    let other = text
+        .replace("name: key1", "name: key2")
+        .replace("secret: ", "secret: AAAA");
+    let other = {
+        // A different 32-byte key, base64.
+        let start = other.find("secret: ").unwrap() + "secret: ".len();
+        let end = start + other[start..].find('\n').unwrap();
+        format!(
+            "{}{}{}",
+            &other[..start],
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            &other[end..]
+        )
+    };
+    std::fs::write(&enc, other).unwrap();
+    let (code, r, api) = drill(true);
+    assert_eq!(code, Some(1), "{r:#}");
+    assert_eq!(api["result"], "failed", "{r:#}");
+    let detail = api["detail"].as_str().unwrap();
+    eprintln!("apiserver check with the key rotated away: {detail}");
+    assert!(detail.contains("/registry/secrets/team-a/db"), "{detail}");
+    scratch_is_empty();
+
+    // An object whose stored value does not decode (cut-off JSON): named too.
+    std::fs::write(&enc, text).unwrap();
+    let out = node.etcdctl(&[
+        "put",
+        "/registry/configmaps/team-a/broken",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"bro"#,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = node.etcdguard(&["snapshot"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, r, api) = drill(true);
+    assert_eq!(code, Some(1), "{r:#}");
+    let detail = api["detail"].as_str().unwrap();
+    eprintln!("apiserver check with a corrupt object: {detail}");
+    assert!(
+        detail.contains("/registry/configmaps/team-a/broken"),
+        "{detail}"
+    );
+    scratch_is_empty();
+}

@@ -19,6 +19,7 @@ pub(super) struct Args {
     pub remote: bool,
     pub identity: Option<PathBuf>,
     pub etcd_binary: Option<PathBuf>,
+    pub apiserver_binary: Option<PathBuf>,
     pub format: InspectFormat,
 }
 
@@ -29,6 +30,7 @@ pub(super) fn run(config_path: Option<&Path>, a: Args) -> CmdResult {
         remote: a.remote,
         identity: a.identity,
         etcd_binary: a.etcd_binary,
+        apiserver_binary: a.apiserver_binary,
     };
     let rt = runtime()?;
     let cancel = Arc::new(AtomicBool::new(false));

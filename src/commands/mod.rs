@@ -80,6 +80,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
             remote,
             identity,
             etcd_binary,
+            apiserver_binary,
             output,
         } => drill::run(
             config_path,
@@ -88,6 +89,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
                 remote,
                 identity,
                 etcd_binary,
+                apiserver_binary,
                 format: output,
             },
         ),

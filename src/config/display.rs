@@ -372,6 +372,10 @@ fn drill(d: &DrillConfig) -> Section {
             set("scratch_dir", quoted(&d.scratch_dir)),
             set_some("identity", d.identity.as_deref().map(quoted)),
             set_some("etcd_binary", d.etcd_binary.as_deref().map(quoted)),
+            set_some(
+                "apiserver_binary",
+                d.apiserver_binary.as_deref().map(quoted),
+            ),
             set("timeout", duration(d.timeout)),
         ],
     )

@@ -88,7 +88,11 @@ pub struct DrillConfig {
     /// An etcd binary of this node's version: when set, the drill starts it on the built dir
     /// (loopback, TLS with the node's etcd PKI) and compares `hashkv`.
     pub etcd_binary: Option<PathBuf>,
-    /// Bound on the started etcd becoming healthy and answering.
+    /// A kube-apiserver binary: when set (with `etcd_binary`), the drill starts it on the
+    /// drill's etcd (loopback, the node's etcd PKI) and lists every resource type the snapshot
+    /// holds through it.
+    pub apiserver_binary: Option<PathBuf>,
+    /// Bound on the started etcd (and API server) becoming healthy and answering.
     pub timeout: Duration,
 }
 
@@ -435,6 +439,12 @@ impl Config {
     /// `recover` use it.
     pub fn primary(&self) -> Option<&DestinationConfig> {
         self.destinations.first()
+    }
+
+    /// Where the node's files are: `[bundle] root`, `/` without a `[bundle]` (a test node or
+    /// a chroot sets it). The drill finds the files its manifests name there.
+    pub fn node_root(&self) -> &Path {
+        self.bundle.as_ref().map_or(Path::new("/"), |b| &b.root)
     }
 
     /// True when `destination` names the primary destination.

@@ -34,6 +34,7 @@ pub(super) struct RawDrill {
     pub(super) scratch_dir: Option<Spanned<PathBuf>>,
     pub(super) identity: Option<Spanned<PathBuf>>,
     pub(super) etcd_binary: Option<Spanned<PathBuf>>,
+    pub(super) apiserver_binary: Option<Spanned<PathBuf>>,
     pub(super) timeout: Option<Spanned<RawDuration>>,
 }
 

@@ -221,6 +221,7 @@ fn validate_drill(
         scratch_dir: None,
         identity: None,
         etcd_binary: None,
+        apiserver_binary: None,
         timeout: None,
     });
     let schedule = d.schedule.and_then(|s| drill_schedule(s, v));
@@ -240,6 +241,14 @@ fn validate_drill(
              0600, or drill on another machine with `etcdguard drill --snapshot KEY --identity`)",
         );
     }
+    if let (Some(a), None) = (&d.apiserver_binary, &d.etcd_binary) {
+        v.problem(
+            Some(a.span()),
+            "drill.apiserver_binary",
+            "the drill's API server reads the etcd the drill starts: set `etcd_binary` too (an \
+             etcd of this node's version)",
+        );
+    }
     DrillConfig {
         schedule,
         source,
@@ -252,6 +261,9 @@ fn validate_drill(
         etcd_binary: d
             .etcd_binary
             .map(|p| v.path(Some(p), "drill.etcd_binary", Path::new(""))),
+        apiserver_binary: d
+            .apiserver_binary
+            .map(|p| v.path(Some(p), "drill.apiserver_binary", Path::new(""))),
         timeout: v.duration(d.timeout, "drill.timeout", Duration::from_secs(120)),
     }
 }

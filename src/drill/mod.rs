@@ -10,9 +10,11 @@
 //! as usual. The chosen local file is held open for the whole drill (read through
 //! `/proc/self/fd`), so retention deleting it meanwhile changes nothing.
 
+mod apiserver;
 mod checks;
 mod choose;
 mod damage;
+mod scratch;
 mod start;
 
 use std::path::{Path, PathBuf};
@@ -36,8 +38,7 @@ use crate::state::{LockError, StateDir};
 
 use checks::{DbContent, NodeIdentity};
 use choose::{choose, Chosen};
-
-const SCRATCH_PREFIX: &str = "drill-";
+use scratch::Scratch;
 
 /// What the operator (or the schedule) asked for.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +51,8 @@ pub struct DrillOptions {
     pub identity: Option<PathBuf>,
     /// Start this etcd on the built dir; `None`: `[drill] etcd_binary`.
     pub etcd_binary: Option<PathBuf>,
+    /// Start this kube-apiserver on that etcd; `None`: `[drill] apiserver_binary`.
+    pub apiserver_binary: Option<PathBuf>,
 }
 
 /// Why no drill was recorded.
@@ -112,43 +115,6 @@ impl Run {
                 self.failed = true;
                 None
             }
-        }
-    }
-}
-
-/// The scratch dir of one drill; removed when dropped.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    /// Creates `<scratch_dir>/drill-<stamp>-<pid>` (0700) after removing what drills that
-    /// were killed left there (only names drills make; the drill lock is held).
-    fn create(scratch_dir: &Path) -> Result<Scratch, String> {
-        let bad = |e: std::io::Error| format!("drill scratch dir {}: {e}", scratch_dir.display());
-        fsutil::create_private_dir_all(scratch_dir).map_err(bad)?;
-        fsutil::check_trusted_dir(scratch_dir).map_err(bad)?;
-        for e in std::fs::read_dir(scratch_dir).map_err(bad)?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(SCRATCH_PREFIX) {
-                tracing::info!(dir = %e.path().display(), "removing what an interrupted drill left");
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        let path = scratch_dir.join(format!(
-            "{SCRATCH_PREFIX}{}-{}",
-            crate::clock::now().format("%Y%m%dT%H%M%S"),
-            std::process::id()
-        ));
-        fsutil::create_private_dir_all(&path).map_err(bad)?;
-        Ok(Scratch { path })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::error!(dir = %self.path.display(), "cannot remove the drill's scratch dir: {e}");
         }
     }
 }
@@ -310,6 +276,14 @@ struct Drilling<'a> {
 }
 
 impl Drilling<'_> {
+    /// The etcd to start on the built dir, if any.
+    fn etcd_binary(&self) -> Option<&PathBuf> {
+        self.opts
+            .etcd_binary
+            .as_ref()
+            .or(self.config.drill.etcd_binary.as_ref())
+    }
+
     /// `e` naming the snapshot as humans know it rather than by the path read.
     fn shown(&self, e: String) -> String {
         e.replace(&self.chosen.path.display().to_string(), &self.chosen.shown)
@@ -341,7 +315,8 @@ fn drill_dir(d: &Drilling, run: &mut Run, cancel: &AtomicBool) -> Option<Minor> 
     if interrupted() {
         return None;
     }
-    start_etcd(d, run, &source, &built.cluster, target, &data_dir);
+    let etcd = start_etcd(d, run, &source, &built.cluster, target, &data_dir);
+    check_apiserver(d, run, etcd.as_ref(), source.revision);
     Some(target)
 }
 
@@ -489,7 +464,8 @@ fn check_built(
 }
 
 /// The optional real etcd (`--etcd-binary` or `[drill] etcd_binary`) started on the built
-/// dir and compared with the snapshot; skipped when none is set.
+/// dir and compared with the snapshot; skipped when none is set. The running etcd, when it
+/// passed (killed when dropped).
 fn start_etcd(
     d: &Drilling,
     run: &mut Run,
@@ -497,14 +473,9 @@ fn start_etcd(
     cluster: &Cluster,
     target: Minor,
     data_dir: &Path,
-) {
+) -> Option<EtcdStarted> {
     let config = d.config;
-    let binary = d
-        .opts
-        .etcd_binary
-        .as_ref()
-        .or(config.drill.etcd_binary.as_ref());
-    let Some(b) = binary else {
+    let Some(b) = d.etcd_binary() else {
         run.push(
             "etcd-start",
             Verdict::Skipped,
@@ -512,10 +483,12 @@ fn start_etcd(
              built dir"
                 .into(),
         );
-        return;
+        return None;
     };
+    let log = d.scratch.path.join("etcd.log");
     run.check("etcd-start", || {
         let tls = crate::preflight::etcd_tls(&config.etcd).map_err(|e| e.to_string())?;
+        let server = start::server_tls(&d.node.manifest, config.node_root())?;
         // etcd resumes a pending compaction at start: its hash counts from there.
         let compact = source.compact.max(source.scheduled);
         let db = crate::etcddb::keyspace::open(&d.chosen.path).map_err(|e| d.shown(e))?;
@@ -525,19 +498,85 @@ fn start_etcd(
             revision: source.revision,
             kv_hash: crate::inspect::hash_kv(&db, compact).map_err(|e| d.shown(e))?,
         };
-        start::start_and_compare(
+        let (started, detail) = start::start_and_compare(
             d.handle,
             b,
             target,
             &d.node.identity.name,
             data_dir,
-            &d.scratch.path.join("etcd.log"),
-            &d.node.manifest,
+            log,
+            &server,
             &tls,
             &expected,
             config.drill.timeout,
-        )
-        .map(|detail| ((), detail))
+        )?;
+        Ok((
+            EtcdStarted {
+                started,
+                server,
+                tls,
+            },
+            detail,
+        ))
+    })
+}
+
+/// The drill's etcd while it runs, with the TLS it was started and reached with.
+struct EtcdStarted {
+    started: start::Started,
+    server: [PathBuf; 3],
+    tls: crate::etcd::TlsMaterial,
+}
+
+/// The optional kube-apiserver (`--apiserver-binary` or `[drill] apiserver_binary`) started
+/// on the drill's etcd, listing every resource type of the snapshot at its `revision`.
+fn check_apiserver(d: &Drilling, run: &mut Run, etcd: Option<&EtcdStarted>, revision: i64) {
+    let Some(binary) = d.opts.apiserver_binary.as_ref().or(d
+        .config
+        .drill
+        .apiserver_binary
+        .as_ref())
+    else {
+        run.push(
+            "apiserver",
+            Verdict::Skipped,
+            "off: set [drill] apiserver_binary to list the snapshot's objects through a \
+             kube-apiserver started on the drill's etcd"
+                .into(),
+        );
+        return;
+    };
+    run.check("apiserver", || {
+        let Some(etcd) = etcd else {
+            return Err(
+                "the API server reads the drill's etcd: set [drill] etcd_binary (or \
+                        --etcd-binary) too"
+                    .into(),
+            );
+        };
+        let db = crate::etcddb::keyspace::open(&d.chosen.path).map_err(|e| d.shown(e))?;
+        let limits = crate::inspect::Limits {
+            largest: 0,
+            deleted: 0,
+        };
+        let summary = crate::inspect::summarize(&db, limits).map_err(|e| d.shown(e))?;
+        let trees = summary
+            .resources
+            .into_iter()
+            .filter(|r| r.count.keys > 0 && !r.resource.starts_with('('))
+            .map(|r| (r.resource, r.count.keys))
+            .collect();
+        let req = apiserver::Request {
+            binary,
+            config: d.config,
+            etcd_url: &etcd.started.url,
+            server: &etcd.server,
+            client_tls: &etcd.tls,
+            scratch: &d.scratch.path,
+            revision,
+            trees,
+        };
+        apiserver::check(d.handle, &req).map(|detail| ((), detail))
     });
 }
 

@@ -3,7 +3,8 @@
 //! certificates (the data dir holds every Secret of the cluster, so nobody without the etcd
 //! CA's trust may read it while it runs). It must come up as the planned member of the planned
 //! cluster, at the snapshot's revision, with the `hashkv` the snapshot gives offline. The
-//! process is killed when the check ends, whatever happened.
+//! process is killed when the drill ends, whatever happened; until then the API server check
+//! (`apiserver`) may read it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,8 +23,8 @@ pub(super) struct Expected {
     pub kv_hash: u32,
 }
 
-/// Kills the etcd when dropped.
-struct Running(Child);
+/// Kills the process when dropped.
+pub(super) struct Running(pub(super) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -54,19 +55,20 @@ fn binary_minor(binary: &Path) -> Result<(String, Option<Minor>), String> {
     Ok((v, minor))
 }
 
-fn free_port() -> Result<u16, String> {
+pub(super) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| format!("no free loopback port: {e}"))
 }
 
-/// The node's etcd server certificate, key and client CA, as its manifest names them.
-fn server_tls(manifest: &EtcdManifest) -> Result<[PathBuf; 3], String> {
+/// The node's etcd server certificate, key and client CA, as its manifest names them, on the
+/// node whose files are under `root` (`[bundle] root`, `/` on a node).
+pub(super) fn server_tls(manifest: &EtcdManifest, root: &Path) -> Result<[PathBuf; 3], String> {
     let flag = |f: &str| {
         manifest
             .flag(f)
-            .map(|p| PathBuf::from(manifest.host_path(p)))
+            .map(|p| crate::fsutil::under_root(root, Path::new(&manifest.host_path(p))))
             .ok_or_else(|| format!("the etcd manifest has no --{f}"))
     };
     Ok([
@@ -76,8 +78,10 @@ fn server_tls(manifest: &EtcdManifest) -> Result<[PathBuf; 3], String> {
     ])
 }
 
-/// Starts etcd `binary` (of `target`'s minor) on the built `data_dir`, waits for it to answer
-/// and compares its answer with `expected`; it is killed whatever happened. The check's detail.
+/// Starts etcd `binary` (of `target`'s minor) on the built `data_dir`, serving with the
+/// node's etcd `server` certificate, key and client CA, waits for it to answer and compares
+/// its answer with `expected`. The running etcd (killed when dropped, so whatever happens) and
+/// the check's detail.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn start_and_compare(
     handle: &tokio::runtime::Handle,
@@ -85,17 +89,18 @@ pub(super) fn start_and_compare(
     target: Minor,
     name: &str,
     data_dir: &Path,
-    log: &Path,
-    manifest: &EtcdManifest,
+    log: PathBuf,
+    server: &[PathBuf; 3],
     client_tls: &TlsMaterial,
     expected: &Expected,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<(Started, String), String> {
     let version = version_of(binary, target)?;
-    let mut started = spawn(binary, version, name, data_dir, log, manifest)?;
+    let mut started = spawn(binary, version, name, data_dir, log, server)?;
     let (info, (hash, compact)) =
         wait_for_answer(handle, &mut started, client_tls, expected, timeout)?;
-    compare(&started.version, &info, hash, compact, expected)
+    let detail = compare(&started.version, &info, hash, compact, expected)?;
+    Ok((started, detail))
 }
 
 /// The binary's etcd version, which must be of `target`'s minor (the version a restore
@@ -113,41 +118,46 @@ fn version_of(binary: &Path, target: Minor) -> Result<String, String> {
 }
 
 /// A started etcd: killed when dropped.
-struct Started<'a> {
+pub(super) struct Started {
     running: Running,
     /// What `etcd --version` said.
     version: String,
     /// Its client URL, `https://127.0.0.1:<port>`.
-    url: String,
+    pub(super) url: String,
     /// Its output.
-    log: &'a Path,
+    log: PathBuf,
 }
 
-impl Started<'_> {
+impl Started {
     /// The last lines of its log.
     fn log_tail(&self) -> String {
-        let t = std::fs::read_to_string(self.log).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join("\n")
+        tail(&self.log, 5)
     }
+}
+
+/// The last `n` lines of the log at `path`.
+pub(super) fn tail(path: &Path, n: usize) -> String {
+    let t = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Starts `binary` on `data_dir` as member `name`: loopback ports, the node's server TLS
 /// with client certificates required, its output to `log`, none of the host's `ETCD*`
 /// variables.
-fn spawn<'a>(
+fn spawn(
     binary: &Path,
     version: String,
     name: &str,
     data_dir: &Path,
-    log: &'a Path,
-    manifest: &EtcdManifest,
-) -> Result<Started<'a>, String> {
-    let [cert, key, ca] = server_tls(manifest)?;
+    log: PathBuf,
+    server: &[PathBuf; 3],
+) -> Result<Started, String> {
+    let [cert, key, ca] = server;
     let (client_port, peer_port) = (free_port()?, free_port()?);
     let url = format!("https://127.0.0.1:{client_port}");
     let log_file =
-        crate::fsutil::create_private_file(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        crate::fsutil::create_private_file(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut cmd = Command::new(binary);
     cmd.args(["--name", name, "--data-dir"])
         .arg(data_dir)
@@ -160,11 +170,11 @@ fn spawn<'a>(
         .arg("--listen-peer-urls")
         .arg(format!("http://127.0.0.1:{peer_port}"))
         .arg("--cert-file")
-        .arg(&cert)
+        .arg(cert)
         .arg("--key-file")
-        .arg(&key)
+        .arg(key)
         .arg("--trusted-ca-file")
-        .arg(&ca)
+        .arg(ca)
         .args([
             "--client-cert-auth",
             "--logger",

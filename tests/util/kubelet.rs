@@ -48,7 +48,7 @@ pub struct Kubelet {
 }
 
 /// The command line of `program`'s container in a manifest, with container paths turned into
-/// host paths.
+/// host paths: under the node's root, unless a host path already is.
 fn host_command(root: &Path, text: &str, program: &str) -> Vec<String> {
     let m = EtcdManifest::parse_container(text, Path::new("manifest.yaml"), program)
         .expect("runner: manifest parses");
@@ -58,8 +58,13 @@ fn host_command(root: &Path, text: &str, program: &str) -> Vec<String> {
             if v == mount || v.starts_with(&format!("{mount}/")) {
                 if let Some((_, host)) = m.host_paths.iter().find(|(n, _)| n == vol) {
                     let rest = &v[mount.len()..];
-                    return root
-                        .join(host.trim_start_matches('/'))
+                    let host = Path::new(host);
+                    let host = if host.starts_with(root) {
+                        host.to_path_buf()
+                    } else {
+                        root.join(host.strip_prefix("/").unwrap_or(host))
+                    };
+                    return host
                         .join(rest.trim_start_matches('/'))
                         .display()
                         .to_string()
