@@ -337,6 +337,21 @@ fn drill_settings() {
     );
     let e = errs("[drill]\nsource = \"tape\"\nschedule = \"nope\"\n");
     assert_eq!(e.len(), 2, "{e:?}");
+    // The drill's API server reads the drill's etcd.
+    let e = errs("[drill]\napiserver_binary = \"/usr/local/bin/kube-apiserver\"\n");
+    assert!(
+        e[0].contains("drill.apiserver_binary") && e[0].contains("etcd_binary"),
+        "{e:?}"
+    );
+    let c = parse(
+        "[drill]\netcd_binary = \"/e\"\napiserver_binary = \"/usr/local/bin/kube-apiserver\"\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.drill.apiserver_binary.as_deref(),
+        Some(Path::new("/usr/local/bin/kube-apiserver"))
+    );
     // A scheduled drill of sealed copies needs a key that opens them.
     let sealed = "[encryption]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\nencrypt_local = true\n";
     let e = errs(&format!("{sealed}[drill]\nschedule = \"@daily\"\n"));
