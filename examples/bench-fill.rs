@@ -8,6 +8,9 @@
 //! With `k8s`, values are shaped like Kubernetes objects instead (for the compression
 //! benchmark): kind, metadata, labels and managedFields as text with the repetition real
 //! objects have, random uids and resource versions, and for Secrets an opaque random payload.
+//! With `configmaps`, every key is a ConfigMap a real kube-apiserver decodes (JSON, its data
+//! random hex), under `/registry/configmaps/` (for the recovery-time benchmark, which ends when
+//! an API server serves them).
 
 use std::time::{Duration, Instant};
 
@@ -74,6 +77,23 @@ impl Rng {
         out
     }
 
+    /// A ConfigMap kube-apiserver reads back, about `len` bytes of JSON.
+    fn configmap(&mut self, ns: u64, name: &str, len: usize) -> Vec<u8> {
+        let uid = hex(&self.bytes(16));
+        let data = hex(&self.bytes(len / 2));
+        format!(
+            "{{\"kind\":\"ConfigMap\",\"apiVersion\":\"v1\",\"metadata\":{{\"name\":\"{name}\",\
+             \"namespace\":\"ns-{ns}\",\"uid\":\"{}-{}-{}-{}-{}\",\
+             \"creationTimestamp\":\"2026-11-01T00:00:00Z\"}},\"data\":{{\"blob\":\"{data}\"}}}}",
+            &uid[..8],
+            &uid[8..12],
+            &uid[12..16],
+            &uid[16..20],
+            &uid[20..32]
+        )
+        .into_bytes()
+    }
+
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = Vec::with_capacity(n + 8);
         while v.len() < n {
@@ -110,6 +130,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let target = target_mib << 20;
     let shaped = args.get(4).is_some_and(|a| a == "k8s");
+    let configmaps = args.get(4).is_some_and(|a| a == "configmaps");
     let start = Instant::now();
     let mut handles = Vec::new();
     for worker in 0..16u64 {
@@ -127,7 +148,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut ops = Vec::new();
                     let mut seen = std::collections::HashSet::new();
                     for _ in 0..8 {
-                        let r = RESOURCES[(rng.next() % 8) as usize];
+                        let r = if configmaps {
+                            "configmaps"
+                        } else {
+                            RESOURCES[(rng.next() % 8) as usize]
+                        };
                         // A tenth of the writes overwrite an earlier key.
                         let name = if rng.next() % 10 == 0 {
                             rng.next() % (n + 1)
@@ -139,7 +164,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             continue; // one key at most once per transaction
                         }
                         let len = 1024 + (rng.next() % (23 * 1024)) as usize;
-                        let value = if shaped {
+                        let value = if configmaps {
+                            rng.configmap(name % 40, &format!("obj-{worker}-{name:08}"), len)
+                        } else if shaped {
                             rng.object(r, name % 40, &format!("obj-{worker}-{name:08}"), len)
                         } else {
                             rng.bytes(len)
