@@ -95,7 +95,7 @@ struct Bench {
     s3: S3Server,
     work: PathBuf,
     identity: PathBuf,
-    /// The local snapshot file (plain).
+    /// The node's snapshot file (plain), copied out of the node's root.
     local: PathBuf,
     /// The snapshot's key in the bucket (sealed).
     key: String,
@@ -163,7 +163,13 @@ impl Bench {
         )
         .unwrap();
         let r = &rec[0];
-        let local = PathBuf::from(r["local"]["path"].as_str().expect("record local.path"));
+        // A copy outside the node's root, which `recover`'s wipe takes with it.
+        let local = work.join("snapshot.db");
+        std::fs::copy(
+            r["local"]["path"].as_str().expect("record local.path"),
+            &local,
+        )
+        .unwrap();
         let location = r["remote"]["location"].as_str().expect("remote copy");
         let key = location
             .split_once(&format!("{BUCKET}/"))
