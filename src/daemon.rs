@@ -71,6 +71,8 @@ struct Daemon {
     store: RecordStore,
     /// The latest handled slot in memory (persisted when its backup is done).
     last_handled: DateTime<Utc>,
+    /// The clock reads before `last_handled` (it was stepped back): said once.
+    clock_behind: bool,
     running: Option<Running>,
     next: Option<DateTime<Utc>>,
     /// Remote retries and retention (and the start-up pre-flight), never beside a backup.
@@ -220,6 +222,7 @@ impl Daemon {
             config,
             store,
             last_handled,
+            clock_behind: false,
             running: None,
             next: None,
             maintenance: None,
@@ -288,6 +291,12 @@ impl Daemon {
             );
             persist_slot(&self.store, t.last_handled);
         }
+        // Stepped back under a day: the slots up to the last handled one were taken; said once.
+        let behind = now < t.last_handled;
+        if behind && !self.clock_behind {
+            tracing::warn!(last_handled = %records::rfc3339(t.last_handled), "the clock is behind the last handled slot (stepped back?): no slot is taken twice; backups resume after it");
+        }
+        self.clock_behind = behind;
         self.last_handled = t.last_handled;
         self.next = t.next;
         if let Some(slot) = t.due {

@@ -282,9 +282,9 @@ pub fn local_deletions(records: &[Record], now: DateTime<Utc>, rule: Rule) -> Ve
 }
 
 /// Decides which of this node's remote snapshots to delete. `objects` are the snapshot names
-/// under the node's prefix with the time in each name; ordered here by that time (names
-/// sort by it), since the bucket has no append order. Names in `pinned` are outside the rule.
-/// Indices refer to `objects`.
+/// under the node's prefix with the time in each name, ordered as [`remote_order`] says (no
+/// records here: by that time). Names in `pinned` are outside the rule. Indices refer to
+/// `objects`.
 #[cfg(test)]
 pub fn remote_deletions(
     objects: &[(String, DateTime<Utc>)],
@@ -292,27 +292,25 @@ pub fn remote_deletions(
     now: DateTime<Utc>,
     rule: Rule,
 ) -> Vec<Deletion> {
-    remote_deletions_at(objects, pinned, now, rule, "remote_storage")
+    let none = std::collections::HashMap::new();
+    remote_deletions_at(objects, &none, pinned, now, rule, "remote_storage")
 }
 
 /// [`remote_deletions`] at the destination whose settings are `section` (`remote_storage`,
-/// `destination.<name>`), which the reasons name.
+/// `destination.<name>`), which the reasons name; `recorded` maps the object names this
+/// node's records know to the record's position in the file (see [`remote_order`]).
 pub fn remote_deletions_at(
     objects: &[(String, DateTime<Utc>)],
+    recorded: &std::collections::HashMap<String, usize>,
     pinned: &std::collections::HashSet<String>,
     now: DateTime<Utc>,
     rule: Rule,
     section: &str,
 ) -> Vec<Deletion> {
-    let mut order: Vec<usize> = (0..objects.len())
+    let candidates: Vec<usize> = (0..objects.len())
         .filter(|&i| !pinned.contains(&objects[i].0))
         .collect();
-    order.sort_by(|&a, &b| {
-        objects[a]
-            .1
-            .cmp(&objects[b].1)
-            .then(objects[a].0.cmp(&objects[b].0))
-    });
+    let order = remote_order(objects, candidates, recorded);
     let times: Vec<DateTime<Utc>> = order.iter().map(|&i| objects[i].1).collect();
     select(&times, now, rule, section)
         .into_iter()
@@ -321,6 +319,40 @@ pub fn remote_deletions_at(
             reason,
         })
         .collect()
+}
+
+/// The order remote copies are judged in, oldest first, as local copies are: the order the
+/// backups were recorded in, not the times in the names, for the copies this node's records
+/// know (`recorded`: object name → the record's position). A clock stepped back gives a newer
+/// backup an older name; ordered by name it would count as the oldest and go first. A
+/// recorded copy sorts at the latest name time recorded up to it; copies the records do not
+/// know (another node's, records lost with a rebuilt node) at their own.
+fn remote_order(
+    objects: &[(String, DateTime<Utc>)],
+    mut candidates: Vec<usize>,
+    recorded: &std::collections::HashMap<String, usize>,
+) -> Vec<usize> {
+    let mut known: Vec<(usize, usize)> = candidates
+        .iter()
+        .filter_map(|&i| recorded.get(&objects[i].0).map(|&pos| (pos, i)))
+        .collect();
+    known.sort_unstable();
+    let mut at: std::collections::HashMap<usize, DateTime<Utc>> = Default::default();
+    let mut latest: Option<DateTime<Utc>> = None;
+    for (_, i) in known {
+        let t = latest.map_or(objects[i].1, |l| l.max(objects[i].1));
+        latest = Some(t);
+        at.insert(i, t);
+    }
+    candidates.sort_by_cached_key(|&i| {
+        let pos = recorded.get(&objects[i].0).copied().unwrap_or(usize::MAX);
+        (
+            at.get(&i).copied().unwrap_or(objects[i].1),
+            pos,
+            objects[i].0.clone(),
+        )
+    });
+    candidates
 }
 
 /// Of copies ordered oldest first, how many are older than the rule's ttl but kept because
@@ -776,6 +808,56 @@ mod tests {
             s[1].as_deref(),
             Some("kept for 1 more successful backups (keep 4)")
         );
+    }
+
+    #[test]
+    fn remote_rule_orders_recorded_copies_as_recorded_after_a_clock_step_back() {
+        let now = Utc::now();
+        let t = |h: i64| now + chrono::Duration::hours(h);
+        // Recorded in this order: a and b while the clock was a day ahead, then c and d after
+        // it was stepped back two days: c and d have the oldest names but are the newest.
+        // x is a copy the records do not know (another node's): placed by its name.
+        let objs: Vec<(String, DateTime<Utc>)> =
+            [("c", -25), ("x", 0), ("a", 23), ("d", -24), ("b", 24)]
+                .iter()
+                .map(|(n, h)| (n.to_string(), t(*h)))
+                .collect();
+        let recorded: std::collections::HashMap<String, usize> =
+            [("a", 0), ("b", 1), ("c", 2), ("d", 3)]
+                .iter()
+                .map(|(n, i)| (n.to_string(), *i))
+                .collect();
+        let gone = |recorded: &std::collections::HashMap<String, usize>| -> Vec<String> {
+            let mut v: Vec<String> = remote_deletions_at(
+                &objs,
+                recorded,
+                &HashSet::new(),
+                now,
+                rule(None, Some(2), 1),
+                "remote_storage",
+            )
+            .into_iter()
+            .map(|d| objs[d.index].0.clone())
+            .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(gone(&recorded), ["a", "b", "x"]);
+        // Without records, by the names: the two "future" copies are the newest.
+        assert_eq!(gone(&Default::default()), ["c", "d", "x"]);
+        // A ttl of an hour, the clock just after d: a and b (in the future) are age zero and
+        // stay; c, an hour and ten minutes old, goes, as it would locally; d is the newest.
+        let later = t(-24) + chrono::Duration::minutes(10);
+        let d = remote_deletions_at(
+            &objs,
+            &recorded,
+            &HashSet::new(),
+            later,
+            rule(Some(1), None, 1),
+            "r",
+        );
+        let names: Vec<&str> = d.iter().map(|d| objs[d.index].0.as_str()).collect();
+        assert_eq!(names, ["c"]);
     }
 
     #[test]

@@ -15,13 +15,15 @@ use crate::util::etcd::{EtcdServer, MemberSpec};
 use crate::util::manifest::EtcdPod;
 use crate::util::pki::Pki;
 use crate::util::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
-use crate::util::{etcdguard_cmd, free_port, schema, stderr, wait_until, NEWEST};
+use crate::util::{
+    etcdguard_cmd, free_port, schema, stderr, wait_until, with_watchdog_pid, NEWEST,
+};
 
-struct Member {
-    root: tempfile::TempDir,
-    config: PathBuf,
-    etcd: EtcdServer,
-    daemon: Option<Child>,
+pub(crate) struct Member {
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) config: PathBuf,
+    pub(crate) etcd: EtcdServer,
+    pub(crate) daemon: Option<Child>,
 }
 
 impl Member {
@@ -29,7 +31,7 @@ impl Member {
         self.root.path().join("var/lib/etcdguard")
     }
 
-    fn records(&self) -> Vec<Value> {
+    pub(crate) fn records(&self) -> Vec<Value> {
         let Ok(text) = std::fs::read_to_string(self.state_dir().join("records.json")) else {
             return Vec::new();
         };
@@ -38,7 +40,7 @@ impl Member {
     }
 
     /// Scheduled backups that succeeded, by slot.
-    fn by_slot(&self) -> BTreeMap<String, Value> {
+    pub(crate) fn by_slot(&self) -> BTreeMap<String, Value> {
         self.records()
             .into_iter()
             .filter(|r| {
@@ -53,7 +55,20 @@ impl Member {
     }
 
     fn start(&mut self, offset_ms: i64) {
-        let child = etcdguard_cmd(&["--config", self.config.to_str().unwrap(), "run"])
+        let cmd = etcdguard_cmd(&["--config", self.config.to_str().unwrap(), "run"]);
+        self.spawn(offset_ms, cmd);
+    }
+
+    /// Starts the daemon with more environment, looking at the clock every second
+    /// (`tests/clock.rs`: a steppable clock).
+    pub(crate) fn start_with(&mut self, offset_ms: i64, env: &[(&str, &std::ffi::OsStr)]) {
+        let mut cmd = etcdguard_cmd(&["--config", self.config.to_str().unwrap(), "run"]);
+        cmd.envs(env.iter().copied());
+        self.spawn(offset_ms, with_watchdog_pid(&cmd));
+    }
+
+    fn spawn(&mut self, offset_ms: i64, mut cmd: std::process::Command) {
+        let child = cmd
             .env("ETCDGUARD_TEST_SECONDS_SCHEDULE", "1")
             .env("ETCDGUARD_TEST_CLOCK_OFFSET_MS", offset_ms.to_string())
             .env("WATCHDOG_USEC", "2000000")
@@ -64,7 +79,7 @@ impl Member {
         self.daemon = Some(child);
     }
 
-    fn stop(&mut self, sig: nix::sys::signal::Signal) {
+    pub(crate) fn stop(&mut self, sig: nix::sys::signal::Signal) {
         if let Some(mut c) = self.daemon.take() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
             let _ = c.wait();
@@ -88,7 +103,11 @@ impl Drop for Member {
 
 /// Three members of one cluster, each a kubeadm-style node with an etcdguard config whose
 /// remote storage is `s3` with `per = "cluster"`; `extra` is appended to every config.
-fn three_nodes(s3: &S3Server, schedule: &str, extra: &str) -> (tempfile::TempDir, Vec<Member>) {
+pub(crate) fn three_nodes(
+    s3: &S3Server,
+    schedule: &str,
+    extra: &str,
+) -> (tempfile::TempDir, Vec<Member>) {
     let shared = tempfile::tempdir().unwrap();
     let pki = Pki::create(&shared.path().join("pki"));
     let creds = shared.path().join("s3-credentials");
@@ -193,7 +212,7 @@ fn three_nodes(s3: &S3Server, schedule: &str, extra: &str) -> (tempfile::TempDir
 const EVERY: Duration = Duration::from_millis(200);
 
 /// Snapshot objects (not sidecars) under `prefix` in the bucket.
-fn objects(s3: &S3Server, prefix: &str) -> Vec<String> {
+pub(crate) fn objects(s3: &S3Server, prefix: &str) -> Vec<String> {
     s3.keys(BUCKET)
         .into_iter()
         .filter(|k| k.starts_with(prefix) && !k.ends_with(".json"))

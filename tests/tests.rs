@@ -8,6 +8,7 @@ mod alerts;
 mod backup;
 mod bad_inputs;
 mod cli;
+mod clock;
 mod cluster;
 mod daemon;
 mod destinations;

@@ -1,5 +1,6 @@
 //! Remote retention for this node (and, with `per = "cluster"`, the cluster's copies): the
-//! same rule as local retention over the objects' names, pins (records and sidecars) and
+//! same rule as local retention over the objects (in the order this node recorded them; by
+//! the times in their names where its records do not know them), pins (records and sidecars) and
 //! S3 Object Lock honoured; the open multipart uploads a killed run left aborted; records
 //! that name an object the destination lost marked deleted. `etcdguard prune` (and its dry
 //! run) is here too: local and remote retention now, without a backup.
@@ -113,6 +114,8 @@ async fn listed_snapshots(remote: &Remote) -> Result<Vec<(String, DateTime<Utc>)
 /// What this node's records say of its copies at destination `dest`: the object names of
 /// pinned snapshots, and until when each locked copy is locked.
 struct Recorded {
+    /// Object name → the position of its record (retention's order: the records').
+    order: HashMap<String, usize>,
     pinned: HashSet<String>,
     locks: HashMap<String, DateTime<Utc>>,
 }
@@ -125,6 +128,11 @@ impl Recorded {
             .records;
         let copies = || records.iter().filter_map(|r| r.copy(dest).map(|c| (r, c)));
         Ok(Recorded {
+            order: records
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.copy(dest).map(|c| (c.object_name().to_string(), i)))
+                .collect(),
             pinned: copies()
                 .filter(|(r, _)| r.pin.is_some())
                 .map(|(_, c)| c.object_name().to_string())
@@ -181,9 +189,14 @@ pub async fn plan(
     let recorded = Recorded::load(config, &rc.name)?;
     let now = crate::clock::now();
     let mut plan = Vec::new();
-    for d in
-        retention::remote_deletions_at(&objects, &recorded.pinned, now, rc.retention, &rc.table)
-    {
+    for d in retention::remote_deletions_at(
+        &objects,
+        &recorded.order,
+        &recorded.pinned,
+        now,
+        rc.retention,
+        &rc.table,
+    ) {
         let name = &objects[d.index].0;
         let key = remote.key_for(name);
         if let Ok(Record { pin: Some(_), .. }) = remote.read_sidecar(&key).await {
@@ -235,9 +248,14 @@ async fn apply(
     let recorded = Recorded::load(config, &rc.name)?;
     let now = crate::clock::now();
     let mut deleted: Vec<(String, String)> = Vec::new();
-    for d in
-        retention::remote_deletions_at(&objects, &recorded.pinned, now, rc.retention, &rc.table)
-    {
+    for d in retention::remote_deletions_at(
+        &objects,
+        &recorded.order,
+        &recorded.pinned,
+        now,
+        rc.retention,
+        &rc.table,
+    ) {
         let name = &objects[d.index].0;
         if let Ok(Record { pin: Some(p), .. }) = remote.read_sidecar(&remote.key_for(name)).await {
             tracing::info!(file = %name, "retention keeps a remote snapshot: {} (its sidecar)", p.describe());

@@ -333,6 +333,24 @@ pub fn etcdguard_cmd_of<S: AsRef<OsStr>>(bin: &Path, args: &[S]) -> Command {
     c
 }
 
+/// `cmd` run through a shell that sets `WATCHDOG_PID` to its own pid and execs it: sd_notify
+/// counts `WATCHDOG_USEC` only for that pid, and the daemon's loop then looks at the clock
+/// every half of it (else every minute).
+pub fn with_watchdog_pid(cmd: &Command) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("export WATCHDOG_PID=$$; exec \"$0\" \"$@\"")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
