@@ -17,8 +17,7 @@
 //! and a drill stopped that way is not recorded.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,12 +29,15 @@ use tokio::task::JoinHandle;
 use crate::backup::{self, BackupError, BackupReport};
 use crate::config::{self, Config, ConfigError};
 use crate::copies;
-use crate::drill::{self, DrillError, DrillOptions, DrillReport};
 use crate::fsutil;
 use crate::metrics;
 use crate::records::{self, Outcome, Record, RecordStore, RemoteState, Trigger};
 use crate::schedule;
 use crate::state::LockError;
+
+mod drills;
+
+use drills::Drills;
 
 /// Upper bound on one sleep, even without a watchdog: the wall clock is re-read at least this
 /// often, which is how suspend and clock changes are noticed.
@@ -58,13 +60,6 @@ struct Running {
     started: DateTime<Utc>,
 }
 
-/// A drill in flight.
-struct Drilling {
-    handle: JoinHandle<Result<DrillReport, DrillError>>,
-    cancel: Arc<AtomicBool>,
-    slot: DateTime<Utc>,
-}
-
 struct Daemon {
     config_path: Option<PathBuf>,
     config: Config,
@@ -79,10 +74,8 @@ struct Daemon {
     maintenance: Option<JoinHandle<Result<copies::Maintenance, LockError>>>,
     /// The last remote problem, for STATUS; cleared by a clean pass.
     remote_problem: Option<String>,
-    /// The latest handled `[drill]` slot, and the next one.
-    drill_handled: DateTime<Utc>,
-    drill_next: Option<DateTime<Utc>>,
-    drilling: Option<Drilling>,
+    /// The `[drill]` schedule and the drill in flight.
+    drills: Drills,
     /// When the next pending upload is due, while nothing runs that would hold it off.
     retry_next: Option<DateTime<Utc>>,
 }
@@ -131,7 +124,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
                 .unwrap_or(interval)
         };
         let sleep = until(d.next)
-            .min(until(d.drill_next))
+            .min(until(d.drills.next))
             .min(until(d.retry_next))
             .min(interval);
         tokio::select! {
@@ -146,10 +139,11 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
                 d.maintenance = None;
                 d.on_maintenance_done(res);
             }
-            res = async { (&mut d.drilling.as_mut().expect("guarded").handle).await },
-                if d.drilling.is_some() => {
-                let r = d.drilling.take().expect("guarded");
-                d.on_drill_done(r.slot, res);
+            res = async { (&mut d.drills.running.as_mut().expect("guarded").handle).await },
+                if d.drills.running.is_some() => {
+                let r = d.drills.running.take().expect("guarded");
+                d.drills.done(&d.store, r.slot, res);
+                d.refresh_metrics();
             }
             _ = hup.recv() => d.reload(),
             _ = term.recv() => break,
@@ -163,16 +157,6 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     tracing::info!("stopping");
     d.stop().await;
     Ok(())
-}
-
-fn persist_drill_slot(store: &RecordStore, slot: DateTime<Utc>) {
-    if let Err(e) = store.update(crate::clock::now(), |f| {
-        if f.daemon.last_drill_slot.is_none_or(|t| t < slot) {
-            f.daemon.last_drill_slot = Some(slot);
-        }
-    }) {
-        tracing::error!("cannot remember the handled drill slot: {e}");
-    }
 }
 
 fn persist_slot(store: &RecordStore, slot: DateTime<Utc>) {
@@ -199,16 +183,7 @@ impl Daemon {
                 (None, None)
             }
         };
-        let drill_handled = drill_remembered.unwrap_or_else(|| {
-            let t = config
-                .drill
-                .schedule
-                .as_ref()
-                .and_then(|s| s.latest_at_or_before(now, &config.timezone))
-                .unwrap_or(now);
-            persist_drill_slot(&store, t);
-            t
-        });
+        let drills = Drills::new(&config, &store, drill_remembered, now);
         let last_handled = remembered.unwrap_or_else(|| {
             let t = config
                 .schedule
@@ -227,9 +202,7 @@ impl Daemon {
             next: None,
             maintenance: None,
             remote_problem: None,
-            drill_handled,
-            drill_next: None,
-            drilling: None,
+            drills,
             retry_next: None,
         }
     }
@@ -261,10 +234,11 @@ impl Daemon {
             m.abort();
             let _ = m.await;
         }
-        if let Some(r) = self.drilling.take() {
+        if let Some(r) = self.drills.running.take() {
             r.cancel.store(true, Ordering::SeqCst);
             let res = r.handle.await;
-            self.on_drill_done(r.slot, res);
+            self.drills.done(&self.store, r.slot, res);
+            self.refresh_metrics();
         }
         if let Some(r) = self.running.take() {
             let _ = r.cancel.send(());
@@ -302,7 +276,7 @@ impl Daemon {
         if let Some(slot) = t.due {
             self.on_slot(slot, t.late);
         }
-        self.drill_tick(now);
+        self.drills.tick(&self.config, &self.store, now);
         if self.running.is_none()
             && self.maintenance.is_none()
             && copies::has_due_pending(&self.config, now)
@@ -403,70 +377,6 @@ impl Daemon {
         });
     }
 
-    /// The drill schedule's look at the clock: start a due drill, compute the next.
-    fn drill_tick(&mut self, now: DateTime<Utc>) {
-        let Some(schedule) = self.config.drill.schedule.clone() else {
-            self.drill_next = None;
-            return;
-        };
-        let t = schedule::tick(&schedule, &self.config.timezone, self.drill_handled, now);
-        self.drill_handled = t.last_handled;
-        self.drill_next = t.next;
-        let Some(slot) = t.due else { return };
-        let skip = if self.config.paused {
-            Some("paused")
-        } else if t.late && !self.config.catch_up {
-            Some("a drill slot was missed (catch_up = false)")
-        } else if self.drilling.is_some() {
-            Some("the previous drill is still running")
-        } else {
-            None
-        };
-        if let Some(why) = skip {
-            tracing::info!(slot = %records::rfc3339(slot), "{why}: scheduled drill not run");
-            persist_drill_slot(&self.store, slot);
-            return;
-        }
-        if t.late {
-            tracing::info!(slot = %records::rfc3339(slot), "a drill slot was missed: running one catch-up drill");
-        }
-        let config = self.config.clone();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let c = cancel.clone();
-        let rt = tokio::runtime::Handle::current();
-        let handle = tokio::task::spawn_blocking(move || {
-            drill::run_drill(&config, &DrillOptions::default(), c, &rt)
-        });
-        self.drilling = Some(Drilling {
-            handle,
-            cancel,
-            slot,
-        });
-    }
-
-    fn on_drill_done(
-        &mut self,
-        slot: DateTime<Utc>,
-        res: Result<Result<DrillReport, DrillError>, tokio::task::JoinError>,
-    ) {
-        match res {
-            Ok(Ok(report)) => {
-                if let Some(moved) = &report.records_moved {
-                    tracing::error!("{moved}");
-                }
-                drill::log_record(&report.record);
-            }
-            Ok(Err(DrillError::Interrupted(why))) => {
-                tracing::warn!("scheduled drill stopped by {why}; not recorded");
-                return; // the slot stays due: it runs again after the restart
-            }
-            Ok(Err(e)) => tracing::error!("scheduled drill not run: {e}"),
-            Err(e) => tracing::error!("drill task failed: {e}"),
-        }
-        persist_drill_slot(&self.store, slot);
-        self.refresh_metrics();
-    }
-
     /// Records a slot that was not taken.
     fn skip(&mut self, slot: DateTime<Utc>, trigger: Trigger, reason: String) {
         let now = crate::clock::now();
@@ -549,15 +459,7 @@ impl Daemon {
             crate::clock::now(),
         )
         .next;
-        self.drill_next = self.config.drill.schedule.as_ref().and_then(|s| {
-            schedule::tick(
-                s,
-                &self.config.timezone,
-                self.drill_handled,
-                crate::clock::now(),
-            )
-            .next
-        });
+        self.drills.replan(&self.config, crate::clock::now());
         self.refresh_metrics();
         notify(&[NotifyState::Ready, NotifyState::Status(&self.status())]);
     }
