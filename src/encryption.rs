@@ -485,11 +485,21 @@ pub fn unseal_file(
 ) -> Result<(u64, String), String> {
     let what = src.display().to_string();
     let file = std::fs::File::open(src).map_err(|e| format!("cannot read {what}: {e}"))?;
+    unseal_from(file, ids, &what, dest)
+}
+
+/// [`unseal_file`] of what `input` (named `what`) yields: a file, or a download as it arrives.
+pub fn unseal_from<R: Read>(
+    input: R,
+    ids: Option<&Identities>,
+    what: &str,
+    dest: &Path,
+) -> Result<(u64, String), String> {
     let result = (|| {
-        let mut reader = open(file, ids, &what)?;
+        let mut reader = open(input, ids, what)?;
         let out = crate::fsutil::create_private_file(dest)
             .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
-        let (n, sha) = copy_hashing(&mut reader, &out, &what, dest)?;
+        let (n, sha) = copy_hashing(&mut reader, &out, what, dest)?;
         out.sync_all()
             .map_err(|e| format!("cannot fsync {}: {e}", dest.display()))?;
         Ok((n, sha))
@@ -552,22 +562,37 @@ pub struct Unsealed {
 impl Unsealed {
     /// Decodes `src` into `<parent>/etcdguard-unsealed-<pid>-<n>/<name>` (dir 0700, file 0600).
     pub fn create(src: &Path, ids: Option<&Identities>, parent: &Path) -> Result<Unsealed, String> {
+        let name = src.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let what = src.display().to_string();
+        let file = std::fs::File::open(src).map_err(|e| format!("cannot read {what}: {e}"))?;
+        Unsealed::from_reader(file, ids, &what, name, parent)
+    }
+
+    /// [`Unsealed::create`] of what `input` yields (`what`, named `name`, e.g. a download as
+    /// it arrives): nothing sealed is written to disk.
+    pub fn from_reader<R: Read>(
+        input: R,
+        ids: Option<&Identities>,
+        what: &str,
+        name: &str,
+        parent: &Path,
+    ) -> Result<Unsealed, String> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = parent.join(format!("etcdguard-unsealed-{}-{n}", std::process::id()));
         crate::fsutil::create_private_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let name = src
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(plain_name)
-            .unwrap_or_else(|| "snapshot.db".into());
+        let name = if name.is_empty() {
+            "snapshot.db".to_string()
+        } else {
+            plain_name(name)
+        };
         let mut u = Unsealed {
             file: dir.join(name),
             dir,
             sha256: String::new(),
         };
-        u.sha256 = unseal_file(src, ids, &u.file)?.1;
+        u.sha256 = unseal_from(input, ids, what, &u.file)?.1;
         Ok(u)
     }
 

@@ -360,6 +360,43 @@ fn recover_rebuilds_a_wiped_node_from_the_bucket_and_rolls_back_from_every_step(
     assert!(plan.contains("the restore that follows"), "{plan}");
     assert_no_secrets(&dry);
     assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+    assert!(
+        stderr(&dry).contains("sealed snapshot downloaded and opened"),
+        "the sealed copy is opened as it downloads: {}",
+        stderr(&dry)
+    );
+
+    // The snapshot's object altered in the bucket: opened as it downloads, age's
+    // authentication fails; nothing is placed, nothing downloaded is left.
+    let object = s3s_object(&s3, &format!("prod/cp1/{file}.zst.age"));
+    let good = std::fs::read(&object).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x20;
+    std::fs::write(&object, &bad).unwrap();
+    let out = recover(&["--yes"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("truncated or was altered"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        leftovers(&root).is_empty(),
+        "{:?}\n{}",
+        leftovers(&root),
+        stderr(&out)
+    );
+    assert!(!root.join("var/lib/etcd").exists());
+    let downloads = root.join("var/lib/etcdguard/downloads");
+    assert_eq!(crate::util::list_dir(&downloads), Vec::<String>::new());
+    std::fs::write(&object, &good).unwrap();
 
     let steps = ["files-placed"]
         .into_iter()

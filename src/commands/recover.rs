@@ -12,7 +12,7 @@ use super::{runtime, CmdResult};
 use crate::cli::RecoverArgs;
 use crate::exit::CommandError;
 use crate::restore::guarded::{self, Options};
-use crate::restore::recover::{self, RecoverOptions, RecoverRolledBack};
+use crate::restore::recover::{self, RecoverFailure, RecoverOptions, RecoverRolledBack};
 
 pub(super) fn run(config_path: Option<&Path>, a: &RecoverArgs) -> CmdResult {
     let config = node_config(config_path, a.root.as_deref())?;
@@ -95,14 +95,15 @@ pub(super) fn run(config_path: Option<&Path>, a: &RecoverArgs) -> CmdResult {
     // The opened bundle (key material) is not kept; the journal and replaced files are.
     let _ = std::fs::remove_dir_all(plan.work.join("files"));
     let _ = std::fs::remove_file(plan.work.join("bundle.tar.age"));
-    let restore_plan = result.map_err(|e| {
-        CommandError::Failed(format!(
+    let restore_plan = result.map_err(|e| match e {
+        RecoverFailure::Undone(e) => CommandError::Failed(format!("recover failed: {e}")),
+        RecoverFailure::NeedsRollback(e) => CommandError::Failed(format!(
             "recover failed: {e}\nundo it with `etcdguard recover --rollback`{}",
             a.root
                 .as_ref()
                 .map(|r| format!(" --root {}", r.display()))
                 .unwrap_or_default()
-        ))
+        )),
     })?;
     print(&format!(
         "{restore_plan}\nrecovered node {} from backup {}: files put back, data dir restored.\n\

@@ -397,11 +397,27 @@ pub fn plan_text(p: &Plan) -> String {
     out
 }
 
+/// Why a recover did not finish.
+#[derive(Debug)]
+pub enum RecoverFailure {
+    /// Nothing stays changed: refused before anything was written, or the restore did not
+    /// start and the files put back were removed again.
+    Undone(String),
+    /// Changes stay on the node: `recover --rollback` undoes them.
+    NeedsRollback(String),
+}
+
 /// Puts the files back and runs the guarded restore. `restore_opts` carries the restore's
-/// flags (its source and identity are set here).
-pub async fn execute(config: &Config, p: &Plan, restore_opts: &Options) -> Result<String, String> {
+/// flags (its source and identity are set here). When the restore does not start (its
+/// snapshot cannot be read or opened, its guards refuse), the files put back are removed
+/// again: nothing of the recover stays.
+pub async fn execute(
+    config: &Config,
+    p: &Plan,
+    restore_opts: &Options,
+) -> Result<String, RecoverFailure> {
     if let Some(r) = p.refusals.first() {
-        return Err(format!("{r}; nothing was changed"));
+        return Err(RecoverFailure::Undone(format!("{r}; nothing was changed")));
     }
     let mut j = RecoverJournal {
         version: JOURNAL_VERSION,
@@ -417,17 +433,40 @@ pub async fn execute(config: &Config, p: &Plan, restore_opts: &Options) -> Resul
         outcome: None,
         work: p.work.clone(),
     };
-    j.write()?;
-    let result = steps(config, p, restore_opts, &mut j).await;
-    match &result {
+    j.write().map_err(RecoverFailure::NeedsRollback)?;
+    let started = std::cell::Cell::new(false);
+    let result = steps(config, p, restore_opts, &mut j, &started).await;
+    let failure = match &result {
         Ok(_) => {
             j.state = RecoverState::Done;
             j.outcome = Some("recovered".into());
+            None
         }
-        Err(e) => j.outcome = Some(e.clone()),
+        Err(e) if !started.get() => match undo_files(&j.root, &j.placements, &p.work) {
+            Ok(()) => {
+                j.state = RecoverState::RolledBack;
+                j.outcome = Some(format!("{e}; the files put back were removed again"));
+                Some(RecoverFailure::Undone(format!(
+                    "{e}\nthe files put back were removed again: nothing was changed"
+                )))
+            }
+            Err(u) => {
+                j.outcome = Some(e.clone());
+                Some(RecoverFailure::NeedsRollback(format!(
+                    "{e}\nremoving the files put back failed too: {u}"
+                )))
+            }
+        },
+        Err(e) => {
+            j.outcome = Some(e.clone());
+            Some(RecoverFailure::NeedsRollback(e.clone()))
+        }
+    };
+    j.write().map_err(RecoverFailure::NeedsRollback)?;
+    match failure {
+        Some(f) => Err(f),
+        None => result.map_err(RecoverFailure::NeedsRollback),
     }
-    j.write()?;
-    result
 }
 
 async fn steps(
@@ -435,6 +474,7 @@ async fn steps(
     p: &Plan,
     restore_opts: &Options,
     j: &mut RecoverJournal,
+    started: &std::cell::Cell<bool>,
 ) -> Result<String, String> {
     let root = restore_opts.root();
     j.step(RecoverStep::FilesPlaced, async {
@@ -452,6 +492,7 @@ async fn steps(
         if !session.prepared().ok() {
             return Err(format!("the restore's guards refused:\n{plan}"));
         }
+        started.set(true);
         let restored = session.execute().await;
         restored.map_err(|e| format!("the restore failed: {e}"))?;
         Ok(plan)

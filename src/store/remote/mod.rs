@@ -543,6 +543,21 @@ impl Remote {
         result
     }
 
+    /// The bytes of object `key` as they arrive (a broken transfer is an error naming it).
+    pub async fn stream(
+        &self,
+        key: &str,
+    ) -> Result<impl futures_util::Stream<Item = Result<Bytes, String>> + use<>, String> {
+        use futures_util::StreamExt;
+        let reader = self.op.reader(key).await.map_err(|e| self.explain(&e))?;
+        let stream = reader
+            .into_bytes_stream(..)
+            .await
+            .map_err(|e| self.explain(&e))?;
+        let key = key.to_string();
+        Ok(stream.map(move |c| c.map_err(|e| format!("download of {key} broke: {e}"))))
+    }
+
     async fn download_into(
         &self,
         key: &str,
