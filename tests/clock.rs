@@ -28,12 +28,12 @@ const DAY: i64 = 24 * HOUR;
 const EVERY: Duration = Duration::from_millis(200);
 
 /// The file the daemon's clock offset is read from.
-struct Clock {
+pub(crate) struct Clock {
     path: PathBuf,
 }
 
 impl Clock {
-    fn new(dir: &Path) -> Clock {
+    pub(crate) fn new(dir: &Path) -> Clock {
         let c = Clock {
             path: dir.join("clock-offset-ms"),
         };
@@ -41,8 +41,12 @@ impl Clock {
         c
     }
 
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Sets the offset, in one step (a new file renamed over the old one).
-    fn set(&self, ms: i64) {
+    pub(crate) fn set(&self, ms: i64) {
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, ms.to_string()).unwrap();
         std::fs::rename(&tmp, &self.path).unwrap();

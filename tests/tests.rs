@@ -27,3 +27,4 @@ mod schemas;
 mod torture;
 mod verify;
 mod versions;
+mod year;
