@@ -32,6 +32,10 @@ use util::{etcdguard_cmd, stderr, stdout};
 const BUCKET: &str = "recovery-bench";
 
 fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("recovery: a benchmark (it fills a 1 GiB etcd); run it with bench/run --recovery");
+        return;
+    }
     let mut size = 1024u64;
     let mut runs = 1usize;
     let mut args = std::env::args().skip(1);
