@@ -490,7 +490,8 @@ pub fn unseal_file(
         let out = crate::fsutil::create_private_file(dest)
             .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
         let (n, sha) = copy_hashing(&mut reader, &out, &what, dest)?;
-        out.sync_all()
+        crate::failpoint::check("unseal:fsync", dest)
+            .and_then(|()| out.sync_all())
             .map_err(|e| format!("cannot fsync {}: {e}", dest.display()))?;
         Ok((n, sha))
     })();
@@ -519,7 +520,8 @@ fn copy_hashing(
         if k == 0 {
             break;
         }
-        w.put(&buf[..k])
+        crate::failpoint::check("unseal:write", dest)
+            .and_then(|()| w.put(&buf[..k]))
             .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
     }
     Ok((w.n, hex::encode(w.h.finalize())))

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::failpoint;
+
 /// Mode of every directory etcdguard creates: snapshots hold every cluster Secret.
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
 /// Mode of every file etcdguard creates.
@@ -69,6 +71,12 @@ pub fn is_private(path: &Path) -> io::Result<bool> {
 
 /// fsyncs a directory so that a rename or unlink inside it is durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    failpoint::check("dir:fsync", dir)?;
+    sync_dir(dir)
+}
+
+/// [`fsync_dir`] inside a primitive that checks its own fail point.
+fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -93,6 +101,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         std::process::id()
     ));
     let result = (|| {
+        failpoint::check("atomic:create", path)?;
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -101,10 +110,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .open(&tmp)?;
         // The mode given to open() is filtered by the umask; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
+        failpoint::check("atomic:write", path)?;
         f.write_all(bytes)?;
+        failpoint::check("atomic:fsync", path)?;
         f.sync_all()?;
+        failpoint::check("atomic:rename", path)?;
         fs::rename(&tmp, path)?;
-        fsync_dir(dir)
+        failpoint::check("atomic:dir-fsync", path)?;
+        sync_dir(dir)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -115,16 +128,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// Renames `from` to `to` only if `to` does not exist yet, durably (hard link, unlink, fsync dir).
 /// Both must be in the same directory.
 pub fn publish_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    failpoint::check("publish:link", to)?;
     fs::hard_link(from, to)?;
+    failpoint::check("publish:unlink", to)?;
     fs::remove_file(from)?;
-    fsync_dir(parent_of(to))
+    failpoint::check("publish:dir-fsync", to)?;
+    sync_dir(parent_of(to))
 }
 
 /// Renames `from` to `to` durably: both directories fsynced after the rename.
 pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
+    failpoint::check("move:rename", to)?;
     fs::rename(from, to)?;
     for d in [from.parent(), to.parent()].into_iter().flatten() {
-        fsync_dir(d)?;
+        failpoint::check("move:dir-fsync", d)?;
+        sync_dir(d)?;
     }
     Ok(())
 }
@@ -132,6 +150,7 @@ pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
 /// Moves a file durably: rename, or across filesystems an atomic copy (same mode) and unlink;
 /// both directories fsynced.
 pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
+    failpoint::check("move:rename", to)?;
     match fs::rename(from, to) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
@@ -142,7 +161,8 @@ pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
         Err(e) => return Err(e),
     }
     for d in [from.parent(), to.parent()].into_iter().flatten() {
-        fsync_dir(d)?;
+        failpoint::check("move:dir-fsync", d)?;
+        sync_dir(d)?;
     }
     Ok(())
 }
@@ -155,6 +175,7 @@ pub fn mode_of(path: &Path) -> io::Result<u32> {
 /// Creates a new file readable and writable by its owner only (0600 whatever the umask), open
 /// for reading and writing; fails if `path` exists.
 pub fn create_private_file(path: &Path) -> io::Result<File> {
+    failpoint::check("file:create", path)?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)

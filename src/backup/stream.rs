@@ -83,6 +83,7 @@ impl Sinks<'_> {
 /// (so the final fsync does not find the whole snapshot dirty). Stops at the first error.
 fn write_file(
     file: &std::fs::File,
+    path: &std::path::Path,
     mut batches: mpsc::Receiver<Vec<Bytes>>,
 ) -> std::io::Result<()> {
     let mut out = file;
@@ -93,6 +94,7 @@ fn write_file(
             batch.iter().map(|b| std::io::IoSlice::new(b)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
+            crate::failpoint::check("backup:write", path)?;
             let n = match out.write_vectored(rest) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
@@ -193,12 +195,14 @@ pub(super) async fn stream_and_publish<E>(
     let file = Arc::new(file);
     let (tx, rx) = mpsc::channel(WRITE_DEPTH);
     let for_writer = file.clone();
+    let temp_path = temp.path().to_path_buf();
     let mut sinks = Sinks {
         file: Some(tx),
         batch: Vec::new(),
         batch_len: 0,
-        writer: Some(tokio::task::spawn_blocking(move || {
-            write_file(&for_writer, rx)
+        writer: Some(tokio::task::spawn_blocking({
+            let path = temp_path.clone();
+            move || write_file(&for_writer, &path, rx)
         })),
         feeds,
         written: 0,
@@ -221,14 +225,19 @@ pub(super) async fn stream_and_publish<E>(
     sinks.progress.finish();
     let std_file =
         Arc::try_unwrap(file).map_err(|_| fail("the snapshot file is still in use".into()))?;
-    let std_file = tokio::task::spawn_blocking(move || std_file.sync_all().map(|()| std_file))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-        .map_err(|err| fail(format!("cannot fsync {}: {err}", temp.path().display())))?;
+    let fsync_path = temp_path.clone();
+    let std_file = tokio::task::spawn_blocking(move || {
+        crate::failpoint::check("backup:fsync", &fsync_path)?;
+        std_file.sync_all().map(|()| std_file)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+    .map_err(|err| fail(format!("cannot fsync {}: {err}", temp.path().display())))?;
     // The bbolt check and etcdutl's status over the written file, before it counts: a
     // snapshot whose checksum matches can still be an inconsistent database.
     let db_len = streamed.file_len - etcddb::TRAILER_LEN;
     let checked = tokio::task::spawn_blocking(move || {
+        crate::failpoint::check("backup:read-back", &temp_path).map_err(|e| e.to_string())?;
         let db = etcddb::Db::open(std_file, db_len)?;
         etcddb::status(&db).map_err(|e| e.to_string())
     })
