@@ -148,6 +148,13 @@ impl etcd::SnapshotSink for Sinks<'_> {
     }
 }
 
+/// Why the check of the written file failed: it could not be read back, or what it holds is
+/// not a consistent database.
+enum Check {
+    Read(std::io::Error),
+    Bad(String),
+}
+
 /// Where the bytes go.
 pub(super) struct Targets<'a> {
     pub store: &'a LocalStore,
@@ -237,17 +244,23 @@ pub(super) async fn stream_and_publish<E>(
     // snapshot whose checksum matches can still be an inconsistent database.
     let db_len = streamed.file_len - etcddb::TRAILER_LEN;
     let checked = tokio::task::spawn_blocking(move || {
-        crate::failpoint::check("backup:read-back", &temp_path).map_err(|e| e.to_string())?;
-        let db = etcddb::Db::open(std_file, db_len)?;
-        etcddb::status(&db).map_err(|e| e.to_string())
+        crate::failpoint::check("backup:read-back", &temp_path).map_err(Check::Read)?;
+        let db = etcddb::Db::open(std_file, db_len).map_err(Check::Bad)?;
+        etcddb::status(&db).map_err(|e| Check::Bad(e.to_string()))
     })
     .await
     .map_err(|err| fail(format!("the snapshot check did not finish: {err}")))?;
-    let status = checked.map_err(|reason| {
-        fail(format!(
-            "etcd at {ep} sent a snapshot whose checksum matches but whose database is not \
-             consistent: {reason}"
-        ))
+    let status = checked.map_err(|c| match c {
+        Check::Read(err) => fail(format!(
+            "cannot read back {} for the check: {err}",
+            temp.path().display()
+        )),
+        // A read error inside the walk lands here too: the file is named either way.
+        Check::Bad(reason) => fail(format!(
+            "etcd at {ep} sent a snapshot whose checksum matches but whose database, as \
+             written to {}, is not consistent: {reason}",
+            temp.path().display()
+        )),
     })?;
     crate::crashpoint::here("backup:checked");
     let published = match seal_local {
