@@ -15,6 +15,7 @@
 //!
 //! The table of site → outcome, message and what the next run did is printed; the random part
 //! prints its seed (`ETCDGUARD_EIO_SEED`, `ETCDGUARD_EIO_RUNS`, `ETCDGUARD_EIO_PERCENT`).
+//! `tools` does the same for `restore-datadir` and `decrypt`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::util::node::Node;
 use crate::util::{etcdguard, etcdguard_cmd, list_dir, stderr, NEWEST};
 
+mod tools;
 
 /// What a failure at a site does to the backup.
 #[derive(Clone, Copy, PartialEq, Eq)]

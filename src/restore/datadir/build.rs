@@ -56,6 +56,11 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot fsync {path}: {source}")]
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot rewrite the database: {0}")]
     Commit(String),
     /// The snapshot's version and the target's do not meet (`etcdversion::restore_compat`).
@@ -169,6 +174,13 @@ pub fn remove_staging(target: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 fn write_err(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn sync_err(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Sync {
         path: path.to_owned(),
         source,
     }
@@ -396,7 +408,8 @@ pub fn build_data_dir(
     let (target_version, version_warning) = version_decision(&status, &opts)?;
     let enc = Encoding::for_target(target_version);
     let (changes, revision) = changes(&cluster, &status).map_err(bad)?;
-    writer::commit(&db, &changes).map_err(BuildError::Commit)?;
+    writer::commit(&db, &changes)
+        .map_err(|e| BuildError::Commit(format!("{}: {e}", db_path.display())))?;
     let db = Db::open(
         db.file().try_clone().map_err(write_err(&db_path))?,
         db.file().metadata().map_err(write_err(&db_path))?.len(),
@@ -413,13 +426,15 @@ pub fn build_data_dir(
     let mut snap_file = create_private_file(&snap_path)?;
     crate::failpoint::check("datadir:write", &snap_path)
         .and_then(|()| snap_file.write_all(&snap::contents(&cluster, target_version)))
-        .and_then(|()| crate::failpoint::check("datadir:fsync", &snap_path))
-        .and_then(|()| snap_file.sync_all())
         .map_err(write_err(&snap_path))?;
+    crate::failpoint::check("datadir:fsync", &snap_path)
+        .and_then(|()| snap_file.sync_all())
+        .map_err(sync_err(&snap_path))?;
 
     for d in [&snap_dir, &wal_dir, &member, &staging.path] {
         fsutil::fsync_dir(d).map_err(write_err(d))?;
     }
+    let was_empty_dir = target.is_dir();
     crate::failpoint::check("datadir:rename", target)
         .and_then(|()| fs::rename(&staging.path, target))
         .map_err(|e| BuildError::Target {
@@ -427,7 +442,17 @@ pub fn build_data_dir(
             reason: format!("cannot move the built directory into place: {e}"),
         })?;
     staging.published = true;
-    fsutil::fsync_dir(&parent).map_err(write_err(&parent))?;
+    if let Err(e) = fsutil::fsync_dir(&parent) {
+        // The move may not last: taken back, so that a failed build leaves the target as it
+        // was (the staging directory is removed on the way out).
+        if fs::rename(target, &staging.path).is_ok() {
+            staging.published = false;
+            if was_empty_dir {
+                let _ = private_dir(target);
+            }
+        }
+        return Err(write_err(&parent)(e));
+    }
 
     let warnings = warnings(&status, version_warning);
     Ok(BuildReport {
@@ -559,8 +584,9 @@ fn write_wal(wal_dir: &Path, cluster: &Cluster, enc: Encoding) -> Result<(), Bui
     wal_file
         .write_all_at(&wal::records(cluster, enc), 0)
         .map_err(&werr)?;
-    crate::failpoint::check("datadir:fsync", &wal_path).map_err(&werr)?;
-    wal_file.sync_all().map_err(&werr)?;
+    crate::failpoint::check("datadir:fsync", &wal_path)
+        .and_then(|()| wal_file.sync_all())
+        .map_err(sync_err(&wal_path))?;
     Ok(())
 }
 
