@@ -15,7 +15,8 @@
 //!
 //! The table of site → outcome, message and what the next run did is printed; the random part
 //! prints its seed (`ETCDGUARD_EIO_SEED`, `ETCDGUARD_EIO_RUNS`, `ETCDGUARD_EIO_PERCENT`).
-//! `tools` does the same for `restore-datadir` and `decrypt`.
+//! `tools` does the same for `restore-datadir` and `decrypt`, `restore` for a restore and its
+//! rollback.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::util::node::Node;
 use crate::util::{etcdguard, etcdguard_cmd, list_dir, stderr, NEWEST};
 
+mod restore;
 mod tools;
 
 /// What a failure at a site does to the backup.
