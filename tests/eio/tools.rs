@@ -1,6 +1,8 @@
 //! `restore-datadir` and `decrypt` with each of their I/O sites failing once: the command
 //! fails naming the file and the operation, leaves nothing (no output, nothing partial), and
-//! the next normal run makes the output whole, equal to a reference run's.
+//! the next normal run makes the output whole, equal to a reference run's. `drill` likewise:
+//! it fails naming the file and the operation, its scratch dir is emptied, records.json
+//! parses, and the next drill passes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -224,4 +226,101 @@ fn decrypt_failing_at_each_site_publishes_nothing_and_the_next_run_opens_it_whol
     };
     tool_table("decrypt", &DECRYPT_SITES, &dir, &out, &run);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&snap).unwrap());
+}
+
+const DRILL_SITES: [ToolSite; 6] = [
+    tool("file:create#/snap/db", "snap/db", "create"),
+    tool("db:write", "snap/db", "write"),
+    tool("datadir:fsync#/wal/", "wal", "fsync"),
+    tool("datadir:rename", "drill", "move"),
+    tool("dir:fsync@5", "drill", "fsync"),
+    tool("atomic:fsync#records.json", "records.json", "fsync"),
+];
+
+#[test]
+fn drill_failing_at_each_site_fails_naming_it_and_leaves_no_scratch() {
+    let node = Node::start(NEWEST, "cp1");
+    node.etcd.put_keys("eio", 300);
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = node.config.to_str().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        etcdguard_cmd(&["--config", config, "drill"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let scratch = node.state_dir().join("drill");
+    let first = run(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let mut bad = Vec::new();
+    let mut table = Vec::new();
+    for s in &DRILL_SITES {
+        let o = run(&[("ETCDGUARD_TEST_FAIL_IO", s.rule)]);
+        let said = format!("{}\n{}", crate::util::stdout(&o), stderr(&o));
+        let site_name = s.rule.split(['#', '@', '%']).next().unwrap();
+        if !said.contains(&format!("fail point {site_name}: EIO")) {
+            bad.push(format!("{}: the site was never reached:\n{said}", s.rule));
+        }
+        if o.status.success() {
+            bad.push(format!("{}: succeeded:\n{said}", s.rule));
+        }
+        let message = said
+            .lines()
+            .find(|l| l.contains("Input/output error") && !l.starts_with("fail point"))
+            .unwrap_or_default()
+            .to_string();
+        if !(message.contains(s.file) && message.contains(s.op)) {
+            bad.push(format!(
+                "{}: no message names {:?} and {:?}:\n{said}",
+                s.rule, s.file, s.op
+            ));
+        }
+        let left = list_dir(&scratch);
+        if !left.is_empty() {
+            bad.push(format!("{}: the scratch dir holds {left:?}", s.rule));
+        }
+        let records = std::fs::read_to_string(node.state_dir().join("records.json"));
+        let parses = records
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["records"].is_array());
+        if !parses {
+            bad.push(format!("{}: records.json does not parse", s.rule));
+        }
+        let next = run(&[]);
+        if !next.status.success() {
+            bad.push(format!(
+                "{}: the next drill failed:\n{}",
+                s.rule,
+                stderr(&next)
+            ));
+        }
+        let short = message.replace(&node.root.path().display().to_string(), "<root>");
+        table.push(format!(
+            "{:28} | exit {}, scratch {} | {short} | next drill {}",
+            s.rule,
+            o.status.code().unwrap_or(-1),
+            if left.is_empty() {
+                "empty"
+            } else {
+                "NOT EMPTY"
+            },
+            if next.status.success() {
+                "ok"
+            } else {
+                "FAILED"
+            }
+        ));
+    }
+    eprintln!(
+        "EIO table (drill, each site failed once)\n{}",
+        table.join("\n")
+    );
+    assert!(
+        bad.is_empty(),
+        "{} violations:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }
