@@ -500,7 +500,8 @@ pub fn unseal_from<R: Read>(
         let out = crate::fsutil::create_private_file(dest)
             .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
         let (n, sha) = copy_hashing(&mut reader, &out, what, dest)?;
-        out.sync_all()
+        crate::failpoint::check("unseal:fsync", dest)
+            .and_then(|()| out.sync_all())
             .map_err(|e| format!("cannot fsync {}: {e}", dest.display()))?;
         Ok((n, sha))
     })();
@@ -529,7 +530,8 @@ fn copy_hashing(
         if k == 0 {
             break;
         }
-        w.put(&buf[..k])
+        crate::failpoint::check("unseal:write", dest)
+            .and_then(|()| w.put(&buf[..k]))
             .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
     }
     Ok((w.n, hex::encode(w.h.finalize())))

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::failpoint;
+
 /// Mode of every directory etcdguard creates: snapshots hold every cluster Secret.
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
 /// Mode of every file etcdguard creates.
@@ -67,9 +69,23 @@ pub fn is_private(path: &Path) -> io::Result<bool> {
     Ok(fs::metadata(path)?.permissions().mode() & 0o077 == 0)
 }
 
+/// `e` with the operation that failed and its path in front (`fsync /a/b: Input/output
+/// error`), its kind kept: the caller's message then says what failed where.
+fn failed<'a>(op: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> io::Error + 'a {
+    move |e| io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
+}
+
 /// fsyncs a directory so that a rename or unlink inside it is durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    sync_dir(dir, "dir:fsync", dir)
+}
+
+/// [`fsync_dir`] for a primitive: its fail point `site` is checked with `subject`.
+fn sync_dir(dir: &Path, site: &str, subject: &Path) -> io::Result<()> {
+    failpoint::check(site, subject)
+        .and_then(|()| File::open(dir))
+        .and_then(|d| d.sync_all())
+        .map_err(failed("fsync directory", dir))
 }
 
 fn parent_of(path: &Path) -> &Path {
@@ -93,18 +109,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         std::process::id()
     ));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = failpoint::check("atomic:create", path)
+            .and_then(|()| {
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(mode)
+                    .open(&tmp)
+            })
+            .map_err(failed("create", &tmp))?;
         // The mode given to open() is filtered by the umask; set it exactly.
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fsync_dir(dir)
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(failed("chmod", &tmp))?;
+        failpoint::check("atomic:write", path)
+            .and_then(|()| f.write_all(bytes))
+            .map_err(failed("write", &tmp))?;
+        failpoint::check("atomic:fsync", path)
+            .and_then(|()| f.sync_all())
+            .map_err(failed("fsync", &tmp))?;
+        failpoint::check("atomic:rename", path)
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(failed("rename into place", &tmp))?;
+        sync_dir(dir, "atomic:dir-fsync", path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -113,18 +140,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 }
 
 /// Renames `from` to `to` only if `to` does not exist yet, durably (hard link, unlink, fsync dir).
-/// Both must be in the same directory.
+/// Both must be in the same directory. All or nothing: when the unlink or the fsync fails, `to`
+/// is taken back (`from` is left for the caller to remove), so that a caller told "failed"
+/// never leaves a file published, nor one whose directory entry may not last.
 pub fn publish_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    fs::hard_link(from, to)?;
-    fs::remove_file(from)?;
-    fsync_dir(parent_of(to))
+    failpoint::check("publish:link", to)
+        .and_then(|()| fs::hard_link(from, to))
+        .map_err(failed("link", to))?;
+    let unlinked = failpoint::check("publish:unlink", to)
+        .and_then(|()| fs::remove_file(from))
+        .map_err(failed("unlink", from));
+    if let Err(e) = unlinked {
+        let _ = fs::remove_file(to);
+        return Err(e);
+    }
+    if let Err(e) = sync_dir(parent_of(to), "publish:dir-fsync", to) {
+        let _ = fs::rename(to, from);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Renames `from` to `to` durably: both directories fsynced after the rename.
 pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
-    fs::rename(from, to)?;
+    failpoint::check("move:rename", to)
+        .and_then(|()| fs::rename(from, to))
+        .map_err(failed(&format!("rename {} to", from.display()), to))?;
     for d in [from.parent(), to.parent()].into_iter().flatten() {
-        fsync_dir(d)?;
+        sync_dir(d, "move:dir-fsync", d)?;
     }
     Ok(())
 }
@@ -132,17 +175,17 @@ pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
 /// Moves a file durably: rename, or across filesystems an atomic copy (same mode) and unlink;
 /// both directories fsynced.
 pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
-    match fs::rename(from, to) {
+    match failpoint::check("move:rename", to).and_then(|()| fs::rename(from, to)) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
-            let bytes = fs::read(from)?;
+            let bytes = fs::read(from).map_err(failed("read", from))?;
             write_atomic(to, &bytes, mode_of(from)?)?;
-            fs::remove_file(from)?;
+            fs::remove_file(from).map_err(failed("unlink", from))?;
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(failed(&format!("rename {} to", from.display()), to)(e)),
     }
     for d in [from.parent(), to.parent()].into_iter().flatten() {
-        fsync_dir(d)?;
+        sync_dir(d, "move:dir-fsync", d)?;
     }
     Ok(())
 }
@@ -155,13 +198,18 @@ pub fn mode_of(path: &Path) -> io::Result<u32> {
 /// Creates a new file readable and writable by its owner only (0600 whatever the umask), open
 /// for reading and writing; fails if `path` exists.
 pub fn create_private_file(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(PRIVATE_FILE_MODE)
-        .open(path)?;
-    file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
+    let file = failpoint::check("file:create", path)
+        .and_then(|()| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(PRIVATE_FILE_MODE)
+                .open(path)
+        })
+        .map_err(failed("create", path))?;
+    file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+        .map_err(failed("chmod", path))?;
     Ok(file)
 }
 

@@ -28,6 +28,7 @@ mod drill;
 mod encryption;
 mod etcd;
 mod etcdversion;
+mod failpoint;
 mod fsutil;
 mod inspect;
 mod metrics;

@@ -14,6 +14,7 @@ mod daemon;
 mod destinations;
 mod disk;
 mod drill;
+mod eio;
 mod encryption;
 mod engine;
 mod inspect;

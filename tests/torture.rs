@@ -190,7 +190,7 @@ fn check_backups(node: &Node, s3: &S3Server, what: &str) -> Result<(), String> {
 }
 
 /// A kubeadm node root (no kubelet: `--no-wait`) with a data dir built from `snapshot`.
-fn restore_node(snapshot: &std::path::Path) -> KubeNode {
+pub(crate) fn restore_node(snapshot: &std::path::Path) -> KubeNode {
     let node = KubeNode::with_etcd(NEWEST, "cp1", None, None, None);
     let peer = format!(
         "https://127.0.0.1:{}",

@@ -83,6 +83,7 @@ impl Sinks<'_> {
 /// (so the final fsync does not find the whole snapshot dirty). Stops at the first error.
 fn write_file(
     file: &std::fs::File,
+    path: &std::path::Path,
     mut batches: mpsc::Receiver<Vec<Bytes>>,
 ) -> std::io::Result<()> {
     let mut out = file;
@@ -93,6 +94,7 @@ fn write_file(
             batch.iter().map(|b| std::io::IoSlice::new(b)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
+            crate::failpoint::check("backup:write", path)?;
             let n = match out.write_vectored(rest) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
@@ -146,6 +148,13 @@ impl etcd::SnapshotSink for Sinks<'_> {
     }
 }
 
+/// Why the check of the written file failed: it could not be read back, or what it holds is
+/// not a consistent database.
+enum Check {
+    Read(std::io::Error),
+    Bad(String),
+}
+
 /// Where the bytes go.
 pub(super) struct Targets<'a> {
     pub store: &'a LocalStore,
@@ -193,12 +202,14 @@ pub(super) async fn stream_and_publish<E>(
     let file = Arc::new(file);
     let (tx, rx) = mpsc::channel(WRITE_DEPTH);
     let for_writer = file.clone();
+    let temp_path = temp.path().to_path_buf();
     let mut sinks = Sinks {
         file: Some(tx),
         batch: Vec::new(),
         batch_len: 0,
-        writer: Some(tokio::task::spawn_blocking(move || {
-            write_file(&for_writer, rx)
+        writer: Some(tokio::task::spawn_blocking({
+            let path = temp_path.clone();
+            move || write_file(&for_writer, &path, rx)
         })),
         feeds,
         written: 0,
@@ -221,24 +232,35 @@ pub(super) async fn stream_and_publish<E>(
     sinks.progress.finish();
     let std_file =
         Arc::try_unwrap(file).map_err(|_| fail("the snapshot file is still in use".into()))?;
-    let std_file = tokio::task::spawn_blocking(move || std_file.sync_all().map(|()| std_file))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-        .map_err(|err| fail(format!("cannot fsync {}: {err}", temp.path().display())))?;
+    let fsync_path = temp_path.clone();
+    let std_file = tokio::task::spawn_blocking(move || {
+        crate::failpoint::check("backup:fsync", &fsync_path)?;
+        std_file.sync_all().map(|()| std_file)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+    .map_err(|err| fail(format!("cannot fsync {}: {err}", temp.path().display())))?;
     // The bbolt check and etcdutl's status over the written file, before it counts: a
     // snapshot whose checksum matches can still be an inconsistent database.
     let db_len = streamed.file_len - etcddb::TRAILER_LEN;
     let checked = tokio::task::spawn_blocking(move || {
-        let db = etcddb::Db::open(std_file, db_len)?;
-        etcddb::status(&db).map_err(|e| e.to_string())
+        crate::failpoint::check("backup:read-back", &temp_path).map_err(Check::Read)?;
+        let db = etcddb::Db::open(std_file, db_len).map_err(Check::Bad)?;
+        etcddb::status(&db).map_err(|e| Check::Bad(e.to_string()))
     })
     .await
     .map_err(|err| fail(format!("the snapshot check did not finish: {err}")))?;
-    let status = checked.map_err(|reason| {
-        fail(format!(
-            "etcd at {ep} sent a snapshot whose checksum matches but whose database is not \
-             consistent: {reason}"
-        ))
+    let status = checked.map_err(|c| match c {
+        Check::Read(err) => fail(format!(
+            "cannot read back {} for the check: {err}",
+            temp.path().display()
+        )),
+        // A read error inside the walk lands here too: the file is named either way.
+        Check::Bad(reason) => fail(format!(
+            "etcd at {ep} sent a snapshot whose checksum matches but whose database, as \
+             written to {}, is not consistent: {reason}",
+            temp.path().display()
+        )),
     })?;
     crate::crashpoint::here("backup:checked");
     let published = match seal_local {

@@ -323,7 +323,11 @@ pub async fn upload_from_file(
     let total = file.metadata().await.ok().map(|m| m.len());
     let progress = crate::progress::Progress::bytes("upload", total);
     let read = loop {
-        match file.read(&mut buf).await {
+        let got = match crate::failpoint::check("retry:read", path) {
+            Ok(()) => file.read(&mut buf).await,
+            Err(e) => Err(e),
+        };
+        match got {
             Ok(0) => break Ok(()),
             Ok(n) => {
                 hasher.update(&buf[..n]);

@@ -402,11 +402,14 @@ pub fn commit(db: &Db, changes: &[(&[u8], Change)]) -> WriteResult<Meta> {
 
     let file = db.file();
     let ps = alloc.page_size as u64;
+    let none = std::path::Path::new("");
     for (id, bytes) in &alloc.pages {
-        file.write_all_at(bytes, id * ps)
+        crate::failpoint::check("db:write", none)
+            .and_then(|()| file.write_all_at(bytes, id * ps))
             .map_err(|e| format!("cannot write page {id}: {e}"))?;
     }
-    file.sync_data()
+    crate::failpoint::check("db:fsync", none)
+        .and_then(|()| file.sync_data())
         .map_err(|e| format!("cannot sync the new pages: {e}"))?;
     let new = Meta {
         page_id: (old.txid + 1) % 2,
@@ -417,9 +420,11 @@ pub fn commit(db: &Db, changes: &[(&[u8], Change)]) -> WriteResult<Meta> {
         pgid: alloc.next,
         txid: old.txid + 1,
     };
-    file.write_all_at(&new.encode(), new.page_id * ps)
+    crate::failpoint::check("db:write", none)
+        .and_then(|()| file.write_all_at(&new.encode(), new.page_id * ps))
         .map_err(|e| format!("cannot write the meta page: {e}"))?;
-    file.sync_data()
+    crate::failpoint::check("db:fsync", none)
+        .and_then(|()| file.sync_data())
         .map_err(|e| format!("cannot sync the meta page: {e}"))?;
     Ok(new)
 }

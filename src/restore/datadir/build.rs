@@ -56,6 +56,11 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot fsync {path}: {source}")]
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot rewrite the database: {0}")]
     Commit(String),
     /// The snapshot's version and the target's do not meet (`etcdversion::restore_compat`).
@@ -174,6 +179,13 @@ fn write_err(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
     }
 }
 
+fn sync_err(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Sync {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 fn private_dir(path: &Path) -> Result<(), BuildError> {
     fs::DirBuilder::new()
         .mode(fsutil::PRIVATE_DIR_MODE)
@@ -211,7 +223,7 @@ fn check_target(target: &Path) -> Result<(), BuildError> {
 /// SHA-256 (about 1 GB/s even with the CPU's SHA extensions) is the slowest part, so it runs on
 /// its own thread, fed the same buffers: reading and writing go on meanwhile. Three buffers of
 /// `COPY_BUF` circulate; memory does not grow with the file.
-fn copy_db(src: &mut File, dest: &mut File, len: u64) -> std::io::Result<[u8; 32]> {
+fn copy_db(src: &mut File, dest: &mut File, path: &Path, len: u64) -> std::io::Result<[u8; 32]> {
     const BUFFERS: usize = 3;
     let (filled_tx, filled_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
     let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
@@ -237,6 +249,7 @@ fn copy_db(src: &mut File, dest: &mut File, len: u64) -> std::io::Result<[u8; 32
                 };
                 let n = left.min(COPY_BUF as u64) as usize;
                 src.read_exact(&mut buf[..n])?;
+                crate::failpoint::check("datadir:write", path)?;
                 dest.write_all(&buf[..n])?;
                 left -= n as u64;
                 progress.inc(n as u64);
@@ -395,7 +408,8 @@ pub fn build_data_dir(
     let (target_version, version_warning) = version_decision(&status, &opts)?;
     let enc = Encoding::for_target(target_version);
     let (changes, revision) = changes(&cluster, &status).map_err(bad)?;
-    writer::commit(&db, &changes).map_err(BuildError::Commit)?;
+    writer::commit(&db, &changes)
+        .map_err(|e| BuildError::Commit(format!("{}: {e}", db_path.display())))?;
     let db = Db::open(
         db.file().try_clone().map_err(write_err(&db_path))?,
         db.file().metadata().map_err(write_err(&db_path))?.len(),
@@ -410,20 +424,35 @@ pub fn build_data_dir(
 
     let snap_path = snap_dir.join(snap::file_name(&cluster));
     let mut snap_file = create_private_file(&snap_path)?;
-    snap_file
-        .write_all(&snap::contents(&cluster, target_version))
-        .and_then(|()| snap_file.sync_all())
+    crate::failpoint::check("datadir:write", &snap_path)
+        .and_then(|()| snap_file.write_all(&snap::contents(&cluster, target_version)))
         .map_err(write_err(&snap_path))?;
+    crate::failpoint::check("datadir:fsync", &snap_path)
+        .and_then(|()| snap_file.sync_all())
+        .map_err(sync_err(&snap_path))?;
 
     for d in [&snap_dir, &wal_dir, &member, &staging.path] {
         fsutil::fsync_dir(d).map_err(write_err(d))?;
     }
-    fs::rename(&staging.path, target).map_err(|e| BuildError::Target {
-        path: target.to_owned(),
-        reason: format!("cannot move the built directory into place: {e}"),
-    })?;
+    let was_empty_dir = target.is_dir();
+    crate::failpoint::check("datadir:rename", target)
+        .and_then(|()| fs::rename(&staging.path, target))
+        .map_err(|e| BuildError::Target {
+            path: target.to_owned(),
+            reason: format!("cannot move the built directory into place: {e}"),
+        })?;
     staging.published = true;
-    fsutil::fsync_dir(&parent).map_err(write_err(&parent))?;
+    if let Err(e) = fsutil::fsync_dir(&parent) {
+        // The move may not last: taken back, so that a failed build leaves the target as it
+        // was (the staging directory is removed on the way out).
+        if fs::rename(target, &staging.path).is_ok() {
+            staging.published = false;
+            if was_empty_dir {
+                let _ = private_dir(target);
+            }
+        }
+        return Err(write_err(&parent)(e));
+    }
 
     let warnings = warnings(&status, version_warning);
     Ok(BuildReport {
@@ -499,7 +528,7 @@ fn copy_and_check(
                 etcddb::status(&db).map_err(|e| e.to_string())
             })
         });
-        let copied = copy_db(src, &mut db_file, db_len);
+        let copied = copy_db(src, &mut db_file, db_path, db_len);
         (copied, checking.map(|h| h.join().expect("check thread")))
     });
     let got = copied.map_err(|e| match e.kind() {
@@ -551,10 +580,13 @@ fn write_wal(wal_dir: &Path, cluster: &Cluster, enc: Encoding) -> Result<(), Bui
     {
         wal_file.set_len(wal::SEGMENT_SIZE).map_err(&werr)?;
     }
+    crate::failpoint::check("datadir:write", &wal_path).map_err(&werr)?;
     wal_file
         .write_all_at(&wal::records(cluster, enc), 0)
         .map_err(&werr)?;
-    wal_file.sync_all().map_err(&werr)?;
+    crate::failpoint::check("datadir:fsync", &wal_path)
+        .and_then(|()| wal_file.sync_all())
+        .map_err(sync_err(&wal_path))?;
     Ok(())
 }
 
