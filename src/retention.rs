@@ -397,9 +397,10 @@ pub fn trim_history(file: &mut RecordsFile, limits: HistoryLimits) -> usize {
 /// Indices of records to drop from the history, ascending. Call after deletions are applied
 /// (a snapshot whose deletion failed still exists and keeps its record).
 pub fn history_drops(records: &[Record], limits: HistoryLimits) -> Vec<usize> {
+    let kept = newest_of_each_kind(records);
     let mut drops = Vec::new();
     let successful: Vec<usize> = (0..records.len())
-        .filter(|&i| records[i].result == Outcome::Success)
+        .filter(|&i| records[i].result == Outcome::Success && !kept.contains(&i))
         .collect();
     let mut excess = successful.len().saturating_sub(limits.successful);
     for &i in &successful {
@@ -413,12 +414,34 @@ pub fn history_drops(records: &[Record], limits: HistoryLimits) -> Vec<usize> {
     }
     // Skipped slots count with the failures: both are attempts without a snapshot.
     let failed: Vec<usize> = (0..records.len())
-        .filter(|&i| records[i].result != Outcome::Success && !snapshot_exists(&records[i]))
+        .filter(|&i| {
+            records[i].result != Outcome::Success
+                && !snapshot_exists(&records[i])
+                && !kept.contains(&i)
+        })
         .collect();
     let excess = failed.len().saturating_sub(limits.failed);
     drops.extend_from_slice(&failed[..excess]);
     drops.sort_unstable();
     drops
+}
+
+/// The records the history keeps whatever its limits: the newest drill, the newest drill that
+/// passed, the newest restore and the newest rollback. With hourly backups they would
+/// otherwise fall out of a limit of 50 within two days, and with them what `records`,
+/// `health` and the metrics say of the last drill.
+fn newest_of_each_kind(records: &[Record]) -> Vec<usize> {
+    use crate::records::Trigger;
+    let newest = |f: &dyn Fn(&Record) -> bool| records.iter().rposition(f);
+    [
+        newest(&|r| r.trigger == Trigger::Drill),
+        newest(&|r| r.trigger == Trigger::Drill && r.result == Outcome::Success),
+        newest(&|r| r.trigger == Trigger::Restore),
+        newest(&|r| r.trigger == Trigger::Rollback),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// For each record, a sentence saying why its local snapshot is kept or when it will go;
@@ -772,6 +795,33 @@ mod tests {
             failed: 10,
         };
         assert!(history(&r, limits).is_empty());
+    }
+
+    #[test]
+    fn history_keeps_the_newest_drill_and_the_newest_passing_drill_whatever_the_limits() {
+        use crate::records::Trigger;
+        let now = Utc::now();
+        let drill = |id: &str, h: i64, ok: bool| {
+            let mut r = rec(id, at(h, now), ok, CopyState::Deleted);
+            r.trigger = Trigger::Drill;
+            r.local = None;
+            r
+        };
+        let r = vec![
+            drill("d-old", 30, true),
+            drill("d-pass", 20, true),
+            rec("g1", at(15, now), true, CopyState::Deleted),
+            drill("d-fail", 12, false),
+            rec("g2", at(10, now), true, CopyState::Deleted),
+            rec("g3", at(5, now), true, CopyState::Deleted),
+            failed("f1", 4, now),
+        ];
+        let limits = HistoryLimits {
+            successful: 1,
+            failed: 0,
+        };
+        // The newest drill (failed) and the newest that passed stay; the rest goes oldest first.
+        assert_eq!(history(&r, limits), ["d-old", "g1", "g2", "f1"]);
     }
 
     #[test]
