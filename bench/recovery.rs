@@ -347,7 +347,7 @@ impl Bench {
     fn recover(&mut self) -> Vec<(&'static str, f64)> {
         let root = self.node.root.path().to_path_buf();
         self.node.kubelet = None;
-        wipe(&root);
+        util::kubenode::wipe(&root);
         let t0 = Instant::now();
         let started = Utc::now();
         let out = etcdguard_cmd(&[
@@ -448,21 +448,6 @@ fn manifest_flag(node: &KubeNode, flag: &str) -> String {
         .find_map(|l| l.trim().strip_prefix(&format!("- --{flag}=")))
         .unwrap_or_else(|| panic!("no --{flag} in the etcd manifest"))
         .to_string()
-}
-
-/// Everything under `root` but the etcdguard configuration (a lost disk).
-fn wipe(root: &Path) {
-    for e in std::fs::read_dir(root).unwrap().flatten() {
-        if e.file_name() == "backup.toml" || e.file_name() == "etc" {
-            continue;
-        }
-        let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
-    }
-    for e in std::fs::read_dir(root.join("etc")).unwrap().flatten() {
-        if e.file_name() != "etcdguard" {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
 }
 
 /// A journal's steps.

@@ -34,6 +34,21 @@ spec:
                 type: integer
 ";
 
+/// Applies the Widget CRD and waits until its resource is served.
+fn apply_widgets_crd(k: &Kubectl) {
+    k.apply(WIDGETS_CRD);
+    crate::util::wait_until(
+        "the Widget CRD to be established",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || {
+            k.run(&["get", "widgets.example.com", "-A"])
+                .status
+                .success()
+        },
+    );
+}
+
 fn widget(name: &str, size: u32) -> String {
     format!(
         "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: {name}\n  namespace: team-a\n\
@@ -157,17 +172,7 @@ fn restore_and_watch(bump: Option<&str>) {
         "db",
         "--from-literal=password=s3cret",
     ]);
-    k.apply(WIDGETS_CRD);
-    crate::util::wait_until(
-        "the Widget CRD to be established",
-        Duration::from_secs(30),
-        Duration::from_millis(300),
-        || {
-            k.run(&["get", "widgets.example.com", "-A"])
-                .status
-                .success()
-        },
-    );
+    apply_widgets_crd(&k);
     k.apply(&widget("small", 1));
     k.ok(&["-n", "team-a", "create", "serviceaccount", "robot"]);
     let token = k
@@ -395,7 +400,7 @@ fn recover_of_a_wiped_node_brings_its_api_server_back_with_secrets_and_tokens() 
 
     // Disaster: the kubelet and everything it ran are gone, and the disk with them.
     node.kubelet = None;
-    crate::recover::wipe(&root);
+    crate::util::kubenode::wipe(&root);
     assert!(!root.join("etc/kubernetes/enc/enc.yaml").exists());
     let out = etcdguard_cmd(&[
         "recover",
@@ -630,17 +635,7 @@ fn a_drill_lists_the_snapshot_through_a_real_api_server_and_names_a_secret_it_ca
         "settings",
         "--from-literal=mode=blue",
     ]);
-    k.apply(WIDGETS_CRD);
-    crate::util::wait_until(
-        "the Widget CRD to be established",
-        Duration::from_secs(30),
-        Duration::from_millis(300),
-        || {
-            k.run(&["get", "widgets.example.com", "-A"])
-                .status
-                .success()
-        },
-    );
+    apply_widgets_crd(&k);
     k.apply(&widget("small", 1));
     k.apply(&widget("large", 9));
     let out = node.etcdguard(&["snapshot"]);

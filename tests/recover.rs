@@ -160,28 +160,6 @@ fn assert_no_secrets(out: &std::process::Output) {
     }
 }
 
-/// Removes everything under `dir` but the names in `keep`.
-fn remove_all_but(dir: &Path, keep: &[&str]) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.file_name().is_some_and(|n| keep.iter().any(|k| n == *k)) {
-            continue;
-        }
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).unwrap();
-        } else {
-            std::fs::remove_file(&p).unwrap();
-        }
-    }
-}
-
-/// Removes everything under `root` but the etcdguard configs (the node's, and the test's
-/// backup config).
-pub(crate) fn wipe(root: &Path) {
-    remove_all_but(root, &["backup.toml", "etc"]);
-    remove_all_but(&root.join("etc"), &["etcdguard"]);
-}
-
 /// Files under `root` that a rolled-back recover may leave: its journal and downloads under the
 /// state dir, the restore's journal dir, data dirs it moved aside, empty parent dirs.
 fn leftovers(root: &Path) -> Vec<String> {
@@ -319,7 +297,7 @@ fn recover_rebuilds_a_wiped_node_from_the_bucket_and_rolls_back_from_every_step(
         .unwrap();
     // Disaster: the node's disk is gone; only the etcdguard config is put back.
     node.kubelet = None;
-    wipe(&root);
+    crate::util::kubenode::wipe(&root);
 
     let recover = |extra: &[&str], crash: Option<&str>| {
         let mut args = vec![

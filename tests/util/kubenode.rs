@@ -266,3 +266,25 @@ fn write_0600(p: &Path, text: &str) {
     std::fs::write(p, text).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// Removes everything under `dir` but the names in `keep`.
+fn remove_all_but(dir: &Path, keep: &[&str]) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().is_some_and(|n| keep.iter().any(|k| n == *k)) {
+            continue;
+        }
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
+
+/// Removes everything under `root` but the etcdguard configs (the node's, and the test's
+/// backup config).
+pub fn wipe(root: &Path) {
+    remove_all_but(root, &["backup.toml", "etc"]);
+    remove_all_but(&root.join("etc"), &["etcdguard"]);
+}
