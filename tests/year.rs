@@ -1,7 +1,8 @@
 //! A year in minutes: the daemon through hourly slots on the test clock (the steppable one of
 //! `tests/clock.rs`), with local copies, an S3 destination and an fs destination under tiered
 //! retention, a weekly drill, bounded history, a metrics file, and faults every 720 slots (a
-//! month): S3 down for six hours, etcd down for three, the daemon killed during a backup.
+//! month): S3 down for six hours, etcd down for three, the snapshot disk full for four, the
+//! daemon killed during a backup.
 //! Every hundred slots (every thousand for the year) it samples the daemon's open files,
 //! threads and RSS, the records' count and the state dir's size; at the end each destination
 //! holds exactly what its rule keeps of the backups that succeeded (an oracle of its own,
@@ -190,6 +191,11 @@ fn a_month_of_hourly_backups_with_faults_leaves_exactly_the_tiers_and_flat_resou
         node.set(section, "keep_monthly", &monthly.to_string());
         node.set(section, "min_keep", "2");
     }
+    // The snapshot dir on a disk of its own, filled to the last block for four slots a month.
+    let disk = Tmpfs::new("96m");
+    let snaps = disk.path().join("snapshots");
+    node.set_path("local_storage", "path", &snaps);
+    let mut filler = None;
     let nfs = Tmpfs::new("64m");
     node.add_destination(&format!(
         "name = \"nfs\"\ntype = \"fs\"\npath = {:?}\nprefix = \"prod/\"\nkeep_last = 3\nmin_keep = 1\n",
@@ -230,6 +236,16 @@ fn a_month_of_hourly_backups_with_faults_leaves_exactly_the_tiers_and_flat_resou
                 faults.push(format!("slot {k}: etcd down for 3 slots"));
             }
             203 => node.etcd.restart_with_env(&[]),
+            // Filled again at each slot: whatever retention freed is taken back.
+            400..=403 => {
+                filler = Some(disk.fill());
+                if month == 400 {
+                    faults.push(format!("slot {k}: snapshot disk full for 4 slots"));
+                }
+            }
+            404 => {
+                std::fs::remove_file(filler.take().unwrap()).unwrap();
+            }
             _ => {}
         }
         let slot = at(k) - chrono::Duration::seconds(10);
@@ -301,16 +317,30 @@ fn a_month_of_hourly_backups_with_faults_leaves_exactly_the_tiers_and_flat_resou
     }
 
     // Exactly the tiers of the slots whose backup succeeded (all but the three each month
-    // when etcd was down), at every destination.
+    // when etcd was down and the four when the disk was full), at every destination.
     let recs = node.records();
     let taken: Vec<DateTime<Utc>> = (0..slots)
-        .filter(|k| !(200..203).contains(&(k % 720)))
+        .filter(|k| !(200..203).contains(&(k % 720)) && !(400..404).contains(&(k % 720)))
         .map(|k| at(k) - chrono::Duration::seconds(10))
         .collect();
     let want = kept(&taken, last, daily, weekly, monthly);
+    if slots > 404 {
+        let full = recs
+            .iter()
+            .rev()
+            .find(|r| {
+                r["result"] == "Failed"
+                    && r["reason"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("No space left on device"))
+            })
+            .expect("a Failed record of a slot when the snapshot disk was full");
+        let reason = full["reason"].as_str().unwrap();
+        assert!(reason.contains(&snaps.display().to_string()), "{reason}");
+    }
     let slots_in =
         |d: &Path| -> BTreeSet<DateTime<Utc>> { db_names(d).iter().map(|n| slot_of(n)).collect() };
-    let local = slots_in(&node.snapshot_dir());
+    let local = slots_in(&snaps);
     let remote = slots_in(&s3.root.as_ref().unwrap().join(BUCKET).join("prod/cp1"));
     let on_mount = slots_in(&nfs.path().join("prod/cp1"));
     assert_eq!(local, want, "local copies are exactly the tiers");
@@ -319,7 +349,7 @@ fn a_month_of_hourly_backups_with_faults_leaves_exactly_the_tiers_and_flat_resou
     assert_eq!(on_mount, newest3, "the fs destination keeps its newest 3");
     let newest = *local.iter().next_back().unwrap();
     // Nothing half-written: only snapshots in the snapshot dir and at the destinations.
-    let d = node.snapshot_dir();
+    let d = snaps.clone();
     let stray: Vec<String> = crate::util::list_dir(&d)
         .into_iter()
         .filter(|f| !f.ends_with(".db"))
