@@ -297,21 +297,66 @@ pub fn start_writeback(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64) 
     }
 }
 
-/// How far a file written front to back has been handed to writeback: every [`Self::STEP`]
-/// bytes the next range is due. Pure bookkeeping; [`start_writeback`] does the call.
-#[derive(Debug, Default)]
+/// Waits until the range's writeback (started by [`start_writeback`]) is done: what a writer
+/// calls on an older range to keep the bytes in flight to the disk bounded.
+pub fn wait_writeback(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: as in start_writeback.
+    unsafe {
+        nix::libc::sync_file_range(
+            file.as_raw_fd(),
+            offset,
+            len,
+            nix::libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | nix::libc::SYNC_FILE_RANGE_WRITE
+                | nix::libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        );
+    }
+}
+
+/// Tells the kernel the file's cached pages will not be read again (they are on disk): they
+/// leave the page cache instead of pushing out what others (etcd's database) keep there.
+pub fn drop_cached(file: &impl std::os::fd::AsRawFd) {
+    // SAFETY: a plain syscall on a descriptor the caller keeps open; advice only.
+    unsafe {
+        nix::libc::posix_fadvise(file.as_raw_fd(), 0, 0, nix::libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+/// How far a file written front to back has been handed to writeback: every `step` bytes
+/// (16 MiB by default) the next range is due. Pure bookkeeping; [`start_writeback`] does the
+/// call.
+#[derive(Debug)]
 pub struct Writeback {
     started: u64,
+    step: u64,
+}
+
+impl Default for Writeback {
+    fn default() -> Self {
+        Writeback {
+            started: 0,
+            step: Self::STEP,
+        }
+    }
 }
 
 impl Writeback {
     pub const STEP: u64 = 16 << 20;
 
+    /// Ranges of `step` bytes: smaller ones keep what queues before another process's fsync
+    /// short.
+    pub fn with_step(step: u64) -> Self {
+        Writeback { started: 0, step }
+    }
+
     /// The range due now that `written` bytes were written, of which the last `lag` may still
     /// sit in user-space buffers.
     pub fn due(&mut self, written: u64, lag: u64) -> Option<(u64, u64)> {
         let upto = written.saturating_sub(lag);
-        if upto < self.started + Self::STEP {
+        if upto < self.started + self.step {
             return None;
         }
         let range = (self.started, upto - self.started);

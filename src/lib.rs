@@ -32,6 +32,7 @@ mod failpoint;
 mod fsutil;
 mod inspect;
 mod metrics;
+mod pacing;
 mod pins;
 mod preflight;
 mod priority;

@@ -356,6 +356,24 @@ fn backups(out: &mut String, file: &RecordsFile) {
             "Duration of the last backup attempt.",
             &[(local, format!("{:.3}", last.duration_seconds))],
         );
+        if let Some(p) = &last.pacing {
+            gauge(
+                out,
+                "etcdguard_last_paced_seconds",
+                "Seconds the last backup's stream waited for its pace (etcd's latency, the \
+                 fallback pace, rate_limit): how much pacing stretched it.",
+                &[(local, format!("{:.3}", p.paced_seconds))],
+            );
+            gauge(
+                out,
+                "etcdguard_last_pacing_fallback",
+                "1 if the last backup could not read etcd's metrics and took the fallback pace.",
+                &[(
+                    local,
+                    u8::from(p.mode == crate::records::pacing::PacingMode::Fallback).to_string(),
+                )],
+            );
+        }
     }
     // The destinations the records name, in their order (a destination removed from the
     // configuration drops out once its records are gone).

@@ -20,6 +20,9 @@ pub struct Target {
     pub manifest_name: Option<String>,
     /// `--quota-backend-bytes` from the manifest, if it was read and set.
     pub manifest_quota: Option<u64>,
+    /// Where etcd's metrics are read for the pace: `etcd.metrics_url`, else the manifest's
+    /// `--listen-metrics-urls` on loopback.
+    pub metrics_url: Option<String>,
 }
 
 impl Target {
@@ -42,6 +45,13 @@ pub fn resolve_target(config: &Config) -> Result<Target, String> {
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|&q| q > 0)
     };
+    let metrics_url = |m: Option<&EtcdManifest>| {
+        config
+            .etcd
+            .metrics_url
+            .clone()
+            .or_else(|| m.and_then(EtcdManifest::local_metrics_url))
+    };
     match (&config.etcd.endpoint, manifest) {
         (Some(ep), m) => Ok(Target {
             endpoint: ep.clone(),
@@ -50,11 +60,13 @@ pub fn resolve_target(config: &Config) -> Result<Target, String> {
                 .ok()
                 .and_then(|m| m.member_name().map(str::to_string)),
             manifest_quota: m.as_ref().ok().and_then(quota),
+            metrics_url: metrics_url(m.as_ref().ok()),
         }),
         (None, Ok(m)) => Ok(Target {
             endpoint: m.local_client_url().map_err(|e| e.to_string())?,
             manifest_name: m.member_name().map(str::to_string),
             manifest_quota: quota(&m),
+            metrics_url: metrics_url(Some(&m)),
         }),
         (None, Err(e)) => Err(format!(
             "cannot find the local etcd endpoint: {e}; set etcd.endpoint in the config, or \

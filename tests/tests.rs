@@ -20,6 +20,7 @@ mod engine;
 mod inspect;
 mod kubernetes;
 mod network;
+mod pacing;
 mod recover;
 mod remote;
 mod restore;

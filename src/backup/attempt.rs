@@ -8,7 +8,9 @@ use super::stream::{self, RemoteResult, Targets, Uploads};
 use crate::config::Config;
 use crate::copies::cluster::{self, Decided};
 use crate::etcd::{MemberInfo, StreamLimits};
+use crate::pacing::Pacer;
 use crate::preflight::{self, Target};
+use crate::records::pacing::Pacing;
 use crate::records::{Member, Snapshot};
 use crate::store::local::{snapshot_file_name, LocalStore};
 
@@ -90,6 +92,13 @@ pub(super) async fn attempt(
 ) -> Result<Success, Failure> {
     let target = preflight::resolve_target(config).map_err(Failure::new)?;
     let ep = target.endpoint.clone();
+    // etcd's latency before the stream is the baseline: the pacer reads it meanwhile.
+    let pacer = Pacer::start(
+        config.etcd.pacing,
+        target.metrics_url.as_deref(),
+        config.etcd.rate_limit,
+    )
+    .await;
     // Until etcd answers, what the manifest says is all we know about the member.
     let assumed = target.manifest_name.clone().map(|name| Member {
         name,
@@ -144,15 +153,16 @@ pub(super) async fn attempt(
         Some(who) => Uploads::start(&config.destinations, sealing, who, &file_name),
         None => Uploads::start(&[], sealing, &member.name, &file_name),
     };
+    let expected = u64::try_from(info.db_size).ok().filter(|&n| n > 0);
     let to = Targets {
         store,
         temp,
         file,
         file_name: &file_name,
         feeds: uploads.feeds(),
-        expected: u64::try_from(info.db_size).ok().filter(|&n| n > 0),
+        expected,
         seal_local: sealing.filter(|e| e.encrypt_local),
-        rate_limit: e.rate_limit,
+        gate: pacer.gate(e.timeout, expected),
     };
     let limits = StreamLimits {
         overall: e.timeout,
@@ -165,12 +175,13 @@ pub(super) async fn attempt(
             return Err(f);
         }
     };
+    let pacing = pacer.finish();
     let remotes = match uploader {
         Some(who) => uploads.finish(sealing, who, &file_name).await,
         None => Vec::new(),
     };
     Ok(Success {
-        snapshot: snapshot_of(published, at, file_name, member, info, health),
+        snapshot: snapshot_of(published, at, file_name, member, info, health, pacing),
         remotes,
         cluster,
     })
@@ -212,6 +223,7 @@ fn snapshot_of(
     member: Member,
     info: MemberInfo,
     health: crate::records::Health,
+    pacing: Pacing,
 ) -> Snapshot {
     let stream::Published {
         streamed,
@@ -233,5 +245,6 @@ fn snapshot_of(
         sha256: hex::encode(streamed.file_sha256),
         local_sealed: sealed,
         health: Some(health),
+        pacing: Some(pacing),
     }
 }

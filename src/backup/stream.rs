@@ -14,6 +14,7 @@ use crate::config::{DestinationConfig, Encryption};
 use crate::etcd::{self, StreamLimits, StreamedSnapshot};
 use crate::etcddb::{self, DbStatus};
 use crate::fsutil;
+use crate::pacing::Gate;
 use crate::progress::Progress;
 use crate::records::SealedCopy;
 use crate::store::local::{LocalStore, TempSnapshot};
@@ -25,6 +26,8 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Batches in flight to the file writer besides the one being filled: memory stays flat in
 /// the database size (about 3 MiB).
 const WRITE_DEPTH: usize = 2;
+/// The writer hands the disk this much at a time.
+const WRITEBACK_STEP: u64 = 4 << 20;
 
 /// The bytes of one snapshot go to the local file and, when configured, to the upload. Each
 /// chunk is the slice of tonic's receive buffer the message decoded to: the file writer and
@@ -42,8 +45,8 @@ struct Sinks<'a> {
     feeds: Vec<&'a mut UploadFeed>,
     written: u64,
     progress: Progress,
-    /// `[etcd] rate_limit`: bytes per second, and when the stream started.
-    rate: Option<(u64, std::time::Instant)>,
+    /// The pace (etcd's latency, the fallback, `rate_limit`).
+    gate: Gate,
 }
 
 impl Sinks<'_> {
@@ -79,8 +82,10 @@ impl Sinks<'_> {
 }
 
 /// Writes the batches to `file` front to back on a blocking thread (one `writev` per batch,
-/// more where the kernel takes less), handing every 16 MiB written to the kernel's writeback
-/// (so the final fsync does not find the whole snapshot dirty). Stops at the first error.
+/// more where the kernel takes less), handing every [`WRITEBACK_STEP`] written to the
+/// kernel's writeback and waiting for the range before it: the final fsync does not find the
+/// whole snapshot dirty, and at most two ranges queue before etcd's own WAL fsyncs on a
+/// shared disk. Stops at the first error.
 fn write_file(
     file: &std::fs::File,
     path: &std::path::Path,
@@ -88,7 +93,8 @@ fn write_file(
 ) -> std::io::Result<()> {
     let mut out = file;
     let mut written = 0u64;
-    let mut writeback = fsutil::Writeback::default();
+    let mut writeback = fsutil::Writeback::with_step(WRITEBACK_STEP);
+    let mut in_flight = None;
     while let Some(batch) = batches.blocking_recv() {
         let mut slices: Vec<std::io::IoSlice<'_>> =
             batch.iter().map(|b| std::io::IoSlice::new(b)).collect();
@@ -106,6 +112,9 @@ fn write_file(
         }
         if let Some((offset, len)) = writeback.due(written, 0) {
             fsutil::start_writeback(file, offset, len);
+            if let Some((offset, len)) = in_flight.replace((offset, len)) {
+                fsutil::wait_writeback(file, offset, len);
+            }
         }
     }
     Ok(())
@@ -132,13 +141,8 @@ impl etcd::SnapshotSink for Sinks<'_> {
         self.written += len;
         self.progress.inc(len);
         // Reading slower makes etcd send slower (gRPC flow control): the disk, the CPU and
-        // etcd itself see the rate, not only our file.
-        if let Some((limit, started)) = self.rate {
-            let due = std::time::Duration::from_secs_f64(self.written as f64 / limit as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
+        // etcd itself see the pace, not only our file.
+        self.gate.pass(len).await;
         Ok(())
     }
 
@@ -166,8 +170,8 @@ pub(super) struct Targets<'a> {
     pub expected: Option<u64>,
     /// `encrypt_local`: the checked snapshot is published sealed, never plain.
     pub seal_local: Option<&'a Encryption>,
-    /// `[etcd] rate_limit`, bytes per second.
-    pub rate_limit: Option<u64>,
+    /// The pace the stream is read at.
+    pub gate: Gate,
 }
 
 /// What `stream_and_publish` made.
@@ -197,7 +201,7 @@ pub(super) async fn stream_and_publish<E>(
         feeds,
         expected,
         seal_local,
-        rate_limit,
+        gate,
     } = to;
     let file = Arc::new(file);
     let (tx, rx) = mpsc::channel(WRITE_DEPTH);
@@ -214,7 +218,7 @@ pub(super) async fn stream_and_publish<E>(
         feeds,
         written: 0,
         progress: Progress::bytes("snapshot", expected),
-        rate: rate_limit.map(|r| (r, std::time::Instant::now())),
+        gate,
     };
     let streamed = etcd::stream_snapshot(channel, &mut sinks, limits).await;
     // Whatever happened, the writer is finished before the file is used or dropped.
@@ -243,6 +247,8 @@ pub(super) async fn stream_and_publish<E>(
     // The bbolt check and etcdutl's status over the written file, before it counts: a
     // snapshot whose checksum matches can still be an inconsistent database.
     let db_len = streamed.file_len - etcddb::TRAILER_LEN;
+    // Once checked and published, the snapshot's pages leave the page cache (below).
+    let cached = std_file.try_clone().ok();
     let checked = tokio::task::spawn_blocking(move || {
         crate::failpoint::check("backup:read-back", &temp_path).map_err(Check::Read)?;
         let db = etcddb::Db::open(std_file, db_len).map_err(Check::Bad)?;
@@ -279,6 +285,9 @@ pub(super) async fn stream_and_publish<E>(
         ))
     })?;
     crate::crashpoint::here("backup:published");
+    if let Some(f) = cached {
+        fsutil::drop_cached(&f);
+    }
     Ok(Published {
         streamed,
         status,

@@ -165,7 +165,19 @@ fn etcd(e: &EtcdConfig) -> Section {
             set_or_note(
                 "rate_limit",
                 e.rate_limit.map(rate),
-                "rate_limit unset: the snapshot is read as fast as etcd sends",
+                "rate_limit unset: no ceiling besides the pace",
+            ),
+            set(
+                "pacing",
+                toml_string(match e.pacing {
+                    PacingChoice::Auto => "auto",
+                    PacingChoice::Off => "off",
+                }),
+            ),
+            set_or_note(
+                "metrics_url",
+                e.metrics_url.as_deref().map(toml_string),
+                "metrics_url: the manifest's --listen-metrics-urls on loopback",
             ),
         ],
     )

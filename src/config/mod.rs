@@ -119,8 +119,23 @@ pub struct EtcdConfig {
     /// Bound on establishing the TCP + TLS connection.
     pub dial_timeout: Duration,
     /// Bytes per second the snapshot stream is read at, at most (`rate_limit = "50MiB/s"`);
-    /// `None`: as fast as etcd sends.
+    /// `None`: no ceiling besides the pace.
     pub rate_limit: Option<u64>,
+    /// `pacing`: follow etcd's latency (default), or not at all.
+    pub pacing: PacingChoice,
+    /// `metrics_url`: where etcd's metrics are read; `None`: the manifest's
+    /// `--listen-metrics-urls`.
+    pub metrics_url: Option<String>,
+}
+
+/// `[etcd] pacing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacingChoice {
+    /// Slow down as etcd's WAL fsync and backend commit latency rise (the fallback pace when
+    /// its metrics cannot be read).
+    Auto,
+    /// As fast as etcd sends, within `rate_limit`.
+    Off,
 }
 
 #[derive(Debug, Clone)]

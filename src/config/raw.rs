@@ -74,6 +74,8 @@ pub(super) struct RawEtcd {
     pub(super) stall_timeout: Option<Spanned<RawDuration>>,
     pub(super) dial_timeout: Option<Spanned<RawDuration>>,
     pub(super) rate_limit: Option<Spanned<String>>,
+    pub(super) pacing: Option<Spanned<String>>,
+    pub(super) metrics_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -128,6 +128,50 @@ fn validate_etcd(e: RawEtcd, v: &mut Validator<'_>) -> EtcdConfig {
         ),
         dial_timeout: v.duration(e.dial_timeout, "etcd.dial_timeout", Duration::from_secs(10)),
         rate_limit: v.rate(e.rate_limit, "etcd.rate_limit"),
+        pacing: pacing(e.pacing, v),
+        metrics_url: e.metrics_url.and_then(|u| {
+            let span = u.span();
+            match validate_metrics_url(u.get_ref()) {
+                Ok(()) => Some(u.into_inner()),
+                Err(msg) => {
+                    v.problem(Some(span), "etcd.metrics_url", msg);
+                    None
+                }
+            }
+        }),
+    }
+}
+
+/// `[etcd] metrics_url`: plain HTTP with a host and port, as etcd's `--listen-metrics-urls`.
+fn validate_metrics_url(url: &str) -> Result<(), String> {
+    let hostport = url
+        .strip_prefix("http://")
+        .map(|r| r.split('/').next().unwrap_or(""));
+    match hostport {
+        Some(hp) if hp.contains(':') => Ok(()),
+        _ => Err(format!(
+            "{url:?} is not an http://host:port URL: etcd's metrics are read in plain HTTP from \
+             its --listen-metrics-urls (kubeadm: \"http://127.0.0.1:2381/metrics\")"
+        )),
+    }
+}
+
+/// `[etcd] pacing`: "auto" (the default) or "off".
+fn pacing(raw: Option<Spanned<String>>, v: &mut Validator<'_>) -> PacingChoice {
+    match raw.as_ref().map(|r| r.get_ref().as_str()) {
+        None | Some("auto") => PacingChoice::Auto,
+        Some("off") => PacingChoice::Off,
+        Some(other) => {
+            v.problem(
+                raw.as_ref().map(|r| r.span()),
+                "etcd.pacing",
+                format!(
+                    "{other:?} is not a pacing: \"auto\" (follow etcd's latency, the default) \
+                     or \"off\" (as fast as etcd sends, within rate_limit)"
+                ),
+            );
+            PacingChoice::Auto
+        }
     }
 }
 

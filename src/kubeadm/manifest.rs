@@ -278,26 +278,7 @@ impl EtcdManifest {
         let urls = self
             .flag("listen-client-urls")
             .ok_or_else(|| content("the etcd command has no --listen-client-urls flag".into()))?;
-        let mut wildcard = None;
-        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            let Some((scheme, host, port)) = split_url(url) else {
-                continue;
-            };
-            if scheme != "https" {
-                continue;
-            }
-            match host_kind(host) {
-                HostKind::Loopback => return Ok(url.trim_end_matches('/').to_string()),
-                HostKind::Wildcard4 if wildcard.is_none() => {
-                    wildcard = Some(format!("https://127.0.0.1:{port}"))
-                }
-                HostKind::Wildcard6 if wildcard.is_none() => {
-                    wildcard = Some(format!("https://[::1]:{port}"))
-                }
-                _ => {}
-            }
-        }
-        wildcard.ok_or_else(|| {
+        loopback_url(urls, "https").ok_or_else(|| {
             content(format!(
                 "--listen-client-urls={urls} has no https URL on loopback or a wildcard \
                  address; set etcd.endpoint in the etcdguard config to this member's own \
@@ -305,6 +286,38 @@ impl EtcdManifest {
             ))
         })
     }
+
+    /// Where this node's etcd serves its metrics in plain HTTP on loopback, from
+    /// `--listen-metrics-urls` (kubeadm: `http://127.0.0.1:2381`), as `…/metrics`.
+    pub fn local_metrics_url(&self) -> Option<String> {
+        let urls = self.flag("listen-metrics-urls")?;
+        loopback_url(urls, "http").map(|u| format!("{u}/metrics"))
+    }
+}
+
+/// The first `scheme` URL of the list `urls` on loopback, else a wildcard one reached through
+/// loopback; without a trailing slash.
+fn loopback_url(urls: &str, want: &str) -> Option<String> {
+    let mut wildcard = None;
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let Some((scheme, host, port)) = split_url(url) else {
+            continue;
+        };
+        if scheme != want {
+            continue;
+        }
+        match host_kind(host) {
+            HostKind::Loopback => return Some(url.trim_end_matches('/').to_string()),
+            HostKind::Wildcard4 if wildcard.is_none() => {
+                wildcard = Some(format!("{want}://127.0.0.1:{port}"))
+            }
+            HostKind::Wildcard6 if wildcard.is_none() => {
+                wildcard = Some(format!("{want}://[::1]:{port}"))
+            }
+            _ => {}
+        }
+    }
+    wildcard
 }
 
 /// A comma-separated URL list.
@@ -373,6 +386,32 @@ fn host_kind(host: &str) -> HostKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_metrics_url_is_plain_http_on_loopback() {
+        let m = |urls: &str| {
+            let text = format!(
+                "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: etcd\n    command:\n    - etcd\n    - --listen-metrics-urls={urls}\n"
+            );
+            EtcdManifest::parse(&text, Path::new("etcd.yaml"))
+                .unwrap()
+                .local_metrics_url()
+        };
+        assert_eq!(
+            m("http://127.0.0.1:2381").as_deref(),
+            Some("http://127.0.0.1:2381/metrics")
+        );
+        assert_eq!(
+            m("https://127.0.0.1:2382,http://0.0.0.0:2381/").as_deref(),
+            Some("http://127.0.0.1:2381/metrics")
+        );
+        assert_eq!(m("http://10.0.0.5:2381"), None, "never another host");
+        assert_eq!(
+            m("https://127.0.0.1:2381"),
+            None,
+            "TLS metrics are not read"
+        );
+    }
 
     const KUBEADM_35: &str = r#"
 apiVersion: v1

@@ -8,6 +8,7 @@
 pub(crate) mod copy;
 mod drill;
 mod health;
+pub mod pacing;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -130,6 +131,9 @@ pub struct Record {
     /// What etcd said of its own health when the backup was taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// What paced the backup's stream, and how long it made it wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<pacing::Pacing>,
     /// A drill record: which snapshot was restored, and every check's verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<Drill>,
@@ -170,6 +174,8 @@ pub struct Snapshot {
     /// The local file is sealed (`encrypt_local`).
     pub local_sealed: Option<SealedCopy>,
     pub health: Option<Health>,
+    /// What paced the stream.
+    pub pacing: Option<pacing::Pacing>,
 }
 
 #[cfg(test)]
@@ -193,6 +199,7 @@ impl Snapshot {
             sha256: "0".repeat(64),
             local_sealed: None,
             health: None,
+            pacing: None,
         }
     }
 }
@@ -220,6 +227,7 @@ impl Record {
             bundle: None,
             pin: None,
             health: None,
+            pacing: None,
             drill: None,
         }
     }
@@ -275,6 +283,7 @@ impl Record {
             sha256: Some(s.sha256),
             local: Some(LocalCopy::present(s.path, s.local_sealed)),
             health: s.health,
+            pacing: s.pacing,
             ..Record::empty(s.at, Outcome::Success, trigger, duration)
         }
     }

@@ -16,6 +16,8 @@ pub struct EtcdServer {
     pub data_dir: PathBuf,
     pub pki_dir: PathBuf,
     pub log: PathBuf,
+    /// Where it serves its metrics in plain HTTP (`--listen-metrics-urls`), as kubeadm's etcd.
+    pub metrics_port: u16,
     /// Extra environment for the server process (`ETCD_VERIFY=all`).
     env: Vec<(String, String)>,
     child: Option<Child>,
@@ -82,6 +84,7 @@ impl EtcdServer {
             log: spec
                 .data_dir
                 .with_extension(format!("etcd-{}.log", spec.client_port)),
+            metrics_port: free_port(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -148,6 +151,8 @@ impl EtcdServer {
             &self.peer_url,
             "--initial-cluster",
             initial_cluster,
+            "--listen-metrics-urls",
+            &format!("http://127.0.0.1:{}", self.metrics_port),
             "--cert-file",
             &p("server.crt"),
             "--key-file",

@@ -9,7 +9,7 @@ use std::process::Output;
 use super::etcd::EtcdServer;
 use super::manifest::EtcdPod;
 use super::pki::Pki;
-use super::{etcdguard, free_port, list_dir};
+use super::{etcdguard, list_dir};
 
 pub struct Node {
     pub root: tempfile::TempDir,
@@ -175,7 +175,7 @@ pub fn kubeadm_manifest(etcd: &EtcdServer) -> String {
         name: &etcd.name,
         client_port: port(&etcd.client_url),
         peer_port: port(&etcd.peer_url),
-        metrics_port: free_port(),
+        metrics_port: etcd.metrics_port,
         initial_cluster: &format!("{}={}", etcd.name, etcd.peer_url),
         state: None,
     }

@@ -1,0 +1,206 @@
+//! Pure: the pace of a backup from etcd's own latency, in the shape TCP's congestion control
+//! made familiar. While etcd's WAL fsync and backend commit p99 stay near what they were
+//! before the backup, the pace doubles each interval (slow start) until the first rise, and
+//! grows by a step after it (additive increase); as soon as either rises past its threshold,
+//! the pace is halved (multiplicative decrease). The backup takes what the disk has to spare
+//! and gives it back at once.
+
+use super::prom::Histogram;
+
+pub const MIB: u64 = 1 << 20;
+
+/// The pace a backup starts at, before etcd's latency says anything.
+pub const START: u64 = 32 * MIB;
+/// The slowest pace: a backup must still finish (the stream's deadline raises it further).
+pub const FLOOR: u64 = 4 * MIB;
+/// Added per interval without trouble.
+pub const STEP: u64 = 8 * MIB;
+
+/// A rise this large over the baseline slows the backup...
+const FACTOR: f64 = 1.5;
+/// ...unless it is smaller than this (a baseline of 0.5 ms is noise at 1 ms).
+const WAL_MARGIN: f64 = 0.001;
+const COMMIT_MARGIN: f64 = 0.005;
+/// Without a baseline (no writes before the backup), etcd's own guidance: WAL fsync p99 under
+/// 10 ms, backend commit p99 under 25 ms.
+const WAL_ABSOLUTE: f64 = 0.010;
+const COMMIT_ABSOLUTE: f64 = 0.025;
+/// Fewer observations than this in a window say nothing about its p99.
+pub const MIN_BASELINE: f64 = 10.0;
+pub const MIN_INTERVAL: f64 = 5.0;
+
+/// etcd's p99 latencies over a window, in seconds; `None` where the window saw too little.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    pub wal: Option<f64>,
+    pub commit: Option<f64>,
+}
+
+impl Latency {
+    /// The p99s of a window's histograms, each only with at least `min` observations.
+    pub fn of(wal: Option<&Histogram>, commit: Option<&Histogram>, min: f64) -> Latency {
+        let p99 = |h: Option<&Histogram>| {
+            h.filter(|h| h.count() >= min)
+                .and_then(|h| h.quantile(0.99))
+        };
+        Latency {
+            wal: p99(wal),
+            commit: p99(commit),
+        }
+    }
+}
+
+/// Above these, the backup slows down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub wal: f64,
+    pub commit: f64,
+}
+
+impl Thresholds {
+    pub fn from_baseline(b: Latency) -> Thresholds {
+        let over = |base: Option<f64>, margin: f64, absolute: f64| {
+            base.map_or(absolute, |v| (v * FACTOR).max(v + margin))
+        };
+        Thresholds {
+            wal: over(b.wal, WAL_MARGIN, WAL_ABSOLUTE),
+            commit: over(b.commit, COMMIT_MARGIN, COMMIT_ABSOLUTE),
+        }
+    }
+}
+
+/// What one interval did to the pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Slower,
+    Faster,
+    Held,
+}
+
+/// The pace, bytes per second, and what it went through.
+#[derive(Debug, Clone)]
+pub struct Aimd {
+    rate: u64,
+    ceiling: u64,
+    pub thresholds: Thresholds,
+    /// Times the pace was halved.
+    pub slowdowns: u32,
+    /// The slowest pace reached.
+    pub lowest: u64,
+    /// The highest p99s seen during the backup.
+    pub worst: Latency,
+}
+
+impl Aimd {
+    /// Starts at [`START`] (or `ceiling`, when lower).
+    pub fn new(baseline: Latency, ceiling: u64) -> Aimd {
+        let rate = START.min(ceiling);
+        Aimd {
+            rate,
+            ceiling,
+            thresholds: Thresholds::from_baseline(baseline),
+            slowdowns: 0,
+            lowest: rate,
+            worst: Latency::default(),
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// One interval's latencies: halve the pace when either is over its threshold, else
+    /// double it (before the first slowdown) or add [`STEP`], up to the ceiling.
+    pub fn observe(&mut self, now: Latency) -> Step {
+        let max = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.worst = Latency {
+            wal: max(self.worst.wal, now.wal),
+            commit: max(self.worst.commit, now.commit),
+        };
+        let over = now.wal.is_some_and(|v| v > self.thresholds.wal)
+            || now.commit.is_some_and(|v| v > self.thresholds.commit);
+        if over {
+            self.rate = (self.rate / 2).max(FLOOR.min(self.ceiling));
+            self.slowdowns += 1;
+            self.lowest = self.lowest.min(self.rate);
+            Step::Slower
+        } else if self.rate < self.ceiling {
+            let more = if self.slowdowns == 0 { self.rate } else { STEP };
+            self.rate = self.rate.saturating_add(more).min(self.ceiling);
+            Step::Faster
+        } else {
+            Step::Held
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUIET: Latency = Latency {
+        wal: Some(0.003),
+        commit: Some(0.050),
+    };
+
+    #[test]
+    fn thresholds_follow_the_baseline_with_a_margin_or_etcds_guidance() {
+        let t = Thresholds::from_baseline(QUIET);
+        assert!((t.wal - 0.0045).abs() < 1e-12);
+        assert!((t.commit - 0.075).abs() < 1e-12);
+        let tiny = Thresholds::from_baseline(Latency {
+            wal: Some(0.0004),
+            commit: None,
+        });
+        assert!((tiny.wal - 0.0014).abs() < 1e-12, "a margin over noise");
+        assert_eq!(tiny.commit, 0.025, "no baseline: etcd's guidance");
+    }
+
+    #[test]
+    fn halves_on_a_rise_adds_while_quiet_and_keeps_within_floor_and_ceiling() {
+        let mut a = Aimd::new(QUIET, u64::MAX);
+        assert_eq!(a.rate(), START);
+        assert_eq!(a.observe(QUIET), Step::Faster);
+        assert_eq!(a.rate(), 2 * START, "slow start doubles");
+        let slow_wal = Latency {
+            wal: Some(0.009),
+            commit: Some(0.050),
+        };
+        assert_eq!(a.observe(slow_wal), Step::Slower);
+        assert_eq!(a.rate(), START);
+        assert_eq!(a.observe(QUIET), Step::Faster);
+        assert_eq!(a.rate(), START + STEP, "after a slowdown, a step at a time");
+        for _ in 0..10 {
+            a.observe(slow_wal);
+        }
+        assert_eq!(a.rate(), FLOOR);
+        assert_eq!(a.lowest, FLOOR);
+        assert_eq!(a.slowdowns, 11);
+        assert_eq!(a.worst.wal, Some(0.009));
+        // Nothing observed (no writes): nothing to protect, the pace rises.
+        assert_eq!(a.observe(Latency::default()), Step::Faster);
+
+        let mut capped = Aimd::new(QUIET, 10 * MIB);
+        assert_eq!(
+            capped.rate(),
+            10 * MIB,
+            "rate_limit is the ceiling from the start"
+        );
+        assert_eq!(capped.observe(QUIET), Step::Held);
+        let mut tiny = Aimd::new(QUIET, MIB);
+        tiny.observe(slow_wal);
+        assert_eq!(tiny.rate(), MIB, "a ceiling under the floor wins");
+    }
+
+    #[test]
+    fn a_window_with_too_few_observations_says_nothing() {
+        let h = Histogram {
+            buckets: vec![(0.001, 3.0), (f64::INFINITY, 4.0)],
+        };
+        assert_eq!(Latency::of(Some(&h), None, 5.0), Latency::default());
+        assert_eq!(Latency::of(Some(&h), None, 4.0).wal, Some(0.001));
+    }
+}
