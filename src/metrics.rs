@@ -327,6 +327,27 @@ fn label(name: &str) -> String {
     format!("{{destination=\"{name}\"}}")
 }
 
+/// How much pacing stretched the last backup, and whether it had to fall back.
+fn pacing(out: &mut String, local: &str, last: &Record) {
+    let Some(p) = &last.pacing else { return };
+    gauge(
+        out,
+        "etcdguard_last_paced_seconds",
+        "Seconds the last backup's stream waited for its pace (etcd's latency, the \
+         fallback pace, rate_limit): how much pacing stretched it.",
+        &[(local, format!("{:.3}", p.paced_seconds))],
+    );
+    gauge(
+        out,
+        "etcdguard_last_pacing_fallback",
+        "1 if the last backup could not read etcd's metrics and took the fallback pace.",
+        &[(
+            local,
+            u8::from(p.mode == crate::records::pacing::PacingMode::Fallback).to_string(),
+        )],
+    );
+}
+
 /// The last attempt, the last success per destination, and what is kept.
 fn backups(out: &mut String, file: &RecordsFile) {
     let local = "{destination=\"local\"}";
@@ -356,24 +377,7 @@ fn backups(out: &mut String, file: &RecordsFile) {
             "Duration of the last backup attempt.",
             &[(local, format!("{:.3}", last.duration_seconds))],
         );
-        if let Some(p) = &last.pacing {
-            gauge(
-                out,
-                "etcdguard_last_paced_seconds",
-                "Seconds the last backup's stream waited for its pace (etcd's latency, the \
-                 fallback pace, rate_limit): how much pacing stretched it.",
-                &[(local, format!("{:.3}", p.paced_seconds))],
-            );
-            gauge(
-                out,
-                "etcdguard_last_pacing_fallback",
-                "1 if the last backup could not read etcd's metrics and took the fallback pace.",
-                &[(
-                    local,
-                    u8::from(p.mode == crate::records::pacing::PacingMode::Fallback).to_string(),
-                )],
-            );
-        }
+        pacing(out, local, last);
     }
     // The destinations the records name, in their order (a destination removed from the
     // configuration drops out once its records are gone).
