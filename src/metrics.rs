@@ -327,6 +327,30 @@ fn label(name: &str) -> String {
     format!("{{destination=\"{name}\"}}")
 }
 
+/// The last backup attempt: when, how it ended, how long it took and what paced it.
+fn last_attempt(out: &mut String, local: &str, last: &Record) {
+    let ok = last.result == Outcome::Success;
+    gauge(
+        out,
+        "etcdguard_last_attempt_timestamp_seconds",
+        "Time of the last backup attempt (success or failure).",
+        &[(local, secs(last.backup_timestamp))],
+    );
+    gauge(
+        out,
+        "etcdguard_last_result",
+        "1 if the last backup attempt succeeded, 0 if it failed.",
+        &[(local, u8::from(ok).to_string())],
+    );
+    gauge(
+        out,
+        "etcdguard_last_duration_seconds",
+        "Duration of the last backup attempt.",
+        &[(local, format!("{:.3}", last.duration_seconds))],
+    );
+    pacing(out, local, last);
+}
+
 /// How much pacing stretched the last backup, and whether it had to fall back.
 fn pacing(out: &mut String, local: &str, last: &Record) {
     let Some(p) = &last.pacing else { return };
@@ -358,26 +382,7 @@ fn backups(out: &mut String, file: &RecordsFile) {
             .filter(|r| r.result != Outcome::Skipped && r.trigger.is_backup())
     };
     if let Some(last) = attempts().next() {
-        let ok = last.result == Outcome::Success;
-        gauge(
-            out,
-            "etcdguard_last_attempt_timestamp_seconds",
-            "Time of the last backup attempt (success or failure).",
-            &[(local, secs(last.backup_timestamp))],
-        );
-        gauge(
-            out,
-            "etcdguard_last_result",
-            "1 if the last backup attempt succeeded, 0 if it failed.",
-            &[(local, u8::from(ok).to_string())],
-        );
-        gauge(
-            out,
-            "etcdguard_last_duration_seconds",
-            "Duration of the last backup attempt.",
-            &[(local, format!("{:.3}", last.duration_seconds))],
-        );
-        pacing(out, local, last);
+        last_attempt(out, local, last);
     }
     // The destinations the records name, in their order (a destination removed from the
     // configuration drops out once its records are gone).
