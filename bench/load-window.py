@@ -2,7 +2,8 @@
 """One phase of `bench/run --load`: the client put latency inside the window [t0, t1] and
 etcd's WAL fsync and backend commit latency over the same window (the difference of its
 histograms between two scrapes of /metrics). Prints one TSV line:
-phase, seconds, puts, errors, p50 ms, p99 ms, max ms, WAL fsync p99 ms, commit p99 ms."""
+phase, seconds, puts, errors, p50 ms, p99 ms, max ms, WAL fsync p99 ms, commit p99 ms,
+range p99 ms."""
 import sys
 
 
@@ -40,19 +41,20 @@ def delta_p99(m0, m1, name):
 def main():
     name, t0, t1, load, m0, m1 = sys.argv[1:]
     t0, t1 = float(t0), float(t1)
-    lat, errors = [], 0
+    lat, ranges, errors = [], [], 0
     for line in open(load):
-        at, ms, ok = line.split("\t")
+        at, ms, ok, kind = (line.rstrip("\n").split("\t") + ["p"])[:4]
         if t0 <= float(at) <= t1:
-            lat.append(float(ms))
+            (lat if kind == "p" else ranges).append(float(ms))
             errors += ok.strip() != "1"
     lat.sort()
-    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+    ranges.sort()
+    pick = lambda q, xs=lat: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
     wal = delta_p99(m0, m1, "etcd_disk_wal_fsync_duration_seconds")
     commit = delta_p99(m0, m1, "etcd_disk_backend_commit_duration_seconds")
     print("\t".join([name, f"{t1 - t0:.1f}", str(len(lat)), str(errors), f"{pick(0.5):.2f}",
                      f"{pick(0.99):.2f}", f"{lat[-1] if lat else float('nan'):.2f}",
-                     f"{wal:.2f}", f"{commit:.2f}"]))
+                     f"{wal:.2f}", f"{commit:.2f}", f"{pick(0.99, ranges):.2f}"]))
 
 
 main()

@@ -1,10 +1,12 @@
 //! A steady client load on an etcd for `bench/run --load`: puts of Kubernetes-sized values at
 //! a fixed rate (open loop: a put is sent on its tick whether or not the previous ones have
 //! answered, so a slow etcd shows as latency, not as fewer requests), a range read after every
-//! tenth put, and one watch on the written prefix. Every put's start time and latency go to a
-//! TSV file for the phases' windows.
+//! tenth put (alternately of the newest writes and of a page of the filled data), and one
+//! watch on the written prefix. Every put's and range's start time and latency go to a TSV
+//! file for the phases' windows (`p` or `r` in the last column). It ends after `seconds`, or
+//! as soon as the stop file exists.
 //!
-//!   cargo run --release --example bench-load -- <client URL> <pki dir> <seconds> <puts/s> <out.tsv>
+//!   cargo run --release --example bench-load -- <client URL> <pki dir> <seconds> <puts/s> <out.tsv> [stop file]
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: u64 = args[3].parse()?;
     let rate: u64 = args[4].parse()?;
     let out_path = args[5].clone();
+    let stop = args.get(6).map(std::path::PathBuf::from);
     let read = |f: &str| std::fs::read(pki.join(f)).expect("pki file");
     let tls = TlsOptions::new()
         .ca_certificate(Certificate::from_pem(read("ca.crt")))
@@ -44,12 +47,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f64, f64, bool)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f64, f64, bool, char)>();
     let writer = tokio::spawn(async move {
         let mut f = tokio::fs::File::create(out_path).await.expect("out file");
         let mut buf = String::new();
-        while let Some((at, ms, ok)) = rx.recv().await {
-            buf.push_str(&format!("{at:.6}\t{ms:.3}\t{}\n", u8::from(ok)));
+        while let Some((at, ms, ok, kind)) = rx.recv().await {
+            buf.push_str(&format!("{at:.6}\t{ms:.3}\t{}\t{kind}\n", u8::from(ok)));
             if buf.len() > 1 << 16 {
                 f.write_all(buf.as_bytes()).await.expect("write");
                 buf.clear();
@@ -65,27 +68,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut n = 0u64;
     let mut inflight = Vec::new();
-    while Instant::now() < end {
+    let stopped = || stop.as_ref().is_some_and(|p| p.exists());
+    while Instant::now() < end && !(n % 100 == 0 && stopped()) {
         tick.tick().await;
         n += 1;
         let mut c = client.clone();
         let (tx, value) = (tx.clone(), value.clone());
         inflight.push(tokio::spawn(async move {
-            let at = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64();
+            let now = || {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64()
+            };
+            let at = now();
             let t0 = Instant::now();
             let key = format!("/registry/load/ns-{}/obj-{:06}", n % 20, n % 5000);
             let ok = c.put(key, value, None).await.is_ok();
-            let _ = tx.send((at, t0.elapsed().as_secs_f64() * 1000.0, ok));
+            let _ = tx.send((at, t0.elapsed().as_secs_f64() * 1000.0, ok, 'p'));
             if n % 10 == 0 {
-                let _ = c
-                    .get(
-                        format!("/registry/load/ns-{}/", n % 20),
-                        Some(GetOptions::new().with_prefix().with_limit(50)),
-                    )
-                    .await;
+                // The newest writes, or a page of what bench-fill wrote (etcd's older pages).
+                let prefix = if n % 20 == 0 {
+                    format!("/registry/load/ns-{}/", n % 20)
+                } else {
+                    format!("/registry/pods/ns-{}/obj-{}", (n / 20) % 40, (n / 20) % 2)
+                };
+                let (at, t0) = (now(), Instant::now());
+                let ok = c
+                    .get(prefix, Some(GetOptions::new().with_prefix().with_limit(50)))
+                    .await
+                    .is_ok();
+                let _ = tx.send((at, t0.elapsed().as_secs_f64() * 1000.0, ok, 'r'));
             }
         }));
         if inflight.len() > 10_000 {

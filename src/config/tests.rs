@@ -318,6 +318,33 @@ fn rate_limit_is_a_rate() {
 }
 
 #[test]
+fn pacing_is_auto_by_default_and_the_metrics_url_plain_http() {
+    let c = parse("", None).unwrap();
+    assert_eq!(c.etcd.pacing, PacingChoice::Auto);
+    assert_eq!(c.etcd.metrics_url, None);
+    let c = parse(
+        "[etcd]\npacing = \"off\"\nmetrics_url = \"http://127.0.0.1:2381/metrics\"\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.etcd.pacing, PacingChoice::Off);
+    assert_eq!(
+        c.etcd.metrics_url.as_deref(),
+        Some("http://127.0.0.1:2381/metrics")
+    );
+    let e = errs("[etcd]\npacing = \"gentle\"\n");
+    assert!(
+        e[0].contains("/etc/x.toml:2:") && e[0].contains("etcd.pacing") && e[0].contains("\"off\""),
+        "{e:?}"
+    );
+    let e = errs("[etcd]\nmetrics_url = \"https://127.0.0.1:2381\"\n");
+    assert!(
+        e[0].contains("etcd.metrics_url") && e[0].contains("plain HTTP"),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn drill_settings() {
     let c = parse("", None).unwrap();
     assert!(c.drill.schedule.is_none());

@@ -130,7 +130,9 @@ client_key = "/etc/kubernetes/pki/etcd/healthcheck-client.key"
 timeout = "10m"
 stall_timeout = "1m"
 dial_timeout = "10s"
-# rate_limit unset: the snapshot is read as fast as etcd sends
+# rate_limit unset: no ceiling besides the pace
+pacing = "auto"
+# metrics_url: the manifest's --listen-metrics-urls on loopback
 
 [local_storage]
 path = "/var/lib/etcdguard/snapshots"
@@ -168,6 +170,8 @@ timeout = "5m"
 stall_timeout = "30s"
 dial_timeout = "3s"
 rate_limit = "52428800B/s"
+pacing = "auto"
+# metrics_url: the manifest's --listen-metrics-urls on loopback
 
 [local_storage]
 path = "/srv/snapshots"
@@ -296,7 +300,9 @@ client_key = "/etc/kubernetes/pki/etcd/healthcheck-client.key"
 timeout = "10m"
 stall_timeout = "1m"
 dial_timeout = "10s"
-# rate_limit unset: the snapshot is read as fast as etcd sends
+# rate_limit unset: no ceiling besides the pace
+pacing = "auto"
+# metrics_url: the manifest's --listen-metrics-urls on loopback
 
 [local_storage]
 path = "/var/lib/etcdguard/snapshots"
