@@ -127,6 +127,8 @@ def daemon(cfg):
     if os.path.exists(prom):
         os.remove(prom)
     trace = os.path.join(WORK, "daemon.trace")
+    if os.path.exists(trace):
+        os.remove(trace)  # else the last run's lines are read before strace starts this one's
     p = subprocess.Popen(["strace", "-f", "--seccomp-bpf", "-ttt", "-e", "trace=execve,rename",
                           "-o", trace, G, "--config", cfg, "run"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -134,6 +136,8 @@ def daemon(cfg):
     deadline = time.monotonic() + 120
     while done is None and time.monotonic() < deadline:
         time.sleep(0.01)
+        if not os.path.exists(trace):
+            continue
         for line in open(trace):
             f = line.split()
             if len(f) > 2 and f[2].startswith("execve(") and start is None:
