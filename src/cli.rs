@@ -84,6 +84,10 @@ pub enum Command {
         /// marking those this node's records know
         #[arg(long)]
         remote: bool,
+        /// With --remote: only this node's directory (`<prefix><NAME>/`; `_cluster` for the
+        /// cluster's copies)
+        #[arg(long, value_name = "NAME", requires = "remote")]
+        node: Option<String>,
     },
     /// Check a snapshot file: sha256 trailer, bbolt consistency, and etcdutl's snapshot status
     /// (hash, revision, totalKey, totalSize, and version from etcdutl 3.6). Reads no

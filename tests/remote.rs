@@ -572,3 +572,98 @@ fn a_rate_limited_upload_takes_the_time_its_limit_says() {
         std::fs::read(node.snapshot_dir().join(name)).unwrap()
     );
 }
+
+/// A bucket crowded with other clusters and long histories: `records --remote` lists only its
+/// own prefix's node directories, page by page (a node with more keys than one listing page
+/// holds), nothing deeper; `--node` only that node; `--limit` reads only the newest sidecars.
+#[test]
+fn records_remote_pages_through_its_own_prefix_only_and_reads_what_it_shows() {
+    let mut node = Node::start(NEWEST, "cp1");
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::s3s_fs(&dir.path().join("s3"), BUCKET);
+    use_remote(&mut node, &s3, BUCKET, SECRET_KEY);
+    let out = node.snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = node.last_record()["fileName"].as_str().unwrap().to_string();
+    let real = std::fs::read(s3s_object(&s3, &format!("prod/cp1/{file}.json"))).unwrap();
+    let real: serde_json::Value = serde_json::from_slice(&real).unwrap();
+    let put = |key: &str, bytes: &[u8]| {
+        let p = s3s_object(&s3, key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+    };
+    // 600 copies of cp2 (1200 keys: two pages), a minute apart on 2026-01-01.
+    let copy = |prefix: &str, who: &str, minute: u32| {
+        let name = format!(
+            "snapshot-etcd-20260101-{:02}{:02}00-{who}.db",
+            minute / 60,
+            minute % 60
+        );
+        let mut r = real.clone();
+        r["fileName"] = name.clone().into();
+        r["backupTimestamp"] =
+            format!("2026-01-01T{:02}:{:02}:00Z", minute / 60, minute % 60).into();
+        put(&format!("{prefix}{who}/{name}"), b"object");
+        put(
+            &format!("{prefix}{who}/{name}.json"),
+            &serde_json::to_vec(&r).unwrap(),
+        );
+    };
+    for minute in 0..600 {
+        copy("prod/", "cp2", minute);
+    }
+    // The oldest of cp2 does not parse: read (and said) only without a limit.
+    put(
+        "prod/cp2/snapshot-etcd-20251231-000000-cp2.db.json",
+        b"{not json",
+    );
+    // Another cluster's copies, and a deeper key under this cluster: never listed.
+    for minute in 0..5 {
+        copy("other/", "cp1", minute);
+        copy("prod/cp3/archive/", "cp3", minute);
+    }
+    let listed = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["records", "--remote", "--output", "json"];
+        all.extend_from_slice(args);
+        let out = node.run(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        schema::assert_valid("records-remote.v1", &stdout(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let all = listed(&[]);
+    assert_eq!(all.len(), 601, "every copy of cp1 and cp2, nothing else");
+    assert_eq!(all[0]["record"]["fileName"], file.as_str());
+    assert_eq!(
+        all[1]["record"]["fileName"],
+        "snapshot-etcd-20260101-095900-cp2.db"
+    );
+    assert!(all
+        .iter()
+        .all(|e| e["key"].as_str().unwrap().starts_with("prod/cp")
+            && !e["key"].as_str().unwrap().contains("archive")));
+    let out = node.run(&["records", "--remote", "--output", "json"]);
+    assert_stderr_has(&out, "sidecar does not parse");
+
+    let two = listed(&["--node", "cp2", "--limit", "2"]);
+    let names: Vec<&str> = two
+        .iter()
+        .map(|e| e["record"]["fileName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "snapshot-etcd-20260101-095900-cp2.db",
+            "snapshot-etcd-20260101-095800-cp2.db"
+        ]
+    );
+    assert_eq!(listed(&["--node", "cp2"]).len(), 600);
+    let out = node.run(&["records", "--remote", "--limit", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("does not parse"),
+        "a limit reads only the newest sidecars: {}",
+        stderr(&out)
+    );
+    // --node needs --remote.
+    assert!(!node.run(&["records", "--node", "cp2"]).status.success());
+}

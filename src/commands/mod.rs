@@ -56,12 +56,14 @@ pub fn dispatch(cli: Cli) -> CmdResult {
             output,
             limit,
             remote: false,
+            ..
         } => records::local(config_path, output, limit),
         Command::Records {
             output,
             limit,
             remote: true,
-        } => records::remote(config_path, output, limit),
+            node,
+        } => records::remote(config_path, output, limit, node.as_deref()),
         Command::Verify {
             file,
             output,

@@ -200,6 +200,7 @@ pub(super) fn remote(
     config_path: Option<&Path>,
     format: RecordsFormat,
     limit: Option<usize>,
+    node: Option<&str>,
 ) -> CmdResult {
     let config = config::load(config_path)?;
     // The primary destination: every node's sidecars are there (and the recovery bundles).
@@ -208,12 +209,9 @@ pub(super) fn remote(
             "no [remote_storage] or [[destination]] in the configuration: nothing to list".into(),
         ));
     };
-    let mut entries = runtime()?
-        .block_on(crate::copies::listing::list(rc))
+    let entries = runtime()?
+        .block_on(crate::copies::listing::list(rc, node, limit))
         .map_err(CommandError::Failed)?;
-    if let Some(n) = limit {
-        entries.truncate(n);
-    }
     let local = RecordStore::new(&config.state_dir)
         .load()
         .map(|f| f.records)

@@ -175,7 +175,11 @@ pub async fn prepare(config: &Config, opts: &RecoverOptions) -> Result<Plan, Str
         .clone()
         .or_else(this_host)
         .ok_or("cannot tell this node's member name from the host name: give --node NAME")?;
-    let source = choose(listing::list(rc).await?, &node, opts.record.as_deref())?;
+    let source = choose(
+        listing::list(rc, None, None).await?,
+        &node,
+        opts.record.as_deref(),
+    )?;
     let bundle_copy = source.record.bundle.clone().expect("chosen with a bundle");
     let root = opts.root();
     let stamp = clock::stamp(clock::now());

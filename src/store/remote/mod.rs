@@ -40,7 +40,8 @@ pub use feed::UploadFeed;
 pub use s3_raw::{ListError, OpenUpload};
 pub use upload::Uploaded;
 
-const SIDECAR_SUFFIX: &str = ".json";
+/// The suffix of a snapshot's sidecar.
+pub const SIDECAR_SUFFIX: &str = ".json";
 /// The node name a shared view is opened with: no node can have it (node names are DNS
 /// labels), so nothing is ever written under it.
 const SHARED: &str = "-";
@@ -69,7 +70,6 @@ pub struct Remote {
     /// Every location starts with it: `s3://<bucket>/`, `gs://<bucket>/`,
     /// `azblob://<account>/<container>/`, `file://<root>/`.
     scheme: String,
-    prefix: String,
     node_prefix: String,
     part_size: usize,
     concurrency: usize,
@@ -230,7 +230,6 @@ impl Remote {
             bucket: cfg.bucket.clone(),
             endpoint,
             scheme: scheme(cfg),
-            prefix: cfg.prefix.clone(),
             node_prefix,
             part_size: cfg.part_size,
             concurrency: cfg.concurrency,
@@ -420,27 +419,29 @@ impl Remote {
         Ok(deleted)
     }
 
-    /// Every sidecar under the shared prefix (all nodes), as (key, JSON bytes).
-    pub async fn all_sidecars(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
-        let entries = self
+    /// Calls `each` with every key directly under `dir` (one delimited listing, read page by
+    /// page and held by no one), dirs ending in `/`. Reads only.
+    pub async fn each_key_in(&self, dir: &str, mut each: impl FnMut(&str)) -> Result<(), String> {
+        use futures_util::TryStreamExt;
+        let mut pages = self
             .op
-            .list_with(&self.prefix)
-            .recursive(true)
+            .lister_with(dir)
+            .recursive(false)
             .await
             .map_err(|e| self.explain(&e))?;
-        let mut out = Vec::new();
-        for e in entries {
-            let key = e.path().to_string();
-            let Some(base) = key.strip_suffix(SIDECAR_SUFFIX) else {
-                continue;
-            };
-            if !is_snapshot_file_name(base.rsplit('/').next().unwrap_or("")) {
-                continue;
-            }
-            let bytes = self.op.read(&key).await.map_err(|e| self.explain(&e))?;
-            out.push((key, bytes.to_vec()));
+        while let Some(e) = pages.try_next().await.map_err(|e| self.explain(&e))? {
+            each(e.path());
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The JSON bytes of the sidecar at `key` (`<snapshot key>.json`).
+    pub async fn sidecar_json(&self, key: &str) -> Result<Vec<u8>, String> {
+        self.op
+            .read(key)
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| self.explain(&e))
     }
 
     /// True when an object exists at `key`.
@@ -481,12 +482,8 @@ impl Remote {
 
     /// The record in the sidecar of the snapshot at `key`.
     pub async fn read_sidecar(&self, key: &str) -> Result<crate::records::Record, String> {
-        let bytes = self
-            .op
-            .read(&format!("{key}{SIDECAR_SUFFIX}"))
-            .await
-            .map_err(|e| self.explain(&e))?;
-        serde_json::from_slice(&bytes.to_vec())
+        let bytes = self.sidecar_json(&format!("{key}{SIDECAR_SUFFIX}")).await?;
+        serde_json::from_slice(&bytes)
             .map_err(|e| format!("sidecar of {} does not parse: {e}", self.location(key)))
     }
 
