@@ -408,6 +408,13 @@ fn a_month_of_hourly_backups_with_faults_leaves_exactly_the_tiers_and_flat_resou
         (last_success - newest.timestamp() as f64).abs() < 60.0,
         "the metrics' last success {last_success} is not the newest backup's {newest}"
     );
+    // A server's lasting limit is said once per daemon, not every hour.
+    for n in 0..=spawned {
+        let log =
+            std::fs::read_to_string(node.root.path().join(format!("daemon-{n}.log"))).unwrap();
+        let said = log.matches("cannot list open multipart uploads").count();
+        assert!(said <= 1, "daemon {n} said it {said} times");
+    }
     // Flat: after the first sample (start-up), no growth in files or threads, RSS bounded.
     let base = samples[1.min(samples.len() - 1)];
     for s in &samples[1..] {

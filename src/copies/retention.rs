@@ -46,10 +46,14 @@ pub(super) async fn maintain(
     }
 }
 
+/// The endpoints that answered that they cannot list open uploads: asked once per process
+/// (the daemon's log says it once, not every hour).
+static CANNOT_LIST: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// Aborts the multipart uploads of this node that a backup killed mid-upload left open (their
 /// parts stay stored, and billed, until aborted). This runs under the backup lock, so none of
 /// this node's own uploads is in flight: every open upload under its prefix with a snapshot's
-/// name is stale. Servers that cannot list open uploads are said so in the log.
+/// name is stale. Servers that cannot list open uploads are said so in the log, once.
 async fn abort_stale_uploads(
     rc: &DestinationConfig,
     under: &str,
@@ -60,9 +64,16 @@ async fn abort_stale_uploads(
         Ok(r) => r,
         Err(e) => return m.errors.push(format!("open multipart uploads: {e}")),
     };
+    let known = |e: &str| CANNOT_LIST.lock().is_ok_and(|l| l.iter().any(|k| k == e));
+    if known(remote.endpoint()) {
+        return;
+    }
     let open = match remote.open_uploads().await {
         Ok(open) => open,
         Err(ListError::Unsupported(why)) => {
+            if let Ok(mut l) = CANNOT_LIST.lock() {
+                l.push(remote.endpoint().to_string());
+            }
             tracing::warn!(
                 endpoint = remote.endpoint(),
                 "this object store cannot list open multipart uploads ({why}): uploads left \
