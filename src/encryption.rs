@@ -211,8 +211,19 @@ impl Encryption {
 }
 
 /// Seals the plain file `src` into `out` (fsynced); returns the sealed bytes' sha256 and size.
-pub fn seal_file(src: &Path, out: &std::fs::File, enc: &Encryption) -> io::Result<(String, u64)> {
-    let mut input = std::fs::File::open(src)?;
+pub fn seal_file(
+    src: &Path,
+    out: &std::fs::File,
+    out_path: &Path,
+    enc: &Encryption,
+) -> io::Result<(String, u64)> {
+    // Each error names the file and the operation.
+    let said = |op: &str, p: &Path| {
+        let p = p.display().to_string();
+        let op = op.to_string();
+        move |e: io::Error| io::Error::new(e.kind(), format!("cannot {op} {p}: {e}"))
+    };
+    let mut input = std::fs::File::open(src).map_err(said("open", src))?;
     let mut sealer = enc.sealer()?;
     let mut w = Counted {
         w: io::BufWriter::with_capacity(BUF, out),
@@ -221,16 +232,21 @@ pub fn seal_file(src: &Path, out: &std::fs::File, enc: &Encryption) -> io::Resul
     };
     let mut buf = vec![0u8; BUF];
     loop {
-        let k = input.read(&mut buf)?;
+        crate::failpoint::check("seal:read", src).map_err(said("read", src))?;
+        let k = input.read(&mut buf).map_err(said("read", src))?;
         if k == 0 {
             break;
         }
-        w.put(&sealer.push(&buf[..k])?)?;
+        let sealed = sealer.push(&buf[..k])?;
+        crate::failpoint::check("seal:write", out_path).map_err(said("write", out_path))?;
+        w.put(&sealed).map_err(said("write", out_path))?;
     }
-    w.put(&sealer.finish()?)?;
-    w.w.flush()?;
+    let last = sealer.finish()?;
+    w.put(&last).map_err(said("write", out_path))?;
+    w.w.flush().map_err(said("write", out_path))?;
     let (h, n) = (w.h, w.n);
-    out.sync_all()?;
+    crate::failpoint::check("seal:fsync", out_path).map_err(said("fsync", out_path))?;
+    out.sync_all().map_err(said("fsync", out_path))?;
     Ok((hex::encode(h.finalize()), n))
 }
 

@@ -16,7 +16,8 @@
 //!   `datadir:write|fsync|rename` (a restored data dir's db copy, WAL and `.snap`, and its
 //!   staging directory moved into place), `db:write|fsync` (the bbolt commit of a restore,
 //!   no path), `unseal:write|fsync` (a sealed snapshot opened into a file: `decrypt`, a
-//!   restore's source), `retry:read` (the local file a pending copy is uploaded again from).
+//!   restore's source), `seal:read|write|fsync` (`encrypt_local`: the checked plain temp file
+//!   read, the sealed temp file written), `retry:read` (the local file a pending copy is uploaded again from).
 //!
 //! A rule is `<site>[#<path part>][@<n> | %<percent>]`: the site's name, or a prefix of names
 //! ending in `*` (`backup:*`, `*`); `#` keeps only hits whose path contains that text (the

@@ -306,7 +306,7 @@ fn seal_and_publish(
 ) -> std::io::Result<(PathBuf, Option<SealedCopy>)> {
     let name = remote::object_name(file_name, Some(enc));
     let (temp, file) = store.create_temp(&name)?;
-    let (sha, size) = crate::encryption::seal_file(plain.path(), &file, enc)?;
+    let (sha, size) = crate::encryption::seal_file(plain.path(), &file, temp.path(), enc)?;
     let path = store.publish(temp)?;
     drop(plain);
     Ok((

@@ -202,6 +202,8 @@ struct Rig {
     nfs: PathBuf,
     metrics: PathBuf,
     runs: u64,
+    /// The age identity of sealed copies, for `verify`.
+    identity: Option<PathBuf>,
 }
 
 impl Rig {
@@ -222,6 +224,7 @@ impl Rig {
             nfs,
             metrics,
             runs: 0,
+            identity: None,
         }
     }
 
@@ -301,8 +304,13 @@ fn check(rig: &Rig, after: After) -> Result<(), String> {
         let l = &r["local"];
         if l["state"] == "present" {
             let path = PathBuf::from(l["path"].as_str().unwrap_or(""));
+            // A sealed local copy (`encrypt_local`) is checked against its sealed bytes' sha256.
+            let want = match l["sealed"]["objectSha256"].as_str() {
+                Some(sealed) => Some(sealed),
+                None => r["sha256"].as_str(),
+            };
             match files.get(&path) {
-                Some(h) if Some(h.as_str()) == r["sha256"].as_str() => known.push(path),
+                Some(h) if Some(h.as_str()) == want => known.push(path),
                 Some(_) => return Err(format!("{} is not its record's sha256", path.display())),
                 None => return Err(format!("record {} claims {}", r["id"], path.display())),
             }
@@ -325,7 +333,11 @@ fn check(rig: &Rig, after: After) -> Result<(), String> {
     }
     check_objects(rig, records, &files)?;
     for p in &known {
-        let out = etcdguard(&["verify", p.to_str().unwrap()]);
+        let mut args = vec!["verify", p.to_str().unwrap()];
+        if let Some(id) = &rig.identity {
+            args.extend(["--identity", id.to_str().unwrap()]);
+        }
+        let out = etcdguard(&args);
         if !out.status.success() {
             return Err(format!("{} does not verify: {}", p.display(), stderr(&out)));
         }
@@ -357,7 +369,11 @@ fn check_objects(
             .iter()
             .find(|r| r["remote"]["location"] == location(p).as_str())
             .ok_or_else(|| format!("object {name} has no record"))?;
-        if r["sha256"].as_str() != Some(h.as_str()) {
+        let want = match r["remote"]["sealed"]["objectSha256"].as_str() {
+            Some(sealed) => Some(sealed),
+            None => r["sha256"].as_str(),
+        };
+        if want != Some(h.as_str()) {
             return Err(format!("object {name} is not its record's sha256"));
         }
         let sidecar = dir.join(format!("{name}.json"));
@@ -518,6 +534,52 @@ fn every_backup_io_site_failing_once_is_said_and_set_right_by_the_next_run() {
         "outcome",
         table.join("\n")
     );
+    assert!(
+        bad.is_empty(),
+        "{} violations:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+/// `encrypt_local`: the checked plain temp file is sealed into a second temp file, which alone
+/// is published. Reading the plain one, writing or fsyncing the sealed one fails once: the
+/// backup fails naming the file and the operation, nothing sealed is published after its
+/// fsync failed, no plain copy is left, and the next run publishes a sealed copy.
+const SEAL_SITES: [Site; 3] = [
+    site("seal:read", ".partial", "read", Fails, None),
+    site("seal:write", ".partial", "write", Fails, None),
+    site("seal:fsync", ".partial", "fsync", Fails, Some(".age")),
+];
+
+#[test]
+fn sealing_a_local_copy_failing_at_each_site_publishes_nothing_plain_or_half_sealed() {
+    let mut rig = Rig::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (identity, recipient) = crate::encryption::age_key(keys.path(), "key.txt");
+    rig.identity = Some(identity);
+    rig.node
+        .set("encryption", "recipients", &format!("[{recipient:?}]"));
+    rig.node.set("encryption", "encrypt_local", "true");
+    let first = rig.snapshot(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    check(&rig, After::Settled).unwrap();
+    let mut bad = Vec::new();
+    let mut table = Vec::new();
+    for s in &SEAL_SITES {
+        let (b, row) = fail_once(&mut rig, s);
+        bad.extend(b);
+        table.push(row);
+    }
+    eprintln!(
+        "EIO table (encrypt_local, each site failed once)\n{}",
+        table.join("\n")
+    );
+    let plain: Vec<String> = list_dir(&rig.node.snapshot_dir())
+        .into_iter()
+        .filter(|n| n.ends_with(".db"))
+        .collect();
+    assert!(plain.is_empty(), "plain copies published: {plain:?}");
     assert!(
         bad.is_empty(),
         "{} violations:\n{}",
