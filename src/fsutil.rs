@@ -283,36 +283,30 @@ pub fn lock(path: &Path) -> io::Result<LockGuard> {
 /// write finds most pages already on their way to disk instead of all of them dirty.
 /// Advisory only: errors are ignored; the fsync that must follow reports real ones.
 pub fn start_writeback(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64) {
+    sync_range(file, offset, len, nix::libc::SYNC_FILE_RANGE_WRITE);
+}
+
+/// Waits until the range's writeback (started by [`start_writeback`]) is done: what a writer
+/// calls on an older range to keep the bytes in flight to the disk bounded. Advisory too.
+pub fn wait_writeback(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64) {
+    sync_range(
+        file,
+        offset,
+        len,
+        nix::libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | nix::libc::SYNC_FILE_RANGE_WRITE
+            | nix::libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    );
+}
+
+/// `sync_file_range` with `flags`; a range that does not fit the call is skipped.
+fn sync_range(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64, flags: u32) {
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;
     };
     // SAFETY: a plain syscall on a descriptor the caller keeps open; no memory is passed.
     unsafe {
-        nix::libc::sync_file_range(
-            file.as_raw_fd(),
-            offset,
-            len,
-            nix::libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-/// Waits until the range's writeback (started by [`start_writeback`]) is done: what a writer
-/// calls on an older range to keep the bytes in flight to the disk bounded.
-pub fn wait_writeback(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64) {
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: as in start_writeback.
-    unsafe {
-        nix::libc::sync_file_range(
-            file.as_raw_fd(),
-            offset,
-            len,
-            nix::libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | nix::libc::SYNC_FILE_RANGE_WRITE
-                | nix::libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        );
+        nix::libc::sync_file_range(file.as_raw_fd(), offset, len, flags);
     }
 }
 

@@ -92,27 +92,35 @@ fn page(k: u64, quiet: u64) -> String {
     out
 }
 
-fn pacing(node: &Node) -> (serde_json::Value, serde_json::Value) {
-    let r = node.last_record();
-    assert_eq!(r["result"], "Success", "{r:#}");
-    (r["pacing"].clone(), r)
-}
-
-#[test]
-fn a_backup_follows_etcds_latency_and_still_ends_within_its_deadline() {
+/// A node whose etcd holds `mib` MiB, writing a metrics file: the node and that file.
+fn node_with(mib: usize) -> (Node, std::path::PathBuf) {
     let mut node = Node::start(NEWEST, "cp1");
-    node.etcd.put_mib("big", 64);
+    node.etcd.put_mib("big", mib);
     let metrics = node.root.path().join("etcdguard.prom");
     node.set(
         "",
         "metrics_file",
         &format!("{:?}", metrics.display().to_string()),
     );
+    (node, metrics)
+}
+
+/// One backup, which must succeed: its record's `pacing`, the record, and what it said.
+fn backup(node: &Node) -> (serde_json::Value, serde_json::Value, String) {
+    let out = node.snapshot();
+    let said = stderr(&out);
+    assert!(out.status.success(), "{said}");
+    let r = node.last_record();
+    assert_eq!(r["result"], "Success", "{r:#}");
+    (r["pacing"].clone(), r, said)
+}
+
+#[test]
+fn a_backup_follows_etcds_latency_and_still_ends_within_its_deadline() {
+    let (mut node, metrics) = node_with(64);
 
     // 1. By default: the manifest's metrics URL, served by the real etcd.
-    let out = node.snapshot();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (p, r) = pacing(&node);
+    let (p, r, _) = backup(&node);
     assert_eq!(p["mode"], "adaptive", "{r:#}");
     assert_eq!(
         p["metricsUrl"],
@@ -131,9 +139,7 @@ fn a_backup_follows_etcds_latency_and_still_ends_within_its_deadline() {
     let fake = FakeMetrics::start(2, false);
     node.set("etcd", "metrics_url", &format!("{:?}", fake.url));
     node.set("etcd", "timeout", "\"8s\"");
-    let out = node.snapshot();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (p, r) = pacing(&node);
+    let (p, r, _) = backup(&node);
     assert_eq!(p["mode"], "adaptive", "{r:#}");
     assert!(p["slowdowns"].as_u64().unwrap() >= 2, "{p:#}");
     assert!(
@@ -158,21 +164,12 @@ fn a_backup_follows_etcds_latency_and_still_ends_within_its_deadline() {
 
 #[test]
 fn unreadable_metrics_leave_the_fallback_pace_and_off_leaves_none() {
-    let mut node = Node::start(NEWEST, "cp1");
-    node.etcd.put_mib("big", 48);
-    let metrics = node.root.path().join("etcdguard.prom");
-    node.set(
-        "",
-        "metrics_file",
-        &format!("{:?}", metrics.display().to_string()),
-    );
+    let (mut node, metrics) = node_with(48);
 
     // Nothing listens: the fallback pace of 32 MiB/s, said in the record and the metrics.
     let nobody = format!("http://127.0.0.1:{}/metrics", crate::util::free_port());
     node.set("etcd", "metrics_url", &format!("{nobody:?}"));
-    let out = node.snapshot();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (p, r) = pacing(&node);
+    let (p, r, said) = backup(&node);
     assert_eq!(p["mode"], "fallback", "{r:#}");
     let reason = p["reason"].as_str().unwrap();
     assert!(reason.contains(&nobody), "{reason}");
@@ -180,11 +177,7 @@ fn unreadable_metrics_leave_the_fallback_pace_and_off_leaves_none() {
     assert_eq!(p["lowestBytesPerSecond"].as_f64().unwrap(), 32.0 * MIB);
     // 48 MiB at 32 MiB/s: at least 1.5 s, whatever else the machine does.
     assert!(r["durationSeconds"].as_f64().unwrap() >= 1.4, "{r:#}");
-    assert!(
-        stderr(&out).contains("fallback pace of 32 MiB/s"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(said.contains("fallback pace of 32 MiB/s"), "{said}");
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(
         text.contains("etcdguard_last_pacing_fallback{destination=\"local\"} 1"),
@@ -194,9 +187,7 @@ fn unreadable_metrics_leave_the_fallback_pace_and_off_leaves_none() {
     // A metrics page that never answers costs one second, then the same fallback.
     let mute = FakeMetrics::start(0, true);
     node.set("etcd", "metrics_url", &format!("{:?}", mute.url));
-    let out = node.snapshot();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (p, _) = pacing(&node);
+    let (p, _, _) = backup(&node);
     assert_eq!(p["mode"], "fallback");
     assert!(
         p["reason"]
@@ -208,9 +199,7 @@ fn unreadable_metrics_leave_the_fallback_pace_and_off_leaves_none() {
 
     // Off: no pace, no wait.
     node.set("etcd", "pacing", "\"off\"");
-    let out = node.snapshot();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (p, _) = pacing(&node);
+    let (p, _, _) = backup(&node);
     assert_eq!(p["mode"], "off");
     assert_eq!(p["pacedSeconds"].as_f64().unwrap(), 0.0);
 

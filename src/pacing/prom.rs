@@ -11,10 +11,10 @@ pub struct Histogram {
 /// The histogram `name` in `text`: every `<name>_bucket{…le="…"…} value` line, summed by
 /// bound over label sets. `None` when the text has no bucket of it.
 pub fn histogram(text: &str, name: &str) -> Option<Histogram> {
-    let prefix = format!("{name}_bucket{{");
+    let prefix = format!("{name}_bucket");
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(&prefix) else {
+        let Some(rest) = line.strip_prefix(&prefix).and_then(|r| r.strip_prefix('{')) else {
             continue;
         };
         let Some((labels, value)) = rest.rsplit_once('}') else {

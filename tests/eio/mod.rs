@@ -515,19 +515,25 @@ fn fail_once(rig: &mut Rig, s: &Site) -> (Vec<String>, String) {
     (bad, row)
 }
 
+/// [`fail_once`] for each of `sites` in turn: every violation, and the table's rows.
+fn fail_each_once(rig: &mut Rig, sites: &[Site]) -> (Vec<String>, Vec<String>) {
+    let mut bad = Vec::new();
+    let mut table = Vec::new();
+    for s in sites {
+        let (b, row) = fail_once(rig, s);
+        bad.extend(b);
+        table.push(row);
+    }
+    (bad, table)
+}
+
 #[test]
 fn every_backup_io_site_failing_once_is_said_and_set_right_by_the_next_run() {
     let mut rig = Rig::new();
     let first = rig.snapshot(&[]);
     assert!(first.status.success(), "{}", stderr(&first));
     check(&rig, After::Settled).unwrap();
-    let mut bad = Vec::new();
-    let mut table = Vec::new();
-    for s in &BACKUP_SITES {
-        let (b, row) = fail_once(&mut rig, s);
-        bad.extend(b);
-        table.push(row);
-    }
+    let (bad, table) = fail_each_once(&mut rig, &BACKUP_SITES);
     eprintln!(
         "EIO table (backup, each site failed once)\n{:32} | {:15} | message | next run\n{}",
         "site",
@@ -564,13 +570,7 @@ fn sealing_a_local_copy_failing_at_each_site_publishes_nothing_plain_or_half_sea
     let first = rig.snapshot(&[]);
     assert!(first.status.success(), "{}", stderr(&first));
     check(&rig, After::Settled).unwrap();
-    let mut bad = Vec::new();
-    let mut table = Vec::new();
-    for s in &SEAL_SITES {
-        let (b, row) = fail_once(&mut rig, s);
-        bad.extend(b);
-        table.push(row);
-    }
+    let (bad, table) = fail_each_once(&mut rig, &SEAL_SITES);
     eprintln!(
         "EIO table (encrypt_local, each site failed once)\n{}",
         table.join("\n")
