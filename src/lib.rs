@@ -41,4 +41,5 @@ mod protowire;
 mod records;
 mod retention;
 mod schedule;
+mod spill;
 mod state;

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::encryption::age_key;
 use crate::util::node::Node;
-use crate::util::{etcdguard, rt, schema, stderr, stdout, system_bin};
+use crate::util::{etcdguard, etcdguard_cmd, rt, schema, stderr, stdout, system_bin};
 
 /// A Kubernetes object as kube-apiserver stores it in protobuf: `k8s\0` and a runtime.Unknown
 /// {typeMeta {apiVersion, kind}, raw: {metadata {name, namespace, uid}, spec}}.
@@ -253,6 +253,18 @@ fn inspect_equals_etcdctl(version: &str) {
     let filled = fill(&node);
     let file = snapshot_file(&node);
     let s = inspect_json(&file, &["--limit", "50"], "inspect.v1");
+    // With 64 entries in memory every key's newest revision is sorted on disk: the same.
+    let spilled = etcdguard_cmd(&["inspect", file.to_str().unwrap(), "--output", "json"])
+        .args(["--limit", "50"])
+        .env("ETCDGUARD_TEST_SORT_IN_MEMORY", "64")
+        .output()
+        .unwrap();
+    assert!(spilled.status.success(), "{}", stderr(&spilled));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&spilled)).unwrap(),
+        s,
+        "inspect sorting on disk"
+    );
 
     // Every resource and namespace: keys and value bytes as etcdctl reports them for its prefix.
     let resources = s["resources"].as_array().unwrap();
@@ -508,6 +520,17 @@ fn diff_lists_exactly_the_changes_between_two_snapshots() {
     assert!(out.status.success(), "{}", stderr(&out));
     schema::assert_valid("diff.v1", &stdout(&out));
     let d: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let spilled = etcdguard_cmd(&["diff", a_copy.to_str().unwrap(), b.to_str().unwrap()])
+        .args(["--output", "json"])
+        .env("ETCDGUARD_TEST_SORT_IN_MEMORY", "16")
+        .output()
+        .unwrap();
+    assert!(spilled.status.success(), "{}", stderr(&spilled));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&spilled)).unwrap(),
+        d,
+        "diff sorting on disk"
+    );
     let names = |k: &str| -> Vec<String> {
         d[k].as_array()
             .unwrap()

@@ -22,7 +22,7 @@ pub const CLUSTER_VERSION: &[u8] = b"clusterVersion";
 pub const DOWNGRADE: &[u8] = b"downgrade";
 
 /// A revision key of the `key` bucket: 8-byte big-endian `main`, `'_'`, 8-byte `sub`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Revision {
     pub main: i64,
     pub sub: i64,

@@ -10,13 +10,16 @@
 //!   its key added, and removed again by a tombstone (an 18-byte revision key ending in `t`); a
 //!   value that does not decode is an error. `version` is `meta/storageVersion`.
 //!
-//! The live-key count remembers one 128-bit hash per live key (never the keys or values), so
-//! its memory grows with the number of live keys (about 20 bytes each), not with the database
-//! size; it is computed only when asked ([`status_with_live_keys`], which `verify` uses), not
-//! in the check every backup and restore runs, whose memory stays a few pages.
+//! The live-key count sorts a 25-byte entry per pair of the `key` bucket (a 128-bit hash of the
+//! key, never the key or its value, the pair's place in the walk, put or delete) by
+//! key, on disk past about 4 MiB (`crate::spill`), and counts the keys whose newest entry is a put: memory stays
+//! flat whatever the number of keys. It is computed only when asked
+//! ([`status_with_live_keys`], which `verify` uses), not in the check every backup and restore
+//! runs, whose memory stays a few pages.
 
-use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
+
+use crate::spill::{keep_last_per_key, Keyed, LastPerKey, Record, Sorter};
 
 use super::db::{check_and_walk, CheckReport, Db};
 use super::schema::{self, Revision};
@@ -64,6 +67,45 @@ pub enum StatusError {
     /// Consistent as bbolt, but not an etcd database etcdutl can hash.
     #[error("{0}")]
     NotEtcd(String),
+    /// The live keys could not be counted (their sorted runs on disk failed).
+    #[error("cannot count the live keys: {0}")]
+    Count(String),
+}
+
+/// Entries of the live-key count held in memory before a sorted run goes to disk.
+const LIVE_IN_MEMORY: usize = 1 << 17;
+
+/// One pair of the `key` bucket, for the live-key count: the key's hash, the pair's place in
+/// the walk (etcdutl adds and removes in that order), put or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Live {
+    hash: u128,
+    seq: u64,
+    put: bool,
+}
+
+impl Keyed for Live {
+    fn key(&self) -> u128 {
+        self.hash
+    }
+}
+
+impl Record for Live {
+    const SIZE: usize = 25;
+
+    fn put(&self, o: &mut [u8]) {
+        o[0..16].copy_from_slice(&self.hash.to_le_bytes());
+        o[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        o[24] = u8::from(self.put);
+    }
+
+    fn get(b: &[u8]) -> Live {
+        Live {
+            hash: u128::from_le_bytes(b[0..16].try_into().unwrap_or_default()),
+            seq: u64::from_le_bytes(b[16..24].try_into().unwrap_or_default()),
+            put: b[24] != 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -71,7 +113,8 @@ struct Acc {
     hash: u32,
     total_key: u64,
     /// `Some` when live keys are counted.
-    live: Option<HashSet<u128>>,
+    live: Option<Sorter<Live>>,
+    count_failed: Option<String>,
     undecodable_key: Option<String>,
     top: Vec<u8>,
     latest: Option<Revision>,
@@ -157,11 +200,13 @@ impl Acc {
         };
         match schema::KeyValue::decode(value) {
             Some(kv) => {
-                let h = key_hash(kv.key);
-                if schema::is_tombstone(rev) {
-                    live.remove(&h);
-                } else {
-                    live.insert(h);
+                let entry = Live {
+                    hash: key_hash(kv.key),
+                    seq: self.total_key,
+                    put: !schema::is_tombstone(rev),
+                };
+                if let Err(e) = live.push(entry) {
+                    self.count_failed.get_or_insert(e);
                 }
             }
             None => {
@@ -199,7 +244,8 @@ pub fn status_with_live_keys(db: &Db) -> Result<DbStatus, StatusError> {
 
 fn walk_status(db: &Db, count_live_keys: bool) -> Result<DbStatus, StatusError> {
     let mut acc = Acc {
-        live: count_live_keys.then(HashSet::new),
+        live: count_live_keys
+            .then(|| Sorter::new(crate::spill::in_memory(LIVE_IN_MEMORY), keep_last_per_key)),
         ..Acc::default()
     };
     let report = check_and_walk(db, &mut |d: usize, k: &[u8], v: &[u8], b: bool| {
@@ -211,12 +257,25 @@ fn walk_status(db: &Db, count_live_keys: bool) -> Result<DbStatus, StatusError> 
     if let Some(p) = acc.problem {
         return Err(StatusError::NotEtcd(p));
     }
+    if let Some(e) = acc.count_failed {
+        return Err(StatusError::Count(e));
+    }
+    let live_keys = match acc.live {
+        None => None,
+        Some(sorter) => {
+            let mut n = 0u64;
+            for e in LastPerKey::of(sorter.finish().map_err(StatusError::Count)?) {
+                n += u64::from(e.map_err(StatusError::Count)?.put);
+            }
+            Some(n)
+        }
+    };
     let meta = db.meta();
     Ok(DbStatus {
         hash: acc.hash,
         revision: acc.revision,
         total_key: acc.total_key,
-        live_keys: acc.live.as_ref().map(|l| l.len() as u64),
+        live_keys,
         undecodable_key: acc.undecodable_key,
         total_size: meta.db_size(),
         page_size: meta.page_size,

@@ -6,123 +6,30 @@
 //! `/registry/…` layout (`k8s`).
 //!
 //! Memory stays flat in the database size: each walk reads a few pages at a time. To know each
-//! key's newest revision, the summary and the diff remember about 64 bytes per distinct key (a
-//! 128-bit hash of the key, never the key or its value) and name the few keys they print in a
-//! second walk; `keys` keeps the names it prints, `get` one value. "Bytes" are value bytes, as
-//! `etcdctl get -w json` reports them.
+//! key's newest revision, the summary, the diff and `hash_kv` sort a fixed-size entry per
+//! revision (a 128-bit hash of the key, never the key or its value) by key, on disk past about
+//! 8 MiB (`index`, `spill`), and name the few keys they print in a second walk beside the
+//! sorted revisions wanted; `keys` keeps the names it prints, `get` one value. "Bytes" are
+//! value bytes, as `etcdctl get -w json` reports them.
 
+mod index;
 pub mod k8s;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use serde::Serialize;
 
-use crate::etcddb::keyspace::{self, Event, Facts};
+use crate::etcddb::keyspace::{self, Facts};
 use crate::etcddb::schema::Revision;
-use crate::etcddb::status::key_hash;
 use crate::etcddb::Db;
+use crate::spill::Sorter;
 
 /// How long the lists of a summary are.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub largest: usize,
     pub deleted: usize,
-}
-
-/// Resource and namespace names, numbered in the order first seen.
-#[derive(Default)]
-struct Groups {
-    by_name: HashMap<(String, String), u32>,
-    names: Vec<(String, String)>,
-}
-
-impl Groups {
-    fn of(&mut self, key: &[u8]) -> u32 {
-        let name = k8s::classify(key);
-        if let Some(&i) = self.by_name.get(&name) {
-            return i;
-        }
-        let i = self.names.len() as u32;
-        self.names.push(name.clone());
-        self.by_name.insert(name, i);
-        i
-    }
-}
-
-/// The newest revision of one key.
-#[derive(Debug, Clone, Copy)]
-struct KeyState {
-    main: i64,
-    sub: u32,
-    group: u32,
-    bytes: u32,
-    live: bool,
-    lease: i64,
-    /// Of the value and lease, for `diff` (0 when not asked for).
-    value_hash: u64,
-}
-
-impl KeyState {
-    fn is(&self, r: Revision) -> bool {
-        self.main == r.main && i64::from(self.sub) == r.sub
-    }
-}
-
-/// Every key's newest revision, by the hash of the key.
-#[derive(Default)]
-struct Index {
-    states: HashMap<u128, KeyState>,
-    groups: Groups,
-}
-
-fn value_hash(value: &[u8], lease: i64) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut h);
-    lease.hash(&mut h);
-    h.finish()
-}
-
-impl Index {
-    fn apply(&mut self, e: &Event<'_>, hash_values: bool) {
-        let h = key_hash(e.kv.key);
-        let group = match self.states.get(&h) {
-            Some(s) => s.group,
-            None => self.groups.of(e.kv.key),
-        };
-        self.states.insert(
-            h,
-            KeyState {
-                main: e.revision.main,
-                sub: u32::try_from(e.revision.sub).unwrap_or(u32::MAX),
-                group,
-                bytes: u32::try_from(e.kv.value.len()).unwrap_or(u32::MAX),
-                live: !e.tombstone,
-                lease: e.kv.lease,
-                value_hash: if hash_values && !e.tombstone {
-                    value_hash(e.kv.value, e.kv.lease)
-                } else {
-                    0
-                },
-            },
-        );
-    }
-
-    /// The state of the event's key if this event is its newest revision.
-    fn newest(&self, e: &Event<'_>) -> Option<(u128, KeyState)> {
-        let h = key_hash(e.kv.key);
-        self.states
-            .get(&h)
-            .filter(|s| s.is(e.revision))
-            .map(|s| (h, *s))
-    }
-}
-
-fn index(db: &Db, hash_values: bool) -> Result<(Index, Facts), String> {
-    let mut idx = Index::default();
-    let facts = keyspace::walk(db, &mut |e| idx.apply(e, hash_values))?;
-    Ok((idx, facts))
 }
 
 fn text(b: &[u8]) -> String {
@@ -208,25 +115,48 @@ pub struct Summary {
 /// The summary of a snapshot: facts, totals, Kubernetes breakdown, largest objects, deleted
 /// keys, leases. Two walks.
 pub fn summarize(db: &Db, limits: Limits) -> Result<Summary, String> {
-    let (idx, facts) = index(db, false)?;
-    let mut by_group: Vec<Count> = vec![Count::default(); idx.groups.names.len()];
+    summarize_in(
+        db,
+        limits,
+        crate::spill::in_memory(index::ENTRIES_IN_MEMORY),
+    )
+}
+
+/// The tags of the second walk of a summary.
+const LARGEST: u8 = 1;
+const DELETED: u8 = 2;
+
+fn summarize_in(db: &Db, limits: Limits, cap: usize) -> Result<Summary, String> {
+    let (newest, groups, facts) = index::index(db, false, cap)?;
+    let mut by_group: Vec<Count> = vec![Count::default(); groups.names.len()];
     let mut per_lease: HashMap<i64, u64> = HashMap::new();
-    for s in idx.states.values() {
-        let c = &mut by_group[s.group as usize];
-        if s.live {
+    // The largest live objects (bytes, then the newest first) and the newest deletes, by
+    // revision: their names come from the second walk.
+    let mut largest: BinaryHeap<Reverse<(u32, Revision, u32)>> = BinaryHeap::new();
+    let mut deleted: BinaryHeap<Reverse<Revision>> = BinaryHeap::new();
+    for e in newest {
+        let e = e?;
+        let c = &mut by_group[e.group as usize];
+        if e.live {
             c.keys += 1;
-            c.bytes += u64::from(s.bytes);
-            if s.lease != 0 {
-                *per_lease.entry(s.lease).or_default() += 1;
+            c.bytes += u64::from(e.bytes);
+            if e.lease != 0 {
+                *per_lease.entry(e.lease).or_default() += 1;
             }
+            keep_greatest(
+                &mut largest,
+                (e.bytes, e.revision(), e.group),
+                limits.largest,
+            );
         } else {
             c.deleted += 1;
+            keep_greatest(&mut deleted, e.revision(), limits.deleted);
         }
     }
     let mut resources: BTreeMap<&str, (Count, Vec<NamespaceRow>)> = BTreeMap::new();
     let mut kubernetes_keys = 0;
     let mut totals = Count::default();
-    for (i, (res, ns)) in idx.groups.names.iter().enumerate() {
+    for (i, (res, ns)) in groups.names.iter().enumerate() {
         let c = &by_group[i];
         if !res.starts_with('(') {
             kubernetes_keys += c.keys;
@@ -256,52 +186,49 @@ pub fn summarize(db: &Db, limits: Limits) -> Result<Summary, String> {
         .collect();
 
     // Second walk: the names of the largest live objects and of the newest deletes.
-    // (bytes, key, mod revision, group), smallest on top.
-    type Large = Reverse<(u32, Vec<u8>, i64, u32)>;
-    let mut largest: BinaryHeap<Large> = BinaryHeap::new();
-    let mut deleted: BinaryHeap<Reverse<(i64, Vec<u8>)>> = BinaryHeap::new();
-    if limits.largest > 0 || (limits.deleted > 0 && totals.deleted > 0) {
-        keyspace::walk(db, &mut |e| {
-            let Some((_, s)) = idx.newest(e) else { return };
-            if s.live && limits.largest > 0 {
-                let worth = largest.len() < limits.largest
-                    || largest.peek().is_some_and(|Reverse(min)| s.bytes > min.0);
-                if worth {
-                    largest.push(Reverse((s.bytes, e.kv.key.to_vec(), s.main, s.group)));
-                    if largest.len() > limits.largest {
-                        largest.pop();
-                    }
-                }
-            } else if !s.live && limits.deleted > 0 {
-                deleted.push(Reverse((s.main, e.kv.key.to_vec())));
-                if deleted.len() > limits.deleted {
-                    deleted.pop();
-                }
+    let mut wanted = index::wanted(cap);
+    for Reverse((_, revision, _)) in &largest {
+        wanted.push(index::Wanted {
+            revision: *revision,
+            tags: LARGEST,
+        })?;
+    }
+    for Reverse(revision) in &deleted {
+        wanted.push(index::Wanted {
+            revision: *revision,
+            tags: DELETED,
+        })?;
+    }
+    let mut names: HashMap<Revision, Vec<u8>> = HashMap::new();
+    if !largest.is_empty() || !deleted.is_empty() {
+        index::walk_wanted(db, wanted, &mut |p| {
+            if let Some(kv) = p.wanted_kv() {
+                names.insert(p.revision, kv.key.to_vec());
             }
         })?;
     }
-    let mut largest: Vec<_> = largest.into_iter().map(|Reverse(x)| x).collect();
-    largest.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let largest = largest
+    let name = |rev: &Revision| names.get(rev).map(|k| text(k)).unwrap_or_default();
+    let mut largest: Vec<LargeObject> = largest
         .into_iter()
-        .map(|(bytes, key, rev, group)| {
-            let (resource, namespace) = idx.groups.names[group as usize].clone();
+        .map(|Reverse((bytes, rev, group))| {
+            let (resource, namespace) = groups.name(group);
             LargeObject {
-                key: text(&key),
+                key: name(&rev),
                 bytes: u64::from(bytes),
                 resource,
                 namespace,
-                mod_revision: rev,
+                mod_revision: rev.main,
             }
         })
         .collect();
-    let mut deleted: Vec<_> = deleted.into_iter().map(|Reverse(x)| x).collect();
-    deleted.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    largest.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.key.cmp(&b.key)));
+    let mut deleted: Vec<_> = deleted.into_iter().map(|Reverse(r)| r).collect();
+    deleted.sort_by(|a, b| b.cmp(a));
     let deleted_keys = deleted
-        .into_iter()
-        .map(|(rev, key)| DeletedKey {
-            key: text(&key),
-            deleted_at: rev,
+        .iter()
+        .map(|rev| DeletedKey {
+            key: name(rev),
+            deleted_at: rev.main,
         })
         .collect();
     let mut leases: Vec<LeaseRow> = facts
@@ -325,34 +252,60 @@ pub fn summarize(db: &Db, limits: Limits) -> Result<Summary, String> {
     })
 }
 
+/// Keeps the `limit` greatest items in a heap whose smallest is on top.
+fn keep_greatest<T: Ord>(heap: &mut BinaryHeap<Reverse<T>>, item: T, limit: usize) {
+    if limit == 0 {
+        return;
+    }
+    if heap.len() < limit {
+        heap.push(Reverse(item));
+    } else if heap.peek().is_some_and(|Reverse(min)| item > *min) {
+        heap.pop();
+        heap.push(Reverse(item));
+    }
+}
+
 /// etcd's `HashKV` at the snapshot's newest revision, as a server started on it answers:
 /// CRC-32C of "key" and of every pair of the `key` bucket, except the revisions at or below
 /// the compaction `compact` that are not the newest revision of a live key (etcd's
 /// `kvindex.Keep`), and a delete at exactly `compact`. The same before and after the
 /// compaction ran, as etcd designed it. Two walks.
 pub fn hash_kv(db: &Db, compact: Option<i64>) -> Result<u32, String> {
-    let (idx, _) = index(db, false)?;
-    let keep_any = idx.states.values().any(|s| s.live);
+    hash_kv_in(
+        db,
+        compact,
+        crate::spill::in_memory(index::ENTRIES_IN_MEMORY),
+    )
+}
+
+fn hash_kv_in(db: &Db, compact: Option<i64>, cap: usize) -> Result<u32, String> {
+    const KEPT: u8 = 1;
     let c = compact.unwrap_or(-1);
-    let mut h = crc32c::crc32c(crate::etcddb::schema::KEY);
-    keyspace::walk_key_pairs(db, &mut |k, v| {
-        let Some(rev) = Revision::parse(k) else {
-            return;
-        };
-        let tombstone = crate::etcddb::schema::is_tombstone(k);
-        if rev.main <= c && keep_any {
-            let kept = crate::etcddb::schema::KeyValue::decode(v)
-                .and_then(|kv| idx.states.get(&key_hash(kv.key)))
-                .is_some_and(|s| s.live && s.is(rev));
-            if !kept {
-                return;
+    let (newest, _, _) = index::index(db, false, cap)?;
+    let mut keep_any = false;
+    let mut kept = index::wanted(cap);
+    for e in newest {
+        let e = e?;
+        if e.live {
+            keep_any = true;
+            if e.main <= c {
+                kept.push(index::Wanted {
+                    revision: e.revision(),
+                    tags: KEPT,
+                })?;
             }
         }
-        if rev.main == c && tombstone {
+    }
+    let mut h = crc32c::crc32c(crate::etcddb::schema::KEY);
+    index::walk_wanted(db, kept, &mut |p| {
+        if p.revision.main <= c && keep_any && p.tags & KEPT == 0 {
             return;
         }
-        h = crc32c::crc32c_append(h, k);
-        h = crc32c::crc32c_append(h, v);
+        if p.revision.main == c && crate::etcddb::schema::is_tombstone(p.key) {
+            return;
+        }
+        h = crc32c::crc32c_append(h, p.key);
+        h = crc32c::crc32c_append(h, p.value);
     })?;
     Ok(h)
 }
@@ -527,69 +480,105 @@ fn keep_smallest(set: &mut BTreeSet<Vec<u8>>, name: &[u8], limit: usize) {
 /// The diff from `a` to `b`, naming up to `limit` keys of each kind. Two walks, and two more
 /// to name keys when there are any.
 pub fn diff(a: &Db, b: &Db, limit: usize) -> Result<Diff, String> {
-    let (ia, fa) = index(a, true)?;
-    let (ib, fb) = index(b, true)?;
-    let live = |i: &Index| i.states.values().filter(|s| s.live).count() as u64;
+    diff_in(
+        a,
+        b,
+        limit,
+        crate::spill::in_memory(index::ENTRIES_IN_MEMORY),
+    )
+}
+
+/// The tags of a diff's naming walks.
+const ADDED: u8 = 1;
+const REMOVED: u8 = 2;
+const CHANGED: u8 = 4;
+
+fn diff_in(a: &Db, b: &Db, limit: usize, cap: usize) -> Result<Diff, String> {
+    let (na, ga, fa) = index::index(a, true, cap)?;
+    let (nb, gb, fb) = index::index(b, true, cap)?;
     let mut rows: BTreeMap<(String, String), DiffCount> = BTreeMap::new();
-    let (mut added, mut removed, mut changed) = (HashSet::new(), HashSet::new(), HashSet::new());
-    for (h, sb) in ib.states.iter().filter(|(_, s)| s.live) {
-        let group = || ib.groups.names[sb.group as usize].clone();
-        match ia.states.get(h).filter(|s| s.live) {
-            None => {
-                rows.entry(group()).or_default().added += 1;
-                added.insert(*h);
-            }
-            Some(sa) if sa.value_hash != sb.value_hash => {
-                rows.entry(group()).or_default().changed += 1;
-                changed.insert(*h);
-            }
-            Some(_) => {}
+    let mut totals = DiffCount::default();
+    let (mut keys_a, mut keys_b) = (0u64, 0u64);
+    let (mut wanted_a, mut wanted_b) = (index::wanted(cap), index::wanted(cap));
+    let note = |wanted: &mut Sorter<index::Wanted>, e: &index::Entry, tags: u8| {
+        if limit > 0 {
+            wanted.push(index::Wanted {
+                revision: e.revision(),
+                tags,
+            })
+        } else {
+            Ok(())
         }
-    }
-    for (h, sa) in ia.states.iter().filter(|(_, s)| s.live) {
-        if ib.states.get(h).is_none_or(|s| !s.live) {
-            rows.entry(ia.groups.names[sa.group as usize].clone())
-                .or_default()
-                .removed += 1;
-            removed.insert(*h);
+    };
+    // Both sides in key hash order: a merge join.
+    let (mut na, mut nb) = (na.peekable(), nb.peekable());
+    loop {
+        let ea = na.peek().cloned().transpose()?;
+        let eb = nb.peek().cloned().transpose()?;
+        let (ea, eb) = match (ea, eb) {
+            (None, None) => break,
+            (Some(x), Some(y)) if x.hash == y.hash => (Some(x), Some(y)),
+            (Some(x), Some(y)) if x.hash < y.hash => (Some(x), None),
+            (Some(x), None) => (Some(x), None),
+            (_, y) => (None, y),
+        };
+        if ea.is_some() {
+            na.next();
+        }
+        if eb.is_some() {
+            nb.next();
+        }
+        let (ea, eb) = (ea.filter(|e| e.live), eb.filter(|e| e.live));
+        keys_a += u64::from(ea.is_some());
+        keys_b += u64::from(eb.is_some());
+        match (ea, eb) {
+            (None, None) => {}
+            (None, Some(y)) => {
+                rows.entry(gb.name(y.group)).or_default().added += 1;
+                totals.added += 1;
+                note(&mut wanted_b, &y, ADDED)?;
+            }
+            (Some(x), None) => {
+                rows.entry(ga.name(x.group)).or_default().removed += 1;
+                totals.removed += 1;
+                note(&mut wanted_a, &x, REMOVED)?;
+            }
+            (Some(x), Some(y)) if x.value_hash != y.value_hash => {
+                rows.entry(gb.name(y.group)).or_default().changed += 1;
+                totals.changed += 1;
+                note(&mut wanted_b, &y, CHANGED)?;
+            }
+            (Some(_), Some(_)) => {}
         }
     }
     let (mut added_keys, mut changed_keys, mut removed_keys) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-    if limit > 0 && !(added.is_empty() && changed.is_empty()) {
-        keyspace::walk(b, &mut |e| {
-            if let Some((h, _)) = ib.newest(e).filter(|(_, s)| s.live) {
-                if added.contains(&h) {
-                    keep_smallest(&mut added_keys, e.kv.key, limit);
-                } else if changed.contains(&h) {
-                    keep_smallest(&mut changed_keys, e.kv.key, limit);
-                }
+    if limit > 0 && totals.added + totals.changed > 0 {
+        index::walk_wanted(b, wanted_b, &mut |p| {
+            let Some(kv) = p.wanted_kv() else { return };
+            if p.tags & ADDED != 0 {
+                keep_smallest(&mut added_keys, kv.key, limit);
+            } else if p.tags & CHANGED != 0 {
+                keep_smallest(&mut changed_keys, kv.key, limit);
             }
         })?;
     }
-    if limit > 0 && !removed.is_empty() {
-        keyspace::walk(a, &mut |e| {
-            if let Some((h, _)) = ia.newest(e).filter(|(_, s)| s.live) {
-                if removed.contains(&h) {
-                    keep_smallest(&mut removed_keys, e.kv.key, limit);
-                }
+    if limit > 0 && totals.removed > 0 {
+        index::walk_wanted(a, wanted_a, &mut |p| {
+            if let Some(kv) = p.wanted_kv().filter(|_| p.tags & REMOVED != 0) {
+                keep_smallest(&mut removed_keys, kv.key, limit);
             }
         })?;
     }
     let names = |s: BTreeSet<Vec<u8>>| s.into_iter().map(|k| text(&k)).collect();
-    let totals = DiffCount {
-        added: added.len() as u64,
-        removed: removed.len() as u64,
-        changed: changed.len() as u64,
-    };
     Ok(Diff {
         a: DiffSide {
             revision: fa.revision,
-            keys: live(&ia),
+            keys: keys_a,
         },
         b: DiffSide {
             revision: fb.revision,
-            keys: live(&ib),
+            keys: keys_b,
         },
         totals,
         rows: rows
@@ -786,5 +775,40 @@ mod tests {
         let same = diff(&a, &a, 10).unwrap();
         assert_eq!(same.totals, DiffCount::default());
         assert!(same.rows.is_empty());
+    }
+
+    /// With a few entries in memory, every answer comes from sorted runs on disk: the same.
+    #[test]
+    fn runs_on_disk_give_the_same_answers_as_memory() {
+        let (_da, a) = db(A);
+        let mut b_events = A.to_vec();
+        b_events.push(("/registry/pods/default/b", None, 0));
+        b_events.push(("/registry/pods/default/d", Some(b"4"), 0));
+        b_events.push(("/registry/namespaces/default", Some(b"n2"), 0));
+        let (_db, b) = db(&b_events);
+        let limits = Limits {
+            largest: 2,
+            deleted: 5,
+        };
+        let json = |s: &Summary| serde_json::to_string(s).unwrap();
+        for cap in [1, 2, 3] {
+            assert_eq!(
+                json(&summarize_in(&a, limits, cap).unwrap()),
+                json(&summarize(&a, limits).unwrap()),
+                "summary, {cap} entries in memory"
+            );
+            assert_eq!(
+                serde_json::to_string(&diff_in(&a, &b, 10, cap).unwrap()).unwrap(),
+                serde_json::to_string(&diff(&a, &b, 10).unwrap()).unwrap(),
+                "diff, {cap} entries in memory"
+            );
+            for compact in [None, Some(3), Some(6), Some(7)] {
+                assert_eq!(
+                    hash_kv_in(&b, compact, cap).unwrap(),
+                    hash_kv(&b, compact).unwrap(),
+                    "hash_kv at {compact:?}, {cap} entries in memory"
+                );
+            }
+        }
     }
 }
