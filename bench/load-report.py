@@ -2,6 +2,7 @@
 """The report of `bench/run --load`: per phase, the medians over its runs of the window's put
 and range latency and etcd's WAL fsync and commit p99, the backup's wall time and CPU per GiB,
 the ratios to the no-backup phase against the goals, and what pacing cost in wall time."""
+import os
 import platform
 import statistics
 import sys
@@ -53,6 +54,16 @@ for paced in rows:
     if paced.startswith("etcdguard") and "off" not in paced and unpaced in rows:
         a, b = med(paced, 0), med(unpaced, 0)
         cost.append(f"| {paced} | {a:.1f} | {b:.1f} | +{a - b:.1f} s ({a / b:.2f}×) |")
+def scheduler():
+    """The active I/O scheduler of the disk holding the working directory."""
+    st = os.stat(".")
+    dev = f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    for q in (f"{dev}/queue/scheduler", f"{dev}/../queue/scheduler"):
+        if os.path.exists(q):
+            return open(q).read().split("[")[-1].split("]")[0]
+    return "unknown"
+
+
 text = "\n".join([
     f"# Benchmark: a {int(size)} MiB backup under client load", "",
     "Produced by `bench/run --load`: a real etcd 3.5 (TLS, fsync on, metrics on "
@@ -60,13 +71,14 @@ text = "\n".join([
     f"with `bench-load` running {rate} puts/s of 4 KiB values (open loop), a range read per ten "
     "puts (alternately of the newest writes and of a page of the filled data) and a watch; the "
     "snapshot directory is on the same file system as etcd's data dir, as on a default kubeadm "
-    "node. etcdguard runs with no configuration beyond where etcd and the bucket are (its "
+    "node; the S3 server keeps its files in memory (a real bucket's writes do not land on the "
+    "etcd node's disk), though it shares the two cores. etcdguard runs with no configuration beyond where etcd and the bucket are (its "
     "`metrics_url` is the one the manifest would give). Each phase's window is the backup's run "
     "(15 s without one); put and range latency are what the client saw inside it, WAL fsync and "
     "backend commit p99 come from etcd's own histograms over the window. Medians over the runs.",
     "",
     f"- snapshot file {int(db) / 2**20:.0f} MiB; {runs} runs per phase, alternating; "
-    f"{platform.release()}", "",
+    f"{platform.release()}; I/O scheduler of the disk: {scheduler()}", "",
     *table, "", *ratios, "", *cost, "", *quiet, "",
 ])
 open(out, "w").write(text)
