@@ -153,37 +153,7 @@ fn summarize_in(db: &Db, limits: Limits, cap: usize) -> Result<Summary, String> 
             keep_greatest(&mut deleted, e.revision(), limits.deleted);
         }
     }
-    let mut resources: BTreeMap<&str, (Count, Vec<NamespaceRow>)> = BTreeMap::new();
-    let mut kubernetes_keys = 0;
-    let mut totals = Count::default();
-    for (i, (res, ns)) in groups.names.iter().enumerate() {
-        let c = &by_group[i];
-        if !res.starts_with('(') {
-            kubernetes_keys += c.keys;
-        }
-        totals.keys += c.keys;
-        totals.bytes += c.bytes;
-        totals.deleted += c.deleted;
-        let entry = resources.entry(res.as_str()).or_default();
-        entry.0.keys += c.keys;
-        entry.0.bytes += c.bytes;
-        entry.0.deleted += c.deleted;
-        entry.1.push(NamespaceRow {
-            namespace: ns.clone(),
-            count: c.clone(),
-        });
-    }
-    let resources = resources
-        .into_iter()
-        .map(|(res, (count, mut namespaces))| {
-            namespaces.sort_by(|a, b| a.namespace.cmp(&b.namespace));
-            ResourceRow {
-                resource: res.to_string(),
-                count,
-                namespaces,
-            }
-        })
-        .collect();
+    let (resources, totals, kubernetes_keys) = breakdown(&groups, &by_group);
 
     // Second walk: the names of the largest live objects and of the newest deletes.
     let mut wanted = index::wanted(cap);
@@ -250,6 +220,44 @@ fn summarize_in(db: &Db, limits: Limits, cap: usize) -> Result<Summary, String> 
         deleted_keys,
         leases,
     })
+}
+
+/// The counts per group as rows per resource (each with its namespaces), the totals and the
+/// Kubernetes keys among them.
+fn breakdown(groups: &index::Groups, by_group: &[Count]) -> (Vec<ResourceRow>, Count, u64) {
+    let mut resources: BTreeMap<&str, (Count, Vec<NamespaceRow>)> = BTreeMap::new();
+    let mut kubernetes_keys = 0;
+    let mut totals = Count::default();
+    for (i, (res, ns)) in groups.names.iter().enumerate() {
+        let c = &by_group[i];
+        if !res.starts_with('(') {
+            kubernetes_keys += c.keys;
+        }
+        totals.keys += c.keys;
+        totals.bytes += c.bytes;
+        totals.deleted += c.deleted;
+        let entry = resources.entry(res.as_str()).or_default();
+        entry.0.keys += c.keys;
+        entry.0.bytes += c.bytes;
+        entry.0.deleted += c.deleted;
+        entry.1.push(NamespaceRow {
+            namespace: ns.clone(),
+            count: c.clone(),
+        });
+    }
+    let resources = resources
+        .into_iter()
+        .map(|(res, (count, mut namespaces))| {
+            namespaces.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+            ResourceRow {
+                resource: res.to_string(),
+                count,
+                namespaces,
+            }
+        })
+        .collect();
+
+    (resources, totals, kubernetes_keys)
 }
 
 /// Keeps the `limit` greatest items in a heap whose smallest is on top.
