@@ -598,15 +598,20 @@ impl Remote {
             .limit(1)
             .await
             .map_err(|e| self.explain(&e))?;
-        let key = format!(
-            "{}.etcdguard-probe-{}",
-            self.node_prefix,
-            std::process::id()
-        );
-        self.op
-            .write(&key, Bytes::from_static(b"etcdguard pre-flight check\n"))
-            .await
-            .map_err(|e| self.explain(&e))?;
-        self.op.delete(&key).await.map_err(|e| self.explain(&e))
+        // Written and deleted by a task of its own: a backup that aborts the daemon's start-up
+        // maintenance meanwhile must not leave the object behind (a slot due at start did).
+        // The name is fixed per node, so one left by a killed process is overwritten and
+        // deleted by the next probe.
+        let key = format!("{}.etcdguard-probe", self.node_prefix);
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.op
+                .write(&key, Bytes::from_static(b"etcdguard pre-flight check\n"))
+                .await
+                .map_err(|e| this.explain(&e))?;
+            this.op.delete(&key).await.map_err(|e| this.explain(&e))
+        })
+        .await
+        .map_err(|e| format!("the pre-flight probe did not finish: {e}"))?
     }
 }
