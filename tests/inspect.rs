@@ -242,6 +242,17 @@ fn inspect_json(file: &Path, extra: &[&str], schema_name: &str) -> Value {
     serde_json::from_str(&stdout(&out)).unwrap()
 }
 
+/// The JSON etcdguard prints for `args` with only `in_memory` entries held in memory, so its
+/// sorting goes to disk.
+fn sorting_on_disk(args: &[&str], in_memory: usize) -> Value {
+    let out = etcdguard_cmd(args)
+        .env("ETCDGUARD_TEST_SORT_IN_MEMORY", in_memory.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
 fn snapshot_file(node: &Node) -> PathBuf {
     let out = node.snapshot();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -253,18 +264,16 @@ fn inspect_equals_etcdctl(version: &str) {
     let filled = fill(&node);
     let file = snapshot_file(&node);
     let s = inspect_json(&file, &["--limit", "50"], "inspect.v1");
-    // With 64 entries in memory every key's newest revision is sorted on disk: the same.
-    let spilled = etcdguard_cmd(&["inspect", file.to_str().unwrap(), "--output", "json"])
-        .args(["--limit", "50"])
-        .env("ETCDGUARD_TEST_SORT_IN_MEMORY", "64")
-        .output()
-        .unwrap();
-    assert!(spilled.status.success(), "{}", stderr(&spilled));
-    assert_eq!(
-        serde_json::from_str::<Value>(&stdout(&spilled)).unwrap(),
-        s,
-        "inspect sorting on disk"
-    );
+    // With 8 entries in memory every key's newest revision is sorted on disk: the same.
+    let args = [
+        "inspect",
+        file.to_str().unwrap(),
+        "--output",
+        "json",
+        "--limit",
+        "50",
+    ];
+    assert_eq!(sorting_on_disk(&args, 8), s, "inspect sorting on disk");
 
     // Every resource and namespace: keys and value bytes as etcdctl reports them for its prefix.
     let resources = s["resources"].as_array().unwrap();
@@ -520,17 +529,14 @@ fn diff_lists_exactly_the_changes_between_two_snapshots() {
     assert!(out.status.success(), "{}", stderr(&out));
     schema::assert_valid("diff.v1", &stdout(&out));
     let d: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let spilled = etcdguard_cmd(&["diff", a_copy.to_str().unwrap(), b.to_str().unwrap()])
-        .args(["--output", "json"])
-        .env("ETCDGUARD_TEST_SORT_IN_MEMORY", "16")
-        .output()
-        .unwrap();
-    assert!(spilled.status.success(), "{}", stderr(&spilled));
-    assert_eq!(
-        serde_json::from_str::<Value>(&stdout(&spilled)).unwrap(),
-        d,
-        "diff sorting on disk"
-    );
+    let args = [
+        "diff",
+        a_copy.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--output",
+        "json",
+    ];
+    assert_eq!(sorting_on_disk(&args, 8), d, "diff sorting on disk");
     let names = |k: &str| -> Vec<String> {
         d[k].as_array()
             .unwrap()

@@ -11,9 +11,9 @@
 //!   value that does not decode is an error. `version` is `meta/storageVersion`.
 //!
 //! The live-key count sorts a 25-byte entry per pair of the `key` bucket (a 128-bit hash of the
-//! key, never the key or its value, the pair's place in the walk, put or delete) by
-//! key, on disk past about 4 MiB (`crate::spill`), and counts the keys whose newest entry is a put: memory stays
-//! flat whatever the number of keys. It is computed only when asked
+//! key, never the key or its value, the pair's place in the walk, put or delete) by key, on
+//! disk past about 4 MiB (`crate::spill`), and counts the keys whose newest entry is a put:
+//! memory stays flat whatever the number of keys. It is computed only when asked
 //! ([`status_with_live_keys`], which `verify` uses), not in the check every backup and restore
 //! runs, whose memory stays a few pages.
 
