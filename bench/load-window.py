@@ -3,7 +3,8 @@
 etcd's WAL fsync and backend commit latency over the same window (the difference of its
 histograms between two scrapes of /metrics). Prints one TSV line:
 phase, seconds, puts, errors, p50 ms, p99 ms, max ms, WAL fsync p99 ms, commit p99 ms,
-range p99 ms."""
+range p99 ms. With a seventh argument, also appends every put and range latency of the window
+to that file (phase, kind, ms per line): the report pools them over the runs."""
 import sys
 
 
@@ -39,7 +40,8 @@ def delta_p99(m0, m1, name):
 
 
 def main():
-    name, t0, t1, load, m0, m1 = sys.argv[1:]
+    name, t0, t1, load, m0, m1 = sys.argv[1:7]
+    samples = sys.argv[7] if len(sys.argv) > 7 else None
     t0, t1 = float(t0), float(t1)
     lat, ranges, errors = [], [], 0
     for line in open(load):
@@ -49,6 +51,10 @@ def main():
             errors += ok.strip() != "1"
     lat.sort()
     ranges.sort()
+    if samples:
+        with open(samples, "a") as f:
+            f.writelines(f"{name}\tp\t{ms}\n" for ms in lat)
+            f.writelines(f"{name}\tr\t{ms}\n" for ms in ranges)
     pick = lambda q, xs=lat: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
     wal = delta_p99(m0, m1, "etcd_disk_wal_fsync_duration_seconds")
     commit = delta_p99(m0, m1, "etcd_disk_backend_commit_duration_seconds")
