@@ -7,12 +7,14 @@
 //! - `schema`: etcd's buckets and keys, revision keys, Member JSON, KeyValue/lease/alarm;
 //! - `keyspace`: every revision of every key in order and the small buckets' facts (inspect,
 //!   drill);
+//! - `lookup`: one key's value by descending the tree (a few pages, no walk);
 //! - `writer`: the append-only commit a restore uses to rewrite a few buckets.
 //!
 //! This module verifies snapshot files for `verify` and for every backup.
 
 pub(crate) mod db;
 pub(crate) mod keyspace;
+pub(crate) mod lookup;
 pub(crate) mod meta;
 pub(crate) mod page;
 pub(crate) mod schema;

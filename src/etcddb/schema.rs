@@ -76,9 +76,12 @@ impl<'a> KeyValue<'a> {
     }
 }
 
-/// A revision key with etcd's tombstone mark (`markedRevBytesLen`, 18 bytes ending in `t`).
+/// The byte etcd appends to a delete's revision key (`markedRevBytesLen`: 18 bytes).
+pub const TOMBSTONE: u8 = b't';
+
+/// A revision key with etcd's tombstone mark.
 pub fn is_tombstone(rev: &[u8]) -> bool {
-    rev.len() == 18 && rev[17] == b't'
+    rev.len() == 18 && rev[17] == TOMBSTONE
 }
 
 /// A lease of the `lease` bucket (`leasepb.Lease{ID, TTL, RemainingTTL}`).

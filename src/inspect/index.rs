@@ -2,15 +2,17 @@
 //! bucket is in revision order, so a key's newest revision is known only at the end of a walk:
 //! the walk writes one fixed-size entry per revision (a 128-bit hash of the key, never the
 //! key or its value) into a [`Sorter`] by key hash, and reading it back keeps the last entry
-//! of each key. Names are found in a second walk beside a sorted list of the few revisions
-//! wanted ([`walk_wanted`]), since a revision names exactly one pair.
+//! of each key. Names are then found by revision, since a revision names exactly one pair
+//! ([`find_wanted`]): a few by point lookups in the `key` bucket (a few pages each), many in a
+//! second walk beside their sorted list ([`walk_wanted`]).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use super::k8s;
 use crate::etcddb::keyspace::{self, Facts};
-use crate::etcddb::schema::{KeyValue, Revision};
+use crate::etcddb::lookup;
+use crate::etcddb::schema::{self, KeyValue, Revision};
 use crate::etcddb::status::key_hash;
 use crate::etcddb::Db;
 use crate::spill::{keep_all, keep_last_per_key, Keyed, LastPerKey, Record, Sorter};
@@ -196,6 +198,63 @@ impl<'a> Pair<'a> {
     }
 }
 
+/// Wanted revisions up to this many are found by point lookups (a few pages each); more take a
+/// walk of the whole `key` bucket, which reads every page once.
+pub const LOOKUPS: u64 = 1024;
+
+/// Calls `on` with the pair of each of the `count` wanted revisions (their tags merged), in
+/// revision order: by point lookups when `count` is at most [`LOOKUPS`], else by
+/// [`walk_wanted`]. A revision the `key` bucket does not hold is skipped.
+pub fn find_wanted(
+    db: &Db,
+    wanted: Sorter<Wanted>,
+    count: u64,
+    on: &mut dyn FnMut(&Pair<'_>),
+) -> Result<(), String> {
+    find_wanted_with(db, wanted, count, LOOKUPS, on)
+}
+
+fn find_wanted_with(
+    db: &Db,
+    wanted: Sorter<Wanted>,
+    count: u64,
+    lookups: u64,
+    on: &mut dyn FnMut(&Pair<'_>),
+) -> Result<(), String> {
+    if count > lookups {
+        return walk_wanted(db, wanted, &mut |p| {
+            if p.tags != 0 {
+                on(p)
+            }
+        });
+    }
+    let mut merged: Vec<Wanted> = Vec::new();
+    for w in wanted.finish()? {
+        let w = w?;
+        match merged.last_mut() {
+            Some(last) if last.revision == w.revision => last.tags |= w.tags,
+            _ => merged.push(w),
+        }
+    }
+    for w in merged {
+        let live = w.revision.to_bytes();
+        let mut tombstone = live.to_vec();
+        tombstone.push(schema::TOMBSTONE);
+        for key in [&live[..], &tombstone] {
+            if let Some(value) = lookup::get(db, schema::KEY, key)? {
+                on(&Pair {
+                    key,
+                    value: &value,
+                    revision: w.revision,
+                    tags: w.tags,
+                });
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Walks the `key` bucket's pairs in revision order beside the wanted revisions (sorted):
 /// `on` sees every pair with its revision and the tags it is wanted for.
 pub fn walk_wanted(
@@ -235,6 +294,40 @@ pub fn walk_wanted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookups_find_what_the_walk_finds() {
+        let bytes = crate::etcddb::tests::sample_db(1024, 3000);
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s.db");
+        std::fs::write(&path, &bytes).unwrap();
+        let db = Db::open(std::fs::File::open(&path).unwrap(), bytes.len() as u64).unwrap();
+        let found = |lookups: u64| {
+            let mut w = wanted(2);
+            for (main, tags) in [(2999, 1), (9, 2), (3, 1), (9, 4), (5000, 1), (100, 2)] {
+                w.push(Wanted {
+                    revision: Revision { main, sub: 0 },
+                    tags,
+                })
+                .unwrap();
+            }
+            let mut got = Vec::new();
+            find_wanted_with(&db, w, 6, lookups, &mut |p| {
+                got.push((p.revision.main, p.tags, p.value.to_vec()))
+            })
+            .unwrap();
+            got
+        };
+        let by_lookups = found(LOOKUPS);
+        let mains: Vec<_> = by_lookups.iter().map(|g| (g.0, g.1)).collect();
+        assert_eq!(
+            mains,
+            [(3, 1), (9, 6), (100, 2), (2999, 1)],
+            "absent 5000 skipped"
+        );
+        assert_eq!(by_lookups[1].2, vec![b'a' + 9; 5000], "an overflow value");
+        assert_eq!(found(0), by_lookups, "the walk, with no lookups allowed");
+    }
 
     #[test]
     fn entries_and_wanted_revisions_read_back_as_written() {

@@ -8,7 +8,8 @@
 //! Memory stays flat in the database size: each walk reads a few pages at a time. To know each
 //! key's newest revision, the summary, the diff and `hash_kv` sort a fixed-size entry per
 //! revision (a 128-bit hash of the key, never the key or its value) by key, on disk past about
-//! 8 MiB (`index`, `spill`), and name the few keys they print in a second walk beside the
+//! 8 MiB (`index`, `spill`), and name the keys they print by revision: up to
+//! `index::LOOKUPS` by point lookups in the `key` bucket, more in a second walk beside the
 //! sorted revisions wanted; `keys` keeps the names it prints, `get` one value. "Bytes" are
 //! value bytes, as `etcdctl get -w json` reports them.
 
@@ -113,7 +114,7 @@ pub struct Summary {
 }
 
 /// The summary of a snapshot: facts, totals, Kubernetes breakdown, largest objects, deleted
-/// keys, leases. Two walks.
+/// keys, leases. One walk, and a point lookup per name printed.
 pub fn summarize(db: &Db, limits: Limits) -> Result<Summary, String> {
     summarize_in(
         db,
@@ -122,7 +123,7 @@ pub fn summarize(db: &Db, limits: Limits) -> Result<Summary, String> {
     )
 }
 
-/// The tags of the second walk of a summary.
+/// What a summary looks a revision up for.
 const LARGEST: u8 = 1;
 const DELETED: u8 = 2;
 
@@ -131,7 +132,7 @@ fn summarize_in(db: &Db, limits: Limits, cap: usize) -> Result<Summary, String> 
     let mut by_group: Vec<Count> = vec![Count::default(); groups.names.len()];
     let mut per_lease: HashMap<i64, u64> = HashMap::new();
     // The largest live objects (bytes, then the newest first) and the newest deletes, by
-    // revision: their names come from the second walk.
+    // revision: their names are looked up afterwards.
     let mut largest: BinaryHeap<Reverse<(u32, Revision, u32)>> = BinaryHeap::new();
     let mut deleted: BinaryHeap<Reverse<Revision>> = BinaryHeap::new();
     for e in newest {
@@ -155,7 +156,7 @@ fn summarize_in(db: &Db, limits: Limits, cap: usize) -> Result<Summary, String> 
     }
     let (resources, totals, kubernetes_keys) = breakdown(&groups, &by_group);
 
-    // Second walk: the names of the largest live objects and of the newest deletes.
+    // The names of the largest live objects and of the newest deletes, by revision.
     let mut wanted = index::wanted(cap);
     for Reverse((_, revision, _)) in &largest {
         wanted.push(index::Wanted {
@@ -171,7 +172,8 @@ fn summarize_in(db: &Db, limits: Limits, cap: usize) -> Result<Summary, String> 
     }
     let mut names: HashMap<Revision, Vec<u8>> = HashMap::new();
     if !largest.is_empty() || !deleted.is_empty() {
-        index::walk_wanted(db, wanted, &mut |p| {
+        let count = (largest.len() + deleted.len()) as u64;
+        index::find_wanted(db, wanted, count, &mut |p| {
             if let Some(kv) = p.wanted_kv() {
                 names.insert(p.revision, kv.key.to_vec());
             }
@@ -485,8 +487,9 @@ fn keep_smallest(set: &mut BTreeSet<Vec<u8>>, name: &[u8], limit: usize) {
     }
 }
 
-/// The diff from `a` to `b`, naming up to `limit` keys of each kind. Two walks, and two more
-/// to name keys when there are any.
+/// The diff from `a` to `b`, naming up to `limit` keys of each kind. Two walks (one per
+/// side); the keys named are looked up by revision, or found in one more walk of a side with
+/// more than `index::LOOKUPS` of them.
 pub fn diff(a: &Db, b: &Db, limit: usize) -> Result<Diff, String> {
     diff_in(
         a,
@@ -496,7 +499,7 @@ pub fn diff(a: &Db, b: &Db, limit: usize) -> Result<Diff, String> {
     )
 }
 
-/// The tags of a diff's naming walks.
+/// What a diff looks a revision up for.
 const ADDED: u8 = 1;
 const REMOVED: u8 = 2;
 const CHANGED: u8 = 4;
@@ -562,7 +565,7 @@ fn diff_in(a: &Db, b: &Db, limit: usize, cap: usize) -> Result<Diff, String> {
     let (mut added_keys, mut changed_keys, mut removed_keys) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     if limit > 0 && totals.added + totals.changed > 0 {
-        index::walk_wanted(b, wanted_b, &mut |p| {
+        index::find_wanted(b, wanted_b, totals.added + totals.changed, &mut |p| {
             let Some(kv) = p.wanted_kv() else { return };
             if p.tags & ADDED != 0 {
                 keep_smallest(&mut added_keys, kv.key, limit);
@@ -572,7 +575,7 @@ fn diff_in(a: &Db, b: &Db, limit: usize, cap: usize) -> Result<Diff, String> {
         })?;
     }
     if limit > 0 && totals.removed > 0 {
-        index::walk_wanted(a, wanted_a, &mut |p| {
+        index::find_wanted(a, wanted_a, totals.removed, &mut |p| {
             if let Some(kv) = p.wanted_kv().filter(|_| p.tags & REMOVED != 0) {
                 keep_smallest(&mut removed_keys, kv.key, limit);
             }
