@@ -31,10 +31,14 @@ pub const MIN_BASELINE: f64 = 10.0;
 pub const MIN_INTERVAL: f64 = 5.0;
 
 /// etcd's p99 latencies over a window, in seconds; `None` where the window saw too little.
+/// And the CPU etcd and this process used in it, in cores (`None` where etcd's metrics lack
+/// `process_cpu_seconds_total`): the record reports it, the pace does not follow it (a pace
+/// held to a CPU budget was measured: `bench/README.md`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Latency {
     pub wal: Option<f64>,
     pub commit: Option<f64>,
+    pub cpu: Option<f64>,
 }
 
 impl Latency {
@@ -47,6 +51,7 @@ impl Latency {
         Latency {
             wal: p99(wal),
             commit: p99(commit),
+            cpu: None,
         }
     }
 }
@@ -120,6 +125,7 @@ impl Aimd {
         self.worst = Latency {
             wal: max(self.worst.wal, now.wal),
             commit: max(self.worst.commit, now.commit),
+            cpu: max(self.worst.cpu, now.cpu),
         };
         let over = now.wal.is_some_and(|v| v > self.thresholds.wal)
             || now.commit.is_some_and(|v| v > self.thresholds.commit);
@@ -144,6 +150,7 @@ mod tests {
     const QUIET: Latency = Latency {
         wal: Some(0.003),
         commit: Some(0.050),
+        cpu: Some(0.3),
     };
 
     #[test]
@@ -154,6 +161,7 @@ mod tests {
         let tiny = Thresholds::from_baseline(Latency {
             wal: Some(0.0004),
             commit: None,
+            cpu: None,
         });
         assert!((tiny.wal - 0.0009).abs() < 1e-12, "a margin over noise");
         assert_eq!(tiny.commit, 0.025, "no baseline: etcd's guidance");
@@ -168,6 +176,7 @@ mod tests {
         let slow_wal = Latency {
             wal: Some(0.009),
             commit: Some(0.050),
+            cpu: Some(0.4),
         };
         assert_eq!(a.observe(slow_wal), Step::Slower);
         assert_eq!(a.rate(), (START + STEP) / 2);
@@ -180,6 +189,20 @@ mod tests {
         assert_eq!(a.lowest, FLOOR);
         assert_eq!(a.slowdowns, 11);
         assert_eq!(a.worst.wal, Some(0.009));
+        assert_eq!(
+            a.worst.cpu,
+            Some(0.4),
+            "the CPU at worst is kept for the record"
+        );
+        let busy = Latency {
+            cpu: Some(1.9),
+            ..QUIET
+        };
+        assert_eq!(
+            a.observe(busy),
+            Step::Faster,
+            "CPU alone does not slow the pace"
+        );
         // Nothing observed (no writes): nothing to protect, the pace rises.
         assert_eq!(a.observe(Latency::default()), Step::Faster);
 

@@ -2,7 +2,9 @@
 //! uploads). By default it follows etcd's own latency: a sampler reads etcd's metrics (the
 //! manifest's `--listen-metrics-urls`, or `[etcd] metrics_url`) once before the stream for a
 //! baseline and every half second during it, and an AIMD pace (`aimd.rs`) slows the stream as
-//! soon as etcd's WAL fsync or backend commit p99 rises. Without readable metrics the pace is a
+//! soon as etcd's WAL fsync or backend commit p99 rises. The record also says the CPU etcd
+//! and the backup used together (etcd's `process_cpu_seconds_total` and this process's own),
+//! before and at worst. The stream starts once the baseline is read. Without readable metrics the pace is a
 //! fixed conservative [`FALLBACK`], and the record says why. `rate_limit` is a ceiling either
 //! way; `pacing = "off"` leaves only it. The stream passes every chunk through a [`Gate`],
 //! which also keeps the stream inside its deadline whatever the pace says.
@@ -38,6 +40,7 @@ const DEADLINE_SHARE: f64 = 0.6;
 
 const WAL: &str = "etcd_disk_wal_fsync_duration_seconds";
 const COMMIT: &str = "etcd_disk_backend_commit_duration_seconds";
+const CPU: &str = "process_cpu_seconds_total";
 
 /// Unpaced.
 const NONE: u64 = u64::MAX;
@@ -48,6 +51,8 @@ struct Shared {
     /// Nanoseconds the gate made the stream wait.
     waited: AtomicU64,
     report: Mutex<Pacing>,
+    /// True once the baseline is taken, or when there is none to take.
+    baseline: tokio::sync::watch::Sender<bool>,
 }
 
 /// The pace of one backup: started before the stream, finished after it.
@@ -81,6 +86,7 @@ impl Pacer {
                 rate: AtomicU64::new(rate),
                 waited: AtomicU64::new(0),
                 report: Mutex::new(pacing),
+                baseline: tokio::sync::watch::Sender::new(true),
             })
         };
         let url = match (choice, metrics_url) {
@@ -109,6 +115,7 @@ impl Pacer {
             }
         };
         let shared = new(aimd::START.min(ceiling), report(PacingMode::Adaptive, None));
+        shared.baseline.send_replace(false);
         let sampler = tokio::spawn(sample(url, first, shared.clone(), ceiling));
         Pacer {
             shared,
@@ -133,6 +140,15 @@ impl Pacer {
             shared: new(rate, pacing),
             sampler: None,
         }
+    }
+
+    /// Waits until the sampler has read etcd's baseline (at most [`BASELINE`] and a scrape's
+    /// bound: two seconds), so that the backup's own first second is not taken for etcd's
+    /// normal: called right before the stream starts, after the pre-flight that ran meanwhile.
+    pub async fn baseline_taken(&self) {
+        let mut taken = self.shared.baseline.subscribe();
+        let bound = BASELINE + SCRAPE_TIMEOUT;
+        let _ = tokio::time::timeout(bound, taken.wait_for(|t| *t)).await;
     }
 
     /// The gate the stream passes its chunks through; `timeout` bounds the whole stream and
@@ -166,10 +182,14 @@ impl Drop for Pacer {
     }
 }
 
-/// etcd's two histograms, read once.
+/// etcd's two histograms and its CPU seconds, read once, with this process's own CPU seconds
+/// at the same time.
 struct Scrape {
     wal: Option<Histogram>,
     commit: Option<Histogram>,
+    etcd_cpu: Option<f64>,
+    own_cpu: Option<f64>,
+    at: Instant,
 }
 
 impl Scrape {
@@ -178,12 +198,35 @@ impl Scrape {
             (Some(a), Some(b)) => Some(a.since(b)),
             _ => None,
         };
-        Latency::of(
-            since(&self.wal, &earlier.wal).as_ref(),
-            since(&self.commit, &earlier.commit).as_ref(),
-            min,
-        )
+        let secs = self.at.duration_since(earlier.at).as_secs_f64();
+        let rate = |now: Option<f64>, then: Option<f64>| match (now, then) {
+            (Some(n), Some(t)) if n >= t && secs > 0.0 => Some((n - t) / secs),
+            _ => None,
+        };
+        let cpu = rate(self.etcd_cpu, earlier.etcd_cpu)
+            .map(|etcd| etcd + rate(self.own_cpu, earlier.own_cpu).unwrap_or(0.0));
+        Latency {
+            cpu,
+            ..Latency::of(
+                since(&self.wal, &earlier.wal).as_ref(),
+                since(&self.commit, &earlier.commit).as_ref(),
+                min,
+            )
+        }
     }
+}
+
+/// CPU seconds this process has used (user and system).
+fn own_cpu() -> Option<f64> {
+    let mut usage = std::mem::MaybeUninit::<nix::libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given and touches nothing else.
+    if unsafe { nix::libc::getrusage(nix::libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: zeroed is a valid rusage, and getrusage succeeded in filling it.
+    let usage = unsafe { usage.assume_init() };
+    let secs = |t: nix::libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
 }
 
 async fn scrape(url: &str) -> Result<Scrape, String> {
@@ -191,6 +234,9 @@ async fn scrape(url: &str) -> Result<Scrape, String> {
     let s = Scrape {
         wal: prom::histogram(&text, WAL),
         commit: prom::histogram(&text, COMMIT),
+        etcd_cpu: prom::sample(&text, CPU),
+        own_cpu: own_cpu(),
+        at: Instant::now(),
     };
     if s.wal.is_none() && s.commit.is_none() {
         return Err(format!("the page has neither {WAL} nor {COMMIT}"));
@@ -202,6 +248,7 @@ fn ms(l: Latency) -> EtcdLatency {
     EtcdLatency {
         wal_fsync_p99_ms: l.wal.map(|v| (v * 1e5).round() / 100.0),
         backend_commit_p99_ms: l.commit.map(|v| (v * 1e5).round() / 100.0),
+        cpu_cores: l.cpu.map(|v| (v * 100.0).round() / 100.0),
     }
 }
 
@@ -225,6 +272,7 @@ async fn sample(url: String, first: Scrape, shared: Arc<Shared>, ceiling: u64) {
                 r.lowest_bytes_per_second =
                     Some(r.lowest_bytes_per_second.map_or(rate, |l| l.min(rate)));
                 tracing::warn!("{}; the rest is read at the fallback pace", e);
+                shared.baseline.send_replace(true);
                 return;
             }
         };
@@ -232,6 +280,7 @@ async fn sample(url: String, first: Scrape, shared: Arc<Shared>, ceiling: u64) {
             None => {
                 let base = now.latency_since(&prev, aimd::MIN_BASELINE);
                 shared.report.lock().unwrap().before = Some(ms(base));
+                shared.baseline.send_replace(true);
                 aimd.insert(Aimd::new(base, ceiling))
             }
             Some(a) => {

@@ -1,6 +1,7 @@
 //! Pure: a histogram read from Prometheus' text format (what etcd serves on
 //! `--listen-metrics-urls`), the difference of two scrapes, and its quantile computed as
-//! Prometheus' `histogram_quantile` does (linear inside the bucket).
+//! Prometheus' `histogram_quantile` does (linear inside the bucket); and a plain sample such
+//! as `process_cpu_seconds_total`.
 
 /// Cumulative bucket counts by upper bound, ascending; `+Inf` last.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,6 +54,15 @@ pub fn histogram(text: &str, name: &str) -> Option<Histogram> {
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     Some(Histogram { buckets })
+}
+
+/// The value of the sample `name` without labels (a counter or gauge such as
+/// `process_cpu_seconds_total`); `None` when the text has none.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse::<f64>().ok()
+    })
 }
 
 impl Histogram {
@@ -122,6 +132,8 @@ etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"} 100
 etcd_disk_wal_fsync_duration_seconds_sum 0.2
 etcd_disk_wal_fsync_duration_seconds_count 100
 etcd_disk_wal_write_bytes_total 12345
+process_cpu_seconds_total_other 3
+process_cpu_seconds_total 1.2625e+02
 ";
 
     #[test]
@@ -135,6 +147,21 @@ etcd_disk_wal_write_bytes_total 12345
             histogram(SCRAPE, "etcd_disk_backend_commit_duration_seconds"),
             None
         );
+    }
+
+    #[test]
+    fn a_plain_sample_by_its_whole_name() {
+        assert_eq!(sample(SCRAPE, "process_cpu_seconds_total"), Some(126.25));
+        assert_eq!(
+            sample(SCRAPE, "etcd_disk_wal_write_bytes_total"),
+            Some(12345.0)
+        );
+        assert_eq!(
+            sample(SCRAPE, "process_cpu"),
+            None,
+            "a prefix is not a name"
+        );
+        assert_eq!(sample(SCRAPE, "etcd_disk_wal_fsync_duration_seconds"), None);
     }
 
     #[test]

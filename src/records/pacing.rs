@@ -15,7 +15,7 @@ pub enum PacingMode {
     Off,
 }
 
-/// etcd's p99 latencies over a window, in milliseconds.
+/// etcd's p99 latencies over a window, in milliseconds, and the CPU in use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdLatency {
@@ -23,6 +23,9 @@ pub struct EtcdLatency {
     pub wal_fsync_p99_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_commit_p99_ms: Option<f64>,
+    /// CPU cores etcd and etcdguard used together (etcd's `process_cpu_seconds_total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
