@@ -154,8 +154,6 @@ pub(super) async fn attempt(
         None => Uploads::start(&[], sealing, &member.name, &file_name),
     };
     let expected = u64::try_from(info.db_size).ok().filter(|&n| n > 0);
-    // The pre-flight ran while the pacer read etcd's baseline; the stream starts once it has.
-    pacer.baseline_taken().await;
     let to = Targets {
         store,
         temp,

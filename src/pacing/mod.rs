@@ -4,7 +4,9 @@
 //! baseline and every half second during it, and an AIMD pace (`aimd.rs`) slows the stream as
 //! soon as etcd's WAL fsync or backend commit p99 rises. The record also says the CPU etcd
 //! and the backup used together (etcd's `process_cpu_seconds_total` and this process's own),
-//! before and at worst. The stream starts once the baseline is read. Without readable metrics the pace is a
+//! before and at worst. The baseline's second runs beside the pre-flight, and on a quick
+//! pre-flight beside the stream's first moments too: a wait for it was tried and cost a
+//! second per backup. Without readable metrics the pace is a
 //! fixed conservative [`FALLBACK`], and the record says why. `rate_limit` is a ceiling either
 //! way; `pacing = "off"` leaves only it. The stream passes every chunk through a [`Gate`],
 //! which also keeps the stream inside its deadline whatever the pace says.
@@ -51,8 +53,6 @@ struct Shared {
     /// Nanoseconds the gate made the stream wait.
     waited: AtomicU64,
     report: Mutex<Pacing>,
-    /// True once the baseline is taken, or when there is none to take.
-    baseline: tokio::sync::watch::Sender<bool>,
 }
 
 /// The pace of one backup: started before the stream, finished after it.
@@ -86,7 +86,6 @@ impl Pacer {
                 rate: AtomicU64::new(rate),
                 waited: AtomicU64::new(0),
                 report: Mutex::new(pacing),
-                baseline: tokio::sync::watch::Sender::new(true),
             })
         };
         let url = match (choice, metrics_url) {
@@ -115,7 +114,6 @@ impl Pacer {
             }
         };
         let shared = new(aimd::START.min(ceiling), report(PacingMode::Adaptive, None));
-        shared.baseline.send_replace(false);
         let sampler = tokio::spawn(sample(url, first, shared.clone(), ceiling));
         Pacer {
             shared,
@@ -140,15 +138,6 @@ impl Pacer {
             shared: new(rate, pacing),
             sampler: None,
         }
-    }
-
-    /// Waits until the sampler has read etcd's baseline (at most [`BASELINE`] and a scrape's
-    /// bound: two seconds), so that the backup's own first second is not taken for etcd's
-    /// normal: called right before the stream starts, after the pre-flight that ran meanwhile.
-    pub async fn baseline_taken(&self) {
-        let mut taken = self.shared.baseline.subscribe();
-        let bound = BASELINE + SCRAPE_TIMEOUT;
-        let _ = tokio::time::timeout(bound, taken.wait_for(|t| *t)).await;
     }
 
     /// The gate the stream passes its chunks through; `timeout` bounds the whole stream and
@@ -272,7 +261,6 @@ async fn sample(url: String, first: Scrape, shared: Arc<Shared>, ceiling: u64) {
                 r.lowest_bytes_per_second =
                     Some(r.lowest_bytes_per_second.map_or(rate, |l| l.min(rate)));
                 tracing::warn!("{}; the rest is read at the fallback pace", e);
-                shared.baseline.send_replace(true);
                 return;
             }
         };
@@ -280,7 +268,6 @@ async fn sample(url: String, first: Scrape, shared: Arc<Shared>, ceiling: u64) {
             None => {
                 let base = now.latency_since(&prev, aimd::MIN_BASELINE);
                 shared.report.lock().unwrap().before = Some(ms(base));
-                shared.baseline.send_replace(true);
                 aimd.insert(Aimd::new(base, ceiling))
             }
             Some(a) => {
