@@ -85,6 +85,7 @@ pub struct Sorter<R: Record> {
     cap: usize,
     runs: Vec<File>,
     thin: Thin<R>,
+    pushed: u64,
 }
 
 impl<R: Record> Sorter<R> {
@@ -94,6 +95,7 @@ impl<R: Record> Sorter<R> {
             cap: cap.max(1),
             runs: Vec::new(),
             thin,
+            pushed: 0,
         }
     }
 
@@ -102,10 +104,16 @@ impl<R: Record> Sorter<R> {
             self.buf.reserve_exact(self.cap);
         }
         self.buf.push(r);
+        self.pushed += 1;
         if self.buf.len() >= self.cap {
             self.spill()?;
         }
         Ok(())
+    }
+
+    /// How many records were pushed (before any `thin`).
+    pub fn pushed(&self) -> u64 {
+        self.pushed
     }
 
     /// How many runs went to disk so far.

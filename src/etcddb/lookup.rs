@@ -113,8 +113,12 @@ mod tests {
             assert_eq!(
                 get(&db, b"meta", b"key").unwrap(),
                 None,
-                "a bucket name is not a key of the root"
+                "not in that bucket"
             );
+            // In the root, `key` names a sub-bucket: found as one, never as a plain value.
+            let root = || db.read_page(db.meta().root).unwrap();
+            assert!(find(&db, root(), b"key", true).unwrap().is_some());
+            assert_eq!(find(&db, root(), b"key", false).unwrap(), None);
         }
     }
 

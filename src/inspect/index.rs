@@ -202,26 +202,24 @@ impl<'a> Pair<'a> {
 /// walk of the whole `key` bucket, which reads every page once.
 pub const LOOKUPS: u64 = 1024;
 
-/// Calls `on` with the pair of each of the `count` wanted revisions (their tags merged), in
-/// revision order: by point lookups when `count` is at most [`LOOKUPS`], else by
-/// [`walk_wanted`]. A revision the `key` bucket does not hold is skipped.
+/// Calls `on` with the pair of each wanted revision (their tags merged), in revision order: by
+/// point lookups when at most [`LOOKUPS`] were pushed, else by [`walk_wanted`]. A revision the
+/// `key` bucket does not hold is skipped.
 pub fn find_wanted(
     db: &Db,
     wanted: Sorter<Wanted>,
-    count: u64,
     on: &mut dyn FnMut(&Pair<'_>),
 ) -> Result<(), String> {
-    find_wanted_with(db, wanted, count, LOOKUPS, on)
+    find_wanted_with(db, wanted, LOOKUPS, on)
 }
 
 fn find_wanted_with(
     db: &Db,
     wanted: Sorter<Wanted>,
-    count: u64,
     lookups: u64,
     on: &mut dyn FnMut(&Pair<'_>),
 ) -> Result<(), String> {
-    if count > lookups {
+    if wanted.pushed() > lookups {
         return walk_wanted(db, wanted, &mut |p| {
             if p.tags != 0 {
                 on(p)
@@ -312,7 +310,8 @@ mod tests {
                 .unwrap();
             }
             let mut got = Vec::new();
-            find_wanted_with(&db, w, 6, lookups, &mut |p| {
+            assert_eq!(w.pushed(), 6);
+            find_wanted_with(&db, w, lookups, &mut |p| {
                 got.push((p.revision.main, p.tags, p.value.to_vec()))
             })
             .unwrap();

@@ -172,8 +172,7 @@ fn summarize_in(db: &Db, limits: Limits, cap: usize) -> Result<Summary, String> 
     }
     let mut names: HashMap<Revision, Vec<u8>> = HashMap::new();
     if !largest.is_empty() || !deleted.is_empty() {
-        let count = (largest.len() + deleted.len()) as u64;
-        index::find_wanted(db, wanted, count, &mut |p| {
+        index::find_wanted(db, wanted, &mut |p| {
             if let Some(kv) = p.wanted_kv() {
                 names.insert(p.revision, kv.key.to_vec());
             }
@@ -565,7 +564,7 @@ fn diff_in(a: &Db, b: &Db, limit: usize, cap: usize) -> Result<Diff, String> {
     let (mut added_keys, mut changed_keys, mut removed_keys) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     if limit > 0 && totals.added + totals.changed > 0 {
-        index::find_wanted(b, wanted_b, totals.added + totals.changed, &mut |p| {
+        index::find_wanted(b, wanted_b, &mut |p| {
             let Some(kv) = p.wanted_kv() else { return };
             if p.tags & ADDED != 0 {
                 keep_smallest(&mut added_keys, kv.key, limit);
@@ -575,7 +574,7 @@ fn diff_in(a: &Db, b: &Db, limit: usize, cap: usize) -> Result<Diff, String> {
         })?;
     }
     if limit > 0 && totals.removed > 0 {
-        index::find_wanted(a, wanted_a, totals.removed, &mut |p| {
+        index::find_wanted(a, wanted_a, &mut |p| {
             if let Some(kv) = p.wanted_kv().filter(|_| p.tags & REMOVED != 0) {
                 keep_smallest(&mut removed_keys, kv.key, limit);
             }

@@ -1,15 +1,15 @@
 //! How fast a backup reads etcd's snapshot stream (and so writes the local file and feeds the
 //! uploads). By default it follows etcd's own latency: a sampler reads etcd's metrics (the
-//! manifest's `--listen-metrics-urls`, or `[etcd] metrics_url`) once before the stream for a
-//! baseline and every half second during it, and an AIMD pace (`aimd.rs`) slows the stream as
-//! soon as etcd's WAL fsync or backend commit p99 rises. The record also says the CPU etcd
-//! and the backup used together (etcd's `process_cpu_seconds_total` and this process's own),
-//! before and at worst. The baseline's second runs beside the pre-flight, and on a quick
-//! pre-flight beside the stream's first moments too: a wait for it was tried and cost a
-//! second per backup. Without readable metrics the pace is a
-//! fixed conservative [`FALLBACK`], and the record says why. `rate_limit` is a ceiling either
-//! way; `pacing = "off"` leaves only it. The stream passes every chunk through a [`Gate`],
-//! which also keeps the stream inside its deadline whatever the pace says.
+//! manifest's `--listen-metrics-urls`, or `[etcd] metrics_url`) at the backup's start and a
+//! second later for a baseline, then every half second, and an AIMD pace (`aimd.rs`) slows the
+//! stream as soon as etcd's WAL fsync or backend commit p99 rises. The baseline's second runs
+//! beside the pre-flight (and, after a quick pre-flight, beside the stream's first moments: a
+//! wait for it was tried and cost a second per backup). The record also says the CPU etcd and
+//! the backup used together (etcd's `process_cpu_seconds_total` and this process's own),
+//! before and at worst. Without readable metrics the pace is a fixed conservative
+//! [`FALLBACK`], and the record says why. `rate_limit` is a ceiling either way; `pacing =
+//! "off"` leaves only it. The stream passes every chunk through a [`Gate`], which also keeps
+//! the stream inside its deadline whatever the pace says.
 
 mod aimd;
 mod prom;
@@ -29,7 +29,7 @@ pub use aimd::MIB;
 /// The pace without etcd's metrics: gentle on a shared disk, still a 1 GiB database in about
 /// half a minute.
 pub const FALLBACK: u64 = 32 * MIB;
-/// The window before the stream whose latency is the baseline.
+/// The window at the backup's start (beside its pre-flight) whose latency is the baseline.
 const BASELINE: Duration = Duration::from_secs(1);
 /// How often etcd's latency is read during the stream.
 const INTERVAL: Duration = Duration::from_millis(500);
