@@ -444,3 +444,30 @@ impl Uploads {
         done
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file writer leaves exactly the streamed bytes in the file, whatever the batches'
+    /// sizes and the writeback steps.
+    #[test]
+    fn the_file_holds_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(3u32 << 20) + 4_096 + 32)
+            .map(|i| (i ^ (i >> 9)) as u8)
+            .collect();
+        let (tx, rx) = mpsc::channel(1024);
+        // Pieces the size etcd sends, batches that do not fall on writeback steps.
+        for batch in data.chunks(BATCH_BYTES + 12_345) {
+            let pieces = batch.chunks(32 << 10).map(Bytes::copy_from_slice).collect();
+            tx.try_send(pieces).unwrap();
+        }
+        drop(tx);
+        let path = dir.path().join("snapshot");
+        let file = std::fs::File::create(&path).unwrap();
+        write_file(&file, &path, rx).unwrap();
+        drop(file);
+        assert!(std::fs::read(&path).unwrap() == data, "the file differs");
+    }
+}
