@@ -16,7 +16,7 @@ use crate::records::{Record, RecordStore, RecordsError, RemoteCopy, RemoteState}
 use crate::retention;
 use crate::state::{LockError, StateDir};
 use crate::store::local::{snapshot_time, LocalStore};
-use crate::store::remote::{ListError, Remote};
+use crate::store::remote::{ListError, NodeListing, Remote};
 
 /// One destination's retention after a backup or a retry pass: stale open uploads aborted,
 /// then retention, for this node and (with `per = "cluster"`) the cluster's copies.
@@ -112,14 +112,13 @@ async fn abort_stale_uploads(
     }
 }
 
-/// This node's (or the cluster's) snapshot objects with the time in each name.
-async fn listed_snapshots(remote: &Remote) -> Result<Vec<(String, DateTime<Utc>)>, String> {
-    Ok(remote
-        .list_node()
-        .await?
-        .into_iter()
-        .filter_map(|o| snapshot_time(&o.name).map(|t| (o.name, t)))
-        .collect())
+/// The listed snapshot objects of this node (or the cluster) with the time in each name.
+fn timed(listed: &NodeListing) -> Vec<(String, DateTime<Utc>)> {
+    listed
+        .snapshots
+        .iter()
+        .filter_map(|o| snapshot_time(&o.name).map(|t| (o.name.clone(), t)))
+        .collect()
 }
 
 /// What this node's records say of its copies at destination `dest`: the object names of
@@ -196,7 +195,7 @@ pub async fn plan(
         return Ok(Vec::new());
     }
     let remote = Remote::open(rc, member)?;
-    let objects = listed_snapshots(&remote).await?;
+    let objects = timed(&remote.list_node().await?);
     let recorded = Recorded::load(config, &rc.name)?;
     let now = crate::clock::now();
     let mut plan = Vec::new();
@@ -249,9 +248,11 @@ async fn apply(
         return Ok(Vec::new());
     }
     let remote = Remote::open(rc, member)?;
-    let objects = listed_snapshots(&remote).await?;
+    // One listing serves the rule and the orphaned sidecars.
+    let listed = remote.list_node().await?;
+    let objects = timed(&listed);
     forget_missing_objects(config, &remote, &objects)?;
-    for k in remote.delete_orphan_sidecars().await? {
+    for k in remote.delete_orphan_sidecars(&listed).await? {
         tracing::warn!(sidecar = %k, "deleted a sidecar whose snapshot object is gone");
     }
     // Pinned copies are outside the rule: this node's records say which; a copy's sidecar is

@@ -26,6 +26,7 @@ mod s3;
 mod s3_raw;
 mod upload;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,6 +54,15 @@ pub struct ObjectInfo {
     /// The last path component.
     pub name: String,
     pub size: u64,
+}
+
+/// What one listing of a node's prefix found ([`Remote::list_node`]).
+#[derive(Debug, Clone, Default)]
+pub struct NodeListing {
+    /// The snapshot objects, by name.
+    pub snapshots: Vec<ObjectInfo>,
+    /// Every key directly under the prefix (sidecars and foreign names too).
+    keys: Vec<String>,
 }
 
 /// An open connection to one destination, for one node.
@@ -376,41 +386,49 @@ impl Remote {
             .map_err(|e| self.explain(&e))
     }
 
-    /// Snapshot objects under this node's prefix (sidecars and foreign names left out).
-    pub async fn list_node(&self) -> Result<Vec<ObjectInfo>, String> {
+    /// One listing of this node's prefix: its snapshot objects (sidecars and foreign names
+    /// left out), and every key, for [`Remote::delete_orphan_sidecars`] without a second list.
+    pub async fn list_node(&self) -> Result<NodeListing, String> {
         let entries = self.node_entries().await?;
-        let mut out = Vec::new();
+        let mut snapshots = Vec::new();
+        let mut keys = Vec::with_capacity(entries.len());
         for e in entries {
             let key = e.path().to_string();
-            let Some(name) = self.own_snapshot_name(&key).map(str::to_string) else {
-                continue;
-            };
-            let size = match e.metadata().content_length() {
-                0 => self
-                    .op
-                    .stat(&key)
-                    .await
-                    .map(|m| m.content_length())
-                    .unwrap_or(0),
-                n => n,
-            };
-            out.push(ObjectInfo { key, name, size });
+            if let Some(name) = self.own_snapshot_name(&key).map(str::to_string) {
+                let size = match e.metadata().content_length() {
+                    0 => self
+                        .op
+                        .stat(&key)
+                        .await
+                        .map(|m| m.content_length())
+                        .unwrap_or(0),
+                    n => n,
+                };
+                snapshots.push(ObjectInfo {
+                    key: key.clone(),
+                    name,
+                    size,
+                });
+            }
+            keys.push(key);
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        snapshots.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(NodeListing { snapshots, keys })
     }
 
-    /// Deletes this node's sidecars whose snapshot object is gone (a run killed between
-    /// deleting the object and its sidecar); the keys deleted.
-    pub async fn delete_orphan_sidecars(&self) -> Result<Vec<String>, String> {
-        let entries = self.node_entries().await?;
-        let keys: Vec<String> = entries.iter().map(|e| e.path().to_string()).collect();
+    /// Deletes this node's sidecars whose snapshot object is not in `listed` (a run killed
+    /// between deleting the object and its sidecar); the keys deleted.
+    pub async fn delete_orphan_sidecars(
+        &self,
+        listed: &NodeListing,
+    ) -> Result<Vec<String>, String> {
+        let keys: HashSet<&str> = listed.keys.iter().map(String::as_str).collect();
         let mut deleted = Vec::new();
-        for k in &keys {
+        for k in &listed.keys {
             let Some(object) = k.strip_suffix(SIDECAR_SUFFIX) else {
                 continue;
             };
-            if self.own_snapshot_name(object).is_none() || keys.iter().any(|o| o == object) {
+            if self.own_snapshot_name(object).is_none() || keys.contains(object) {
                 continue;
             }
             self.op.delete(k).await.map_err(|e| self.explain(&e))?;
