@@ -7,9 +7,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::etcddb::check_and_walk;
 use crate::etcddb::keyspace;
 use crate::etcddb::schema::{self, Revision, StoredMember};
+use crate::etcddb::{check_and_walk, Visitor};
 use crate::restore::datadir::read::{self, Wal};
 use crate::restore::datadir::Cluster;
 
@@ -38,73 +38,96 @@ pub(super) struct DbContent {
     pub pages: u64,
 }
 
-/// Walks the db at `path` (a snapshot or a data dir's db) with bbolt's check.
-pub(super) fn content(path: &Path) -> Result<DbContent, String> {
-    let db = keyspace::open(path)?;
-    let mut c = DbContent {
-        key_hash: crc32c::crc32c(schema::KEY),
-        pages: db.meta().pgid,
-        ..DbContent::default()
-    };
-    let mut top: Vec<u8> = Vec::new();
-    let report = check_and_walk(
-        &db,
-        &mut |depth: usize, k: &[u8], v: &[u8], is_bucket: bool| {
-            if depth == 0 {
-                top = k.to_vec();
-                return;
+/// Builds a [`DbContent`] element by element: from a walk of its own ([`content`]) or from the
+/// integrity check's walk of the snapshot (`etcddb::verify_snapshot_file_visiting`), so a
+/// drill reads the snapshot once for both.
+pub(super) struct ContentWalk {
+    c: DbContent,
+    /// The top-level bucket being walked.
+    top: Vec<u8>,
+}
+
+impl ContentWalk {
+    pub fn new() -> ContentWalk {
+        ContentWalk {
+            c: DbContent {
+                key_hash: crc32c::crc32c(schema::KEY),
+                ..DbContent::default()
+            },
+            top: Vec::new(),
+        }
+    }
+
+    /// What the walk saw, for a db of `pages` pages (its meta's high-water mark).
+    pub fn finish(self, pages: u64) -> DbContent {
+        DbContent { pages, ..self.c }
+    }
+}
+
+impl Visitor for ContentWalk {
+    fn element(&mut self, depth: usize, k: &[u8], v: &[u8], is_bucket: bool) {
+        let c = &mut self.c;
+        if depth == 0 {
+            self.top = k.to_vec();
+            return;
+        }
+        if depth != 1 || is_bucket {
+            return;
+        }
+        c.pairs += 1;
+        let rewritten = match self.top.as_slice() {
+            schema::MEMBERS => {
+                if let Some(m) = StoredMember::decode(v) {
+                    c.members.push(m);
+                }
+                true
             }
-            if depth != 1 || is_bucket {
-                return;
+            schema::MEMBERS_REMOVED => {
+                c.removed += 1;
+                true
             }
-            c.pairs += 1;
-            let rewritten = match top.as_slice() {
-                schema::MEMBERS => {
-                    if let Some(m) = StoredMember::decode(v) {
-                        c.members.push(m);
-                    }
+            schema::META => match k {
+                schema::CONSISTENT_INDEX => {
+                    c.consistent_index = schema::be_u64(v);
                     true
                 }
-                schema::MEMBERS_REMOVED => {
-                    c.removed += 1;
+                schema::TERM => {
+                    c.term = schema::be_u64(v);
                     true
                 }
-                schema::META => match k {
-                    schema::CONSISTENT_INDEX => {
-                        c.consistent_index = schema::be_u64(v);
-                        true
-                    }
-                    schema::TERM => {
-                        c.term = schema::be_u64(v);
-                        true
-                    }
-                    schema::FINISHED_COMPACT_REV => {
-                        c.compact = Revision::parse(v).map(|r| r.main);
-                        false
-                    }
-                    schema::SCHEDULED_COMPACT_REV => {
-                        c.scheduled = Revision::parse(v).map(|r| r.main);
-                        false
-                    }
-                    _ => false,
-                },
-                schema::KEY => {
-                    if let Some(r) = Revision::parse(k) {
-                        c.revision = r.main;
-                    }
-                    c.key_hash = crc32c::crc32c_append(c.key_hash, k);
-                    c.key_hash = crc32c::crc32c_append(c.key_hash, v);
+                schema::FINISHED_COMPACT_REV => {
+                    c.compact = Revision::parse(v).map(|r| r.main);
+                    false
+                }
+                schema::SCHEDULED_COMPACT_REV => {
+                    c.scheduled = Revision::parse(v).map(|r| r.main);
                     false
                 }
                 _ => false,
-            };
-            if !rewritten {
-                c.hash = crc32c::crc32c_append(c.hash, &top);
-                c.hash = crc32c::crc32c_append(c.hash, k);
-                c.hash = crc32c::crc32c_append(c.hash, v);
+            },
+            schema::KEY => {
+                if let Some(r) = Revision::parse(k) {
+                    c.revision = r.main;
+                }
+                c.key_hash = crc32c::crc32c_append(c.key_hash, k);
+                c.key_hash = crc32c::crc32c_append(c.key_hash, v);
+                false
             }
-        },
-    );
+            _ => false,
+        };
+        if !rewritten {
+            c.hash = crc32c::crc32c_append(c.hash, &self.top);
+            c.hash = crc32c::crc32c_append(c.hash, k);
+            c.hash = crc32c::crc32c_append(c.hash, v);
+        }
+    }
+}
+
+/// Walks the db at `path` (a built data dir's db) with bbolt's check.
+pub(super) fn content(path: &Path) -> Result<DbContent, String> {
+    let db = keyspace::open(path)?;
+    let mut walk = ContentWalk::new();
+    let report = check_and_walk(&db, &mut walk);
     if !report.is_ok() {
         return Err(format!(
             "{} is not consistent as bbolt checks it ({} errors): {}",
@@ -113,7 +136,7 @@ pub(super) fn content(path: &Path) -> Result<DbContent, String> {
             report.lines().join("; ")
         ));
     }
-    Ok(c)
+    Ok(walk.finish(db.meta().pgid))
 }
 
 /// This node as its manifest and records describe it.

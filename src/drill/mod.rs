@@ -294,14 +294,13 @@ impl Drilling<'_> {
 /// version the dir was built for.
 fn drill_dir(d: &Drilling, run: &mut Run, cancel: &AtomicBool) -> Option<Minor> {
     let interrupted = || cancel.load(Ordering::SeqCst);
-    let report = check_integrity(d, run)?;
+    let (report, source) = check_integrity(d, run)?;
     if interrupted() {
         return None;
     }
     let source: DbContent = run.check("cluster", || {
-        let c = checks::content(&d.chosen.path).map_err(|e| d.shown(e))?;
-        let detail = checks::of_this_cluster(&c, &d.node.identity)?;
-        Ok((c, detail))
+        let detail = checks::of_this_cluster(&source, &d.node.identity)?;
+        Ok((source, detail))
     })?;
     let target = check_version(d, run, &report)?;
     check_space(d, run, &report)?;
@@ -320,12 +319,15 @@ fn drill_dir(d: &Drilling, run: &mut Run, cancel: &AtomicBool) -> Option<Minor> 
     Some(target)
 }
 
-/// The snapshot's sha256 trailer (and its record's sha256) and bbolt consistency.
-fn check_integrity(d: &Drilling, run: &mut Run) -> Option<SnapshotFileReport> {
+/// The snapshot's sha256 trailer (and its record's sha256) and bbolt consistency; the same
+/// walk gives what the later checks compare the built db with.
+fn check_integrity(d: &Drilling, run: &mut Run) -> Option<(SnapshotFileReport, DbContent)> {
     let chosen = d.chosen;
     run.check("integrity", || {
-        let r = etcddb::verify_snapshot_file(&chosen.path, false, None)
+        let mut walk = checks::ContentWalk::new();
+        let r = etcddb::verify_snapshot_file_visiting(&chosen.path, false, None, &mut walk)
             .map_err(|e| d.shown(e.to_string()))?;
+        let content = walk.finish(r.status.total_size / u64::from(r.page_size.max(1)));
         let vs_record = match chosen.record.as_ref().and_then(|r| r.sha256.as_deref()) {
             Some(want) if Some(want) != r.sha256.as_deref() => {
                 return Err(format!(
@@ -342,7 +344,7 @@ fn check_integrity(d: &Drilling, run: &mut Run) -> Option<SnapshotFileReport> {
             "sha256 trailer ok{vs_record}; bbolt consistent; revision {}, {} keys, {} bytes",
             r.revision, r.live_keys, r.total_size
         );
-        Ok((r, detail))
+        Ok(((r, content), detail))
     })
 }
 

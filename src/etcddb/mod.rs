@@ -31,7 +31,7 @@ use crate::progress::Progress;
 use sha2::{Digest, Sha256};
 
 pub use crate::etcdversion::Minor;
-pub use db::{check_and_walk, read_active_meta, Db};
+pub use db::{check_and_walk, read_active_meta, Db, Visitor};
 pub use status::{status, DbStatus, StatusError};
 
 /// etcdutl's rule for "this file carries a sha256 trailer" (restore-spec A.2).
@@ -228,6 +228,18 @@ pub fn verify_snapshot_file(
     skip_hash_check: bool,
     generation: Option<StatusGeneration>,
 ) -> Result<SnapshotFileReport, VerifyError> {
+    let mut nothing = |_: usize, _: &[u8], _: &[u8], _: bool| {};
+    verify_snapshot_file_visiting(path, skip_hash_check, generation, &mut nothing)
+}
+
+/// [`verify_snapshot_file`], handing every element of its walk to `also` as well (see
+/// [`status::status_with_live_keys`]); what `also` saw counts only when the result is `Ok`.
+pub fn verify_snapshot_file_visiting(
+    path: &Path,
+    skip_hash_check: bool,
+    generation: Option<StatusGeneration>,
+    also: &mut dyn Visitor,
+) -> Result<SnapshotFileReport, VerifyError> {
     let io = |source| VerifyError::Io {
         path: path.to_owned(),
         source,
@@ -258,7 +270,7 @@ pub fn verify_snapshot_file(
     let (hashed, opened) = std::thread::scope(|s| {
         let hashing = (!skip_hash_check).then(|| s.spawn(|| hash_prefix(&file, db_len)));
         let opened = Db::open(walker, db_len).map(|db| {
-            let st = status::status_with_live_keys(&db);
+            let st = status::status_with_live_keys(&db, also);
             (*db.meta(), st)
         });
         (hashing.map(|h| h.join().expect("hash thread")), opened)

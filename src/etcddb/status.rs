@@ -21,7 +21,7 @@ use std::hash::{Hash, Hasher};
 
 use crate::spill::{keep_last_per_key, Keyed, LastPerKey, Record, Sorter};
 
-use super::db::{check_and_walk, CheckReport, Db};
+use super::db::{check_and_walk, CheckReport, Db, Visitor};
 use super::schema::{self, Revision};
 
 /// What `status` found in a consistent db.
@@ -234,22 +234,29 @@ pub(crate) fn key_hash(k: &[u8]) -> u128 {
 /// Checks the db and computes its status in one walk, without the live-key count. Integrity
 /// errors win over everything else, as in etcdutl (it checks before it hashes).
 pub fn status(db: &Db) -> Result<DbStatus, StatusError> {
-    walk_status(db, false)
+    walk_status(db, false, &mut |_: usize, _: &[u8], _: &[u8], _: bool| {})
 }
 
 /// [`status`] with etcdutl ≥ 3.6's live-key count (memory per live key, see the module doc).
-pub fn status_with_live_keys(db: &Db) -> Result<DbStatus, StatusError> {
-    walk_status(db, true)
+/// Every element is also handed to `also`: a caller that needs its own pass over the pairs
+/// (a drill's content hash) takes it from this walk instead of reading the file again.
+pub fn status_with_live_keys(db: &Db, also: &mut dyn Visitor) -> Result<DbStatus, StatusError> {
+    walk_status(db, true, also)
 }
 
-fn walk_status(db: &Db, count_live_keys: bool) -> Result<DbStatus, StatusError> {
+fn walk_status(
+    db: &Db,
+    count_live_keys: bool,
+    also: &mut dyn Visitor,
+) -> Result<DbStatus, StatusError> {
     let mut acc = Acc {
         live: count_live_keys
             .then(|| Sorter::new(crate::spill::in_memory(LIVE_IN_MEMORY), keep_last_per_key)),
         ..Acc::default()
     };
     let report = check_and_walk(db, &mut |d: usize, k: &[u8], v: &[u8], b: bool| {
-        acc.element(d, k, v, b)
+        acc.element(d, k, v, b);
+        also.element(d, k, v, b);
     });
     if !report.is_ok() {
         return Err(StatusError::Integrity(report));
