@@ -12,6 +12,12 @@ pub const MIB: u64 = 1 << 20;
 
 /// The pace a backup starts at, before etcd's latency says anything.
 pub const START: u64 = 32 * MIB;
+/// Without `rate_limit`, the pace climbs back to where it started and no higher. A pace that
+/// climbed past it while etcd's WAL fsync and commit stayed calm still cost etcd's clients
+/// their put p99 on a 2-core node (etcd's CPU for the stream, which those signals do not
+/// see); a fixed 32 MiB/s did not (`bench/README.md`). A `rate_limit` above it lets the pace
+/// climb that far.
+pub const DEFAULT_CEILING: u64 = START;
 /// The slowest pace: a backup must still finish (the stream's deadline raises it further).
 pub const FLOOR: u64 = 4 * MIB;
 /// Added per interval without trouble.
@@ -152,6 +158,23 @@ mod tests {
         commit: Some(0.050),
         cpu: Some(0.3),
     };
+
+    #[test]
+    fn without_a_rate_limit_the_pace_recovers_to_its_start_and_no_higher() {
+        let mut a = Aimd::new(QUIET, DEFAULT_CEILING);
+        assert_eq!(a.observe(QUIET), Step::Held);
+        assert_eq!(a.rate(), START);
+        let loud = Latency {
+            wal: Some(0.01),
+            ..QUIET
+        };
+        assert_eq!(a.observe(loud), Step::Slower);
+        assert_eq!(a.rate(), START / 2);
+        assert_eq!(a.observe(QUIET), Step::Faster);
+        assert_eq!(a.observe(QUIET), Step::Faster);
+        assert_eq!(a.observe(QUIET), Step::Held);
+        assert_eq!(a.rate(), START);
+    }
 
     #[test]
     fn thresholds_follow_the_baseline_with_a_margin_or_etcds_guidance() {

@@ -7,8 +7,9 @@
 //! wait for it was tried and cost a second per backup). The record also says the CPU etcd and
 //! the backup used together (etcd's `process_cpu_seconds_total` and this process's own),
 //! before and at worst. Without readable metrics the pace is a fixed conservative
-//! [`FALLBACK`], and the record says why. `rate_limit` is a ceiling either way; `pacing =
-//! "off"` leaves only it. The stream passes every chunk through a [`Gate`], which also keeps
+//! [`FALLBACK`], and the record says why. `rate_limit` is a ceiling either way; without it
+//! the adaptive pace climbs no higher than it starts ([`aimd::DEFAULT_CEILING`]); `pacing =
+//! "off"` leaves only `rate_limit`. The stream passes every chunk through a [`Gate`], which also keeps
 //! the stream inside its deadline whatever the pace says.
 
 mod aimd;
@@ -64,13 +65,14 @@ pub struct Pacer {
 impl Pacer {
     /// Decides what paces this backup. With `Auto`, one scrape of `metrics_url` now: it
     /// answers, and the sampler starts; it does not (or there is no URL), and the fallback pace
-    /// is used. `ceiling` is `rate_limit`.
+    /// is used. `rate_limit` is the ceiling; without it, [`aimd::DEFAULT_CEILING`] when
+    /// paced, none with pacing off.
     pub async fn start(
         choice: PacingChoice,
         metrics_url: Option<&str>,
-        ceiling: Option<u64>,
+        rate_limit: Option<u64>,
     ) -> Pacer {
-        let ceiling = ceiling.unwrap_or(NONE);
+        let ceiling = rate_limit.unwrap_or(NONE);
         let report = |mode, reason: Option<String>| Pacing {
             mode,
             metrics_url: metrics_url.map(str::to_string),
@@ -113,6 +115,7 @@ impl Pacer {
                 return Pacer::fallback(new, report(PacingMode::Fallback, Some(why)), ceiling);
             }
         };
+        let ceiling = rate_limit.unwrap_or(aimd::DEFAULT_CEILING);
         let shared = new(aimd::START.min(ceiling), report(PacingMode::Adaptive, None));
         let sampler = tokio::spawn(sample(url, first, shared.clone(), ceiling));
         Pacer {
