@@ -9,8 +9,8 @@
 //! before and at worst. Without readable metrics the pace is a fixed conservative
 //! [`FALLBACK`], and the record says why. `rate_limit` is a ceiling either way; without it
 //! the adaptive pace climbs no higher than it starts ([`aimd::DEFAULT_CEILING`]); `pacing =
-//! "off"` leaves only `rate_limit`. The stream passes every chunk through a [`Gate`], which also keeps
-//! the stream inside its deadline whatever the pace says.
+//! "off"` leaves only `rate_limit`. The stream passes every chunk through a [`Gate`], which
+//! also keeps the stream inside its deadline whatever the pace says.
 
 mod aimd;
 mod prom;
