@@ -138,16 +138,15 @@ pub fn etag_matches(server: &str, computed: &(String, Option<String>)) -> Option
     })
 }
 
-/// Checks the server's ETag of an uploaded object against what was sent; `comparable` is false
-/// where the server's ETag is not an MD5 form (SSE-KMS). `Ok(true)` when it was compared.
+/// Checks the server's ETag of an uploaded object against what was sent. `Ok(true)` when it
+/// was compared, `Ok(false)` when the server gave none or one not in an MD5 form.
 pub(super) fn check_etag(
     location: &str,
     server: Option<&str>,
     computed: &(String, Option<String>),
-    comparable: bool,
 ) -> Result<bool, String> {
     match server {
-        Some(s) if comparable => match etag_matches(s, computed) {
+        Some(s) => match etag_matches(s, computed) {
             Some(true) => Ok(true),
             Some(false) => Err(format!(
                 "{location} has ETag {s}, but the uploaded bytes give {}",

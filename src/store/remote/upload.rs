@@ -33,7 +33,9 @@ pub struct Uploaded {
 
 /// What was sent, computed on the way.
 pub(super) struct Sent {
-    pub(super) etag: EtagCalc,
+    /// The S3 ETag of what was sent, where the server's is compared ([`Remote::etag_compared`]);
+    /// elsewhere its MD5 would be CPU spent on nothing.
+    pub(super) etag: Option<EtagCalc>,
     /// The whole object's MD5, for servers that report it (GCS).
     pub(super) md5: Option<[u8; 16]>,
     /// The sealed object's own sha256, for its record; a plain object's is the snapshot's,
@@ -66,14 +68,16 @@ impl Remote {
             .if_not_exists(matches!(self.backend, Backend::Gcs))
             .await
             .map_err(|e| self.explain(&e))?;
-        let mut etag = EtagCalc::new(self.part_size);
+        let mut etag = self.etag_compared().then(|| EtagCalc::new(self.part_size));
         let mut whole_md5 = md5.then(Md5::new);
         let mut sha = hash.then(sha2::Sha256::new);
         let mut size = 0u64;
         let mut started = None;
         while let Some(b) = rx.recv().await {
             let started = *started.get_or_insert_with(Instant::now);
-            etag.update(&b);
+            if let Some(e) = etag.as_mut() {
+                e.update(&b);
+            }
             if let Some(m) = whole_md5.as_mut() {
                 m.update(&b);
             }
@@ -239,11 +243,18 @@ impl Remote {
 
     /// The object at `key` against what was sent: its size, then what its kind can compare
     /// (GCS's MD5, S3's ETag where it is an MD5 form). The server's ETag, for the record.
+    /// Whether the server's ETag is compared with the MD5 form of what was sent: S3 without
+    /// SSE-KMS (whose ETags are not MD5s). Azure, GCS (its own MD5) and mounted directories
+    /// (their sha256) are checked otherwise.
+    fn etag_compared(&self) -> bool {
+        matches!(self.backend, Backend::S3 { kms: false, .. })
+    }
+
     async fn compare_object(
         &self,
         key: &str,
         size: u64,
-        etag: EtagCalc,
+        etag: Option<EtagCalc>,
         md5: Option<[u8; 16]>,
     ) -> Result<Option<String>, String> {
         let meta = self.op.stat(key).await.map_err(|e| self.explain(&e))?;
@@ -258,8 +269,10 @@ impl Remote {
         if let Some(mine) = md5 {
             gcs::check_md5(&location, mine, meta.content_md5())?;
         }
-        let comparable = matches!(self.backend, Backend::S3 { kms: false, .. });
-        let checked = s3::check_etag(&location, server.as_deref(), &etag.finish(), comparable)?;
+        let checked = match etag {
+            Some(etag) => s3::check_etag(&location, server.as_deref(), &etag.finish())?,
+            None => false,
+        };
         tracing::debug!(key, etag_compared = checked, "upload verified");
         Ok(server)
     }
