@@ -84,7 +84,7 @@ text = "\n".join([
     "puts (alternately of the newest writes and of a page of the filled data) and a watch; the "
     "snapshot directory is on the same file system as etcd's data dir, as on a default kubeadm "
     "node; the S3 server keeps its files in memory (a real bucket's writes do not land on the "
-    "etcd node's disk), though it shares the two cores. etcdguard runs with no configuration beyond where etcd and the bucket are (its "
+    "etcd node's disk) and it runs at idle CPU priority (SCHED_IDLE: a real bucket's CPU is not the node's; it takes only the cycles etcd, its clients and etcdguard leave). etcdguard runs with no configuration beyond where etcd and the bucket are (its "
     "`metrics_url` is the one the manifest would give). Each phase's window is the backup's run "
     "(15 s without one); put and range latency are what the client saw inside it, WAL fsync and "
     "backend commit p99 come from etcd's own histograms over the window. Medians over the runs; "
