@@ -241,8 +241,6 @@ impl Remote {
         self.lock.is_some()
     }
 
-    /// The object at `key` against what was sent: its size, then what its kind can compare
-    /// (GCS's MD5, S3's ETag where it is an MD5 form). The server's ETag, for the record.
     /// Whether the server's ETag is compared with the MD5 form of what was sent: S3 without
     /// SSE-KMS (whose ETags are not MD5s). Azure, GCS (its own MD5) and mounted directories
     /// (their sha256) are checked otherwise.
@@ -250,6 +248,8 @@ impl Remote {
         matches!(self.backend, Backend::S3 { kms: false, .. })
     }
 
+    /// The object at `key` against what was sent: its size, then what its kind can compare
+    /// (GCS's MD5, S3's ETag where it is an MD5 form). The server's ETag, for the record.
     async fn compare_object(
         &self,
         key: &str,
