@@ -181,7 +181,7 @@ fn restore_once(rig: &RestoreRig, s: &ToolSite, rollback: bool) -> (Vec<String>,
 fn restore_and_its_rollback_failing_at_each_site_leave_the_node_wholly_old_or_new() {
     let tmp = tempfile::tempdir().unwrap();
     let snapshot = a_snapshot(tmp.path());
-    let node = crate::torture::restore_node(&snapshot);
+    let node = crate::a_torture::restore_node(&snapshot);
     let mut rig = RestoreRig {
         node,
         snapshot,
