@@ -5,8 +5,9 @@
 //! the metrics file say so. `pacing = "off"` leaves only `rate_limit`.
 //!
 //! The rise in latency is scripted: a loopback server that answers as etcd's metrics page
-//! would on a disk that slows down, because a real disk cannot be made to slow on cue. The
-//! etcd the snapshot comes from is real.
+//! would on a disk that slows down, because a real disk cannot be made to slow on cue; so is
+//! the CPU pressure, a file written as `/proc/pressure/cpu` is. The etcd the snapshot comes
+//! from is real.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -92,6 +93,34 @@ fn page(k: u64, quiet: u64) -> String {
     out
 }
 
+/// A file standing in for `/proc/pressure/cpu`: tasks waited for a CPU `avg10` percent of the
+/// last 10 seconds.
+fn fake_pressure(dir: &std::path::Path, avg10: f64) -> std::path::PathBuf {
+    let path = dir.join(format!("cpu-pressure-{avg10}"));
+    std::fs::write(
+        &path,
+        format!(
+            "some avg10={avg10:.2} avg60={avg10:.2} avg300={avg10:.2} total=1000000\n\
+             full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// One backup with the file `pressure` standing in for the node's CPU pressure.
+fn backup_pressed(node: &Node, pressure: &std::path::Path) -> serde_json::Value {
+    let config = node.config.to_str().unwrap().to_string();
+    let out = crate::util::etcdguard_cmd(&["--config", &config, "snapshot"])
+        .env("ETCDGUARD_TEST_CPU_PRESSURE_FILE", pressure)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = node.last_record();
+    assert_eq!(r["result"], "Success", "{r:#}");
+    r["pacing"].clone()
+}
+
 /// A node whose etcd holds `mib` MiB, writing a metrics file: the node and that file.
 fn node_with(mib: usize) -> (Node, std::path::PathBuf) {
     let mut node = Node::start(NEWEST, "cp1");
@@ -136,7 +165,25 @@ fn a_backup_follows_etcds_latency_and_still_ends_within_its_deadline() {
         "{text}"
     );
 
-    // 2. etcd's WAL fsync p99 rises from under 2 ms to about 128 ms once the stream runs: the
+    // 2. Past 32 MiB/s only on a node that was idle before the backup: the pace doubles at
+    //    the first interval where no task waited for a CPU in the 10 s before; where tasks
+    //    waited 5 % of the time, it stays at 32 MiB/s.
+    let p = backup_pressed(&node, &fake_pressure(node.root.path(), 0.0));
+    assert_eq!(p["mode"], "adaptive", "{p:#}");
+    assert_eq!(p["before"]["cpuPressurePercent"], 0.0, "{p:#}");
+    assert!(
+        p["highestBytesPerSecond"].as_f64().unwrap() >= 64.0 * MIB,
+        "{p:#}"
+    );
+    let p = backup_pressed(&node, &fake_pressure(node.root.path(), 5.0));
+    assert_eq!(p["before"]["cpuPressurePercent"], 5.0, "{p:#}");
+    assert_eq!(
+        p["highestBytesPerSecond"].as_f64().unwrap(),
+        32.0 * MIB,
+        "{p:#}"
+    );
+
+    // 3. etcd's WAL fsync p99 rises from under 2 ms to about 128 ms once the stream runs: the
     //    pace halves and halves; with a deadline of 8 s the stream still ends in time.
     let fake = FakeMetrics::start(2, false);
     node.set("etcd", "metrics_url", &format!("{:?}", fake.url));

@@ -2,17 +2,20 @@
 //! uploads). By default it follows etcd's own latency: a sampler reads etcd's metrics (the
 //! manifest's `--listen-metrics-urls`, or `[etcd] metrics_url`) at the backup's start and a
 //! second later for a baseline, then every half second, and an AIMD pace (`aimd.rs`) slows the
-//! stream as soon as etcd's WAL fsync or backend commit p99 rises. The baseline's second runs
+//! stream as soon as etcd's WAL fsync or backend commit p99 rises; past its cruising pace it
+//! climbs only on a node that was idle before the backup (its CPU pressure, `pressure.rs`). The
+//! baseline's second runs
 //! beside the pre-flight (and, after a quick pre-flight, beside the stream's first moments: a
 //! wait for it was tried and cost a second per backup). The record also says the CPU etcd and
 //! the backup used together (etcd's `process_cpu_seconds_total` and this process's own),
 //! before and at worst. Without readable metrics the pace is a fixed conservative
 //! [`FALLBACK`], and the record says why. `rate_limit` is a ceiling either way; without it
-//! the adaptive pace climbs no higher than it starts ([`aimd::DEFAULT_CEILING`]); `pacing =
-//! "off"` leaves only `rate_limit`. The stream passes every chunk through a [`Gate`], which
+//! the adaptive pace climbs no higher than its start ([`aimd::START`]), or on an idle node
+//! [`aimd::DEFAULT_CEILING`]; `pacing = "off"` leaves only `rate_limit`. The stream passes every chunk through a [`Gate`], which
 //! also keeps the stream inside its deadline whatever the pace says.
 
 mod aimd;
+mod pressure;
 mod prom;
 mod scrape;
 
@@ -80,6 +83,7 @@ impl Pacer {
             paced_seconds: 0.0,
             slowdowns: 0,
             lowest_bytes_per_second: None,
+            highest_bytes_per_second: None,
             before: None,
             worst: None,
         };
@@ -115,9 +119,14 @@ impl Pacer {
                 return Pacer::fallback(new, report(PacingMode::Fallback, Some(why)), ceiling);
             }
         };
-        let ceiling = rate_limit.unwrap_or(aimd::DEFAULT_CEILING);
-        let shared = new(aimd::START.min(ceiling), report(PacingMode::Adaptive, None));
-        let sampler = tokio::spawn(sample(url, first, shared.clone(), ceiling));
+        let shared = new(
+            aimd::START.min(rate_limit.unwrap_or(aimd::START)),
+            report(PacingMode::Adaptive, None),
+        );
+        let idle = first
+            .pressure
+            .is_some_and(|p| p.avg10 <= aimd::IDLE_PRESSURE);
+        let sampler = tokio::spawn(sample(url, first, shared.clone(), rate_limit, idle));
         Pacer {
             shared,
             sampler: Some(sampler),
@@ -175,12 +184,13 @@ impl Drop for Pacer {
 }
 
 /// etcd's two histograms and its CPU seconds, read once, with this process's own CPU seconds
-/// at the same time.
+/// and the node's CPU stall time at the same time.
 struct Scrape {
     wal: Option<Histogram>,
     commit: Option<Histogram>,
     etcd_cpu: Option<f64>,
     own_cpu: Option<f64>,
+    pressure: Option<pressure::Reading>,
     at: Instant,
 }
 
@@ -197,8 +207,11 @@ impl Scrape {
         };
         let cpu = rate(self.etcd_cpu, earlier.etcd_cpu)
             .map(|etcd| etcd + rate(self.own_cpu, earlier.own_cpu).unwrap_or(0.0));
+        let stalled = |p: Option<pressure::Reading>| p.map(|p| p.total_micros as f64 / 1e6);
+        let pressure = rate(stalled(self.pressure), stalled(earlier.pressure)).map(|p| p.min(1.0));
         Latency {
             cpu,
+            pressure,
             ..Latency::of(
                 since(&self.wal, &earlier.wal).as_ref(),
                 since(&self.commit, &earlier.commit).as_ref(),
@@ -228,6 +241,7 @@ async fn scrape(url: &str) -> Result<Scrape, String> {
         commit: prom::histogram(&text, COMMIT),
         etcd_cpu: prom::sample(&text, CPU),
         own_cpu: own_cpu(),
+        pressure: pressure::read(),
         at: Instant::now(),
     };
     if s.wal.is_none() && s.commit.is_none() {
@@ -241,12 +255,19 @@ fn ms(l: Latency) -> EtcdLatency {
         wal_fsync_p99_ms: l.wal.map(|v| (v * 1e5).round() / 100.0),
         backend_commit_p99_ms: l.commit.map(|v| (v * 1e5).round() / 100.0),
         cpu_cores: l.cpu.map(|v| (v * 100.0).round() / 100.0),
+        cpu_pressure_percent: l.pressure.map(|v| (v * 1e3).round() / 10.0),
     }
 }
 
 /// The sampler: the baseline over [`BASELINE`], then one AIMD step per [`INTERVAL`]. Metrics
 /// that stop answering leave the fallback pace for the rest of the stream.
-async fn sample(url: String, first: Scrape, shared: Arc<Shared>, ceiling: u64) {
+async fn sample(
+    url: String,
+    first: Scrape,
+    shared: Arc<Shared>,
+    rate_limit: Option<u64>,
+    idle: bool,
+) {
     let mut prev = first;
     let mut aimd: Option<Aimd> = None;
     loop {
@@ -254,7 +275,7 @@ async fn sample(url: String, first: Scrape, shared: Arc<Shared>, ceiling: u64) {
         let now = match scrape(&url).await {
             Ok(s) => s,
             Err(e) => {
-                let rate = FALLBACK.min(ceiling);
+                let rate = FALLBACK.min(rate_limit.unwrap_or(NONE));
                 shared.rate.store(rate, Ordering::Relaxed);
                 let mut r = shared.report.lock().unwrap();
                 r.mode = PacingMode::Fallback;
@@ -269,9 +290,13 @@ async fn sample(url: String, first: Scrape, shared: Arc<Shared>, ceiling: u64) {
         };
         let a = match &mut aimd {
             None => {
-                let base = now.latency_since(&prev, aimd::MIN_BASELINE);
+                let mut base = now.latency_since(&prev, aimd::MIN_BASELINE);
+                // The CPU pressure before: the kernel's average over the 10 s before the
+                // backup began (what said idle or not), not this second's, which the
+                // stream's start shares.
+                base.pressure = prev.pressure.map(|p| p.avg10);
                 shared.report.lock().unwrap().before = Some(ms(base));
-                aimd.insert(Aimd::new(base, ceiling))
+                aimd.insert(Aimd::new(base, rate_limit, idle))
             }
             Some(a) => {
                 a.observe(now.latency_since(&prev, aimd::MIN_INTERVAL));
@@ -283,6 +308,7 @@ async fn sample(url: String, first: Scrape, shared: Arc<Shared>, ceiling: u64) {
             let mut r = shared.report.lock().unwrap();
             r.slowdowns = a.slowdowns;
             r.lowest_bytes_per_second = Some(a.lowest);
+            r.highest_bytes_per_second = Some(a.highest);
             r.worst = Some(ms(a.worst)).filter(|w| *w != EtcdLatency::default());
         }
         prev = now;

@@ -15,7 +15,8 @@ pub enum PacingMode {
     Off,
 }
 
-/// etcd's p99 latencies over a window, in milliseconds, and the CPU in use.
+/// etcd's p99 latencies over a window, in milliseconds, the CPU in use, and the node's CPU
+/// pressure.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdLatency {
@@ -26,6 +27,11 @@ pub struct EtcdLatency {
     /// CPU cores etcd and etcdguard used together (etcd's `process_cpu_seconds_total`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<f64>,
+    /// The share of the window in which some task on the node waited for a CPU (PSI's
+    /// "some"), in percent; before the backup, the kernel's average over the 10 seconds before
+    /// it began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pressure_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +53,10 @@ pub struct Pacing {
     /// The slowest pace set, bytes per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lowest_bytes_per_second: Option<u64>,
+    /// The fastest pace set, bytes per second (past 32 MiB/s only on a node idle before the
+    /// backup, or up to a `rate_limit` set higher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub highest_bytes_per_second: Option<u64>,
     /// etcd's latency in the second before the stream, and the worst interval during it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<EtcdLatency>,
