@@ -3,13 +3,14 @@
 and range latency and etcd's WAL fsync and commit p99, the backup's wall time and CPU per GiB,
 the ratios to the no-backup phase against the goals (with the control: a second quiet window,
 whose distance from the first is the machine's own noise), the put and range p99 of all runs'
-latencies pooled, and what pacing cost in wall time."""
+latencies pooled, what pacing cost in wall time, and what paced each backup (its record's
+highest and lowest pace, halvings, and the node's CPU pressure before and at worst)."""
 import os
 import platform
 import statistics
 import sys
 
-phases, results, samples, out, size, runs, rate, db = sys.argv[1:]
+phases, results, samples, out, size, runs, rate, db, pacing = sys.argv[1:]
 rows = {}
 for line in open(phases):
     f = line.rstrip("\n").split("\t")
@@ -66,6 +67,21 @@ for paced in rows:
     if paced.startswith("etcdguard") and "off" not in paced and unpaced in rows:
         a, b = med(paced, 0), med(unpaced, 0)
         cost.append(f"| {paced} | {a:.1f} | {b:.1f} | +{a - b:.1f} s ({a / b:.2f}×) |")
+paces = {}
+if os.path.exists(pacing):
+    for line in open(pacing):
+        case, mode, hi, lo, halvings, before, worst = line.rstrip("\n").split("\t")
+        paces.setdefault(case, []).append((mode, hi, lo, halvings, before, worst))
+MiB = lambda v: f"{int(v) / 2**20:.0f}" if v else "—"
+pct = lambda v: f"{float(v):.0f}" if v else "—"
+paced = ["| backup | mode | highest pace MiB/s, each run | lowest | halvings | CPU pressure % before → at worst |",
+         "|---|---|---|---|---|---|"]
+for case, ps in paces.items():
+    if not case.startswith("etcdguard") or "off" in case:
+        continue
+    paced.append(f"| {case} | {ps[0][0]} | {', '.join(MiB(p[1]) for p in ps)} | "
+                 f"{', '.join(MiB(p[2]) for p in ps)} | {', '.join(p[3] or '0' for p in ps)} | "
+                 f"{', '.join(pct(p[4]) + ' → ' + pct(p[5]) for p in ps)} |")
 def scheduler():
     """The active I/O scheduler of the disk holding the working directory."""
     st = os.stat(".")
@@ -94,7 +110,7 @@ text = "\n".join([
     "",
     f"- snapshot file {int(db) / 2**20:.0f} MiB; {runs} runs per phase, alternating; "
     f"{platform.release()}; I/O scheduler of the disk: {scheduler()}", "",
-    *table, "", *ratios, "", *cost, "", *quiet, "",
+    *table, "", *ratios, "", *cost, "", *quiet, "", *(paced + [""] if len(paced) > 2 else []),
 ])
 open(out, "w").write(text)
 print(text)
