@@ -61,7 +61,13 @@ fn snapshot_is_restorable(version: &str) {
     }
     let mid = node.etcd.revision().to_string();
     node.etcd.put_keys("more", 100);
-    for args in [&["compact", mid.as_str()][..], &["defrag"][..]] {
+    // `--physical`: etcd compacts in the background, in batches; without it a snapshot taken
+    // right after could hold revisions that one taken a moment later no longer does (a CI
+    // run under load saw exactly that).
+    for args in [
+        &["compact", "--physical", mid.as_str()][..],
+        &["defrag"][..],
+    ] {
         let out = node.etcd.etcdctl(args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     }
@@ -131,9 +137,36 @@ fn snapshot_is_restorable(version: &str) {
         std::fs::read(&theirs).unwrap() != std::fs::read(&again).unwrap(),
         "two etcdctl {version} snapshots of one revision were byte-identical: compare bytes"
     );
+    let (ours, other) = (db_buckets(&path), db_buckets(&theirs));
+    let differ: Vec<String> = ours
+        .keys()
+        .chain(other.keys())
+        .filter(|b| ours.get(*b) != other.get(*b))
+        .map(|b| {
+            let keys = |x: &crate::util::Buckets| -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+                x.get(b).cloned().unwrap_or_default().into_iter().collect()
+            };
+            let (a, t) = (keys(&ours), keys(&other));
+            let changed: Vec<String> = a
+                .keys()
+                .chain(t.keys())
+                .filter(|k| a.get(*k) != t.get(*k))
+                .take(5)
+                .map(|k| {
+                    format!(
+                        "{} ({:?} against {:?})",
+                        String::from_utf8_lossy(k),
+                        a.get(k).map(hex::encode),
+                        t.get(k).map(hex::encode)
+                    )
+                })
+                .collect();
+            format!("{b}: {}", changed.join(", "))
+        })
+        .collect();
     assert!(
-        db_buckets(&path) == db_buckets(&theirs),
-        "etcdguard's snapshot holds other data than etcdctl {version}'s of the same revision"
+        differ.is_empty(),
+        "etcdguard's snapshot holds other data than etcdctl {version}'s of the same revision: {differ:?}"
     );
 
     assert_eq!(mode(&path), 0o600);

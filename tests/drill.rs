@@ -72,7 +72,9 @@ fn drill_passes_and_etcd_serves_the_source_hashkv(version: &str) {
         .etcd
         .etcdctl(&["del", "--prefix", "/registry/drill/0001"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = node.etcd.etcdctl(&["compact", &(rev - 100).to_string()]);
+    let out = node
+        .etcd
+        .etcdctl(&["compact", "--physical", &(rev - 100).to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
     mount_pki(&node);
     let out = node.snapshot();

@@ -147,7 +147,7 @@ fn make_snapshots(version: &str) -> Snapshots {
             &["put", &format!("/registry/pods/{i:06}"), "overwritten"],
         );
     }
-    ctl(&src, &["compact", &mid.to_string()]);
+    ctl(&src, &["compact", "--physical", &mid.to_string()]);
     ctl(&src, &["defrag"]);
     let many = dir.path().join("many.db");
     let (many_hashkv, _) = hashkv(&src, &[]);
