@@ -7,10 +7,13 @@
 //! The ceiling is the cruising pace ([`START`]) unless the node was idle before the backup (no
 //! task waited for a CPU in the last 10 seconds, `pressure.rs`): then the pace doubles each
 //! calm interval, up to [`DEFAULT_CEILING`], and an idle node's backup takes about what an
-//! unpaced one does, and costs less CPU per byte than a trickle. (A slow start that doubled
-//! the pace on every node, with no CPU signal, was tried: on a busy 2-core node it cost etcd's
-//! clients their put p99; so was following the CPU pressure during the stream, which the
-//! stream itself raises on an idle node as on a busy one: `bench/README.md`.)
+//! unpaced one does, and costs less CPU per byte than a trickle. (Tried and not kept, in
+//! `bench/README.md`: a slow start that doubled the pace from the first moment on every node,
+//! which on a fast disk reached hundreds of MiB/s before the first interval could say
+//! anything; a pace that climbed past [`START`] on every node while the disk stayed calm,
+//! which cost a busy 2-core node's clients their put p99; and one that followed the CPU
+//! pressure during the stream, which the stream itself raises on an idle node as on a busy
+//! one.)
 
 use super::prom::Histogram;
 

@@ -3,16 +3,16 @@
 //! manifest's `--listen-metrics-urls`, or `[etcd] metrics_url`) at the backup's start and a
 //! second later for a baseline, then every half second, and an AIMD pace (`aimd.rs`) slows the
 //! stream as soon as etcd's WAL fsync or backend commit p99 rises; past its cruising pace it
-//! climbs only on a node that was idle before the backup (its CPU pressure, `pressure.rs`). The
-//! baseline's second runs
-//! beside the pre-flight (and, after a quick pre-flight, beside the stream's first moments: a
-//! wait for it was tried and cost a second per backup). The record also says the CPU etcd and
-//! the backup used together (etcd's `process_cpu_seconds_total` and this process's own),
-//! before and at worst. Without readable metrics the pace is a fixed conservative
-//! [`FALLBACK`], and the record says why. `rate_limit` is a ceiling either way; without it
-//! the adaptive pace climbs no higher than its start ([`aimd::START`]), or on an idle node
-//! [`aimd::DEFAULT_CEILING`]; `pacing = "off"` leaves only `rate_limit`. The stream passes every chunk through a [`Gate`], which
-//! also keeps the stream inside its deadline whatever the pace says.
+//! climbs only on a node that was idle before the backup (its CPU pressure, `pressure.rs`).
+//! The baseline's second runs beside the pre-flight (and, after a quick pre-flight, beside the
+//! stream's first moments: a wait for it was tried and cost a second per backup). The record
+//! also says the CPU etcd and the backup used together (etcd's `process_cpu_seconds_total` and
+//! this process's own) and the node's CPU pressure, before and at worst. Without readable
+//! metrics the pace is a fixed conservative [`FALLBACK`], and the record says why.
+//! `rate_limit` is a ceiling either way; without it the adaptive pace climbs no higher than
+//! its start ([`aimd::START`]), or on an idle node [`aimd::DEFAULT_CEILING`]; `pacing = "off"`
+//! leaves only `rate_limit`. The stream passes every chunk through a [`Gate`], which also
+//! keeps the stream inside its deadline whatever the pace says.
 
 mod aimd;
 mod pressure;
