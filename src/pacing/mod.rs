@@ -68,8 +68,9 @@ pub struct Pacer {
 impl Pacer {
     /// Decides what paces this backup. With `Auto`, one scrape of `metrics_url` now: it
     /// answers, and the sampler starts; it does not (or there is no URL), and the fallback pace
-    /// is used. `rate_limit` is the ceiling; without it, [`aimd::DEFAULT_CEILING`] when
-    /// paced, none with pacing off.
+    /// is used. `rate_limit` is the ceiling; without it, when paced, [`aimd::START`], or
+    /// [`aimd::DEFAULT_CEILING`] on a node that was idle before the backup (its CPU pressure,
+    /// read in the same scrape); none with pacing off.
     pub async fn start(
         choice: PacingChoice,
         metrics_url: Option<&str>,
