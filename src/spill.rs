@@ -182,7 +182,7 @@ impl<R: Record> Sorter<R> {
 
 /// A new private file in `dir` with no name: gone when it closes, whatever ends the process.
 /// `O_TMPFILE` where the file system has it; else a unique name removed at once.
-fn unlinked_file(dir: &std::path::Path) -> std::io::Result<File> {
+pub(crate) fn unlinked_file(dir: &std::path::Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmpfile = std::fs::OpenOptions::new()
         .read(true)

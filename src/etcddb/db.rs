@@ -16,7 +16,7 @@ use super::page::{
 };
 
 /// Deeper than any real bbolt tree (etcd dbs are 3–5 levels); bounds recursion on bad input.
-const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 /// Check errors kept verbatim; the rest are counted.
 const MAX_ERRORS_KEPT: usize = 100;
 
@@ -157,18 +157,18 @@ impl CheckReport {
     }
 }
 
-struct Bits(Vec<u64>);
+pub(crate) struct Bits(Vec<u64>);
 
 impl Bits {
-    fn new(n: u64) -> Bits {
+    pub(crate) fn new(n: u64) -> Bits {
         Bits(vec![0; n.div_ceil(64) as usize])
     }
-    fn get(&self, i: u64) -> bool {
+    pub(crate) fn get(&self, i: u64) -> bool {
         self.0
             .get((i / 64) as usize)
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
-    fn set(&mut self, i: u64) {
+    pub(crate) fn set(&mut self, i: u64) {
         if let Some(w) = self.0.get_mut((i / 64) as usize) {
             *w |= 1 << (i % 64);
         }

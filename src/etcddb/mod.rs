@@ -19,6 +19,7 @@ pub(crate) mod meta;
 pub(crate) mod page;
 pub(crate) mod schema;
 pub(crate) mod status;
+pub(crate) mod streamcheck;
 pub(crate) mod writer;
 
 use std::fs::File;
@@ -33,6 +34,7 @@ use sha2::{Digest, Sha256};
 pub use crate::etcdversion::Minor;
 pub use db::{check_and_walk, read_active_meta, Db, Visitor};
 pub use status::{status, DbStatus, StatusError};
+pub use streamcheck::StreamCheck;
 
 /// etcdutl's rule for "this file carries a sha256 trailer" (restore-spec A.2).
 pub const SECTOR: u64 = 512;

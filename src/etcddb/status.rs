@@ -22,6 +22,7 @@ use std::hash::{Hash, Hasher};
 use crate::spill::{keep_last_per_key, Keyed, LastPerKey, Record, Sorter};
 
 use super::db::{check_and_walk, CheckReport, Db, Visitor};
+use super::meta::Meta;
 use super::schema::{self, Revision};
 
 /// What `status` found in a consistent db.
@@ -109,7 +110,7 @@ impl Record for Live {
 }
 
 #[derive(Default)]
-struct Acc {
+pub(super) struct Acc {
     hash: u32,
     total_key: u64,
     /// `Some` when live keys are counted.
@@ -130,7 +131,7 @@ struct Acc {
 }
 
 impl Acc {
-    fn element(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
+    pub(super) fn element(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
         match depth {
             0 => {
                 self.top = key.to_vec();
@@ -154,39 +155,165 @@ impl Acc {
                     self.hash = crc32c::crc32c_append(self.hash, value);
                 }
                 self.total_key += 1;
-                let v = (!is_bucket).then_some(value);
-                match (self.top.as_slice(), key, v) {
-                    (schema::KEY, k, v) => {
-                        // etcdutl takes the main revision of every key; the last one stays.
-                        if let Some(rev) = Revision::parse(k) {
-                            self.revision = rev.main;
-                            self.latest = Some(rev);
-                        } else if k.len() >= 8 {
-                            self.revision =
-                                i64::from_be_bytes(k[..8].try_into().unwrap_or_default());
+                match self.top.as_slice() {
+                    schema::KEY => {
+                        if let Some(rev) = revision_of(key) {
+                            self.revision = rev;
                         }
-                        self.live_key(k, v.unwrap_or_default());
+                        if let Some(rev) = Revision::parse(key) {
+                            self.latest = Some(rev);
+                        }
+                        let v = if is_bucket { &[][..] } else { value };
+                        self.live_key(key, v);
                     }
-                    (schema::META, schema::CONSISTENT_INDEX, Some(v)) => {
-                        self.consistent_index = schema::be_u64(v)
-                    }
-                    (schema::META, schema::TERM, Some(v)) => self.term = schema::be_u64(v),
-                    (schema::META, schema::STORAGE_VERSION, Some(v)) => {
-                        self.storage_version = Some(String::from_utf8_lossy(v).into_owned())
-                    }
-                    (schema::CLUSTER, schema::CLUSTER_VERSION, Some(v)) => {
-                        self.cluster_version = Some(String::from_utf8_lossy(v).into_owned())
-                    }
-                    (schema::CLUSTER, schema::DOWNGRADE, Some(v)) => {
-                        self.downgrade = Some(String::from_utf8_lossy(v).into_owned())
-                    }
-                    (schema::ALARM, _, _) => self.alarms += 1,
+                    schema::ALARM => self.alarms += 1,
+                    _ if !is_bucket => self.fact(key, value),
                     _ => {}
                 }
             }
             _ => {} // nested deeper: not iterated by etcdutl's ForEach
         }
     }
+
+    /// A value of `meta` or `cluster` that the status reports.
+    fn fact(&mut self, key: &[u8], v: &[u8]) {
+        match (self.top.as_slice(), key) {
+            (schema::META, schema::CONSISTENT_INDEX) => self.consistent_index = schema::be_u64(v),
+            (schema::META, schema::TERM) => self.term = schema::be_u64(v),
+            (schema::META, schema::STORAGE_VERSION) => {
+                self.storage_version = Some(String::from_utf8_lossy(v).into_owned())
+            }
+            (schema::CLUSTER, schema::CLUSTER_VERSION) => {
+                self.cluster_version = Some(String::from_utf8_lossy(v).into_owned())
+            }
+            (schema::CLUSTER, schema::DOWNGRADE) => {
+                self.downgrade = Some(String::from_utf8_lossy(v).into_owned())
+            }
+            _ => {}
+        }
+    }
+
+    /// A whole leaf of a top-level bucket without sub-buckets, from its summary: the same
+    /// as [`Acc::element`] for each of its pairs in order (the status of a check made from
+    /// the stream, `super::streamcheck`).
+    pub(super) fn leaf(&mut self, leaf: &LeafDigest) {
+        self.hash = crc32c_concat(self.hash, leaf.crc, leaf.crc_len);
+        self.total_key += u64::from(leaf.count);
+        match self.top.as_slice() {
+            schema::KEY => {
+                if let Some(rev) = leaf.revision {
+                    self.revision = rev;
+                }
+                if leaf.latest.is_some() {
+                    self.latest = leaf.latest;
+                }
+            }
+            schema::ALARM => self.alarms += u64::from(leaf.count),
+            _ => {
+                for (k, v) in &leaf.facts {
+                    self.fact(k, v);
+                }
+            }
+        }
+    }
+}
+
+/// etcdutl takes the main revision of every key of `key` (the last one stays): a revision
+/// key's, or the first 8 bytes of any key that long.
+pub(super) fn revision_of(key: &[u8]) -> Option<i64> {
+    match Revision::parse(key) {
+        Some(rev) => Some(rev.main),
+        None if key.len() >= 8 => Some(i64::from_be_bytes(key[..8].try_into().ok()?)),
+        None => None,
+    }
+}
+
+/// The keys of `meta` and `cluster` whose values the status reports.
+pub(super) fn is_fact(key: &[u8]) -> bool {
+    [
+        schema::CONSISTENT_INDEX,
+        schema::TERM,
+        schema::STORAGE_VERSION,
+        schema::CLUSTER_VERSION,
+        schema::DOWNGRADE,
+    ]
+    .contains(&key)
+}
+
+/// What a leaf without sub-buckets adds to the status when it belongs to a top-level bucket,
+/// computed where its page passes by (the stream) and applied later in key order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct LeafDigest {
+    pub count: u32,
+    /// CRC-32C of its keys and values in order, and their length.
+    pub crc: u32,
+    pub crc_len: u64,
+    /// What its last key of 8 bytes or more makes the revision ([`revision_of`]).
+    pub revision: Option<i64>,
+    /// Its last revision key.
+    pub latest: Option<Revision>,
+    /// Its pairs whose key [`is_fact`].
+    pub facts: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl LeafDigest {
+    /// The digest of a leaf's pairs (none a sub-bucket), in order.
+    pub(crate) fn of<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> LeafDigest {
+        let mut d = LeafDigest::default();
+        for (k, v) in pairs {
+            d.count += 1;
+            d.crc = crc32c::crc32c_append(crc32c::crc32c_append(d.crc, k), v);
+            d.crc_len += (k.len() + v.len()) as u64;
+            if let Some(rev) = revision_of(k) {
+                d.revision = Some(rev);
+            }
+            if let Some(rev) = Revision::parse(k) {
+                d.latest = Some(rev);
+            }
+            if is_fact(k) {
+                d.facts.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        d
+    }
+}
+
+/// The CRC-32C of `a` followed by `b`, from `crc(a)`, `crc(b)` and `b`'s length: `crc(a)`
+/// multiplied by x^(8·len) modulo the polynomial, plus `crc(b)` (the CRC's linearity; the
+/// initial and final inversions cancel out).
+pub(crate) fn crc32c_concat(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
+    gf_mul(x_pow_8n(len_b), crc_a) ^ crc_b
+}
+
+/// CRC-32C's polynomial, bit-reversed (the CRC's bit order: x^0 is the top bit).
+const POLY: u32 = 0x82F6_3B78;
+
+/// `a · b` modulo the polynomial, both in the CRC's reversed bit order.
+fn gf_mul(a: u32, mut b: u32) -> u32 {
+    let mut product = 0;
+    for bit in 0..32 {
+        if a & (1 << (31 - bit)) != 0 {
+            product ^= b;
+        }
+        b = if b & 1 != 0 { (b >> 1) ^ POLY } else { b >> 1 };
+    }
+    product
+}
+
+/// x^(8·n) modulo the polynomial: the product of x^(8·2^i) for each bit `i` set in `n`.
+fn x_pow_8n(n: u64) -> u32 {
+    static POWERS: std::sync::OnceLock<[u32; 64]> = std::sync::OnceLock::new();
+    let powers = POWERS.get_or_init(|| {
+        let mut p = [0u32; 64];
+        p[0] = 1 << (31 - 8); // x^8
+        for i in 1..64 {
+            p[i] = gf_mul(p[i - 1], p[i - 1]);
+        }
+        p
+    });
+    (0..64)
+        .filter(|i| n & (1 << i) != 0)
+        .fold(1 << 31, |acc, i| gf_mul(powers[i], acc)) // from x^0
 }
 
 impl Acc {
@@ -261,46 +388,64 @@ fn walk_status(
     if !report.is_ok() {
         return Err(StatusError::Integrity(report));
     }
-    if let Some(p) = acc.problem {
-        return Err(StatusError::NotEtcd(p));
-    }
-    if let Some(e) = acc.count_failed {
-        return Err(StatusError::Count(e));
-    }
-    let live_keys = match acc.live {
-        None => None,
-        Some(sorter) => {
-            let mut n = 0u64;
-            for e in LastPerKey::of(sorter.finish().map_err(StatusError::Count)?) {
-                n += u64::from(e.map_err(StatusError::Count)?.put);
-            }
-            Some(n)
+    acc.into_status(db.meta())
+}
+
+impl Acc {
+    /// The status once every element (or leaf digest) went through.
+    pub(super) fn into_status(self, meta: &Meta) -> Result<DbStatus, StatusError> {
+        let acc = self;
+        if let Some(p) = acc.problem {
+            return Err(StatusError::NotEtcd(p));
         }
-    };
-    let meta = db.meta();
-    Ok(DbStatus {
-        hash: acc.hash,
-        revision: acc.revision,
-        total_key: acc.total_key,
-        live_keys,
-        undecodable_key: acc.undecodable_key,
-        total_size: meta.db_size(),
-        page_size: meta.page_size,
-        txid: meta.txid,
-        latest: acc.latest,
-        buckets: acc.buckets,
-        consistent_index: acc.consistent_index,
-        term: acc.term,
-        storage_version: acc.storage_version,
-        cluster_version: acc.cluster_version,
-        alarms: acc.alarms,
-        downgrade: acc.downgrade,
-    })
+        if let Some(e) = acc.count_failed {
+            return Err(StatusError::Count(e));
+        }
+        let live_keys = match acc.live {
+            None => None,
+            Some(sorter) => {
+                let mut n = 0u64;
+                for e in LastPerKey::of(sorter.finish().map_err(StatusError::Count)?) {
+                    n += u64::from(e.map_err(StatusError::Count)?.put);
+                }
+                Some(n)
+            }
+        };
+        Ok(DbStatus {
+            hash: acc.hash,
+            revision: acc.revision,
+            total_key: acc.total_key,
+            live_keys,
+            undecodable_key: acc.undecodable_key,
+            total_size: meta.db_size(),
+            page_size: meta.page_size,
+            txid: meta.txid,
+            latest: acc.latest,
+            buckets: acc.buckets,
+            consistent_index: acc.consistent_index,
+            term: acc.term,
+            storage_version: acc.storage_version,
+            cluster_version: acc.cluster_version,
+            alarms: acc.alarms,
+            downgrade: acc.downgrade,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CRC of two pieces joined is the CRC of the whole, whatever their lengths.
+    #[test]
+    fn crcs_concatenate() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        for cut in [0, 1, 7, 8, 255, 4096, 9_999, 10_000] {
+            let (a, b) = data.split_at(cut);
+            let joined = crc32c_concat(crc32c::crc32c(a), crc32c::crc32c(b), b.len() as u64);
+            assert_eq!(joined, crc32c::crc32c(&data), "cut at {cut}");
+        }
+    }
 
     #[test]
     fn key_hashes_differ() {
