@@ -95,6 +95,8 @@ fn snapshot_is_restorable(version: &str) {
         assert_eq!(rec["snapshotVersion"], want.as_str(), "{rec:#}");
     }
     assert_eq!(rec["revision"], revision, "{rec:#}");
+    // Checked as it streamed by, not read back.
+    assert_eq!(rec["checkedFrom"], "stream", "{rec:#}");
     assert_eq!(rec["local"]["state"], "present");
     let table = stdout(&node.run(&["records"]));
     let cell = rec["etcdVersion"].as_str().unwrap().to_string();
@@ -120,6 +122,15 @@ fn snapshot_is_restorable(version: &str) {
     let (db, trailer) = bytes.split_at(bytes.len() - 32);
     assert_eq!(Sha256::digest(db).as_slice(), trailer);
     assert!(db.len() > 3000 * 100, "db is {} bytes", db.len());
+    // The stream check gives this real database the status the read-back check gives it.
+    let mut check = etcdguard::etcddb::StreamCheck::new();
+    for piece in bytes.chunks(32 << 10) {
+        check.feed(piece);
+    }
+    let read_back =
+        etcdguard::etcddb::Db::open(std::fs::File::open(&path).unwrap(), db.len() as u64)
+            .map(|d| etcdguard::etcddb::status(&d).unwrap());
+    assert_eq!(check.finish(db.len() as u64), read_back);
     // What etcdctl saves of the same revision, bucket by bucket. Not byte for byte: every
     // Snapshot RPC makes etcd force a backend commit first, which moves the bbolt txid and
     // copies a page or two, so even two `etcdctl snapshot save` in a row differ in bytes.

@@ -228,6 +228,7 @@ fn snapshot_of(
     let stream::Published {
         streamed,
         status,
+        checked_from,
         path,
         sealed,
     } = published;
@@ -243,6 +244,7 @@ fn snapshot_of(
         revision: status.revision,
         size_bytes: streamed.file_len,
         sha256: hex::encode(streamed.file_sha256),
+        checked_from,
         local_sealed: sealed,
         health: Some(health),
         pacing: Some(pacing),

@@ -14,6 +14,7 @@
 mod attempt;
 mod reconcile;
 mod stream;
+mod writer;
 
 use std::future::Future;
 use std::time::Instant;

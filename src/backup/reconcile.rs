@@ -7,7 +7,9 @@
 //! said so. Temp files (`.partial`) are `attempt`'s to remove.
 
 use crate::config::Config;
-use crate::records::{CopyState, Member, Record, RecordStore, RemoteCopy, Snapshot, Trigger};
+use crate::records::{
+    CheckedFrom, CopyState, Member, Record, RecordStore, RemoteCopy, Snapshot, Trigger,
+};
 use crate::store::local::{is_snapshot_file_name, snapshot_time, LocalStore};
 
 /// What the reconciliation did, one sentence each (logged and reported as warnings).
@@ -97,6 +99,7 @@ fn adopt(config: &Config, name: &str, path: &std::path::Path) -> Result<Record, 
             revision: report.revision,
             size_bytes: report.size_bytes,
             sha256: report.sha256.clone().unwrap_or_default(),
+            checked_from: CheckedFrom::File,
             local_sealed: None,
             pacing: None,
             health: None,

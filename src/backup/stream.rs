@@ -1,9 +1,10 @@
-//! The bytes of one backup: etcd's snapshot stream into a hidden temp file (hashed as it goes)
-//! and into one upload per destination in the same pass; then fsync, the bbolt check and
-//! status over the written file, and publication under the final name. The uploads are
-//! completed and verified only after that (`Uploads::finish`, all at once), or aborted.
+//! The bytes of one backup: etcd's snapshot stream into a hidden temp file (hashed as it goes,
+//! written and checked by `writer` on a blocking thread) and into one upload per destination
+//! in the same pass; then fsync, the bbolt check and status (from the stream, or over the
+//! written file when the stream check cannot vouch for it), and publication under the final
+//! name. The uploads are completed and verified only after that (`Uploads::finish`, all at
+//! once), or aborted.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,13 +13,15 @@ use tokio::sync::mpsc;
 
 use crate::config::{DestinationConfig, Encryption};
 use crate::etcd::{self, StreamLimits, StreamedSnapshot};
-use crate::etcddb::{self, DbStatus};
+use crate::etcddb::{self, DbStatus, StreamCheck};
 use crate::fsutil;
 use crate::pacing::Gate;
 use crate::progress::Progress;
-use crate::records::SealedCopy;
+use crate::records::{CheckedFrom, SealedCopy};
 use crate::store::local::{LocalStore, TempSnapshot};
 use crate::store::remote::{self, Remote, UploadFeed, Uploaded};
+
+use super::writer;
 
 /// The file writer takes the chunks in batches of about this many bytes: one wake-up and one
 /// `writev` per batch instead of per 32 KiB chunk. Small enough that each batch's writeback
@@ -28,8 +31,6 @@ const BATCH_BYTES: usize = 256 << 10;
 /// Batches in flight to the file writer besides the one being filled: memory stays flat in
 /// the database size (under 1 MiB).
 const WRITE_DEPTH: usize = 2;
-/// The writer hands the disk this much at a time.
-const WRITEBACK_STEP: u64 = 256 << 10;
 
 /// The bytes of one snapshot go to the local file and, when configured, to the upload. Each
 /// chunk is the slice of tonic's receive buffer the message decoded to: the file writer and
@@ -40,7 +41,9 @@ struct Sinks<'a> {
     /// The batch being filled, and its size.
     batch: Vec<Bytes>,
     batch_len: usize,
-    writer: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    writer: Option<tokio::task::JoinHandle<std::io::Result<(StreamCheck, writer::Mode)>>>,
+    /// The stream check, back from the writer once it wrote everything.
+    check: Option<StreamCheck>,
     /// One per destination. A destination that takes no data for its `stall_timeout` is
     /// dropped from the pass (retried later from the local file); the others are fed at the
     /// same time, so it holds them up at most that long, once.
@@ -74,52 +77,16 @@ impl Sinks<'_> {
     /// The file writer's result once it has written everything sent (or stopped on an error).
     async fn writer_done(&mut self) -> std::io::Result<()> {
         self.file = None;
-        match self.writer.take() {
-            Some(h) => h
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
-            None => Ok(()),
-        }
+        let Some(h) = self.writer.take() else {
+            return Ok(());
+        };
+        let (check, mode) = h
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))?;
+        tracing::debug!(?mode, "snapshot file written");
+        self.check = Some(check);
+        Ok(())
     }
-}
-
-/// Writes the batches to `file` front to back on a blocking thread (one `writev` per batch,
-/// more where the kernel takes less), handing every [`WRITEBACK_STEP`] written to the
-/// kernel's writeback and waiting for the range before it: the final fsync does not find the
-/// whole snapshot dirty, and at most two ranges queue before etcd's own WAL fsyncs on a
-/// shared disk. Stops at the first error.
-fn write_file(
-    file: &std::fs::File,
-    path: &std::path::Path,
-    mut batches: mpsc::Receiver<Vec<Bytes>>,
-) -> std::io::Result<()> {
-    let mut out = file;
-    let mut written = 0u64;
-    let mut writeback = fsutil::Writeback::with_step(WRITEBACK_STEP);
-    let mut in_flight = None;
-    while let Some(batch) = batches.blocking_recv() {
-        let mut slices: Vec<std::io::IoSlice<'_>> =
-            batch.iter().map(|b| std::io::IoSlice::new(b)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            crate::failpoint::check("backup:write", path)?;
-            let n = match out.write_vectored(rest) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            written += n as u64;
-            std::io::IoSlice::advance_slices(&mut rest, n);
-        }
-        if let Some((offset, len)) = writeback.due(written, 0) {
-            fsutil::start_writeback(file, offset, len);
-            if let Some((offset, len)) = in_flight.replace((offset, len)) {
-                fsutil::wait_writeback(file, offset, len);
-            }
-        }
-    }
-    Ok(())
 }
 
 impl etcd::SnapshotSink for Sinks<'_> {
@@ -180,6 +147,7 @@ pub(super) struct Targets<'a> {
 pub(super) struct Published {
     pub streamed: StreamedSnapshot,
     pub status: DbStatus,
+    pub checked_from: CheckedFrom,
     pub path: PathBuf,
     /// Set when the local copy was published sealed.
     pub sealed: Option<SealedCopy>,
@@ -215,8 +183,15 @@ pub(super) async fn stream_and_publish<E>(
         batch_len: 0,
         writer: Some(tokio::task::spawn_blocking({
             let path = temp_path.clone();
-            move || write_file(&for_writer, &path, rx)
+            move || {
+                let tmp = std::env::temp_dir();
+                let digests = crate::failpoint::check("backup:check", &tmp)
+                    .and_then(|()| crate::spill::unlinked_file(&tmp));
+                let check = StreamCheck::with_digests(digests, &tmp);
+                writer::write_file(&for_writer, &path, rx, check)
+            }
         })),
+        check: None,
         feeds,
         written: 0,
         progress: Progress::bytes("snapshot", expected),
@@ -246,19 +221,31 @@ pub(super) async fn stream_and_publish<E>(
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
     .map_err(|err| fail(format!("cannot fsync {}: {err}", temp.path().display())))?;
-    // The bbolt check and etcdutl's status over the written file, before it counts: a
-    // snapshot whose checksum matches can still be an inconsistent database.
+    // The bbolt check and etcdutl's status, before the snapshot counts: a snapshot whose
+    // checksum matches can still be an inconsistent database. From what streamed by when the
+    // stream check vouches for it; otherwise over the written file, read back.
     let db_len = streamed.file_len - etcddb::TRAILER_LEN;
     // Once checked and published, the snapshot's pages leave the page cache (below).
     let cached = std_file.try_clone().ok();
+    let check = sinks.check.take();
     let checked = tokio::task::spawn_blocking(move || {
+        let unsure = match check.map(|c| c.finish(db_len)) {
+            Some(Ok(status)) => return Ok((status, CheckedFrom::Stream)),
+            Some(Err(why)) => why,
+            None => "no stream check".into(),
+        };
+        tracing::info!(
+            file = %temp_path.display(),
+            "the snapshot is read back for its check: the stream check could not vouch for it ({unsure})"
+        );
         crate::failpoint::check("backup:read-back", &temp_path).map_err(Check::Read)?;
         let db = etcddb::Db::open(std_file, db_len).map_err(Check::Bad)?;
-        etcddb::status(&db).map_err(|e| Check::Bad(e.to_string()))
+        let status = etcddb::status(&db).map_err(|e| Check::Bad(e.to_string()))?;
+        Ok((status, CheckedFrom::File))
     })
     .await
     .map_err(|err| fail(format!("the snapshot check did not finish: {err}")))?;
-    let status = checked.map_err(|c| match c {
+    let (status, checked_from) = checked.map_err(|c| match c {
         Check::Read(err) => fail(format!(
             "cannot read back {} for the check: {err}",
             temp.path().display()
@@ -293,6 +280,7 @@ pub(super) async fn stream_and_publish<E>(
     Ok(Published {
         streamed,
         status,
+        checked_from,
         path,
         sealed,
     })
@@ -442,32 +430,5 @@ impl Uploads {
         .await;
         crate::crashpoint::here("backup:uploaded");
         done
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The file writer leaves exactly the streamed bytes in the file, whatever the batches'
-    /// sizes and the writeback steps.
-    #[test]
-    fn the_file_holds_the_stream() {
-        let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..(3u32 << 20) + 4_096 + 32)
-            .map(|i| (i ^ (i >> 9)) as u8)
-            .collect();
-        let (tx, rx) = mpsc::channel(1024);
-        // Pieces the size etcd sends, batches that do not fall on writeback steps.
-        for batch in data.chunks(BATCH_BYTES + 12_345) {
-            let pieces = batch.chunks(32 << 10).map(Bytes::copy_from_slice).collect();
-            tx.try_send(pieces).unwrap();
-        }
-        drop(tx);
-        let path = dir.path().join("snapshot");
-        let file = std::fs::File::create(&path).unwrap();
-        write_file(&file, &path, rx).unwrap();
-        drop(file);
-        assert!(std::fs::read(&path).unwrap() == data, "the file differs");
     }
 }

@@ -113,6 +113,9 @@ pub struct Record {
     pub size_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// What the snapshot's bbolt check and status were made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_from: Option<CheckedFrom>,
     pub duration_seconds: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalCopy>,
@@ -158,6 +161,16 @@ impl Pin {
     }
 }
 
+/// What a backup's bbolt check and status were made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CheckedFrom {
+    /// The bytes as they streamed by (`etcddb::StreamCheck`): the file was not read back.
+    Stream,
+    /// The written file, read back: the stream check could not vouch for the snapshot.
+    File,
+}
+
 /// What a successful backup found, for its record.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -171,6 +184,7 @@ pub struct Snapshot {
     pub revision: i64,
     pub size_bytes: u64,
     pub sha256: String,
+    pub checked_from: CheckedFrom,
     /// The local file is sealed (`encrypt_local`).
     pub local_sealed: Option<SealedCopy>,
     pub health: Option<Health>,
@@ -197,6 +211,7 @@ impl Snapshot {
             revision: 42,
             size_bytes: 1000,
             sha256: "0".repeat(64),
+            checked_from: CheckedFrom::Stream,
             local_sealed: None,
             health: None,
             pacing: None,
@@ -221,6 +236,7 @@ impl Record {
             revision: None,
             size_bytes: None,
             sha256: None,
+            checked_from: None,
             duration_seconds: duration,
             local: None,
             remotes: Vec::new(),
@@ -281,6 +297,7 @@ impl Record {
             revision: Some(s.revision),
             size_bytes: Some(s.size_bytes),
             sha256: Some(s.sha256),
+            checked_from: Some(s.checked_from),
             local: Some(LocalCopy::present(s.path, s.local_sealed)),
             health: s.health,
             pacing: s.pacing,
