@@ -13,7 +13,7 @@
 //!   `move:rename|dir-fsync` (`rename_durable`, `move_file`), `dir:fsync` (`fsync_dir` called on
 //!   its own), `file:create` (`create_private_file`);
 //! - a flow's own I/O by the flow: `backup:write|fsync|read-back` (the snapshot's temp file),
-//!   `backup:check` (the stream check's page digests file, in `TMPDIR`),
+//!   `backup:check` (the stream check's unnamed page digests file, in the snapshot directory),
 //!   `datadir:write|fsync|rename` (a restored data dir's db copy, WAL and `.snap`, and its
 //!   staging directory moved into place), `db:write|fsync` (the bbolt commit of a restore,
 //!   no path), `unseal:write|fsync` (a sealed snapshot opened into a file: `decrypt`, a

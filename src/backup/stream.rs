@@ -183,11 +183,13 @@ pub(super) async fn stream_and_publish<E>(
         batch_len: 0,
         writer: Some(tokio::task::spawn_blocking({
             let path = temp_path.clone();
+            let dir = store.dir().to_path_buf();
             move || {
-                let tmp = std::env::temp_dir();
-                let digests = crate::failpoint::check("backup:check", &tmp)
-                    .and_then(|()| crate::spill::unlinked_file(&tmp));
-                let check = StreamCheck::with_digests(digests, &tmp);
+                // The page digests (a few % of the snapshot) beside it, on the disk that has
+                // room for it, not in a TMPDIR that may be memory; unnamed, so nothing is left.
+                let digests = crate::failpoint::check("backup:check", &dir)
+                    .and_then(|()| crate::spill::unlinked_file(&dir));
+                let check = StreamCheck::with_digests(digests, &dir);
                 writer::write_file(&for_writer, &path, rx, check)
             }
         })),

@@ -31,9 +31,11 @@ use super::status::{DbStatus, LeafDigest};
 use digests::{Digest, Writer};
 
 /// A page with its overflow is assembled in memory only up to this size; a longer run (a
-/// value of more than 16 MiB, or a freed page's stale header) gets no digest, and the fold
-/// gives up if the tree reaches it.
-const MAX_ASSEMBLED: u64 = 16 << 20;
+/// value of more than 4 MiB, past etcd's default request limit of 1.5 MiB, or a freed page's
+/// stale header) gets no digest, and the fold gives up if the tree reaches it.
+const MAX_ASSEMBLED: u64 = 4 << 20;
+/// The assembly buffer gives back what it grew past this once a long page is done.
+const KEEP_CAPACITY: usize = 256 << 10;
 
 /// The check of one snapshot stream.
 pub struct StreamCheck {
@@ -200,6 +202,9 @@ impl StreamCheck {
         let drop = (((keep - self.buf_page) * ps) as usize).min(self.buf.len());
         self.buf.drain(..drop);
         self.buf_page += (drop as u64) / ps;
+        if self.buf.capacity() > KEEP_CAPACITY && self.buf.len() < KEEP_CAPACITY / 2 {
+            self.buf.shrink_to(KEEP_CAPACITY);
+        }
         Ok(())
     }
 
