@@ -31,7 +31,11 @@ const WHOLE: u8 = 2;
 const UNUSABLE: u8 = 3;
 /// Digests start on 8-byte boundaries: a `u32` per page addresses 32 GiB of them.
 const ALIGN: u64 = 8;
-const WINDOW: usize = 256 << 10;
+/// The read window when the fold moves forward through the digests (a tree laid out in key
+/// order, as after a defrag), and when it jumps (a tree whose pages were rewritten in place
+/// over months): one small read per jump, not a large one.
+const WINDOW: usize = 64 << 10;
+const JUMP_WINDOW: usize = 4 << 10;
 /// Index value of a page without a digest (metas, pages past the high-water mark).
 const NONE: u32 = u32::MAX;
 
@@ -139,7 +143,7 @@ fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
     b.extend_from_slice(v);
 }
 
-/// Reads digests by page id, through a window of the file (the fold mostly moves forward).
+/// Reads digests by page id, through a window of the file.
 pub(super) struct Reader {
     file: File,
     index: Vec<u32>,
@@ -166,7 +170,10 @@ impl Reader {
         let end = off + len as u64;
         let inside = off >= self.window_at && end <= self.window_at + self.window.len() as u64;
         if !inside {
-            self.window.resize(WINDOW.max(len), 0);
+            let window_end = self.window_at + self.window.len() as u64;
+            let forward = off >= self.window_at && off <= window_end + WINDOW as u64;
+            let size = if forward { WINDOW } else { JUMP_WINDOW };
+            self.window.resize(size.max(len), 0);
             let mut got = 0;
             while got < self.window.len() {
                 match self.file.read_at(&mut self.window[got..], off + got as u64) {
