@@ -184,6 +184,22 @@ struct Walk<'a> {
     visitor: &'a mut dyn Visitor,
 }
 
+/// Key order rules of bbolt ≥ 1.3.7 (B.7 #3), for the walk here and the stream check's fold:
+/// key `i` of a page is not above the key before it (the first key may equal its parent's
+/// separator, the others must be greater)...
+pub(crate) fn not_above(i: usize, key: &[u8], prev: &[u8]) -> bool {
+    if i == 0 {
+        prev > key
+    } else {
+        prev >= key
+    }
+}
+
+/// ... or not below the next separator in its parent.
+pub(crate) fn not_below(key: &[u8], upper: &[u8]) -> bool {
+    key >= upper
+}
+
 /// Checks the whole db as bbolt's `tx.Check` does and visits every element on the way.
 pub fn check_and_walk(db: &Db, visitor: &mut dyn Visitor) -> CheckReport {
     let pgid = db.meta.pgid;
@@ -361,7 +377,7 @@ impl Walk<'_> {
         max
     }
 
-    /// Key order rules of bbolt ≥ 1.3.7 (B.7 #3).
+    /// Key order rules of bbolt ≥ 1.3.7 (B.7 #3), reported.
     fn order(
         &mut self,
         id: u64,
@@ -371,24 +387,19 @@ impl Walk<'_> {
         prev: Option<&[u8]>,
         upper: Option<&[u8]>,
     ) {
-        if let Some(p) = prev {
-            let bad = if i == 0 { p > key } else { p >= key };
-            if bad {
-                self.report.push(format!(
-                    "page {id}: key {i} ({}) of this {kind} page is not above the previous key ({})",
-                    hex::encode(key),
-                    hex::encode(p)
-                ));
-            }
+        if let Some(p) = prev.filter(|&p| not_above(i, key, p)) {
+            self.report.push(format!(
+                "page {id}: key {i} ({}) of this {kind} page is not above the previous key ({})",
+                hex::encode(key),
+                hex::encode(p)
+            ));
         }
-        if let Some(u) = upper {
-            if key >= u {
-                self.report.push(format!(
-                    "page {id}: key {i} ({}) of this {kind} page is not below the next key in its parent ({})",
-                    hex::encode(key),
-                    hex::encode(u)
-                ));
-            }
+        if let Some(u) = upper.filter(|&u| not_below(key, u)) {
+            self.report.push(format!(
+                "page {id}: key {i} ({}) of this {kind} page is not below the next key in its parent ({})",
+                hex::encode(key),
+                hex::encode(u)
+            ));
         }
     }
 

@@ -3,7 +3,7 @@
 //! the fold with a reason (the read-back check then says what is wrong); nothing is
 //! reported here.
 
-use super::super::db::{Bits, MAX_DEPTH};
+use super::super::db::{not_above, not_below, Bits, MAX_DEPTH};
 use super::super::meta::Meta;
 use super::super::page::{
     branch_elements, bucket_root, leaf_elements, u64_at, BucketRoot, Header, FLAG_BRANCH,
@@ -124,8 +124,10 @@ impl Fold {
                 if pairs.count == 0 {
                     return Ok(None);
                 }
-                order(id, &first, lower, None)?;
-                order(id, &last, None, upper)?;
+                // Its own keys were checked in order where it streamed by.
+                if misordered(0, &first, lower, None) || misordered(0, &last, None, upper) {
+                    return Err(format!("page {id}: keys out of order"));
+                }
                 match nesting {
                     0 => return Err("a top-level key that is not a bucket".into()),
                     1 => self.acc.leaf(&pairs),
@@ -141,9 +143,7 @@ impl Fold {
                         let elems = leaf_elements(&page).map_err(|e| format!("page {id}: {e}"))?;
                         let mut prev = lower;
                         for (i, e) in elems.iter().enumerate() {
-                            let bad =
-                                prev.is_some_and(|p| if i == 0 { p > e.key } else { p >= e.key });
-                            if bad || upper.is_some_and(|u| e.key >= u) {
+                            if misordered(i, e.key, prev, upper) {
                                 return Err(format!("page {id}: keys out of order"));
                             }
                             prev = Some(e.key);
@@ -174,10 +174,7 @@ impl Fold {
         let mut running: Option<Vec<u8>> = lower.map(<[u8]>::to_vec);
         let mut max = None;
         for (i, e) in elems.iter().enumerate() {
-            let bad = running
-                .as_deref()
-                .is_some_and(|p| if i == 0 { p > e.key } else { p >= e.key });
-            if bad || upper.is_some_and(|u| e.key >= u) {
+            if misordered(i, e.key, running.as_deref(), upper) {
                 return Err(format!("page {id}: keys out of order"));
             }
             let child_upper = elems.get(i + 1).map(|n| n.key).or(upper);
@@ -223,11 +220,7 @@ impl Fold {
     }
 }
 
-/// A leaf's first key is not below `lower`, its last below `upper` (its own keys were
-/// checked in order where it streamed by).
-fn order(id: u64, key: &[u8], lower: Option<&[u8]>, upper: Option<&[u8]>) -> Result<(), String> {
-    if lower.is_some_and(|l| l > key) || upper.is_some_and(|u| key >= u) {
-        return Err(format!("page {id}: keys out of order"));
-    }
-    Ok(())
+/// Key `i` of a page breaks the order rules (`db::not_above`, `db::not_below`).
+fn misordered(i: usize, key: &[u8], prev: Option<&[u8]>, upper: Option<&[u8]>) -> bool {
+    prev.is_some_and(|p| not_above(i, key, p)) || upper.is_some_and(|u| not_below(key, u))
 }

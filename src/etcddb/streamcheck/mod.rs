@@ -272,7 +272,10 @@ fn digest_of(id: u64, page: &[u8]) -> Digest {
             if elems.iter().any(|e| e.is_bucket()) {
                 return Digest::Whole(page.to_vec());
             }
-            if elems.windows(2).any(|w| w[0].key >= w[1].key) {
+            if elems
+                .windows(2)
+                .any(|w| super::db::not_above(1, w[1].key, w[0].key))
+            {
                 return Digest::Unusable(format!("page {id}: keys out of order"));
             }
             Digest::Leaf {
