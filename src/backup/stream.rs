@@ -230,23 +230,10 @@ pub(super) async fn stream_and_publish<E>(
     // Once checked and published, the snapshot's pages leave the page cache (below).
     let cached = std_file.try_clone().ok();
     let check = sinks.check.take();
-    let checked = tokio::task::spawn_blocking(move || {
-        let unsure = match check.map(|c| c.finish(db_len)) {
-            Some(Ok(status)) => return Ok((status, CheckedFrom::Stream)),
-            Some(Err(why)) => why,
-            None => "no stream check".into(),
-        };
-        tracing::info!(
-            file = %temp_path.display(),
-            "the snapshot is read back for its check: the stream check could not vouch for it ({unsure})"
-        );
-        crate::failpoint::check("backup:read-back", &temp_path).map_err(Check::Read)?;
-        let db = etcddb::Db::open(std_file, db_len).map_err(Check::Bad)?;
-        let status = etcddb::status(&db).map_err(|e| Check::Bad(e.to_string()))?;
-        Ok((status, CheckedFrom::File))
-    })
-    .await
-    .map_err(|err| fail(format!("the snapshot check did not finish: {err}")))?;
+    let checked =
+        tokio::task::spawn_blocking(move || check_snapshot(check, std_file, &temp_path, db_len))
+            .await
+            .map_err(|err| fail(format!("the snapshot check did not finish: {err}")))?;
     let (status, checked_from) = checked.map_err(|c| match c {
         Check::Read(err) => fail(format!(
             "cannot read back {} for the check: {err}",
@@ -286,6 +273,29 @@ pub(super) async fn stream_and_publish<E>(
         path,
         sealed,
     })
+}
+
+/// The snapshot's status: from the stream check when it vouches, otherwise from the written
+/// file at `path`, read back (its first `db_len` bytes are the database).
+fn check_snapshot(
+    check: Option<StreamCheck>,
+    file: std::fs::File,
+    path: &std::path::Path,
+    db_len: u64,
+) -> Result<(DbStatus, CheckedFrom), Check> {
+    let unsure = match check.map(|c| c.finish(db_len)) {
+        Some(Ok(status)) => return Ok((status, CheckedFrom::Stream)),
+        Some(Err(why)) => why,
+        None => "no stream check".into(),
+    };
+    tracing::info!(
+        file = %path.display(),
+        "the snapshot is read back for its check: the stream check could not vouch for it ({unsure})"
+    );
+    crate::failpoint::check("backup:read-back", path).map_err(Check::Read)?;
+    let db = etcddb::Db::open(file, db_len).map_err(Check::Bad)?;
+    let status = etcddb::status(&db).map_err(|e| Check::Bad(e.to_string()))?;
+    Ok((status, CheckedFrom::File))
 }
 
 /// Seals the checked plain temp file into a second temp file, publishes that under the sealed
